@@ -1,0 +1,1 @@
+//! Carrier models (filled in by the carrier work).

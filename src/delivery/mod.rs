@@ -1,0 +1,1 @@
+//! The delivery log and the SMS and email channels.

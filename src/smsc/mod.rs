@@ -1,0 +1,1 @@
+//! The embedded SMPP 3.4 SMSC.
