@@ -28,9 +28,10 @@ pub fn jst() -> FixedOffset {
 
 /// RFC 3339 in Japan time, to the millisecond when it has one.
 pub fn rfc3339(at: Millis) -> String {
-    let dt = jst().timestamp_millis_opt(at).single().unwrap_or_else(|| {
-        jst().timestamp_millis_opt(0).single().expect("epoch is representable")
-    });
+    let dt = jst()
+        .timestamp_millis_opt(at)
+        .single()
+        .unwrap_or_else(|| jst().timestamp_millis_opt(0).single().expect("epoch is representable"));
     if at % 1000 == 0 {
         dt.format("%Y-%m-%dT%H:%M:%S%:z").to_string()
     } else {
@@ -40,7 +41,9 @@ pub fn rfc3339(at: Millis) -> String {
 
 /// Parses an RFC 3339 date into milliseconds.
 pub fn parse_rfc3339(text: &str) -> Option<Millis> {
-    DateTime::parse_from_rfc3339(text.trim()).ok().map(|dt| dt.timestamp_millis())
+    DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|dt| dt.timestamp_millis())
 }
 
 /// The SMPP receipt date format `YYMMDDhhmm` in Japan time.
@@ -196,9 +199,14 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         for at in [300, 100, 200] {
             let seen = seen.clone();
-            clock.schedule(at, Box::new(move |now| Box::pin(async move {
-                seen.lock().unwrap().push((at, now));
-            })));
+            clock.schedule(
+                at,
+                Box::new(move |now| {
+                    Box::pin(async move {
+                        seen.lock().unwrap().push((at, now));
+                    })
+                }),
+            );
         }
         assert_eq!(clock.advance(250).await, 250);
         assert_eq!(*seen.lock().unwrap(), vec![(100, 100), (200, 200)]);

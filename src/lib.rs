@@ -3,10 +3,19 @@
 //!
 //! See ARCHITECTURE.md for the map of the modules below.
 
+pub mod app;
 pub mod carrier;
+pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod delivery;
+pub mod fixtures;
+pub mod http;
+pub mod member;
+pub mod otp;
+pub mod service;
 pub mod shutdown;
+pub mod sim;
 pub mod smsc;
 pub mod smtp;
 pub mod store;

@@ -1,1 +1,5 @@
 //! The delivery log and the SMS and email channels.
+pub mod email;
+pub mod log;
+pub mod outbound;
+pub mod sms;

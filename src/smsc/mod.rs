@@ -1,1 +1,342 @@
-//! The embedded SMPP 3.4 SMSC.
+//! The embedded SMPP 3.4 SMSC: the listener that otpgate's own client and
+//! any user's ESME (Kannel, smpplib, node-smpp, Jasmin) bind to, submit
+//! messages through and receive delivery receipts from.
+//!
+//! It is built like the other protocol servers: [`codec`] frames PDUs without
+//! touching a socket, `session` runs one connection with an explicit state,
+//! [`serve`] accepts connections under a cap and stops them with `unbind` at
+//! shutdown. What happens to a message after `submit_sm` is the
+//! [`SmscBackend`]'s business; receipts come back through the
+//! [`ReceiptHub`]. Only this module and [`crate::delivery::sms`] know the
+//! SMPP wire format.
+//!
+//! It must never answer `submit_sm_resp` OK before the backend has stored
+//! the message, never `unwrap()` on what a peer sent, and never log message
+//! text (it carries OTP codes).
+
+pub mod codec;
+mod concat;
+mod hub;
+pub mod receipt_text;
+mod session;
+pub mod text;
+mod throttle;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::clock::Millis;
+use crate::shutdown::Shutdown;
+
+pub use hub::ReceiptHub;
+
+/// An ESME account: who may bind, and how fast it may submit.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Account {
+    pub system_id: String,
+    pub password: String,
+    /// submit_sm PDUs per second before ESME_RTHROTTLED; `None` (or 0) for
+    /// no limit.
+    pub throughput_per_sec: Option<u32>,
+}
+
+impl Account {
+    pub fn new(system_id: impl Into<String>, password: impl Into<String>) -> Account {
+        Account {
+            system_id: system_id.into(),
+            password: password.into(),
+            throughput_per_sec: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("system_id", &self.system_id)
+            .field("password", &"<hidden>")
+            .field("throughput_per_sec", &self.throughput_per_sec)
+            .finish()
+    }
+}
+
+/// The SMSC's configuration, validated by whoever builds it.
+#[derive(Debug, Clone)]
+pub struct SmscConfig {
+    pub accounts: Vec<Account>,
+    /// Connections served at once; further ones wait in the accept backlog.
+    pub max_connections: usize,
+    /// Most deliver_sm PDUs a session may have unanswered; more receipts queue.
+    pub window: usize,
+    /// Largest PDU accepted; a longer `command_length` closes the connection.
+    pub max_pdu_len: usize,
+}
+
+impl Default for SmscConfig {
+    /// The default user account `otpgate`/`otpgate` (DESIGN.md section 3),
+    /// 256 connections, a window of 10 and 64 KiB PDUs.
+    fn default() -> Self {
+        SmscConfig {
+            accounts: vec![Account::new("otpgate", "otpgate")],
+            max_connections: 256,
+            window: 10,
+            max_pdu_len: codec::DEFAULT_MAX_PDU_LEN,
+        }
+    }
+}
+
+/// A message as an ESME submitted it, decoded and, if it came in parts,
+/// reassembled.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Submission {
+    pub system_id: String,
+    pub source_addr: String,
+    pub source_ton: u8,
+    pub source_npi: u8,
+    pub dest_addr: String,
+    pub dest_ton: u8,
+    pub dest_npi: u8,
+    /// Decoded and, for long messages, reassembled.
+    pub text: String,
+    pub data_coding: u8,
+    /// How many submit_sm made it (1 for short).
+    pub parts: u8,
+    /// The raw byte; low 2 bits: 0 none, 1 final, 2 failure only.
+    pub registered_delivery: u8,
+    /// Raw SMPP time string if given.
+    pub validity_period: Option<String>,
+    /// Vendor TLV 0x1401 (ASCII): the reference otpgate's own client puts on
+    /// each part so the delivery log can match the submission to its message.
+    pub message_ref: Option<String>,
+}
+
+/// Submission's Debug leaves the text out: it carries OTP codes.
+impl std::fmt::Debug for Submission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Submission")
+            .field("system_id", &self.system_id)
+            .field("source_addr", &self.source_addr)
+            .field("dest_addr", &self.dest_addr)
+            .field("text", &format_args!("<{} chars>", self.text.chars().count()))
+            .field("data_coding", &self.data_coding)
+            .field("parts", &self.parts)
+            .field("registered_delivery", &self.registered_delivery)
+            .field("validity_period", &self.validity_period)
+            .field("message_ref", &self.message_ref)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the SMSC refuses a submission, a cancel or a query; each maps to one
+/// SMPP `command_status`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitRefusal {
+    /// ESME_RTHROTTLED 0x58.
+    #[error("throttled")]
+    Throttled,
+    /// ESME_RINVDSTADR 0x0B.
+    #[error("invalid destination address")]
+    InvalidDestination,
+    /// ESME_RINVSRCADR 0x0A.
+    #[error("invalid source address")]
+    InvalidSource,
+    /// ESME_RMSGQFUL 0x14.
+    #[error("message queue full")]
+    QueueFull,
+    /// No such message: ESME_RCANCELFAIL 0x11 for cancel_sm, ESME_RQUERYFAIL
+    /// 0x67 for query_sm, ESME_RINVMSGID 0x0C otherwise.
+    #[error("no such message")]
+    NotFound,
+    /// The message can no longer be cancelled: ESME_RCANCELFAIL 0x11.
+    #[error("cannot cancel")]
+    CancelFailed,
+    /// ESME_RSYSERR 0x08; the text is logged, never sent.
+    #[error("system error: {0}")]
+    System(String),
+    /// Any other status, e.g. a carrier's submit-time refusal in the simulation.
+    #[error("command_status 0x{0:08X}")]
+    Status(u32),
+}
+
+impl SubmitRefusal {
+    /// The `command_status` for this refusal in a `submit_sm_resp`.
+    pub fn command_status(&self) -> u32 {
+        match self {
+            SubmitRefusal::Throttled => 0x58,
+            SubmitRefusal::InvalidDestination => 0x0B,
+            SubmitRefusal::InvalidSource => 0x0A,
+            SubmitRefusal::QueueFull => 0x14,
+            SubmitRefusal::NotFound => 0x0C,
+            SubmitRefusal::CancelFailed => 0x11,
+            SubmitRefusal::System(_) => 0x08,
+            SubmitRefusal::Status(status) => *status,
+        }
+    }
+}
+
+/// What `query_sm` reports about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageStatus {
+    pub final_date: Option<Millis>,
+    /// SMPP message_state: 1 ENROUTE, 2 DELIVERED, 3 EXPIRED, 4 DELETED,
+    /// 5 UNDELIVERABLE, 6 ACCEPTED, 7 UNKNOWN, 8 REJECTED.
+    pub state: u8,
+    pub error_code: u8,
+}
+
+/// What the SMSC does with messages: the rest of otpgate (the delivery log
+/// and the carrier model) implements it.
+pub trait SmscBackend: Send + Sync + 'static {
+    /// Stores the message durably and returns the SMSC message id; the SMSC
+    /// answers submit_sm_resp only after this returns Ok.
+    fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<String, SubmitRefusal>>;
+    fn query(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>>;
+    fn cancel(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>>;
+}
+
+/// A delivery receipt to send to the ESME that submitted the message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The account that submitted.
+    pub system_id: String,
+    pub message_id: String,
+    /// The receipt's source = the original destination.
+    pub source_addr: String,
+    /// = the original source.
+    pub dest_addr: String,
+    /// DELIVRD, UNDELIV, EXPIRED, REJECTD, ENROUTE, DELETED, UNKNOWN, ACCEPTD.
+    pub stat: String,
+    /// Printed as 3 digits.
+    pub err: u16,
+    /// SMPP message_state TLV value (2 DELIVERED, 3 EXPIRED, 5 UNDELIVERABLE, 8 REJECTED ...).
+    pub message_state: u8,
+    /// (network type 1=ANSI-136, 2=IS-95, 3=GSM ..., error code).
+    pub network_error_code: Option<(u8, u16)>,
+    pub submit_date: Millis,
+    pub done_date: Millis,
+    /// The message's first 20 characters for the text: field.
+    pub text: String,
+}
+
+/// Receipt's Debug leaves the quoted text out: it can carry an OTP code.
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Receipt")
+            .field("system_id", &self.system_id)
+            .field("message_id", &self.message_id)
+            .field("source_addr", &self.source_addr)
+            .field("dest_addr", &self.dest_addr)
+            .field("stat", &self.stat)
+            .field("err", &self.err)
+            .field("message_state", &self.message_state)
+            .field("network_error_code", &self.network_error_code)
+            .field("submit_date", &self.submit_date)
+            .field("done_date", &self.done_date)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Vendor TLV tag whose ASCII value is otpgate's own message reference
+/// ([`Submission::message_ref`]); its client puts it on every part.
+pub const TAG_MESSAGE_REF: u16 = 0x1401;
+
+/// Partial long messages kept at most, across all accounts.
+const MAX_PARTIAL_MESSAGES: usize = 10_000;
+/// A long message whose parts do not all arrive within this is dropped.
+const PARTIAL_MESSAGE_TTL: Duration = Duration::from_secs(600);
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// What every session of one SMSC shares.
+pub(crate) struct Shared {
+    pub config: SmscConfig,
+    pub backend: Arc<dyn SmscBackend>,
+    pub hub: ReceiptHub,
+    pub throttle: throttle::Throttle,
+    pub partials: Mutex<concat::Reassembler<session::PartMeta>>,
+    pub next_session: AtomicU64,
+}
+
+/// Serves SMPP on `listener` until `shutdown` fires, then unbinds every
+/// bound session and returns once all connection tasks have finished.
+pub async fn serve(
+    listener: TcpListener,
+    config: SmscConfig,
+    backend: Arc<dyn SmscBackend>,
+    hub: ReceiptHub,
+    mut shutdown: Shutdown,
+) {
+    let shared = Arc::new(Shared {
+        config,
+        backend,
+        hub,
+        throttle: throttle::Throttle::default(),
+        partials: Mutex::new(concat::Reassembler::new(MAX_PARTIAL_MESSAGES, PARTIAL_MESSAGE_TTL)),
+        next_session: AtomicU64::new(1),
+    });
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    tracing::info!(addr = ?listener.local_addr().ok(), "SMSC listening");
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => break,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_task_end(joined),
+            accepted = accept(&listener, &permits, &mut backoff) => {
+                let Some((stream, peer, permit)) = accepted else { break };
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    session::run(stream, peer, shared, shutdown).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(listener);
+    while let Some(joined) = tasks.join_next().await {
+        log_task_end(joined);
+    }
+    tracing::info!("SMSC stopped");
+}
+
+/// Waits for room under the connection cap, then for a connection; accept
+/// errors (out of descriptors, a reset before accept) are retried with a
+/// growing pause. `None` only if the semaphore is closed.
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    backoff: &mut Duration,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                *backoff = ACCEPT_BACKOFF_MIN;
+                return Some((stream, peer, permit));
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?*backoff, "SMPP accept failed");
+                tokio::time::sleep(*backoff).await;
+                *backoff = (*backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+fn log_task_end(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined {
+        tracing::error!(%error, "SMPP session task failed");
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,1 +1,331 @@
-//! The embedded SMTP server.
+//! The embedded SMTP server and the simulated mail world behind it.
+//!
+//! Any SMTP client (otpgate's own, smtplib, a QA team's application) connects
+//! here. Each connection is one tokio task that feeds lines to a sans-IO
+//! session ([`session`], built on the `mailin` state machine) and asks a
+//! [`MailBackend`] what to answer at RCPT and after DATA; the backend otpgate
+//! runs is [`MailWorld`], the mailbox model and the capture store. The server
+//! must never answer `250` to DATA before the backend has stored the message
+//! durably, never buffer more than the advertised SIZE, never let one
+//! connection's failure reach the listener, and never log message bodies or
+//! AUTH lines (they can carry OTP codes and passwords).
+
+mod command;
+mod session;
+
+pub mod capture;
+pub mod mailbox;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::shutdown::Shutdown;
+
+pub use capture::{
+    Delivery, Folder, HeaderField, MailDetail, MailError, MailEvent, MailPage, MailStage, MailSummary, MailWorld,
+    NewestCode, Outcome,
+};
+pub use mailbox::{Mailbox, MailboxPatch};
+
+/// The server's settings, read once from the configuration.
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// The name in the greeting and the EHLO answer.
+    pub hostname: String,
+    /// Advertised as SIZE and enforced while DATA is read.
+    pub max_message_bytes: usize,
+    /// Connections served at once; one more is answered `421` and closed.
+    pub max_connections: usize,
+    /// Accounts for AUTH PLAIN and LOGIN; empty means no AUTH at all.
+    pub auth: Vec<(String, String)>,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        SmtpConfig {
+            hostname: "otpgate.local".to_string(),
+            max_message_bytes: 10 * 1024 * 1024,
+            max_connections: 64,
+            auth: Vec::new(),
+        }
+    }
+}
+
+/// What the backend answers to one RCPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptVerdict {
+    Accept,
+    Reject { code: u16, enhanced: String, text: String },
+}
+
+/// What the backend answers once the whole message has arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataVerdict {
+    /// Stored durably under `id`; the client gets `250 ... queued as <id>`.
+    Accepted {
+        id: String,
+    },
+    Reject {
+        code: u16,
+        enhanced: String,
+        text: String,
+    },
+}
+
+/// The SMTP envelope of one message, as the client gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub helo: String,
+    /// The reverse path; empty for the null sender `<>`.
+    pub from: String,
+    /// The recipients the backend accepted at RCPT, in order.
+    pub rcpts: Vec<String>,
+    /// The client's socket address.
+    pub peer: String,
+}
+
+/// The decisions behind the server: the simulated mail world, or anything a
+/// test wants to put there.
+pub trait MailBackend: Send + Sync + 'static {
+    fn rcpt(&self, from: &str, to: &str) -> BoxFuture<'_, RcptVerdict>;
+    /// Stores the message durably; the server answers 250 only after Accepted.
+    fn data(&self, envelope: Envelope, raw: Vec<u8>) -> BoxFuture<'_, DataVerdict>;
+}
+
+/// Protocol timing and input limits that are not part of the configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    /// How long the server waits for the client's next line.
+    pub idle_timeout: Duration,
+    /// The longest command line, CRLF included.
+    pub command_line: usize,
+    /// How much of one DATA line is read at a time.
+    pub data_chunk: usize,
+    pub max_recipients: usize,
+    /// Client errors before the server gives up on the connection.
+    pub max_errors: u32,
+    /// NOOP, RSET, VRFY, EXPN and HELP before the server gives up.
+    pub max_junk_commands: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            idle_timeout: Duration::from_secs(300),
+            command_line: 4096,
+            data_chunk: 64 * 1024,
+            max_recipients: 100,
+            max_errors: 10,
+            max_junk_commands: 100,
+        }
+    }
+}
+
+/// Serves SMTP on `listener` until `shutdown` fires; then every open session
+/// is told `421 4.3.2 Service shutting down` and this returns once all
+/// connection tasks have finished.
+pub async fn serve(listener: TcpListener, config: SmtpConfig, backend: Arc<dyn MailBackend>, shutdown: Shutdown) {
+    serve_with(listener, config, Limits::default(), backend, shutdown).await
+}
+
+pub(crate) async fn serve_with(
+    listener: TcpListener,
+    config: SmtpConfig,
+    limits: Limits,
+    backend: Arc<dyn MailBackend>,
+    mut shutdown: Shutdown,
+) {
+    let max_connections = config
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let server = Arc::new(session::Server::new(config, limits, backend));
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(10);
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let server = server.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            connection(stream, peer, server, shutdown).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        // A fresh socket's send buffer is empty, so this
+                        // short goodbye never blocks the accept loop.
+                        let goodbye = format!(
+                            "421 4.7.0 {} Too many connections, try again later\r\n",
+                            server.hostname()
+                        );
+                        let _ = stream.try_write(goodbye.as_bytes());
+                        tracing::debug!(%peer, "smtp connection refused: too many connections");
+                    }
+                }
+            }
+            Err(error) => {
+                // Running out of file descriptors and similar conditions pass;
+                // back off instead of spinning, and keep serving.
+                tracing::warn!(%error, "smtp accept failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.wait() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+    drop(listener);
+    // Every connection task holds a permit until it ends.
+    let _all_closed = permits.acquire_many(max_connections as u32).await;
+}
+
+/// One connection: greeting, then lines in and replies out until QUIT, an
+/// error, the idle timeout or shutdown. Errors end here, logged at debug.
+async fn connection(stream: TcpStream, peer: SocketAddr, server: Arc<session::Server>, shutdown: Shutdown) {
+    let ip = peer.ip();
+    tracing::debug!(%peer, "smtp connection opened");
+    if let Err(error) = converse(stream, ip, peer.to_string(), server, shutdown).await {
+        tracing::debug!(%peer, %error, "smtp connection ended with an error");
+    }
+    tracing::debug!(%peer, "smtp connection closed");
+}
+
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    ip: std::net::IpAddr,
+    peer: String,
+    server: Arc<session::Server>,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let (reader, mut writer) = tokio::io::split(stream);
+    let mut reader = BufReader::new(reader);
+    let idle = server.limits().idle_timeout;
+    let mut session = session::Session::new(server, ip, peer);
+    write_reply(&mut writer, &session.greeting(), idle).await?;
+    let mut line = Vec::new();
+    loop {
+        let limit = session.line_limit();
+        let read = tokio::select! {
+            read = tokio::time::timeout(idle, read_line(&mut reader, &mut line, limit)) => read,
+            _ = shutdown.wait() => {
+                let _ = write_reply(&mut writer, "421 4.3.2 Service shutting down\r\n", idle).await;
+                break;
+            }
+        };
+        let step = match read {
+            Err(_elapsed) => {
+                let bye = format!("421 4.4.2 {} Error: timeout exceeded\r\n", session.hostname());
+                let _ = write_reply(&mut writer, &bye, idle).await;
+                break;
+            }
+            Ok(Err(error)) => return Err(error),
+            Ok(Ok(LineRead::Eof)) => break,
+            Ok(Ok(LineRead::Line)) => session.input(&line, true).await,
+            Ok(Ok(LineRead::Partial)) => {
+                if session.in_data() {
+                    session.input(&line, false).await
+                } else {
+                    // An overlong command is not worth reading: skip to its end.
+                    match tokio::time::timeout(idle, skip_line(&mut reader)).await {
+                        Ok(Ok(true)) => session.input(&line, false).await,
+                        Ok(Ok(false)) => break,
+                        Ok(Err(error)) => return Err(error),
+                        Err(_elapsed) => break,
+                    }
+                }
+            }
+        };
+        if let Some(reply) = &step.reply {
+            write_reply(&mut writer, reply, idle).await?;
+        }
+        if step.close {
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
+    Ok(())
+}
+
+async fn write_reply<W: AsyncWrite + Unpin>(writer: &mut W, reply: &str, idle: Duration) -> std::io::Result<()> {
+    let write = async {
+        writer.write_all(reply.as_bytes()).await?;
+        writer.flush().await
+    };
+    match tokio::time::timeout(idle, write).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client does not read",
+        )),
+    }
+}
+
+enum LineRead {
+    /// `buf` holds one line ending in LF.
+    Line,
+    /// `buf` holds `limit` bytes of a longer line; the rest is still unread.
+    Partial,
+    Eof,
+}
+
+/// Reads one line into `buf` (cleared first), never more than `limit` bytes.
+async fn read_line<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<LineRead> {
+    buf.clear();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(LineRead::Eof);
+        }
+        let room = limit.saturating_sub(buf.len());
+        let window = &available[..available.len().min(room)];
+        if let Some(at) = window.iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&window[..=at]);
+            reader.consume(at + 1);
+            return Ok(LineRead::Line);
+        }
+        let taken = window.len();
+        buf.extend_from_slice(window);
+        reader.consume(taken);
+        if buf.len() >= limit {
+            return Ok(LineRead::Partial);
+        }
+    }
+}
+
+/// Discards input up to and including the next LF; false at end of input.
+async fn skip_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>) -> std::io::Result<bool> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(false);
+        }
+        if let Some(at) = available.iter().position(|&b| b == b'\n') {
+            reader.consume(at + 1);
+            return Ok(true);
+        }
+        let all = available.len();
+        reader.consume(all);
+    }
+}
+
+#[cfg(test)]
+mod tests;

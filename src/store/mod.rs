@@ -46,7 +46,9 @@ impl Store {
     }
 
     pub fn tree(&self, name: &str) -> Result<Tree> {
-        Ok(Tree { tree: self.db.open_tree(name)? })
+        Ok(Tree {
+            tree: self.db.open_tree(name)?,
+        })
     }
 
     /// A number unique in this database, increasing, surviving restarts.
@@ -103,7 +105,11 @@ pub struct Batch {
 
 impl Batch {
     pub fn put<T: Serialize>(&mut self, tree: &Tree, key: &str, value: &T) -> Result<()> {
-        self.ops.push((tree.tree.clone(), key.as_bytes().to_vec(), Some(serde_json::to_vec(value)?)));
+        self.ops.push((
+            tree.tree.clone(),
+            key.as_bytes().to_vec(),
+            Some(serde_json::to_vec(value)?),
+        ));
         Ok(())
     }
 
@@ -195,7 +201,10 @@ impl Tree {
 
     /// The first key in key order, for retention (oldest first).
     pub fn first_key(&self) -> Result<Option<String>> {
-        Ok(self.tree.first()?.map(|(k, _)| String::from_utf8_lossy(&k).into_owned()))
+        Ok(self
+            .tree
+            .first()?
+            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned()))
     }
 
     pub fn clear(&self) -> Result<()> {

@@ -1,0 +1,301 @@
+//! Wires the parts together: opens the store, loads the carriers, starts the
+//! clock, the SMSC, the SMTP server, the OTP core's clients and the HTTP
+//! API, and stops them all on one shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::rngs::OsRng;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::carrier::{CarrierSet, SenderProfile};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::delivery::email::EmailClientConfig;
+use crate::delivery::log::DeliveryLog;
+use crate::delivery::outbound::{MailLink, Outbound, ReceiptRecorder};
+use crate::delivery::sms::{SmsClient, SmsClientConfig};
+use crate::http::Ctx;
+use crate::member::{self, Channel};
+use crate::service::{load_or_create_key, OtpService};
+use crate::shutdown::{self, Trigger};
+use crate::sim::sms::SmsNetwork;
+use crate::sim::World;
+use crate::smsc::{Account, ReceiptHub, SmscConfig};
+use crate::smtp::MailWorld;
+use crate::smtp::SmtpConfig;
+use crate::store::Store;
+
+/// The OTP core's own SMPP account on the embedded SMSC.
+pub const CORE_SYSTEM_ID: &str = "otpgate-core";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {0}: {1}")]
+    Data(String, String),
+    #[error("carrier files: {0}")]
+    Carriers(String),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A started server.
+pub struct Running {
+    pub http: SocketAddr,
+    pub smpp: Option<SocketAddr>,
+    pub smtp: Option<SocketAddr>,
+    trigger: Trigger,
+    tasks: Vec<JoinHandle<()>>,
+    store: Store,
+}
+
+impl Running {
+    /// The line a harness parses: `otpgate listening http=... smpp=... smtp=...`.
+    pub fn listening_line(&self) -> String {
+        let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
+        format!(
+            "otpgate listening http={} smpp={} smtp={}",
+            self.http,
+            show(self.smpp),
+            show(self.smtp)
+        )
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// Stops every listener, says goodbye on every protocol and waits.
+    pub async fn stop(self) {
+        self.trigger.fire();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
+        let _ = self.store.flush().await;
+    }
+}
+
+async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?;
+    let local = listener.local_addr().map_err(|e| StartError::Listen(addr, e))?;
+    Ok((listener, local))
+}
+
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let data = |e: &dyn std::fmt::Display| StartError::Data(config.data_dir.display().to_string(), e.to_string());
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| data(&e))?;
+    let key = load_or_create_key(&config.data_dir).map_err(|e| data(&e))?;
+    let store = Store::open(&config.data_dir).map_err(|e| data(&e))?;
+    let fresh = store.tree("members").map_err(|e| data(&e))?.is_empty()
+        && store.tree("handsets").map_err(|e| data(&e))?.is_empty();
+    let carriers = match &config.carriers_dir {
+        Some(dir) => CarrierSet::load_dir(dir).map_err(|e| StartError::Carriers(e.to_string()))?,
+        None => CarrierSet::embedded(),
+    };
+    let carriers = Arc::new(carriers);
+    if carriers.get(&config.default_carrier).is_none() {
+        return Err(StartError::Carriers(format!(
+            "default_carrier `{}` is not a loaded carrier",
+            config.default_carrier
+        )));
+    }
+    let clock = if config.virtual_clock {
+        let saved = World::saved_clock(&store).map_err(|e| data(&e))?;
+        Clock::virtual_at(saved.map_or(config.clock_start, |s| s.max(config.clock_start)))
+    } else {
+        Clock::system()
+    };
+    let (trigger, shutdown) = shutdown::channel();
+    let mut tasks = Vec::new();
+
+    let log = DeliveryLog::open(&store).map_err(|e| data(&e))?;
+    let profile = SenderProfile {
+        number: config.sender.number.clone(),
+        short_code: config.sender.short_code.clone(),
+    };
+    let world = World::open(
+        &store,
+        carriers.clone(),
+        profile,
+        config.default_carrier.clone(),
+        config.chaos,
+    )
+    .map_err(|e| data(&e))?;
+    let hub = ReceiptHub::new();
+    let network = SmsNetwork::open(
+        &store,
+        world.clone(),
+        log.clone(),
+        clock.clone(),
+        hub.clone(),
+        config.seed,
+        CORE_SYSTEM_ID.into(),
+    )
+    .map_err(|e| data(&e))?;
+
+    // The SMSC, with the configured accounts and the core's own.
+    let mut core_password = [0u8; 4]; // SMPP passwords are at most 8 characters
+    OsRng.fill_bytes(&mut core_password);
+    let core_password: String = core_password.iter().map(|b| format!("{b:02x}")).collect();
+    let mut accounts: Vec<Account> = config
+        .smsc
+        .accounts
+        .iter()
+        .map(|a| Account {
+            system_id: a.system_id.clone(),
+            password: a.password.clone(),
+            throughput_per_sec: a.throughput_per_sec,
+        })
+        .collect();
+    accounts.push(Account {
+        system_id: CORE_SYSTEM_ID.into(),
+        password: core_password.clone(),
+        throughput_per_sec: None,
+    });
+    let smpp_addr = match config.smpp {
+        Some(addr) => {
+            let (listener, local) = listen(addr).await?;
+            let smsc_config = SmscConfig {
+                accounts,
+                max_connections: 1024,
+                window: config.smsc.window,
+                max_pdu_len: 64 * 1024,
+            };
+            tasks.push(tokio::spawn(crate::smsc::serve(
+                listener,
+                smsc_config,
+                Arc::new(network.clone()),
+                hub.clone(),
+                shutdown.clone(),
+            )));
+            Some(local)
+        }
+        None => None,
+    };
+
+    // The SMTP server and the mail world.
+    let mail = MailWorld::new(&store, clock.clone(), config.mail_retention).map_err(|e| data(&e))?;
+    let mail_link = MailLink::new(log.clone(), config.sender.email_from.clone());
+    mail.set_observer(mail_link.observer());
+    let smtp_addr = match config.smtp {
+        Some(addr) => {
+            let (listener, local) = listen(addr).await?;
+            let smtp_config = SmtpConfig {
+                hostname: "otpgate.local".into(),
+                max_message_bytes: config.max_message_bytes,
+                max_connections: 1024,
+                auth: Vec::new(),
+            };
+            tasks.push(tokio::spawn(crate::smtp::serve(
+                listener,
+                smtp_config,
+                Arc::new(mail.clone()),
+                shutdown.clone(),
+            )));
+            Some(local)
+        }
+        None => None,
+    };
+
+    tasks.push(tokio::spawn(clock.clone().run(shutdown.clone())));
+    match network.resume() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(pending = n, "resumed pending SMS deliveries"),
+        Err(e) => tracing::error!(error = %e, "could not resume pending SMS"),
+    }
+
+    // The OTP core's clients: to the embedded servers unless configured otherwise.
+    let sms_client_config = match (&config.sms_out, smpp_addr) {
+        (Some(out), _) => Some(SmsClientConfig {
+            addr: out.addr.clone(),
+            system_id: out.system_id.clone(),
+            password: out.password.clone(),
+        }),
+        (None, Some(local)) => Some(SmsClientConfig {
+            addr: local.to_string(),
+            system_id: CORE_SYSTEM_ID.into(),
+            password: core_password,
+        }),
+        (None, None) => None,
+    };
+    let recorder = Arc::new(ReceiptRecorder {
+        log: log.clone(),
+        clock: clock.clone(),
+    });
+    let sms = match sms_client_config {
+        Some(c) => match SmsClient::start(c, recorder, shutdown.clone()).await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::error!(error = %e, "the SMS channel could not start; SMS OTPs will fail");
+                None
+            }
+        },
+        None => None,
+    };
+    let email = match (&config.email_out, smtp_addr) {
+        (Some(out), _) => Some(EmailClientConfig {
+            relay: out.relay.clone(),
+            from: config.sender.email_from.clone(),
+            hello: "otpgate.local".into(),
+            implicit_tls: out.implicit_tls,
+            credentials: out.username.clone().zip(out.password.clone()),
+        }),
+        (None, Some(local)) => Some(EmailClientConfig {
+            relay: local.to_string(),
+            from: config.sender.email_from.clone(),
+            hello: "otpgate.local".into(),
+            implicit_tls: false,
+            credentials: None,
+        }),
+        (None, None) => None,
+    };
+    let shown_world = world.clone();
+    let email_from = config.sender.email_from.clone();
+    let outbound = Arc::new(Outbound {
+        log: log.clone(),
+        clock: clock.clone(),
+        sms,
+        email,
+        sms_source: member::national_number(&config.sender.number).unwrap_or_else(|| config.sender.number.clone()),
+        brand: config.sender.brand.clone(),
+        shown: Arc::new(move |channel, destination| match channel {
+            Channel::Sms => shown_world.shown_sender(destination),
+            Channel::Email => email_from.clone(),
+        }),
+        mail_link: config.email_out.is_none().then_some(mail_link),
+    });
+    let service = OtpService::open(&store, clock.clone(), log.clone(), key, &config, outbound).map_err(|e| data(&e))?;
+
+    if fresh {
+        if let Err(e) = crate::fixtures::load_demo(&service, &world).await {
+            tracing::warn!(error = %e, "demo data not loaded");
+        }
+    }
+
+    let (http_listener, http_addr) = listen(config.http).await?;
+    let ctx = Arc::new(Ctx {
+        service,
+        log,
+        clock,
+        world,
+        network,
+        mail,
+        admin_token: config.admin_token.clone(),
+        loopback: config.http_is_loopback(),
+        metrics: Default::default(),
+    });
+    tasks.push(tokio::spawn(crate::http::serve(http_listener, ctx, shutdown.clone())));
+
+    Ok(Running {
+        http: http_addr,
+        smpp: smpp_addr,
+        smtp: smtp_addr,
+        trigger,
+        tasks,
+        store,
+    })
+}

@@ -1,0 +1,398 @@
+//! The delivery log: every message otpgate sent or carried, with the
+//! timeline of what happened to it, durable before anything is acknowledged.
+//!
+//! Both sides write here: the OTP core's channels (queued, submitted, the
+//! receipt or SMTP reply) and the simulated network (accepted by the SMSC,
+//! retry scheduled, delivered to the handset). A message's `state` follows
+//! from its events. Texts are kept with codes masked: never a plain code.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Millis;
+use crate::member::Channel;
+use crate::store::{Store, StoreError, Tree};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Queued,
+    Submitted,
+    Enroute,
+    Delivered,
+    Failed,
+    Expired,
+    Rejected,
+}
+
+impl State {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            State::Delivered | State::Failed | State::Expired | State::Rejected
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Submitted => "submitted",
+            State::Enroute => "enroute",
+            State::Delivered => "delivered",
+            State::Failed => "failed",
+            State::Expired => "expired",
+            State::Rejected => "rejected",
+        }
+    }
+
+    /// The log state for an SMPP receipt `stat`.
+    pub fn from_stat(stat: &str) -> Option<State> {
+        match stat {
+            "DELIVRD" => Some(State::Delivered),
+            "UNDELIV" => Some(State::Failed),
+            "REJECTD" => Some(State::Rejected),
+            "EXPIRED" => Some(State::Expired),
+            "DELETED" => Some(State::Failed),
+            "ENROUTE" | "ACCEPTD" => Some(State::Enroute),
+            _ => None,
+        }
+    }
+}
+
+/// One thing that happened to a message, with its protocol detail.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub at: Millis,
+    /// `queued`, `submitted`, `submit_refused`, `accepted`, `retry_scheduled`,
+    /// `delivered`, `failed`, `rejected`, `expired`, `receipt`, `smtp_reply`, ...
+    pub kind: String,
+    /// The state this event moves the message to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<State>,
+    /// Why, in the words of the model: `absent_subscriber`, `storage_full`, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smsc_message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stat: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub err: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network_error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_status: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp_reply: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Millis>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Event {
+    pub fn new(kind: &str, at: Millis) -> Event {
+        Event {
+            kind: kind.to_string(),
+            at,
+            ..Event::default()
+        }
+    }
+
+    pub fn state(mut self, state: State) -> Event {
+        self.state = Some(state);
+        self
+    }
+
+    pub fn reason(mut self, reason: &str) -> Event {
+        self.reason = Some(reason.to_string());
+        self
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Event {
+        self.detail = Some(detail.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: String,
+    pub channel: Channel,
+    /// E.164 number or email address.
+    pub to: String,
+    /// The sender as the handset shows it (SMS) or the envelope sender (email).
+    pub from: String,
+    /// `otpgate` for the OTP core, else the SMPP system_id or `smtp`.
+    pub origin: String,
+    pub member_id: Option<String>,
+    pub otp_id: Option<String>,
+    /// The text with codes masked (`******`).
+    pub text: String,
+    pub smsc_message_id: Option<String>,
+    /// The carrier of the handset, when known.
+    pub carrier: Option<String>,
+    pub state: State,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub events: Vec<Event>,
+}
+
+/// A new message to log.
+pub struct NewMessage {
+    pub channel: Channel,
+    pub to: String,
+    pub from: String,
+    pub origin: String,
+    pub member_id: Option<String>,
+    pub otp_id: Option<String>,
+    pub text: String,
+    pub carrier: Option<String>,
+    pub at: Millis,
+}
+
+/// Filters for [`DeliveryLog::query`].
+#[derive(Debug, Default, Clone)]
+pub struct Query {
+    pub member_id: Option<String>,
+    pub to: Option<String>,
+    pub otp_id: Option<String>,
+    pub before: Option<String>,
+    pub limit: usize,
+}
+
+/// Observers are told of each event after it is durable (status callbacks).
+pub type Observer = Arc<dyn Fn(&Message, &Event) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct DeliveryLog {
+    store: Store,
+    messages: Tree,
+    /// `kind\0value\0message id` → message id, for member, to, otp and smsc lookups.
+    index: Tree,
+    /// Serialises read-modify-write of one message (striped by id).
+    locks: Arc<Vec<tokio::sync::Mutex<()>>>,
+    observers: Arc<std::sync::RwLock<Vec<Observer>>>,
+}
+
+fn message_key(n: u64) -> String {
+    format!("m{n:012}")
+}
+
+impl DeliveryLog {
+    pub fn open(store: &Store) -> Result<DeliveryLog, StoreError> {
+        Ok(DeliveryLog {
+            store: store.clone(),
+            messages: store.tree("messages")?,
+            index: store.tree("message_index")?,
+            locks: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
+            observers: Arc::new(std::sync::RwLock::new(Vec::new())),
+        })
+    }
+
+    pub fn observe(&self, observer: Observer) {
+        self.observers.write().unwrap_or_else(|e| e.into_inner()).push(observer);
+    }
+
+    fn lock_for(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        let hash = id
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
+        &self.locks[hash % self.locks.len()]
+    }
+
+    fn index_put(&self, kind: &str, value: &str, id: &str) -> Result<(), StoreError> {
+        self.index.put(&format!("{kind}\0{value}\0{id}"), &id)
+    }
+
+    /// Logs a new message with its first event; durable when this returns.
+    pub async fn create(&self, new: NewMessage, first: Event) -> Result<Message, StoreError> {
+        let id = message_key(self.store.next_id()?);
+        let mut first = first;
+        first.id = format!("{id}.1");
+        let state = first.state.unwrap_or(State::Queued);
+        let message = Message {
+            id: id.clone(),
+            channel: new.channel,
+            to: new.to,
+            from: new.from,
+            origin: new.origin,
+            member_id: new.member_id,
+            otp_id: new.otp_id,
+            text: new.text,
+            smsc_message_id: first.smsc_message_id.clone(),
+            carrier: new.carrier,
+            state,
+            created_at: new.at,
+            updated_at: new.at,
+            events: vec![first.clone()],
+        };
+        self.messages.put(&id, &message)?;
+        self.index_put("to", &message.to, &id)?;
+        if let Some(m) = &message.member_id {
+            self.index_put("member", m, &id)?;
+        }
+        if let Some(o) = &message.otp_id {
+            self.index_put("otp", o, &id)?;
+        }
+        if let Some(s) = &message.smsc_message_id {
+            self.index.put(&format!("smsc\0{s}"), &id)?;
+        }
+        self.store.flush().await?;
+        self.notify(&message, &first);
+        Ok(message)
+    }
+
+    /// Appends an event; the state moves unless the message is already final
+    /// (a late receipt never undoes a delivery). Durable when this returns.
+    pub async fn append(&self, id: &str, event: Event) -> Result<Option<Message>, StoreError> {
+        let _guard = self.lock_for(id).lock().await;
+        let Some(mut message) = self.messages.get::<Message>(id)? else {
+            return Ok(None);
+        };
+        let mut event = event;
+        event.id = format!("{id}.{}", message.events.len() + 1);
+        if let Some(state) = event.state {
+            if !message.state.is_final() {
+                message.state = state;
+            }
+        }
+        if let Some(s) = &event.smsc_message_id {
+            if message.smsc_message_id.is_none() {
+                message.smsc_message_id = Some(s.clone());
+                self.index.put(&format!("smsc\0{s}"), &id.to_string())?;
+            }
+        }
+        message.updated_at = message.updated_at.max(event.at);
+        message.events.push(event.clone());
+        self.messages.put(id, &message)?;
+        self.store.flush().await?;
+        self.notify(&message, &event);
+        Ok(Some(message))
+    }
+
+    /// Sets who the message is for once the OTP core knows (carrier, sender shown).
+    pub async fn annotate(&self, id: &str, carrier: Option<String>, from: Option<String>) -> Result<(), StoreError> {
+        let _guard = self.lock_for(id).lock().await;
+        if let Some(mut message) = self.messages.get::<Message>(id)? {
+            if carrier.is_some() {
+                message.carrier = carrier;
+            }
+            if let Some(from) = from {
+                message.from = from;
+            }
+            self.messages.put(id, &message)?;
+        }
+        Ok(())
+    }
+
+    fn notify(&self, message: &Message, event: &Event) {
+        for observer in self.observers.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            observer(message, event);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        self.messages.get(id)
+    }
+
+    pub fn by_smsc_id(&self, smsc_id: &str) -> Result<Option<Message>, StoreError> {
+        match self.index.get::<String>(&format!("smsc\0{smsc_id}"))? {
+            Some(id) => self.get(&id),
+            None => Ok(None),
+        }
+    }
+
+    /// Messages newest first, filtered; `before` is a message id cursor.
+    pub fn query(&self, q: &Query) -> Result<(Vec<Message>, Option<String>), StoreError> {
+        let limit = if q.limit == 0 { 100 } else { q.limit.min(1000) };
+        let filter = [("member", &q.member_id), ("to", &q.to), ("otp", &q.otp_id)]
+            .into_iter()
+            .find_map(|(kind, v)| v.as_ref().map(|v| (kind, v.clone())));
+        let mut ids: Vec<String> = match &filter {
+            Some((kind, value)) => {
+                let prefix = format!("{kind}\0{value}\0");
+                self.index
+                    .keys_with_prefix(&prefix)?
+                    .into_iter()
+                    .map(|k| k[prefix.len()..].to_string())
+                    .collect()
+            }
+            None => self.messages.keys_with_prefix("m")?,
+        };
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut out = Vec::new();
+        for id in ids {
+            if q.before.as_ref().is_some_and(|b| id.as_str() >= b.as_str()) {
+                continue;
+            }
+            let Some(m) = self.get(&id)? else { continue };
+            let keep = q.member_id.as_ref().is_none_or(|v| m.member_id.as_ref() == Some(v))
+                && q.to.as_ref().is_none_or(|v| &m.to == v)
+                && q.otp_id.as_ref().is_none_or(|v| m.otp_id.as_ref() == Some(v));
+            if keep {
+                if out.len() == limit {
+                    let next = out.last().map(|m: &Message| m.id.clone());
+                    return Ok((out, next));
+                }
+                out.push(m);
+            }
+        }
+        Ok((out, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(to: &str) -> NewMessage {
+        NewMessage {
+            channel: Channel::Sms,
+            to: to.into(),
+            from: "03-5460-0124".into(),
+            origin: "otpgate".into(),
+            member_id: Some("M1".into()),
+            otp_id: Some("o1".into()),
+            text: "code ******".into(),
+            carrier: None,
+            at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn events_move_the_state_but_never_undo_a_final_one() {
+        let log = DeliveryLog::open(&Store::temporary().unwrap()).unwrap();
+        let m = log
+            .create(new("+819011110001"), Event::new("queued", 0).state(State::Queued))
+            .await
+            .unwrap();
+        let mut submitted = Event::new("submitted", 1).state(State::Submitted);
+        submitted.smsc_message_id = Some("42".into());
+        log.append(&m.id, submitted).await.unwrap();
+        log.append(&m.id, Event::new("delivered", 2).state(State::Delivered))
+            .await
+            .unwrap();
+        let after = log
+            .append(&m.id, Event::new("retry_scheduled", 3).state(State::Enroute))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.state, State::Delivered);
+        assert_eq!(log.by_smsc_id("42").unwrap().unwrap().id, m.id);
+        let (found, _) = log
+            .query(&Query {
+                member_id: Some("M1".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].events.len(), 4);
+    }
+}

@@ -1,0 +1,365 @@
+//! The OTP core's outbound side: hands each OTP message to the SMS channel
+//! (an SMPP client) or the email channel (an SMTP client) and turns what the
+//! protocol answers into delivery-log events.
+//!
+//! The plain code lives only in the message handed to the channel and, for
+//! an email retry, in memory until the retry; it is never stored or logged.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::clock::{Clock, Millis};
+use crate::delivery::email::{self, EmailClientConfig, OutgoingEmail, SendOutcome};
+use crate::delivery::log::{DeliveryLog, Event, State};
+use crate::delivery::sms::{IncomingReceipt, OutgoingSms, ReceiptSink, SmsClient, SmsError};
+use crate::member::Channel;
+use crate::service::{sms_text, SendJob, Sender};
+
+/// How long a greylisted or deferred email waits before the next try.
+const EMAIL_RETRY_MS: Millis = 300_000;
+
+/// Who the member will see as the sender, per channel and destination.
+pub type ShownSender = Arc<dyn Fn(Channel, &str) -> String + Send + Sync>;
+
+pub struct Outbound {
+    pub log: DeliveryLog,
+    pub clock: Arc<Clock>,
+    pub sms: Option<SmsClient>,
+    pub email: Option<EmailClientConfig>,
+    /// The SMS source address (national digits of the sender profile's number).
+    pub sms_source: String,
+    pub brand: String,
+    /// Who the member will see as the sender, per channel and destination.
+    pub shown: ShownSender,
+    /// Set when the email channel goes to the embedded SMTP server.
+    pub mail_link: Option<MailLink>,
+}
+
+impl Outbound {
+    async fn send_sms(self: Arc<Self>, job: SendJob) {
+        let now = self.clock.now();
+        let Some(client) = &self.sms else {
+            self.record(
+                &job.log_id,
+                Event::new("submit_failed", now)
+                    .state(State::Failed)
+                    .reason("no_smsc_configured"),
+            )
+            .await;
+            return;
+        };
+        let sms = OutgoingSms {
+            from: self.sms_source.clone(),
+            to_e164: job.destination.clone(),
+            text: sms_text(&job.locale, &self.brand, &job.code, job.valid_minutes),
+            message_ref: job.log_id.clone(),
+        };
+        let event = match client.submit(sms).await {
+            Ok(smsc_id) => {
+                let mut e = Event::new("submitted", self.clock.now())
+                    .state(State::Submitted)
+                    .detail("submit_sm_resp OK");
+                e.smsc_message_id = Some(smsc_id);
+                e.command_status = Some("0x00000000".into());
+                e
+            }
+            Err(SmsError::Status(status)) => {
+                let reason = if status == 0x58 { "throttled" } else { "smsc_refused" };
+                let mut e = Event::new("submit_refused", self.clock.now())
+                    .state(State::Failed)
+                    .reason(reason);
+                e.command_status = Some(format!("0x{status:08X}"));
+                e
+            }
+            Err(other) => Event::new("submit_failed", self.clock.now())
+                .state(State::Failed)
+                .reason("gateway_unreachable")
+                .detail(other.to_string()),
+        };
+        self.record(&job.log_id, event).await;
+    }
+
+    /// Boxed, because a deferred email schedules this again.
+    fn send_email(self: Arc<Self>, job: SendJob, attempt: u32) -> BoxFuture<'static, ()> {
+        Box::pin(self.try_email(job, attempt))
+    }
+
+    async fn try_email(self: Arc<Self>, job: SendJob, attempt: u32) {
+        let log_id = job.log_id.clone();
+        let Some(config) = &self.email else {
+            self.record(
+                &job.log_id,
+                Event::new("send_failed", self.clock.now())
+                    .state(State::Failed)
+                    .reason("no_smtp_relay_configured"),
+            )
+            .await;
+            return;
+        };
+        let mail = OutgoingEmail {
+            to: job.destination.clone(),
+            locale: job.locale.clone(),
+            code: job.code.clone(),
+            valid_minutes: job.valid_minutes,
+            purpose: job.purpose.clone(),
+            brand: self.brand.clone(),
+        };
+        if let Some(link) = &self.mail_link {
+            link.expect(&job.destination, &log_id);
+        }
+        let outcome = email::send_otp(config, &mail).await;
+        let now = self.clock.now();
+        let mut event = match &outcome {
+            SendOutcome::Accepted { reply } => {
+                let mut e = Event::new("smtp_accepted", now).state(State::Submitted);
+                e.smtp_code = Some(250);
+                e.smtp_reply = Some(reply.clone());
+                e
+            }
+            SendOutcome::Rejected {
+                code,
+                enhanced,
+                text,
+                stage,
+            } => {
+                let reason = email_reason(*code, enhanced);
+                let state = if reason == "domain_filter" {
+                    State::Rejected
+                } else {
+                    State::Failed
+                };
+                let mut e = Event::new("smtp_rejected", now)
+                    .state(state)
+                    .reason(reason)
+                    .detail(format!("at {stage}"));
+                e.smtp_code = Some(*code);
+                e.smtp_reply = Some(format!("{code} {enhanced} {text}"));
+                e
+            }
+            SendOutcome::TryLater { code, enhanced, text } => {
+                let mut e = Event::new("smtp_deferred", now).state(State::Enroute).reason(
+                    if *code == 451 && enhanced.starts_with("4.7") {
+                        "greylisted"
+                    } else {
+                        "temporary_failure"
+                    },
+                );
+                e.smtp_code = Some(*code);
+                e.smtp_reply = Some(format!("{code} {enhanced} {text}"));
+                e
+            }
+            SendOutcome::Unreachable(why) => Event::new("smtp_unreachable", now)
+                .state(State::Enroute)
+                .reason("relay_unreachable")
+                .detail(why.clone()),
+        };
+        let retry = matches!(outcome, SendOutcome::TryLater { .. } | SendOutcome::Unreachable(_));
+        if retry {
+            let next = now + EMAIL_RETRY_MS;
+            if next >= job.expires_at || attempt >= 5 {
+                event.state = Some(State::Failed);
+                event.detail = Some("no more retries: the code would have expired".into());
+            } else {
+                event.attempt = Some(attempt);
+                event.next_attempt_at = Some(next);
+                let me = self.clone();
+                self.clock
+                    .schedule(next, Box::new(move |_| me.send_email(job, attempt + 1)));
+            }
+        }
+        self.record(&log_id, event).await;
+    }
+
+    async fn record(&self, log_id: &str, event: Event) {
+        if let Err(e) = self.log.append(log_id, event).await {
+            tracing::error!(message = log_id, error = %e, "could not record a delivery event");
+        }
+    }
+}
+
+/// The diagnosis word for an SMTP refusal.
+pub fn email_reason(code: u16, enhanced: &str) -> &'static str {
+    match (code, enhanced) {
+        (550, e) if e.starts_with("5.1.") => "unknown_user",
+        (452, _) | (552, "5.2.2") => "mailbox_full",
+        (550, e) | (554, e) if e.starts_with("5.7.") => "domain_filter",
+        (552, _) => "message_too_large",
+        _ => "smtp_refused",
+    }
+}
+
+impl Sender for Outbound {
+    fn send(self: Arc<Self>, job: SendJob) -> BoxFuture<'static, ()> {
+        match job.channel {
+            Channel::Sms => Box::pin(self.send_sms(job)),
+            Channel::Email => self.send_email(job, 1),
+        }
+    }
+
+    fn shown_sender(&self, channel: Channel, destination: &str) -> String {
+        (self.shown)(channel, destination)
+    }
+}
+
+/// Records SMPP delivery receipts for the OTP core's messages.
+pub struct ReceiptRecorder {
+    pub log: DeliveryLog,
+    pub clock: Arc<Clock>,
+}
+
+impl ReceiptSink for ReceiptRecorder {
+    fn on_receipt(&self, receipt: IncomingReceipt) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let message = match self.log.by_smsc_id(&receipt.message_id) {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    tracing::warn!(smsc_message_id = %receipt.message_id, "a receipt for a message otpgate did not send");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the delivery log");
+                    return;
+                }
+            };
+            let mut event = Event::new("receipt", self.clock.now()).detail(receipt.text.clone());
+            event.state = State::from_stat(&receipt.stat);
+            event.stat = Some(receipt.stat.clone());
+            event.err = Some(receipt.err.clone());
+            event.smsc_message_id = Some(receipt.message_id.clone());
+            event.network_error_code = receipt.network_error_code.map(|(t, c)| format!("{t}:{c}"));
+            if let Err(e) = self.log.append(&message.id, event).await {
+                tracing::error!(error = %e, "recording a receipt");
+            }
+        })
+    }
+}
+
+/// Joins what the embedded SMTP server saw with the delivery log: the
+/// mailbox side of the OTP core's own emails (delivered, spam, dropped by
+/// the domain filter, refused) lands in that email's timeline; mail from
+/// other applications gets a log entry of its own.
+#[derive(Clone)]
+pub struct MailLink {
+    log: DeliveryLog,
+    /// Recipient → the log message of the OTP email on its way there.
+    expected: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// Capture id → log message, for mail from other applications.
+    external: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    own_sender: String,
+}
+
+impl MailLink {
+    pub fn new(log: DeliveryLog, own_sender: String) -> MailLink {
+        MailLink {
+            log,
+            expected: Default::default(),
+            external: Default::default(),
+            own_sender,
+        }
+    }
+
+    fn expect(&self, recipient: &str, log_id: &str) {
+        self.expected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(recipient.to_ascii_lowercase(), log_id.to_string());
+    }
+
+    /// The observer to hand to the mail world.
+    pub fn observer(&self) -> crate::smtp::capture::MailObserver {
+        let link = self.clone();
+        Arc::new(move |event: crate::smtp::MailEvent| {
+            let link = link.clone();
+            tokio::spawn(async move { link.record(event).await });
+        })
+    }
+
+    async fn record(&self, e: crate::smtp::MailEvent) {
+        use crate::smtp::Outcome;
+        let (kind, state, reason) = match (e.outcome, e.code) {
+            (Outcome::Accepted, _) if matches!(e.stage, crate::smtp::MailStage::Rcpt) => return,
+            (Outcome::Accepted, _) => ("delivered", State::Delivered, None),
+            (Outcome::Spam, _) => ("delivered", State::Delivered, Some("spam_folder")),
+            (Outcome::Dropped, _) => ("dropped", State::Rejected, Some("domain_filter")),
+            (Outcome::Deferred, code) => (
+                "deferred",
+                State::Enroute,
+                Some(if code == 451 && e.enhanced.starts_with("4.7") {
+                    "greylisted"
+                } else {
+                    "mailbox_full"
+                }),
+            ),
+            (Outcome::Rejected, code) => {
+                let reason = email_reason(code, &e.enhanced);
+                (
+                    "refused",
+                    if reason == "domain_filter" {
+                        State::Rejected
+                    } else {
+                        State::Failed
+                    },
+                    Some(reason),
+                )
+            }
+        };
+        let mut event = Event::new(kind, e.at)
+            .state(state)
+            .detail(format!("mailbox {}", e.recipient));
+        event.reason = reason.map(str::to_string);
+        event.smtp_code = Some(e.code);
+        event.smtp_reply = Some(format!("{} {} {}", e.code, e.enhanced, e.text));
+        let own = e.from.eq_ignore_ascii_case(&self.own_sender);
+        let known = if own {
+            self.expected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&e.recipient.to_ascii_lowercase())
+                .cloned()
+        } else {
+            None
+        };
+        let result = match known {
+            Some(log_id) => self.log.append(&log_id, event).await.map(|_| ()),
+            None => {
+                let key = e.message_id.clone().map(|m| format!("{m}\u{1f}{}", e.recipient));
+                let existing = key
+                    .as_ref()
+                    .and_then(|k| self.external.lock().unwrap_or_else(|p| p.into_inner()).get(k).cloned());
+                match existing {
+                    Some(log_id) => self.log.append(&log_id, event).await.map(|_| ()),
+                    None => {
+                        let new = crate::delivery::log::NewMessage {
+                            channel: Channel::Email,
+                            to: e.recipient.clone(),
+                            from: e.from.clone(),
+                            origin: "smtp".into(),
+                            member_id: None,
+                            otp_id: None,
+                            text: e
+                                .message_id
+                                .as_ref()
+                                .map(|m| format!("captured mail {m}"))
+                                .unwrap_or_default(),
+                            carrier: None,
+                            at: e.at,
+                        };
+                        match self.log.create(new, event).await {
+                            Ok(m) => {
+                                if let Some(k) = key {
+                                    self.external.lock().unwrap_or_else(|p| p.into_inner()).insert(k, m.id);
+                                }
+                                Ok(())
+                            }
+                            Err(err) => Err(err),
+                        }
+                    }
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::error!(error = %err, "recording a mail event");
+        }
+    }
+}

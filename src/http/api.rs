@@ -1,0 +1,559 @@
+//! The JSON routes of DESIGN.md section 3, and their answer shapes.
+
+use std::sync::Arc;
+
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use super::{json_response, text_response, ApiError, ApiResult, Req};
+use crate::clock::{rfc3339, Clock};
+use crate::delivery::log::{DeliveryLog, Message, Query};
+use crate::member::{self, Channel, Member, MemberError};
+use crate::otp::{Otp, Verdict};
+use crate::service::{NewMember, OtpService, ServiceError};
+use crate::sim::sms::SmsNetwork;
+use crate::sim::{World, WorldError};
+
+/// What the handlers reach: the services, built by `app`.
+pub struct Ctx {
+    pub service: OtpService,
+    pub log: DeliveryLog,
+    pub clock: Arc<Clock>,
+    pub world: World,
+    pub network: SmsNetwork,
+    pub mail: crate::smtp::MailWorld,
+    /// Required on simulation routes when HTTP listens beyond loopback.
+    pub admin_token: Option<String>,
+    pub loopback: bool,
+    pub metrics: Metrics,
+}
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub otps_issued: std::sync::atomic::AtomicU64,
+    pub verifies_ok: std::sync::atomic::AtomicU64,
+    pub verifies_failed: std::sync::atomic::AtomicU64,
+    pub rate_limited: std::sync::atomic::AtomicU64,
+}
+
+fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> ApiError {
+        match e {
+            ServiceError::NotFound(what) => ApiError::not_found(what),
+            ServiceError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            ServiceError::Member(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m.code(), m.to_string()),
+            ServiceError::RateLimited { retry_after } => {
+                let mut err = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("too many codes sent to this destination; retry in {retry_after} s"),
+                );
+                err.extra = Some(json!({"retry_after": retry_after}));
+                err.retry_after = Some(retry_after);
+                err
+            }
+            ServiceError::Verify(v) => verdict_error(&v),
+            ServiceError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<WorldError> for ApiError {
+    fn from(e: WorldError) -> ApiError {
+        match e {
+            WorldError::UnknownCarrier(_) | WorldError::Invalid(_) => ApiError::invalid(e.to_string()),
+            WorldError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::smtp::MailError> for ApiError {
+    fn from(e: crate::smtp::MailError) -> ApiError {
+        match e {
+            crate::smtp::MailError::InvalidAddress => ApiError::invalid("not an email address"),
+            crate::smtp::MailError::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        ApiError::internal(e)
+    }
+}
+
+fn verdict_error(v: &Verdict) -> ApiError {
+    match v {
+        Verdict::InvalidCode { attempts_left } => {
+            let mut err = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_code",
+                format!("the code is not right; {attempts_left} attempts left"),
+            );
+            err.extra = Some(json!({"attempts_left": attempts_left}));
+            err
+        }
+        Verdict::Expired => ApiError::new(
+            StatusCode::GONE,
+            "expired",
+            "the code has expired (codes are valid for 10 minutes); request a new one",
+        ),
+        Verdict::AlreadyUsed => ApiError::new(
+            StatusCode::CONFLICT,
+            "already_used",
+            "this code was already used; a code works once",
+        ),
+        Verdict::Superseded { matched_older: Some(_) } => ApiError::new(
+            StatusCode::CONFLICT,
+            "superseded",
+            "that is the code of an earlier request; enter the newest code",
+        ),
+        Verdict::Superseded { matched_older: None } => ApiError::new(
+            StatusCode::CONFLICT,
+            "superseded",
+            "a newer code was issued; enter the newest code",
+        ),
+        Verdict::Locked => ApiError::new(StatusCode::LOCKED, "locked", "too many wrong codes; request a new one"),
+        Verdict::Verified => ApiError::internal("verified is not an error"),
+    }
+}
+
+fn ok(value: Value) -> ApiResult {
+    Ok(json_response(StatusCode::OK, &value))
+}
+
+fn created(value: Value) -> ApiResult {
+    Ok(json_response(StatusCode::CREATED, &value))
+}
+
+fn str_field<'a>(body: &'a Value, key: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid(format!("`{key}` must be a string"))),
+    }
+}
+
+fn required<'a>(body: &'a Value, key: &str) -> Result<&'a str, ApiError> {
+    str_field(body, key)?.ok_or_else(|| ApiError::invalid(format!("`{key}` is required")))
+}
+
+pub fn member_json(m: &Member) -> Value {
+    json!({
+        "id": m.id,
+        "locale": m.locale,
+        "residence": m.residence,
+        "email": m.email,
+        "phone": m.phone.as_ref().map(|p| json!({"number": p.number, "display": member::display_number(&p.number), "verified": p.verified})),
+        "notification": m.notification.map(Channel::as_str),
+        "created_at": rfc3339(m.created_at),
+    })
+}
+
+pub fn otp_json(o: &Otp, now: i64) -> Value {
+    let destination = match o.channel {
+        Channel::Sms => member::mask_number(&o.destination),
+        Channel::Email => member::mask_email(&o.destination),
+    };
+    json!({
+        "id": o.id,
+        "member_id": o.member_id,
+        "purpose": o.purpose,
+        "channel": o.channel.as_str(),
+        "destination": destination,
+        "sender": o.sender,
+        "issued_at": rfc3339(o.issued_at),
+        "expires_at": rfc3339(o.expires_at),
+        "status": o.shown_status(now),
+        "attempts_left": o.attempts_left(),
+        "message_id": o.message_id,
+    })
+}
+
+pub fn message_json(m: &Message) -> Value {
+    let events: Vec<Value> = m
+        .events
+        .iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("at".into(), json!(rfc3339(e.at)));
+                if let Some(next) = e.next_attempt_at {
+                    obj.insert("next_attempt_at".into(), json!(rfc3339(next)));
+                }
+            }
+            v
+        })
+        .collect();
+    json!({
+        "id": m.id,
+        "channel": m.channel.as_str(),
+        "to": m.to,
+        "from": m.from,
+        "origin": m.origin,
+        "member_id": m.member_id,
+        "otp_id": m.otp_id,
+        "text": m.text,
+        "smsc_message_id": m.smsc_message_id,
+        "carrier": m.carrier,
+        "state": m.state.as_str(),
+        "created_at": rfc3339(m.created_at),
+        "updated_at": rfc3339(m.updated_at),
+        "events": events,
+    })
+}
+
+/// `{"items": [...]}`; the message lists also carry the same list as
+/// `messages`, which early clients (and the checks) read.
+fn list(items: Vec<Value>, next: Option<String>, alias: Option<&str>) -> Value {
+    let mut v = json!({"items": items});
+    if let Some(alias) = alias {
+        v[alias] = v["items"].clone();
+    }
+    if let Some(next) = next {
+        v["next"] = json!(next);
+    }
+    v
+}
+
+fn parse_number(input: &str) -> Result<String, ApiError> {
+    member::parse_mobile(input)
+        .map_err(|e: MemberError| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.code(), e.to_string()))
+}
+
+fn check_token(ctx: &Ctx, req: &Req) -> Result<(), ApiError> {
+    if ctx.loopback {
+        return Ok(());
+    }
+    match (&ctx.admin_token, &req.token) {
+        (Some(want), Some(got)) if want == got => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "simulation routes need `Authorization: Bearer <admin_token>` when otpgate listens beyond loopback",
+        )),
+    }
+}
+
+pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
+    bump(&ctx.metrics.requests);
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    let m = &req.method;
+    if segs.first() == Some(&"v1") && segs.get(1) == Some(&"sim") {
+        check_token(ctx, &req)?;
+    }
+    match (m, segs.as_slice()) {
+        (&Method::GET, ["healthz"]) => ok(json!({"status": "ok"})),
+        (&Method::GET, ["metrics"]) => metrics(ctx),
+        (&Method::POST, ["v1", "members"]) => create_member(ctx, &req).await,
+        (&Method::GET, ["v1", "members"]) => find_members(ctx, &req),
+        (&Method::GET, ["v1", "members", id]) => ok(member_json(&ctx.service.member(id)?)),
+        (&Method::PUT, ["v1", "members", id, "email"]) => {
+            let body = req.json()?;
+            ok(member_json(
+                &ctx.service.set_email(id, required(&body, "email")?).await?,
+            ))
+        }
+        (&Method::POST, ["v1", "members", id, "phone"]) => register_phone(ctx, id, &req).await,
+        (&Method::POST, ["v1", "members", id, "phone", "verify"]) => {
+            let body = req.json()?;
+            let code = required(&body, "code")?;
+            match ctx.service.verify_phone(id, code).await {
+                Ok(member) => {
+                    bump(&ctx.metrics.verifies_ok);
+                    ok(json!({"status": "verified", "member": member_json(&member)}))
+                }
+                Err(e) => {
+                    bump(&ctx.metrics.verifies_failed);
+                    Err(e.into())
+                }
+            }
+        }
+        (&Method::PUT, ["v1", "members", id, "notification"]) => {
+            let body = req.json()?;
+            let channel = match required(&body, "channel")? {
+                "sms" => Channel::Sms,
+                "email" => Channel::Email,
+                other => return Err(ApiError::invalid(format!("channel `{other}` is not `sms` or `email`"))),
+            };
+            ok(member_json(&ctx.service.set_notification(id, channel).await?))
+        }
+        (&Method::POST, ["v1", "otps"]) => {
+            let body = req.json()?;
+            let member_id = required(&body, "member_id")?;
+            let purpose = str_field(&body, "purpose")?.unwrap_or("login");
+            let otp = ctx.service.issue(member_id, purpose).await.inspect_err(|e| {
+                if matches!(e, ServiceError::RateLimited { .. }) {
+                    bump(&ctx.metrics.rate_limited);
+                }
+            })?;
+            bump(&ctx.metrics.otps_issued);
+            created(otp_json(&otp, ctx.clock.now()))
+        }
+        (&Method::GET, ["v1", "otps", id]) => ok(otp_json(&ctx.service.otp(id)?, ctx.clock.now())),
+        (&Method::POST, ["v1", "otps", id, "verify"]) => {
+            let body = req.json()?;
+            let code = required(&body, "code")?;
+            match ctx.service.verify(id, code).await {
+                Ok(otp) => {
+                    bump(&ctx.metrics.verifies_ok);
+                    ok(json!({"status": "verified", "otp": otp_json(&otp, ctx.clock.now())}))
+                }
+                Err(e) => {
+                    bump(&ctx.metrics.verifies_failed);
+                    Err(e.into())
+                }
+            }
+        }
+        (&Method::POST, ["v1", "otps", id, "resend"]) => {
+            let otp = ctx.service.resend(id).await?;
+            bump(&ctx.metrics.otps_issued);
+            created(otp_json(&otp, ctx.clock.now()))
+        }
+        (&Method::GET, ["v1", "messages"]) => {
+            let q = Query {
+                member_id: req.query("member_id").map(str::to_string),
+                to: match req.query("to") {
+                    Some(to) if to.contains('@') => Some(to.to_ascii_lowercase()),
+                    Some(to) => Some(parse_number(to)?),
+                    None => None,
+                },
+                otp_id: req.query("otp_id").map(str::to_string),
+                before: req.query("before").map(str::to_string),
+                limit: req.query("limit").and_then(|l| l.parse().ok()).unwrap_or(100),
+            };
+            let (items, next) = ctx.log.query(&q)?;
+            ok(list(items.iter().map(message_json).collect(), next, Some("messages")))
+        }
+        (&Method::GET, ["v1", "messages", id]) => ok(message_json(
+            &ctx.log.get(id)?.ok_or_else(|| ApiError::not_found("message"))?,
+        )),
+        (&Method::GET, ["v1", "carriers"]) => {
+            let items: Vec<Value> = ctx
+                .world
+                .carriers
+                .all()
+                .into_iter()
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                .collect();
+            ok(list(items, None, None))
+        }
+        (&Method::GET, ["v1", "sim", "clock"]) => {
+            ok(json!({"now": rfc3339(ctx.clock.now()), "virtual": ctx.clock.is_virtual()}))
+        }
+        (&Method::POST, ["v1", "sim", "clock", "advance"]) => advance(ctx, &req).await,
+        (&Method::GET, ["v1", "sim", "chaos"]) => ok(serde_json::to_value(ctx.world.chaos()).unwrap_or(Value::Null)),
+        (&Method::PUT, ["v1", "sim", "chaos"]) => {
+            let body = req.json()?;
+            let mut current = serde_json::to_value(ctx.world.chaos()).unwrap_or(Value::Null);
+            crate::sim::merge(&mut current, &body);
+            let chaos = serde_json::from_value(current).map_err(|e| ApiError::invalid(format!("chaos: {e}")))?;
+            ctx.world.set_chaos(chaos);
+            ok(serde_json::to_value(ctx.world.chaos()).unwrap_or(Value::Null))
+        }
+        (&Method::GET, ["v1", "sim", "handsets"]) => {
+            let items = ctx
+                .world
+                .all_handsets()?
+                .into_iter()
+                .map(|(n, h)| handset_json(&n, &h))
+                .collect();
+            ok(list(items, None, None))
+        }
+        (&Method::PUT, ["v1", "sim", "handsets", number]) => {
+            let number = parse_number(number)?;
+            let body = req.json()?;
+            if !body.is_object() {
+                return Err(ApiError::invalid("the handset must be a JSON object"));
+            }
+            let (handset, was_new) = ctx.world.put_handset(&number, &body).await?;
+            ctx.network.handset_changed(&number).await;
+            let status = if was_new { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(json_response(status, &handset_json(&number, &handset)))
+        }
+        (&Method::GET, ["v1", "sim", "handsets", number]) => {
+            let number = parse_number(number)?;
+            let handset = ctx
+                .world
+                .handset(&number)?
+                .ok_or_else(|| ApiError::not_found("handset"))?;
+            ok(handset_json(&number, &handset))
+        }
+        (&Method::GET, ["v1", "sim", "handsets", number, "messages"]) => {
+            let number = parse_number(number)?;
+            let items = ctx.world.inbox(&number)?.iter().rev().map(|m| json!({"from": m.from, "text": m.text, "received_at": rfc3339(m.received_at), "message_id": m.message_id})).collect();
+            ok(list(items, None, Some("messages")))
+        }
+        (&Method::GET, ["v1", "sim", "handsets", number, "otp"]) => {
+            let number = parse_number(number)?;
+            let (code, m) = ctx
+                .world
+                .newest_code(&number)?
+                .ok_or_else(|| ApiError::not_found("code on this handset"))?;
+            ok(json!({"code": code, "from": m.from, "received_at": rfc3339(m.received_at), "message_id": m.message_id}))
+        }
+        (&Method::GET, ["v1", "mail"]) => {
+            let limit = req
+                .query("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(50)
+                .clamp(1, 500);
+            let page = ctx.mail.list(req.query("q"), req.query("before"), limit)?;
+            let items = page
+                .items
+                .iter()
+                .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
+                .collect();
+            ok(list(items, page.next, None))
+        }
+        (&Method::DELETE, ["v1", "mail"]) => {
+            check_token(ctx, &req)?;
+            ctx.mail.delete_all().await?;
+            ok(json!({"deleted": "all"}))
+        }
+        (&Method::GET, ["v1", "mail", id]) => {
+            let detail = ctx.mail.get(id)?.ok_or_else(|| ApiError::not_found("mail"))?;
+            ok(serde_json::to_value(detail).unwrap_or(Value::Null))
+        }
+        (&Method::GET, ["v1", "mail", id, "raw"]) => {
+            let raw = ctx.mail.raw(id)?.ok_or_else(|| ApiError::not_found("mail"))?;
+            Ok(text_response(
+                StatusCode::OK,
+                "message/rfc822",
+                String::from_utf8_lossy(&raw).into_owned(),
+            ))
+        }
+        (&Method::DELETE, ["v1", "mail", id]) => {
+            check_token(ctx, &req)?;
+            if ctx.mail.delete(id).await? {
+                ok(json!({"deleted": id}))
+            } else {
+                Err(ApiError::not_found("mail"))
+            }
+        }
+        (&Method::PUT, ["v1", "sim", "mailboxes", address]) => {
+            let body = req.json()?;
+            let patch: crate::smtp::MailboxPatch =
+                serde_json::from_value(body).map_err(|e| ApiError::invalid(format!("mailbox: {e}")))?;
+            let mailbox = ctx.mail.put_mailbox(address, patch).await?;
+            ok(serde_json::to_value(mailbox).unwrap_or(Value::Null))
+        }
+        (&Method::GET, ["v1", "sim", "mailboxes", address]) => {
+            ok(serde_json::to_value(ctx.mail.get_mailbox(address)?).unwrap_or(Value::Null))
+        }
+        (&Method::GET, ["v1", "sim", "mailboxes", address, "messages"]) => {
+            let items = ctx
+                .mail
+                .mailbox_messages(address)?
+                .iter()
+                .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
+                .collect();
+            ok(list(items, None, Some("messages")))
+        }
+        (&Method::GET, ["v1", "sim", "mailboxes", address, "otp"]) => {
+            let code = ctx
+                .mail
+                .newest_code(address)?
+                .ok_or_else(|| ApiError::not_found("code in this mailbox"))?;
+            ok(serde_json::to_value(code).unwrap_or(Value::Null))
+        }
+        (&Method::GET, []) => Ok(text_response(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            "otpgate: see /v1 and README.md\n".into(),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route for {} /{}", req.method, req.segments.join("/")),
+        )),
+    }
+}
+
+fn handset_json(number: &str, h: &crate::carrier::HandsetState) -> Value {
+    let mut v = serde_json::to_value(h).unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("number".into(), json!(number));
+        obj.insert("display".into(), json!(member::display_number(number)));
+    }
+    v
+}
+
+async fn create_member(ctx: &Ctx, req: &Req) -> ApiResult {
+    let body = req.json()?;
+    if !body.is_object() {
+        return Err(ApiError::invalid("the member must be a JSON object"));
+    }
+    let member = ctx
+        .service
+        .create_member(NewMember {
+            id: str_field(&body, "id")?.map(str::to_string),
+            locale: str_field(&body, "locale")?.map(str::to_string),
+            residence: str_field(&body, "residence")?.map(str::to_string),
+            email: str_field(&body, "email")?.map(str::to_string),
+        })
+        .await?;
+    created(member_json(&member))
+}
+
+fn find_members(ctx: &Ctx, req: &Req) -> ApiResult {
+    let members = match (req.query("phone"), req.query("email")) {
+        (None, None) => ctx.service.all_members()?,
+        (phone, email) => ctx.service.find_members(phone, email)?,
+    };
+    ok(list(members.iter().map(member_json).collect(), None, None))
+}
+
+async fn register_phone(ctx: &Ctx, id: &str, req: &Req) -> ApiResult {
+    let body = req.json()?;
+    let number = required(&body, "number")?;
+    let (member, otp) = ctx.service.register_phone(id, number).await?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"member": member_json(&member), "verification": otp_json(&otp, ctx.clock.now())}),
+    ))
+}
+
+async fn advance(ctx: &Ctx, req: &Req) -> ApiResult {
+    if !ctx.clock.is_virtual() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "clock_not_virtual",
+            "start otpgate with --virtual-clock to advance time",
+        ));
+    }
+    let body = req.json()?;
+    let seconds = body
+        .get("seconds")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| ApiError::invalid("`seconds` (a number) is required"))?;
+    if !(0.0..=366.0 * 86400.0).contains(&seconds) {
+        return Err(ApiError::invalid("`seconds` must be between 0 and one year"));
+    }
+    let now = ctx.clock.advance((seconds * 1000.0) as i64).await;
+    ctx.world.save_clock(now).await?;
+    ok(json!({"now": rfc3339(now), "virtual": true}))
+}
+
+fn metrics(ctx: &Ctx) -> ApiResult {
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &ctx.metrics;
+    let text = format!(
+        "# TYPE otpgate_http_requests_total counter\notpgate_http_requests_total {}\n\
+         # TYPE otpgate_otps_issued_total counter\notpgate_otps_issued_total {}\n\
+         # TYPE otpgate_verifies_total counter\notpgate_verifies_total{{result=\"ok\"}} {}\notpgate_verifies_total{{result=\"failed\"}} {}\n\
+         # TYPE otpgate_sends_rate_limited_total counter\notpgate_sends_rate_limited_total {}\n",
+        m.requests.load(Relaxed),
+        m.otps_issued.load(Relaxed),
+        m.verifies_ok.load(Relaxed),
+        m.verifies_failed.load(Relaxed),
+        m.rate_limited.load(Relaxed),
+    );
+    Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", text))
+}

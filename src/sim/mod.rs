@@ -1,0 +1,211 @@
+//! The simulated world behind the protocols: handsets with their inboxes,
+//! the SMS network that carries SMSC messages to them (`sms`), and the
+//! chaos switch.
+//!
+//! Only this world holds delivered texts in plain, as a phone would. It
+//! never talks to the OTP core: messages reach it over SMPP and SMTP.
+
+pub mod sms;
+
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::carrier::{CarrierSet, HandsetState, SenderProfile};
+use crate::clock::Millis;
+use crate::store::{Store, StoreError, Tree};
+
+/// One SMS as the phone shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxMessage {
+    /// The sender ID this handset's carrier displays.
+    pub from: String,
+    pub text: String,
+    pub received_at: Millis,
+    /// The SMSC message id that brought it.
+    pub message_id: String,
+}
+
+/// Chaos settings: off by default; per-carrier rates override the files'.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Chaos {
+    pub enabled: bool,
+    /// carrier id → rate overrides (`throttle`, `failure`, `long_delay`).
+    #[serde(default)]
+    pub carriers: std::collections::BTreeMap<String, ChaosRates>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChaosRates {
+    #[serde(default)]
+    pub throttle: Option<f64>,
+    #[serde(default)]
+    pub failure: Option<f64>,
+    #[serde(default)]
+    pub long_delay: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    #[error("unknown carrier `{0}`; see GET /v1/carriers")]
+    UnknownCarrier(String),
+    #[error("invalid handset: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Handsets, inboxes and the carriers they are on.
+#[derive(Clone)]
+pub struct World {
+    store: Store,
+    handsets: Tree,
+    inbox: Tree,
+    pub carriers: Arc<CarrierSet>,
+    pub profile: SenderProfile,
+    pub default_carrier: String,
+    chaos: Arc<RwLock<Chaos>>,
+}
+
+impl World {
+    pub fn open(
+        store: &Store,
+        carriers: Arc<CarrierSet>,
+        profile: SenderProfile,
+        default_carrier: String,
+        chaos: bool,
+    ) -> Result<World, StoreError> {
+        Ok(World {
+            store: store.clone(),
+            handsets: store.tree("handsets")?,
+            inbox: store.tree("inbox")?,
+            carriers,
+            profile,
+            default_carrier,
+            chaos: Arc::new(RwLock::new(Chaos {
+                enabled: chaos,
+                ..Chaos::default()
+            })),
+        })
+    }
+
+    pub fn handset(&self, number: &str) -> Result<Option<HandsetState>, StoreError> {
+        self.handsets.get(number)
+    }
+
+    /// The handset for a number, created on the default carrier if none exists.
+    pub async fn handset_or_default(&self, number: &str) -> Result<HandsetState, StoreError> {
+        if let Some(h) = self.handsets.get(number)? {
+            return Ok(h);
+        }
+        let handset = HandsetState {
+            carrier: self.default_carrier.clone(),
+            ..HandsetState::default()
+        };
+        self.handsets.put(number, &handset)?;
+        self.store.flush().await?;
+        Ok(handset)
+    }
+
+    /// Applies a JSON merge patch to a handset (omitted fields keep their
+    /// value or default). Returns the new state and whether it was created.
+    pub async fn put_handset(
+        &self,
+        number: &str,
+        patch: &serde_json::Value,
+    ) -> Result<(HandsetState, bool), WorldError> {
+        let existing = self.handsets.get::<HandsetState>(number)?;
+        let created = existing.is_none();
+        let base = existing.unwrap_or_else(|| HandsetState {
+            carrier: self.default_carrier.clone(),
+            ..HandsetState::default()
+        });
+        let mut value = serde_json::to_value(&base).map_err(|e| WorldError::Invalid(e.to_string()))?;
+        merge(&mut value, patch);
+        let handset: HandsetState = serde_json::from_value(value).map_err(|e| WorldError::Invalid(e.to_string()))?;
+        if self.carriers.get(&handset.carrier).is_none() {
+            return Err(WorldError::UnknownCarrier(handset.carrier));
+        }
+        self.handsets.put(number, &handset)?;
+        self.store.flush().await?;
+        Ok((handset, created))
+    }
+
+    pub async fn push_inbox(&self, number: &str, message: InboxMessage) -> Result<(), StoreError> {
+        let key = format!("{number}\0{:015}", self.store.next_id()?);
+        self.inbox.put(&key, &message)?;
+        self.store.flush().await
+    }
+
+    /// The inbox oldest first.
+    pub fn inbox(&self, number: &str) -> Result<Vec<InboxMessage>, StoreError> {
+        Ok(self
+            .inbox
+            .scan_prefix::<InboxMessage>(&format!("{number}\0"))?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect())
+    }
+
+    /// The newest 6-digit code that reached the phone, with its message.
+    pub fn newest_code(&self, number: &str) -> Result<Option<(String, InboxMessage)>, StoreError> {
+        Ok(self
+            .inbox(number)?
+            .into_iter()
+            .rev()
+            .find_map(|m| crate::otp::find_code(&m.text).map(|c| (c, m))))
+    }
+
+    pub fn all_handsets(&self) -> Result<Vec<(String, HandsetState)>, StoreError> {
+        self.handsets.scan_prefix("")
+    }
+
+    /// Remembers where a virtual clock stands, so a restart resumes there.
+    pub async fn save_clock(&self, now: Millis) -> Result<(), StoreError> {
+        self.store.tree("meta")?.put("virtual_now", &now)?;
+        self.store.flush().await
+    }
+
+    pub fn saved_clock(store: &Store) -> Result<Option<Millis>, StoreError> {
+        store.tree("meta")?.get("virtual_now")
+    }
+
+    pub fn chaos(&self) -> Chaos {
+        self.chaos.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_chaos(&self, chaos: Chaos) {
+        *self.chaos.write().unwrap_or_else(|e| e.into_inner()) = chaos;
+    }
+
+    /// The sender a handset on this number will see for the profile's number.
+    pub fn shown_sender(&self, number: &str) -> String {
+        let carrier_id = self
+            .handsets
+            .get::<HandsetState>(number)
+            .ok()
+            .flatten()
+            .map(|h| h.carrier)
+            .unwrap_or_else(|| self.default_carrier.clone());
+        match self.carriers.get(&carrier_id) {
+            Some(c) => c.displayed_sender(&self.profile.number, &self.profile),
+            None => self.profile.number.clone(),
+        }
+    }
+}
+
+/// RFC 7396 JSON merge patch.
+pub fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}

@@ -1,0 +1,490 @@
+//! The simulated SMS network behind the embedded SMSC: it stores each
+//! submitted message, lets the handset's carrier decide each delivery
+//! attempt, retries absent phones on the carrier's schedule until the
+//! validity ends, and sends receipts back through the SMSC.
+//!
+//! Every random draw comes from a generator seeded with the simulation seed
+//! and the message id, so one seed gives the same outcomes on every run,
+//! whatever order the messages interleave in.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::carrier::{Attempt, Carrier, Outcome, ReceiptCodes};
+use crate::clock::{Clock, Millis};
+use crate::delivery::log::{DeliveryLog, Event, NewMessage, State};
+use crate::member::{self, Channel};
+use crate::sim::{InboxMessage, World};
+use crate::smsc::{MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, SubmitRefusal};
+use crate::store::{Store, StoreError, Tree};
+
+/// One message in the SMSC's store-and-forward queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SmsRecord {
+    pub id: String,
+    pub system_id: String,
+    /// The source address as submitted.
+    pub source: String,
+    /// E.164 destination.
+    pub to: String,
+    pub text: String,
+    pub registered_delivery: u8,
+    pub submitted_at: Millis,
+    /// The end of validity: an absent phone past this gets EXPIRED.
+    pub expires_at: Millis,
+    pub attempts: u32,
+    /// `ENROUTE` until final, then the receipt stat.
+    pub stat: String,
+    pub final_at: Option<Millis>,
+    pub err: u16,
+    pub message_state: u8,
+    pub log_id: String,
+}
+
+impl SmsRecord {
+    fn is_final(&self) -> bool {
+        self.stat != "ENROUTE"
+    }
+}
+
+#[derive(Clone)]
+pub struct SmsNetwork {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    records: Tree,
+    /// `{to}\0{id}` for messages not yet final.
+    pending: Tree,
+    world: World,
+    log: DeliveryLog,
+    clock: Arc<Clock>,
+    hub: ReceiptHub,
+    seed: u64,
+    /// The OTP core's own system_id: its receipts are awaited, so that a
+    /// clock advance answers after the delivery log has them.
+    internal_system_id: String,
+    locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The destination of a submit_sm in E.164, or why it cannot be one.
+pub fn destination_e164(addr: &str, ton: u8) -> Result<String, SubmitRefusal> {
+    let digits: String = addr.chars().filter(|c| c.is_ascii_digit()).collect();
+    let spelled = if ton == 1 || addr.starts_with('+') {
+        format!("+{digits}")
+    } else {
+        addr.to_string()
+    };
+    member::parse_mobile(&spelled).map_err(|_| SubmitRefusal::InvalidDestination)
+}
+
+/// Parses an SMPP time (`YYMMDDhhmmsstnnp`): absolute with a quarter-hour
+/// offset, or relative (`R`). Returns an absolute time.
+pub fn parse_smpp_time(text: &str, now: Millis) -> Option<Millis> {
+    let b = text.as_bytes();
+    if b.len() != 16 || !b[..15].iter().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let num = |i: usize| -> i64 { ((b[i] - b'0') as i64) * 10 + (b[i + 1] - b'0') as i64 };
+    let (yy, mo, dd, hh, mi, ss) = (num(0), num(2), num(4), num(6), num(8), num(10));
+    match b[15] {
+        b'R' => Some(now + ((((yy * 365 + mo * 30 + dd) * 24 + hh) * 60 + mi) * 60 + ss) * 1000),
+        sign @ (b'+' | b'-') => {
+            let offset_min = num(13) * 15 * if sign == b'+' { 1 } else { -1 };
+            let date = chrono::NaiveDate::from_ymd_opt(2000 + yy as i32, mo as u32, dd as u32)?;
+            let dt = date.and_hms_opt(hh as u32, mi as u32, ss as u32)?;
+            Some(dt.and_utc().timestamp_millis() - offset_min * 60_000)
+        }
+        _ => None,
+    }
+}
+
+impl SmsNetwork {
+    pub fn open(
+        store: &Store,
+        world: World,
+        log: DeliveryLog,
+        clock: Arc<Clock>,
+        hub: ReceiptHub,
+        seed: u64,
+        internal_system_id: String,
+    ) -> Result<SmsNetwork, StoreError> {
+        Ok(SmsNetwork {
+            inner: Arc::new(Inner {
+                store: store.clone(),
+                records: store.tree("sms_records")?,
+                pending: store.tree("sms_pending")?,
+                world,
+                log,
+                clock,
+                hub,
+                seed,
+                internal_system_id,
+                locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            }),
+        })
+    }
+
+    fn rng(&self, id: &str, attempt: u32, salt: u64) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(self.inner.seed ^ stable_hash(id) ^ ((attempt as u64) << 40) ^ salt)
+    }
+
+    /// The handset's carrier model, with the chaos overrides of `PUT /v1/sim/chaos`.
+    fn carrier_for(&self, carrier_id: &str) -> Option<Carrier> {
+        let set = &self.inner.world.carriers;
+        let mut carrier = set
+            .get(carrier_id)
+            .or_else(|| set.get(&self.inner.world.default_carrier))
+            .cloned()?;
+        let chaos = self.inner.world.chaos();
+        let rates = chaos
+            .carriers
+            .get(&carrier.id)
+            .or_else(|| chaos.carriers.get(&carrier.host));
+        if let Some(rates) = rates {
+            if let Some(v) = rates.throttle {
+                carrier.chaos.throttle = v;
+            }
+            if let Some(v) = rates.failure {
+                carrier.chaos.failure = v;
+            }
+            if let Some(v) = rates.long_delay {
+                carrier.chaos.long_delay = v;
+            }
+        }
+        Some(carrier)
+    }
+
+    fn schedule(&self, id: String, at: Millis) {
+        let net = self.clone();
+        self.inner.clock.schedule(
+            at,
+            Box::new(move |now| Box::pin(async move { net.attempt(&id, now).await })),
+        );
+    }
+
+    /// Re-schedules every message still pending, after a restart.
+    pub fn resume(&self) -> Result<usize, StoreError> {
+        let now = self.inner.clock.now();
+        let pending = self.inner.pending.scan_prefix::<String>("")?;
+        for (_, id) in &pending {
+            self.schedule(id.clone(), now);
+        }
+        Ok(pending.len())
+    }
+
+    /// The network's alert: a handset became reachable, so pending messages
+    /// to it are tried at once.
+    pub async fn handset_changed(&self, number: &str) {
+        let ids = match self.inner.pending.scan_prefix::<String>(&format!("{number}\0")) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "reading pending messages");
+                return;
+            }
+        };
+        for (_, id) in ids {
+            self.attempt(&id, self.inner.clock.now()).await;
+        }
+    }
+
+    pub fn record(&self, id: &str) -> Result<Option<SmsRecord>, StoreError> {
+        self.inner.records.get(id)
+    }
+
+    async fn accept(&self, sub: Submission) -> Result<String, SubmitRefusal> {
+        let inner = &self.inner;
+        let to = destination_e164(&sub.dest_addr, sub.dest_ton)?;
+        let now = inner.clock.now();
+        let handset = inner.world.handset_or_default(&to).await.map_err(sys)?;
+        let carrier = self
+            .carrier_for(&handset.carrier)
+            .ok_or_else(|| SubmitRefusal::System("no carrier models loaded".into()))?;
+        let id = format!("{:010}", inner.store.next_id().map_err(sys)?);
+        let chaos = inner.world.chaos();
+        if chaos.enabled && carrier.chaos_throttle(&mut self.rng(&id, 0, 1)) {
+            return Err(SubmitRefusal::Throttled);
+        }
+        let validity_end = now + carrier.validity_ms();
+        let expires_at = sub
+            .validity_period
+            .as_deref()
+            .and_then(|v| parse_smpp_time(v, now))
+            .map(|t| t.clamp(now, validity_end))
+            .unwrap_or(validity_end);
+        let shown = carrier.displayed_sender(&sub.source_addr, &inner.world.profile);
+        let mut accepted = Event::new("smsc_accepted", now).state(State::Submitted).detail(format!(
+            "accepted for {} ({})",
+            member::display_number(&to),
+            carrier.id
+        ));
+        accepted.smsc_message_id = Some(id.clone());
+        let existing = match &sub.message_ref {
+            Some(r) => inner.log.get(r).map_err(sys)?,
+            None => None,
+        };
+        let log_id = match existing {
+            Some(m) => {
+                inner
+                    .log
+                    .annotate(&m.id, Some(carrier.id.clone()), Some(shown.clone()))
+                    .await
+                    .map_err(sys)?;
+                inner.log.append(&m.id, accepted).await.map_err(sys)?;
+                m.id
+            }
+            None => {
+                let new = NewMessage {
+                    channel: Channel::Sms,
+                    to: to.clone(),
+                    from: shown,
+                    origin: sub.system_id.clone(),
+                    member_id: None,
+                    otp_id: None,
+                    text: crate::otp::mask_digits(&sub.text),
+                    carrier: Some(carrier.id.clone()),
+                    at: now,
+                };
+                inner.log.create(new, accepted).await.map_err(sys)?.id
+            }
+        };
+        let record = SmsRecord {
+            id: id.clone(),
+            system_id: sub.system_id,
+            source: sub.source_addr,
+            to: to.clone(),
+            text: sub.text,
+            registered_delivery: sub.registered_delivery,
+            submitted_at: now,
+            expires_at,
+            attempts: 0,
+            stat: "ENROUTE".into(),
+            final_at: None,
+            err: 0,
+            message_state: 1,
+            log_id,
+        };
+        inner.records.put(&id, &record).map_err(sys)?;
+        inner.pending.put(&format!("{to}\0{id}"), &id).map_err(sys)?;
+        inner.store.flush().await.map_err(sys)?;
+        let delay = carrier.delivery_delay_ms(&mut self.rng(&id, 0, 2), chaos.enabled);
+        self.schedule(id.clone(), now + delay.max(0));
+        Ok(id)
+    }
+
+    /// One delivery attempt, when it falls due.
+    async fn attempt(&self, id: &str, now: Millis) {
+        if let Err(e) = self.try_attempt(id, now).await {
+            tracing::error!(message_id = id, error = %e, "delivery attempt failed");
+        }
+    }
+
+    async fn try_attempt(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let _guard = inner.locks[(stable_hash(id) % inner.locks.len() as u64) as usize]
+            .lock()
+            .await;
+        let Some(mut rec) = inner.records.get::<SmsRecord>(id)? else {
+            return Ok(());
+        };
+        if rec.is_final() {
+            return Ok(());
+        }
+        let handset = inner.world.handset_or_default(&rec.to).await?;
+        let Some(carrier) = self.carrier_for(&handset.carrier) else {
+            return Ok(());
+        };
+        if now >= rec.expires_at {
+            let codes = carrier.expired_receipt();
+            let event = Event::new("expired", now)
+                .state(State::Expired)
+                .reason("validity_period_ended");
+            return self.finish(rec, codes, event, now).await;
+        }
+        let chaos = inner.world.chaos().enabled;
+        let attempt = Attempt {
+            handset: &handset,
+            source: &rec.source,
+            source_is_domestic_other_carrier: true,
+            text: &rec.text,
+            chaos,
+        };
+        let outcome = carrier.decide(&attempt, &inner.world.profile, &mut self.rng(id, rec.attempts + 1, 3));
+        rec.attempts += 1;
+        match outcome {
+            Outcome::Delivered { shown_sender } => {
+                inner
+                    .world
+                    .push_inbox(
+                        &rec.to,
+                        InboxMessage {
+                            from: shown_sender.clone(),
+                            text: rec.text.clone(),
+                            received_at: now,
+                            message_id: rec.id.clone(),
+                        },
+                    )
+                    .await?;
+                let event = Event::new("delivered", now)
+                    .state(State::Delivered)
+                    .detail(format!("shown on the handset from {shown_sender}"));
+                self.finish(rec, carrier.delivered_receipt(), event, now).await
+            }
+            Outcome::Absent { cause } => {
+                let next = (now + carrier.retry_delay_ms(rec.attempts)).min(rec.expires_at);
+                let mut event = Event::new("retry_scheduled", now)
+                    .state(State::Enroute)
+                    .reason(cause.code());
+                event.attempt = Some(rec.attempts);
+                event.next_attempt_at = Some(next);
+                let codes = carrier.expired_receipt();
+                event.err = Some(format!("{:03}", codes.err));
+                event.network_error_code = codes.network_error_code.map(|(t, c)| format!("{t}:{c}"));
+                inner.records.put(id, &rec)?;
+                inner.log.append(&rec.log_id, event).await?;
+                self.schedule(id.to_string(), next);
+                Ok(())
+            }
+            Outcome::Failed { cause, receipt } => {
+                let state = State::from_stat(&receipt.stat).unwrap_or(State::Failed);
+                let kind = if state == State::Rejected { "rejected" } else { "failed" };
+                let event = Event::new(kind, now).state(state).reason(cause.code());
+                self.finish(rec, receipt, event, now).await
+            }
+        }
+    }
+
+    /// Makes a message final, logs it and sends the receipt it asked for.
+    async fn finish(
+        &self,
+        mut rec: SmsRecord,
+        codes: ReceiptCodes,
+        mut event: Event,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        rec.stat = codes.stat.clone();
+        rec.err = codes.err;
+        rec.message_state = codes.message_state;
+        rec.final_at = Some(now);
+        event.stat = Some(codes.stat.clone());
+        event.err = Some(format!("{:03}", codes.err));
+        event.network_error_code = codes.network_error_code.map(|(t, c)| format!("{t}:{c}"));
+        event.attempt = Some(rec.attempts);
+        inner.records.put(&rec.id, &rec)?;
+        inner.pending.remove(&format!("{}\0{}", rec.to, rec.id))?;
+        inner.log.append(&rec.log_id, event).await?;
+        let wanted = match rec.registered_delivery & 0x03 {
+            1 => true,
+            2 => codes.stat != "DELIVRD",
+            _ => false,
+        };
+        if wanted {
+            let receipt = Receipt {
+                system_id: rec.system_id.clone(),
+                message_id: rec.id.clone(),
+                source_addr: rec.to.trim_start_matches('+').to_string(),
+                dest_addr: rec.source.clone(),
+                stat: codes.stat.clone(),
+                err: codes.err,
+                message_state: codes.message_state,
+                network_error_code: codes.network_error_code,
+                submit_date: rec.submitted_at,
+                done_date: now,
+                text: rec.text.chars().take(20).collect(),
+            };
+            let acked = inner.hub.deliver(receipt);
+            if rec.system_id == inner.internal_system_id {
+                // The OTP core records the receipt before it answers; waiting
+                // here makes a clock advance answer after the log has it.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), acked).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn sys(e: StoreError) -> SubmitRefusal {
+    SubmitRefusal::System(e.to_string())
+}
+
+impl SmscBackend for SmsNetwork {
+    fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<String, SubmitRefusal>> {
+        Box::pin(self.accept(sub))
+    }
+
+    fn query(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>> {
+        let found = self
+            .inner
+            .records
+            .get::<SmsRecord>(message_id)
+            .ok()
+            .flatten()
+            .filter(|r| r.system_id == system_id);
+        Box::pin(async move {
+            found.map(|r| MessageStatus {
+                final_date: r.final_at,
+                state: r.message_state,
+                error_code: r.err.min(255) as u8,
+            })
+        })
+    }
+
+    fn cancel(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
+        let system_id = system_id.to_string();
+        let message_id = message_id.to_string();
+        Box::pin(async move {
+            let inner = &self.inner;
+            let _guard = inner.locks[(stable_hash(&message_id) % inner.locks.len() as u64) as usize]
+                .lock()
+                .await;
+            let mut rec = match inner.records.get::<SmsRecord>(&message_id) {
+                Ok(Some(r)) if r.system_id == system_id && !r.is_final() => r,
+                _ => return Err(SubmitRefusal::System("no pending message with that id".into())),
+            };
+            let now = inner.clock.now();
+            rec.stat = "DELETED".into();
+            rec.message_state = 4;
+            rec.final_at = Some(now);
+            inner.records.put(&message_id, &rec).map_err(sys)?;
+            inner.pending.remove(&format!("{}\0{}", rec.to, rec.id)).map_err(sys)?;
+            let event = Event::new("cancelled", now).state(State::Failed).reason("cancel_sm");
+            inner.log.append(&rec.log_id, event).await.map_err(sys)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smpp_times() {
+        assert_eq!(parse_smpp_time("000000010000000R", 0), Some(3_600_000));
+        // 2026-01-01 00:00:00 at +09:00 (36 quarter hours)
+        assert_eq!(
+            parse_smpp_time("260101000000036+", 0),
+            Some(crate::clock::DEFAULT_VIRTUAL_START)
+        );
+        assert_eq!(parse_smpp_time("garbage", 0), None);
+    }
+
+    #[test]
+    fn destinations() {
+        assert_eq!(destination_e164("819012345678", 1).ok(), Some("+819012345678".into()));
+        assert_eq!(destination_e164("09012345678", 0).ok(), Some("+819012345678".into()));
+        assert!(destination_e164("0354600124", 0).is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! Reassembly of long messages submitted in parts (UDH or SAR TLVs): parts
+//! are kept per (system_id, source, destination, reference) until all have
+//! arrived, in any order, and then handed back in order of their number.
+//!
+//! Pure bookkeeping with the time passed in: no I/O, no logging (the parts
+//! hold message text). Partial messages older than `max_age` are dropped, and
+//! at most `max_messages` are kept, so a peer cannot fill memory with first
+//! parts that never get a last one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Which long message a part belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PartKey {
+    pub system_id: String,
+    pub source: String,
+    pub dest: String,
+    pub reference: u16,
+}
+
+/// One buffered part: its number, its user data (headers removed, still
+/// encoded), what the session wants to remember about it, and the message
+/// id its `submit_sm_resp` carried.
+#[derive(Debug, Clone)]
+pub struct Part<M> {
+    pub seq: u8,
+    pub user_data: Vec<u8>,
+    pub meta: M,
+    pub part_id: String,
+}
+
+/// The result of adding a part.
+#[derive(Debug)]
+pub enum Added<M> {
+    /// More parts are missing; answer this one with `part_id`.
+    Buffered { part_id: String },
+    /// This part completed the message.
+    Complete(Complete<M>),
+}
+
+/// A message with all of its parts.
+#[derive(Debug)]
+pub struct Complete<M> {
+    pub key: PartKey,
+    pub total: u8,
+    /// All parts in order of their number.
+    pub parts: Vec<Part<M>>,
+    /// The number of the part that arrived last and completed the message.
+    pub completing_seq: u8,
+}
+
+impl<M> Complete<M> {
+    /// The ids already given to the parts that arrived before the last one.
+    pub fn earlier_ids(&self) -> Vec<String> {
+        self.parts
+            .iter()
+            .filter(|p| p.seq != self.completing_seq)
+            .map(|p| p.part_id.clone())
+            .collect()
+    }
+
+    /// The parts' user data joined in order.
+    pub fn user_data(&self) -> Vec<u8> {
+        self.parts.iter().flat_map(|p| p.user_data.iter().copied()).collect()
+    }
+}
+
+struct Pending<M> {
+    total: u8,
+    parts: BTreeMap<u8, Part<M>>,
+    started: Instant,
+}
+
+/// Partial long messages.
+pub struct Reassembler<M> {
+    pending: HashMap<PartKey, Pending<M>>,
+    max_messages: usize,
+    max_age: Duration,
+}
+
+impl<M> Reassembler<M> {
+    pub fn new(max_messages: usize, max_age: Duration) -> Reassembler<M> {
+        Reassembler {
+            pending: HashMap::new(),
+            max_messages: max_messages.max(1),
+            max_age,
+        }
+    }
+
+    /// How many long messages are waiting for parts.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Adds part `seq` of `total`. A part sent again (an ESME retrying)
+    /// replaces the earlier copy and keeps its id; a part announcing a
+    /// different total starts the message over. `new_id` names a part that
+    /// has no id yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        key: PartKey,
+        total: u8,
+        seq: u8,
+        user_data: Vec<u8>,
+        meta: M,
+        now: Instant,
+        new_id: impl FnOnce() -> String,
+    ) -> Added<M> {
+        let max_age = self.max_age;
+        self.pending
+            .retain(|_, p| now.saturating_duration_since(p.started) < max_age);
+        if self.pending.get(&key).is_some_and(|p| p.total != total) {
+            self.pending.remove(&key);
+        }
+        if !self.pending.contains_key(&key) && self.pending.len() >= self.max_messages {
+            if let Some(oldest) = self
+                .pending
+                .iter()
+                .min_by_key(|(_, p)| p.started)
+                .map(|(k, _)| k.clone())
+            {
+                self.pending.remove(&oldest);
+            }
+        }
+        let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
+            total,
+            parts: BTreeMap::new(),
+            started: now,
+        });
+        let part_id = match pending.parts.get(&seq) {
+            Some(existing) => existing.part_id.clone(),
+            None => new_id(),
+        };
+        pending.parts.insert(
+            seq,
+            Part {
+                seq,
+                user_data,
+                meta,
+                part_id: part_id.clone(),
+            },
+        );
+        if pending.parts.len() < usize::from(total) {
+            return Added::Buffered { part_id };
+        }
+        let parts = self
+            .pending
+            .remove(&key)
+            .map(|p| p.parts.into_values().collect())
+            .unwrap_or_default();
+        Added::Complete(Complete {
+            key,
+            total,
+            parts,
+            completing_seq: seq,
+        })
+    }
+
+    /// Puts back the parts that arrived before the completing one, after the
+    /// whole message could not be stored, so that the ESME's retry of the
+    /// last part completes it again.
+    pub fn restore(&mut self, complete: Complete<M>, now: Instant) {
+        let Complete {
+            key,
+            total,
+            parts,
+            completing_seq,
+        } = complete;
+        let parts: BTreeMap<u8, Part<M>> = parts
+            .into_iter()
+            .filter(|p| p.seq != completing_seq)
+            .map(|p| (p.seq, p))
+            .collect();
+        if !parts.is_empty() {
+            self.pending.insert(
+                key,
+                Pending {
+                    total,
+                    parts,
+                    started: now,
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(reference: u16) -> PartKey {
+        PartKey {
+            system_id: "esme".into(),
+            source: "0354600124".into(),
+            dest: "819012345678".into(),
+            reference,
+        }
+    }
+
+    fn add(r: &mut Reassembler<()>, reference: u16, total: u8, seq: u8, now: Instant) -> Added<()> {
+        let data = vec![b'a' + seq];
+        r.add(key(reference), total, seq, data, (), now, || {
+            format!("p{reference}-{seq}")
+        })
+    }
+
+    #[test]
+    fn out_of_order_parts_come_back_in_order() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(10, Duration::from_secs(600));
+        assert!(matches!(add(&mut r, 1, 3, 3, now), Added::Buffered { part_id } if part_id == "p1-3"));
+        assert!(matches!(add(&mut r, 1, 3, 1, now), Added::Buffered { .. }));
+        // Another message with another reference does not mix in.
+        assert!(matches!(add(&mut r, 2, 2, 1, now), Added::Buffered { .. }));
+        let Added::Complete(done) = add(&mut r, 1, 3, 2, now) else {
+            panic!("three parts make the message");
+        };
+        assert_eq!(done.user_data(), b"bcd");
+        assert_eq!(done.completing_seq, 2);
+        assert_eq!(done.earlier_ids(), vec!["p1-1", "p1-3"]);
+        assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn a_resent_part_keeps_its_id() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(10, Duration::from_secs(600));
+        add(&mut r, 5, 2, 1, now);
+        let again = r.add(key(5), 2, 1, b"x".to_vec(), (), now, || "fresh".into());
+        assert!(matches!(again, Added::Buffered { part_id } if part_id == "p5-1"));
+    }
+
+    #[test]
+    fn restore_lets_a_retried_last_part_complete() {
+        let now = Instant::now();
+        let mut r = Reassembler::new(10, Duration::from_secs(600));
+        add(&mut r, 9, 2, 1, now);
+        let Added::Complete(done) = add(&mut r, 9, 2, 2, now) else {
+            panic!("complete");
+        };
+        r.restore(done, now);
+        assert!(matches!(add(&mut r, 9, 2, 2, now), Added::Complete(_)));
+    }
+
+    #[test]
+    fn old_and_excess_partials_are_dropped() {
+        let start = Instant::now();
+        let mut r = Reassembler::new(2, Duration::from_secs(60));
+        add(&mut r, 1, 2, 1, start);
+        add(&mut r, 2, 2, 1, start + Duration::from_secs(1));
+        add(&mut r, 3, 2, 1, start + Duration::from_secs(2));
+        assert_eq!(r.len(), 2, "the oldest partial made room");
+        add(&mut r, 4, 2, 1, start + Duration::from_secs(120));
+        assert_eq!(r.len(), 1, "partials past their age are gone");
+    }
+}

@@ -1,0 +1,863 @@
+//! One SMPP connection to the SMSC: the bind, the operations an ESME may ask
+//! for in each bind state, the window of delivery receipts sent to it, and
+//! the goodbye (`unbind`) at shutdown.
+//!
+//! The connection's [`State`] changes in one place, [`Session::enter`], which
+//! is also where a receiving bind joins and leaves the receipt hub. Backend
+//! calls run concurrently (up to [`MAX_IN_FLIGHT`]) and each answer is sent
+//! when its call returns, so `submit_sm_resp` OK always follows the durable
+//! store. Errors end only this connection and are logged here; message text
+//! is never logged.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{SinkExt, StreamExt};
+use rusmpp::pdus::{
+    BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DeliverSm, QuerySmResp, SubmitSm, SubmitSmResp,
+};
+use rusmpp::tlvs::{MessageDeliveryRequestTlvValue, TlvValue};
+use rusmpp::types::{COctetString, EmptyOrFullCOctetString, OctetString};
+use rusmpp::values::{
+    DataCoding, ErrorCodeNetworkType, EsmClass, InterfaceVersion, MessageState, NetworkErrorCode, Npi, ServiceType, Ton,
+};
+use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::Framed;
+use tracing::Instrument;
+
+use super::codec::{CodecError, Inbound, Outbound, SmppCodec};
+use super::concat::{Added, Complete, PartKey};
+use super::hub::Queued;
+use super::{receipt_text, text, Receipt, Shared, Submission, SubmitRefusal, TAG_MESSAGE_REF};
+use crate::shutdown::Shutdown;
+
+/// Backend calls one session may have running before it stops reading.
+pub(crate) const MAX_IN_FLIGHT: usize = 32;
+/// How long an ESME may leave a deliver_sm unanswered before the SMSC gives
+/// up on the bind (its receipts go back to the hub).
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the SMSC waits for `unbind_resp` when it says goodbye.
+const UNBIND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long running backend calls may take to finish when the session ends.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one PDU may take to write before the peer counts as gone (it
+/// stopped reading); shorter once the session is saying goodbye.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The SMSC's own name in bind responses.
+const SMSC_SYSTEM_ID: &str = "otpgate";
+
+/// What a session may do, by the bind the ESME asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BindKind {
+    Transmitter,
+    Receiver,
+    Transceiver,
+}
+
+impl BindKind {
+    fn can_submit(self) -> bool {
+        matches!(self, BindKind::Transmitter | BindKind::Transceiver)
+    }
+
+    fn can_receive(self) -> bool {
+        matches!(self, BindKind::Receiver | BindKind::Transceiver)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Connected, not bound yet.
+    Open,
+    Bound {
+        kind: BindKind,
+        system_id: String,
+    },
+    /// Unbound by either side; the connection is closing.
+    Unbound,
+}
+
+/// What the session remembers of each part of a long message besides its
+/// text: the fields the whole message's [`Submission`] takes from its parts.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PartMeta {
+    source_ton: u8,
+    source_npi: u8,
+    dest_ton: u8,
+    dest_npi: u8,
+    data_coding: u8,
+    registered_delivery: u8,
+    validity_period: Option<String>,
+    message_ref: Option<String>,
+}
+
+/// A submit_sm, read.
+enum Incoming {
+    Single(Submission),
+    Part {
+        key: PartKey,
+        total: u8,
+        seq: u8,
+        user_data: Vec<u8>,
+        meta: PartMeta,
+    },
+}
+
+/// A backend call that returned, with what its answer needs.
+enum Finished {
+    Submit {
+        seq: u32,
+        system_id: String,
+        result: Result<String, SubmitRefusal>,
+        /// The parts of a long message, put back if the store failed.
+        whole: Option<Complete<PartMeta>>,
+    },
+    Query {
+        seq: u32,
+        message_id: String,
+        result: Option<super::MessageStatus>,
+    },
+    Cancel {
+        seq: u32,
+        result: Result<(), SubmitRefusal>,
+    },
+}
+
+/// What to do after a PDU.
+enum Flow {
+    Continue,
+    Close,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("the peer stopped reading")]
+    WriteTimeout,
+}
+
+struct Session {
+    id: u64,
+    shared: Arc<Shared>,
+    state: State,
+    framed: Framed<TcpStream, SmppCodec>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Finished>>,
+    /// Receipts the hub routed here; present while bound to receive.
+    receipts: Option<mpsc::UnboundedReceiver<Queued>>,
+    /// Receipts waiting for room in the window.
+    waiting: VecDeque<Queued>,
+    /// deliver_sm sent and not answered yet, by sequence number.
+    outstanding: BTreeMap<u32, (Queued, Instant)>,
+    next_seq: u32,
+    write_timeout: Duration,
+}
+
+/// Runs one connection until the ESME unbinds or leaves, the connection
+/// breaks, or shutdown; logs how it ended.
+pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("smpp", session = id, %peer);
+    async move {
+        let codec = SmppCodec::new(shared.config.max_pdu_len);
+        let mut session = Session {
+            id,
+            shared,
+            state: State::Open,
+            framed: Framed::new(stream, codec),
+            in_flight: FuturesUnordered::new(),
+            receipts: None,
+            waiting: VecDeque::new(),
+            outstanding: BTreeMap::new(),
+            next_seq: 1,
+            write_timeout: WRITE_TIMEOUT,
+        };
+        tracing::debug!("connected");
+        match session.serve(&mut shutdown).await {
+            Ok(reason) => tracing::debug!(reason, "session ended"),
+            Err(error) => tracing::info!(%error, "session ended by an error"),
+        }
+        session.enter(State::Unbound);
+    }
+    .instrument(span)
+    .await
+}
+
+async fn next_receipt(receipts: &mut Option<mpsc::UnboundedReceiver<Queued>>) -> Option<Queued> {
+    match receipts {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn serve(&mut self, shutdown: &mut Shutdown) -> Result<&'static str, SessionError> {
+        loop {
+            self.send_receipts().await?;
+            let deadline = self.outstanding.values().map(|(_, at)| *at).min();
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => {
+                    self.goodbye().await?;
+                    return Ok("shutdown");
+                }
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.finish(done).await?;
+                }
+                Some(queued) = next_receipt(&mut self.receipts) => self.waiting.push_back(queued),
+                _ = sleep_until(deadline) => {
+                    tracing::warn!("ESME left a deliver_sm unanswered; unbinding");
+                    self.goodbye().await?;
+                    return Ok("deliver_sm timeout");
+                }
+                frame = self.framed.next(), if self.in_flight.len() < MAX_IN_FLIGHT => {
+                    match frame {
+                        None => return Ok("peer closed the connection"),
+                        Some(Err(CodecError::BadLength { sequence_number, length, .. })) => {
+                            tracing::info!(length, "impossible command_length; closing");
+                            self.send(Outbound::generic_nack(CommandStatus::EsmeRinvcmdlen, sequence_number)).await?;
+                            return Ok("bad command_length");
+                        }
+                        Some(Err(error)) => return Err(error.into()),
+                        Some(Ok(Inbound::Invalid(invalid))) => {
+                            tracing::debug!(
+                                command_id = format_args!("0x{:08X}", invalid.command_id),
+                                status = ?invalid.status,
+                                reason = %invalid.reason,
+                                "answering an invalid PDU with generic_nack"
+                            );
+                            self.send(Outbound::generic_nack(invalid.status, invalid.sequence_number)).await?;
+                        }
+                        Some(Ok(Inbound::Command(command))) => {
+                            if let Flow::Close = self.on_command(*command).await? {
+                                return Ok("unbound by the ESME");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one place the state changes. A receiving bind joins the hub when
+    /// it is entered and hands its receipts back when it is left.
+    fn enter(&mut self, next: State) {
+        if let State::Bound { kind, system_id } = &self.state {
+            if kind.can_receive() {
+                if let Some(rx) = self.receipts.take() {
+                    let mut held: Vec<Queued> = std::mem::take(&mut self.outstanding)
+                        .into_values()
+                        .map(|(q, _)| q)
+                        .collect();
+                    held.extend(self.waiting.drain(..));
+                    self.shared.hub.detach(system_id, self.id, rx, held);
+                }
+            }
+        }
+        if let State::Bound { kind, system_id } = &next {
+            if kind.can_receive() {
+                self.receipts = Some(self.shared.hub.attach(system_id, self.id));
+            }
+        }
+        tracing::debug!(from = ?self.state, to = ?next, "session state");
+        self.state = next;
+    }
+
+    async fn send(&mut self, item: Outbound) -> Result<(), SessionError> {
+        match tokio::time::timeout(self.write_timeout, self.framed.send(item)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(SessionError::WriteTimeout),
+        }
+    }
+
+    async fn reject(&mut self, id: CommandId, status: CommandStatus, seq: u32) -> Result<(), SessionError> {
+        self.send(Outbound::Bare {
+            command_id: u32::from(id),
+            status,
+            sequence_number: seq,
+        })
+        .await
+    }
+
+    fn next_sequence(&mut self) -> u32 {
+        let seq = self.next_seq;
+        self.next_seq = if seq >= 0x7FFF_FFFF { 1 } else { seq + 1 };
+        seq
+    }
+
+    /// The account bound to submit, if the session may submit.
+    fn submitter(&self) -> Option<String> {
+        match &self.state {
+            State::Bound { kind, system_id } if kind.can_submit() => Some(system_id.clone()),
+            _ => None,
+        }
+    }
+
+    async fn on_command(&mut self, command: Command) -> Result<Flow, SessionError> {
+        let (id, status, seq, pdu) = command.into_parts().raw();
+        match (id, pdu) {
+            (CommandId::BindTransmitter, Some(Pdu::BindTransmitter(b))) => {
+                self.on_bind(BindKind::Transmitter, seq, b.system_id.as_str(), b.password.as_str())
+                    .await?
+            }
+            (CommandId::BindReceiver, Some(Pdu::BindReceiver(b))) => {
+                self.on_bind(BindKind::Receiver, seq, b.system_id.as_str(), b.password.as_str())
+                    .await?
+            }
+            (CommandId::BindTransceiver, Some(Pdu::BindTransceiver(b))) => {
+                self.on_bind(BindKind::Transceiver, seq, b.system_id.as_str(), b.password.as_str())
+                    .await?
+            }
+            (CommandId::EnquireLink, _) => self.send(Outbound::command(seq, Pdu::EnquireLinkResp)).await?,
+            (CommandId::Unbind, _) => {
+                self.drain_in_flight().await?;
+                self.send(Outbound::command(seq, Pdu::UnbindResp)).await?;
+                self.enter(State::Unbound);
+                return Ok(Flow::Close);
+            }
+            (CommandId::SubmitSm, Some(Pdu::SubmitSm(sm))) => self.on_submit(seq, sm).await?,
+            (CommandId::QuerySm, Some(Pdu::QuerySm(query))) => {
+                let message_id = query.message_id.as_str().to_string();
+                self.on_query(seq, message_id).await?
+            }
+            (CommandId::CancelSm, Some(Pdu::CancelSm(cancel))) => {
+                let message_id = cancel.message_id.as_str().to_string();
+                self.on_cancel(seq, message_id).await?
+            }
+            (CommandId::DeliverSmResp, _) => self.on_deliver_sm_resp(seq, status),
+            (CommandId::GenericNack, _) => {
+                tracing::info!(?status, seq, "ESME sent generic_nack");
+                self.on_deliver_sm_resp(seq, status);
+            }
+            (id, _) if id.is_response() => {
+                tracing::debug!(?id, seq, "ignoring an unexpected response");
+            }
+            (id, _) => {
+                tracing::debug!(?id, "unsupported operation");
+                self.send(Outbound::generic_nack(CommandStatus::EsmeRinvcmdid, seq))
+                    .await?;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn on_bind(&mut self, kind: BindKind, seq: u32, system_id: &str, password: &str) -> Result<(), SessionError> {
+        let resp_id = match kind {
+            BindKind::Transmitter => CommandId::BindTransmitterResp,
+            BindKind::Receiver => CommandId::BindReceiverResp,
+            BindKind::Transceiver => CommandId::BindTransceiverResp,
+        };
+        let status = match &self.state {
+            State::Bound { .. } => CommandStatus::EsmeRalybnd,
+            State::Unbound => CommandStatus::EsmeRinvbndsts,
+            State::Open => self.authenticate(system_id, password),
+        };
+        if status != CommandStatus::EsmeRok {
+            tracing::info!(system_id, ?kind, ?status, "bind refused");
+            return self.reject(resp_id, status, seq).await;
+        }
+        let name = COctetString::from_str(SMSC_SYSTEM_ID).unwrap_or_default();
+        let version = Some(InterfaceVersion::Smpp3_4);
+        let pdu = match kind {
+            BindKind::Transmitter => Pdu::BindTransmitterResp(BindTransmitterResp::new(name, version)),
+            BindKind::Receiver => Pdu::BindReceiverResp(BindReceiverResp::new(name, version)),
+            BindKind::Transceiver => Pdu::BindTransceiverResp(BindTransceiverResp::new(name, version)),
+        };
+        self.send(Outbound::command(seq, pdu)).await?;
+        tracing::info!(system_id, ?kind, "bound");
+        self.enter(State::Bound {
+            kind,
+            system_id: system_id.to_string(),
+        });
+        Ok(())
+    }
+
+    fn authenticate(&self, system_id: &str, password: &str) -> CommandStatus {
+        match self.shared.config.accounts.iter().find(|a| a.system_id == system_id) {
+            None => CommandStatus::EsmeRinvsysid,
+            Some(account) if bool::from(account.password.as_bytes().ct_eq(password.as_bytes())) => {
+                CommandStatus::EsmeRok
+            }
+            Some(_) => CommandStatus::EsmeRinvpaswd,
+        }
+    }
+
+    async fn on_submit(&mut self, seq: u32, sm: SubmitSm) -> Result<(), SessionError> {
+        let Some(system_id) = self.submitter() else {
+            return self
+                .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRinvbndsts, seq)
+                .await;
+        };
+        let per_sec = self
+            .shared
+            .config
+            .accounts
+            .iter()
+            .find(|a| a.system_id == system_id)
+            .and_then(|a| a.throughput_per_sec);
+        if !self.shared.throttle.admit(&system_id, per_sec, Instant::now()) {
+            return self
+                .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRthrottled, seq)
+                .await;
+        }
+        let incoming = match read_submit(&system_id, &sm) {
+            Ok(incoming) => incoming,
+            Err(status) => {
+                tracing::debug!(?status, "submit_sm refused");
+                return self.reject(CommandId::SubmitSmResp, status, seq).await;
+            }
+        };
+        let (submission, whole) = match incoming {
+            Incoming::Single(submission) => (submission, None),
+            Incoming::Part {
+                key,
+                total,
+                seq: part,
+                user_data,
+                meta,
+            } => {
+                let added = {
+                    let mut partials = self.shared.partials.lock().unwrap_or_else(|e| e.into_inner());
+                    partials.add(key, total, part, user_data, meta, Instant::now(), part_message_id)
+                };
+                match added {
+                    Added::Buffered { part_id } => {
+                        tracing::debug!(part, total, message_id = %part_id, "part buffered");
+                        return self.answer_submit(seq, &part_id).await;
+                    }
+                    Added::Complete(complete) => (whole_submission(&system_id, &complete), Some(complete)),
+                }
+            }
+        };
+        let backend = self.shared.backend.clone();
+        self.in_flight.push(Box::pin(async move {
+            let result = backend.submit(submission).await;
+            Finished::Submit {
+                seq,
+                system_id,
+                result,
+                whole,
+            }
+        }));
+        Ok(())
+    }
+
+    async fn answer_submit(&mut self, seq: u32, message_id: &str) -> Result<(), SessionError> {
+        match COctetString::from_str(message_id) {
+            Ok(id) => self.send(Outbound::command(seq, SubmitSmResp::new(id, vec![]))).await,
+            Err(error) => {
+                tracing::error!(message_id, %error, "message id cannot travel in SMPP");
+                self.reject(CommandId::SubmitSmResp, CommandStatus::EsmeRsyserr, seq)
+                    .await
+            }
+        }
+    }
+
+    async fn on_query(&mut self, seq: u32, message_id: String) -> Result<(), SessionError> {
+        let Some(system_id) = self.submitter() else {
+            return self
+                .reject(CommandId::QuerySmResp, CommandStatus::EsmeRinvbndsts, seq)
+                .await;
+        };
+        let whole = self.shared.hub.resolve(&system_id, &message_id);
+        let backend = self.shared.backend.clone();
+        self.in_flight.push(Box::pin(async move {
+            let result = backend.query(&system_id, &whole).await;
+            Finished::Query {
+                seq,
+                message_id,
+                result,
+            }
+        }));
+        Ok(())
+    }
+
+    async fn on_cancel(&mut self, seq: u32, message_id: String) -> Result<(), SessionError> {
+        let Some(system_id) = self.submitter() else {
+            return self
+                .reject(CommandId::CancelSmResp, CommandStatus::EsmeRinvbndsts, seq)
+                .await;
+        };
+        if message_id.is_empty() {
+            // Cancelling by source and destination alone is not offered.
+            return self
+                .reject(CommandId::CancelSmResp, CommandStatus::EsmeRcancelfail, seq)
+                .await;
+        }
+        let whole = self.shared.hub.resolve(&system_id, &message_id);
+        let backend = self.shared.backend.clone();
+        self.in_flight.push(Box::pin(async move {
+            let result = backend.cancel(&system_id, &whole).await;
+            Finished::Cancel { seq, result }
+        }));
+        Ok(())
+    }
+
+    /// Answers a backend call that returned.
+    async fn finish(&mut self, done: Finished) -> Result<(), SessionError> {
+        match done {
+            Finished::Submit {
+                seq,
+                system_id,
+                result: Ok(message_id),
+                whole,
+            } => {
+                let part_ids = whole.as_ref().map(Complete::earlier_ids).unwrap_or_default();
+                self.shared
+                    .hub
+                    .note_submitted(&system_id, &message_id, self.id, part_ids);
+                tracing::debug!(%message_id, "submitted");
+                self.answer_submit(seq, &message_id).await
+            }
+            Finished::Submit {
+                seq,
+                result: Err(refusal),
+                whole,
+                ..
+            } => {
+                if let Some(complete) = whole {
+                    let mut partials = self.shared.partials.lock().unwrap_or_else(|e| e.into_inner());
+                    partials.restore(complete, Instant::now());
+                }
+                log_refusal(&refusal);
+                let status = CommandStatus::from(refusal.command_status());
+                self.reject(CommandId::SubmitSmResp, status, seq).await
+            }
+            Finished::Query {
+                seq,
+                message_id,
+                result: Some(found),
+            } => {
+                let final_date = found
+                    .final_date
+                    .map(receipt_text::smpp_absolute_time)
+                    .and_then(|t| EmptyOrFullCOctetString::from_str(&t).ok())
+                    .unwrap_or_default();
+                let pdu = COctetString::from_str(&message_id)
+                    .map(|id| QuerySmResp::new(id, final_date, MessageState::from(found.state), found.error_code));
+                match pdu {
+                    Ok(pdu) => self.send(Outbound::command(seq, pdu)).await,
+                    Err(_) => {
+                        self.reject(CommandId::QuerySmResp, CommandStatus::EsmeRqueryfail, seq)
+                            .await
+                    }
+                }
+            }
+            Finished::Query { seq, result: None, .. } => {
+                self.reject(CommandId::QuerySmResp, CommandStatus::EsmeRqueryfail, seq)
+                    .await
+            }
+            Finished::Cancel { seq, result: Ok(()) } => self.send(Outbound::command(seq, Pdu::CancelSmResp)).await,
+            Finished::Cancel {
+                seq,
+                result: Err(refusal),
+            } => {
+                // Whatever the backend's reason, the ESME learns the cancel
+                // failed (ESME_RCANCELFAIL); only throttling says to retry.
+                tracing::debug!(%refusal, "cancel_sm refused");
+                let status = match refusal {
+                    SubmitRefusal::Throttled | SubmitRefusal::Status(_) => {
+                        CommandStatus::from(refusal.command_status())
+                    }
+                    _ => CommandStatus::EsmeRcancelfail,
+                };
+                self.reject(CommandId::CancelSmResp, status, seq).await
+            }
+        }
+    }
+
+    /// Lets running backend calls finish and answers them, so that nothing
+    /// stored goes unanswered when the session ends.
+    async fn drain_in_flight(&mut self) -> Result<(), SessionError> {
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while !self.in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.in_flight.next()).await {
+                Ok(Some(done)) => self.finish(done).await?,
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        running = self.in_flight.len(),
+                        "backend calls still running at session end"
+                    );
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends receipts while the window has room.
+    async fn send_receipts(&mut self) -> Result<(), SessionError> {
+        while self.outstanding.len() < self.shared.config.window.max(1) {
+            let Some(queued) = self.waiting.pop_front() else {
+                break;
+            };
+            match receipt_pdu(&queued.receipt) {
+                Ok(pdu) => {
+                    let seq = self.next_sequence();
+                    self.send(Outbound::command(seq, pdu)).await?;
+                    tracing::debug!(message_id = %queued.receipt.message_id, stat = %queued.receipt.stat, seq, "receipt sent");
+                    self.outstanding.insert(seq, (queued, Instant::now() + DELIVER_TIMEOUT));
+                }
+                Err(reason) => {
+                    tracing::warn!(message_id = %queued.receipt.message_id, reason, "receipt cannot be sent");
+                    queued.finish(false);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_deliver_sm_resp(&mut self, seq: u32, status: CommandStatus) {
+        match self.outstanding.remove(&seq) {
+            Some((queued, _)) => {
+                if status != CommandStatus::EsmeRok {
+                    tracing::info!(message_id = %queued.receipt.message_id, ?status, "ESME refused a receipt");
+                }
+                queued.finish(status == CommandStatus::EsmeRok);
+            }
+            None => tracing::debug!(seq, "answer to no outstanding deliver_sm"),
+        }
+    }
+
+    /// Says goodbye to a bound ESME: finishes running calls, sends `unbind`
+    /// and waits briefly for `unbind_resp`, still taking receipt answers.
+    async fn goodbye(&mut self) -> Result<(), SessionError> {
+        self.write_timeout = UNBIND_TIMEOUT;
+        self.drain_in_flight().await?;
+        if !matches!(self.state, State::Bound { .. }) {
+            return Ok(());
+        }
+        let seq = self.next_sequence();
+        self.send(Outbound::command(seq, Pdu::Unbind)).await?;
+        let deadline = Instant::now() + UNBIND_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.framed.next()).await {
+                Ok(Some(Ok(Inbound::Command(command)))) => match command.id() {
+                    CommandId::UnbindResp => break,
+                    // Both sides said goodbye at once.
+                    CommandId::Unbind => {
+                        self.send(Outbound::command(command.sequence_number(), Pdu::UnbindResp))
+                            .await?;
+                        break;
+                    }
+                    CommandId::DeliverSmResp => self.on_deliver_sm_resp(command.sequence_number(), command.status()),
+                    _ => {}
+                },
+                Ok(Some(Ok(Inbound::Invalid(_)))) => {}
+                Ok(Some(Err(_)) | None) | Err(_) => break,
+            }
+        }
+        self.enter(State::Unbound);
+        Ok(())
+    }
+}
+
+/// A client's refusal is routine; a system error is ours and logged with its cause.
+fn log_refusal(refusal: &SubmitRefusal) {
+    match refusal {
+        SubmitRefusal::System(cause) => tracing::error!(%cause, "backend failed to store a submission"),
+        other => tracing::debug!(refusal = %other, "submit_sm refused"),
+    }
+}
+
+/// A fresh message id for a part of a long message that is not the last to
+/// arrive: 16 hex digits, random, so it cannot collide with the backend's ids
+/// in practice.
+fn part_message_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Reads a submit_sm: its addresses and text, and whether it is a whole
+/// message or part of a long one (UDH or SAR TLVs). Refusals carry the
+/// status to answer with.
+fn read_submit(system_id: &str, sm: &SubmitSm) -> Result<Incoming, CommandStatus> {
+    let source = sm.source_addr.as_str().to_string();
+    let dest = sm.destination_addr.as_str().to_string();
+    if dest.is_empty() {
+        return Err(CommandStatus::EsmeRinvdstadr);
+    }
+    let mut payload = None;
+    let (mut sar_ref, mut sar_total, mut sar_seq) = (None, None, None);
+    let mut message_ref = None;
+    for tlv in sm.tlvs() {
+        match tlv.value() {
+            Some(TlvValue::MessagePayload(p)) => payload = Some(p.value.to_vec()),
+            Some(TlvValue::SarMsgRefNum(r)) => sar_ref = Some(*r),
+            Some(TlvValue::SarTotalSegments(t)) => sar_total = Some(*t),
+            Some(TlvValue::SarSegmentSeqnum(s)) => sar_seq = Some(*s),
+            Some(TlvValue::Other { tag, value }) if u16::from(*tag) == TAG_MESSAGE_REF => {
+                let text: String = value
+                    .iter()
+                    .take_while(|&&b| b != 0)
+                    .map(|&b| if b.is_ascii() { char::from(b) } else { '?' })
+                    .collect();
+                message_ref = Some(text);
+            }
+            _ => {}
+        }
+    }
+    let short_message: &[u8] = sm.short_message();
+    let body: Vec<u8> = match payload {
+        Some(payload) if short_message.is_empty() => payload,
+        _ => short_message.to_vec(),
+    };
+    let esm_class = u8::from(sm.esm_class);
+    let (concat, user_data) = if esm_class & text::ESM_UDHI != 0 {
+        let (concat, data) = text::split_udh(&body).map_err(|_| CommandStatus::EsmeRinvesmclass)?;
+        (concat, data.to_vec())
+    } else {
+        (None, body)
+    };
+    let concat = match (concat, sar_ref, sar_total, sar_seq) {
+        (Some(concat), ..) => Some(concat),
+        (None, Some(reference), Some(total), Some(seq)) => {
+            if total == 0 || seq == 0 || seq > total {
+                return Err(CommandStatus::EsmeRinvtlvval);
+            }
+            Some(text::Concat { reference, total, seq })
+        }
+        _ => None,
+    };
+    let validity = sm.validity_period.as_str();
+    let meta = PartMeta {
+        source_ton: u8::from(sm.source_addr_ton),
+        source_npi: u8::from(sm.source_addr_npi),
+        dest_ton: u8::from(sm.dest_addr_ton),
+        dest_npi: u8::from(sm.dest_addr_npi),
+        data_coding: u8::from(sm.data_coding),
+        registered_delivery: u8::from(sm.registered_delivery),
+        validity_period: (!validity.is_empty()).then(|| validity.to_string()),
+        message_ref,
+    };
+    match concat {
+        Some(concat) if concat.total > 1 => Ok(Incoming::Part {
+            key: PartKey {
+                system_id: system_id.to_string(),
+                source,
+                dest,
+                reference: concat.reference,
+            },
+            total: concat.total,
+            seq: concat.seq,
+            user_data,
+            meta,
+        }),
+        _ => Ok(Incoming::Single(submission(
+            system_id, source, dest, &user_data, meta, 1,
+        ))),
+    }
+}
+
+fn submission(
+    system_id: &str,
+    source: String,
+    dest: String,
+    user_data: &[u8],
+    meta: PartMeta,
+    parts: u8,
+) -> Submission {
+    Submission {
+        system_id: system_id.to_string(),
+        source_addr: source,
+        source_ton: meta.source_ton,
+        source_npi: meta.source_npi,
+        dest_addr: dest,
+        dest_ton: meta.dest_ton,
+        dest_npi: meta.dest_npi,
+        text: text::decode(meta.data_coding, user_data),
+        data_coding: meta.data_coding,
+        parts,
+        registered_delivery: meta.registered_delivery,
+        validity_period: meta.validity_period,
+        message_ref: meta.message_ref,
+    }
+}
+
+/// The whole message from its parts: the text is decoded from the joined
+/// octets (so an escape or a surrogate pair cut between parts survives), the
+/// other fields come from the first part, the reference from any part.
+fn whole_submission(system_id: &str, complete: &Complete<PartMeta>) -> Submission {
+    let mut meta = complete.parts.first().map(|p| p.meta.clone()).unwrap_or_default();
+    if meta.message_ref.is_none() {
+        meta.message_ref = complete.parts.iter().find_map(|p| p.meta.message_ref.clone());
+    }
+    submission(
+        system_id,
+        complete.key.source.clone(),
+        complete.key.dest.clone(),
+        &complete.user_data(),
+        meta,
+        complete.total,
+    )
+}
+
+/// TON and NPI for a receipt address, which [`Receipt`] gives as a string:
+/// a national number (leading 0) or an international one (digits, or '+'
+/// and digits) on ISDN, anything else alphanumeric.
+fn address(addr: &str) -> (Ton, Npi, &str) {
+    let digits = addr.strip_prefix('+').unwrap_or(addr);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        let ton = if digits.starts_with('0') { 2 } else { 1 };
+        (Ton::from(ton), Npi::from(1), digits)
+    } else {
+        (Ton::from(5), Npi::from(0), addr)
+    }
+}
+
+/// The deliver_sm that carries a receipt, or why it cannot be built.
+pub(crate) fn receipt_pdu(receipt: &Receipt) -> Result<DeliverSm, String> {
+    let (source_ton, source_npi, source) = address(&receipt.source_addr);
+    let (dest_ton, dest_npi, dest) = address(&receipt.dest_addr);
+    let body = receipt_text::format(
+        &receipt.message_id,
+        &receipt.stat,
+        receipt.err,
+        receipt.submit_date,
+        receipt.done_date,
+        &receipt.text,
+    );
+    let mut body = body.into_bytes();
+    body.truncate(255);
+    let mut tlvs = vec![
+        MessageDeliveryRequestTlvValue::ReceiptedMessageId(
+            COctetString::from_str(&receipt.message_id).map_err(|e| format!("message id: {e}"))?,
+        ),
+        MessageDeliveryRequestTlvValue::MessageState(MessageState::from(receipt.message_state)),
+    ];
+    if let Some((network, code)) = receipt.network_error_code {
+        tlvs.push(MessageDeliveryRequestTlvValue::NetworkErrorCode(NetworkErrorCode::new(
+            ErrorCodeNetworkType::from(network),
+            code,
+        )));
+    }
+    Ok(DeliverSm::builder()
+        .service_type(ServiceType::default())
+        .source_addr_ton(source_ton)
+        .source_addr_npi(source_npi)
+        .source_addr(COctetString::from_str(source).map_err(|e| format!("source address: {e}"))?)
+        .dest_addr_ton(dest_ton)
+        .dest_addr_npi(dest_npi)
+        .destination_addr(COctetString::from_str(dest).map_err(|e| format!("destination address: {e}"))?)
+        .esm_class(EsmClass::from(0x04))
+        .data_coding(DataCoding::from(text::DCS_IA5))
+        .short_message(OctetString::from_vec(body).map_err(|e| format!("text: {e}"))?)
+        .tlvs(tlvs)
+        .build())
+}

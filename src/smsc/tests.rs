@@ -1,0 +1,517 @@
+//! The SMSC as an ESME sees it: `serve` on 127.0.0.1:0 with a fake backend,
+//! driven by the rusmppc client and by raw PDUs over TCP. No sleeps: every
+//! wait is on a channel or a socket, under a timeout.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use rusmpp::pdus::{BindTransceiver, BindTransmitter, CancelSm, DeliverSmResp, QuerySm, SubmitSm};
+use rusmpp::tlvs::{MessageSubmissionRequestTlvValue, TlvTag, TlvValue};
+use rusmpp::types::{AnyOctetString, COctetString, OctetString};
+use rusmpp::values::{DataCoding, EsmClass, InterfaceVersion, Npi, RegisteredDelivery, Ton};
+use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+use rusmppc::{ConnectionBuilder, Event};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+
+use super::codec::{Inbound, Outbound, SmppCodec};
+use super::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Stores submissions in memory, hands out ids m1, m2, ... and reports each
+/// submission on a channel.
+pub(crate) struct FakeBackend {
+    next: AtomicU64,
+    stored: Mutex<HashMap<String, Submission>>,
+    seen: mpsc::UnboundedSender<Submission>,
+}
+
+impl FakeBackend {
+    pub(crate) fn new() -> (Arc<FakeBackend>, mpsc::UnboundedReceiver<Submission>) {
+        let (seen, rx) = mpsc::unbounded_channel();
+        let backend = FakeBackend {
+            next: AtomicU64::new(1),
+            stored: Mutex::new(HashMap::new()),
+            seen,
+        };
+        (Arc::new(backend), rx)
+    }
+}
+
+impl SmscBackend for FakeBackend {
+    fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<String, SubmitRefusal>> {
+        Box::pin(async move {
+            if sub.dest_addr.starts_with("000") {
+                return Err(SubmitRefusal::InvalidDestination);
+            }
+            let id = format!("m{}", self.next.fetch_add(1, Ordering::SeqCst));
+            self.stored.lock().unwrap().insert(id.clone(), sub.clone());
+            let _ = self.seen.send(sub);
+            Ok(id)
+        })
+    }
+
+    fn query(&self, _system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>> {
+        let known = self.stored.lock().unwrap().contains_key(message_id);
+        Box::pin(async move {
+            known.then_some(MessageStatus {
+                final_date: None,
+                state: 1,
+                error_code: 0,
+            })
+        })
+    }
+
+    fn cancel(&self, _system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
+        let known = self.stored.lock().unwrap().remove(message_id).is_some();
+        Box::pin(async move {
+            if known {
+                Ok(())
+            } else {
+                Err(SubmitRefusal::NotFound)
+            }
+        })
+    }
+}
+
+/// A running SMSC with its fake backend.
+pub(crate) struct TestSmsc {
+    pub addr: std::net::SocketAddr,
+    pub hub: ReceiptHub,
+    pub submissions: mpsc::UnboundedReceiver<Submission>,
+    trigger: crate::shutdown::Trigger,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestSmsc {
+    pub(crate) async fn start() -> TestSmsc {
+        TestSmsc::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// Starts on a given address (a restart on the same port).
+    pub(crate) async fn start_on(addr: std::net::SocketAddr) -> TestSmsc {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (backend, submissions) = FakeBackend::new();
+        let hub = ReceiptHub::new();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let mut slow = Account::new("slow", "slow");
+        slow.throughput_per_sec = Some(1);
+        let config = SmscConfig {
+            accounts: vec![Account::new("otpgate", "otpgate"), Account::new("esme", "secret"), slow],
+            window: 2,
+            ..SmscConfig::default()
+        };
+        let task = tokio::spawn(serve(listener, config, backend, hub.clone(), shutdown));
+        TestSmsc {
+            addr,
+            hub,
+            submissions,
+            trigger,
+            task,
+        }
+    }
+
+    pub(crate) async fn stop(self) {
+        self.trigger.fire();
+        within("serve to return", self.task).await.unwrap();
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr) -> (rusmppc::Client, impl futures::Stream<Item = Event> + Unpin) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    ConnectionBuilder::new()
+        .disable_interface_version_check()
+        .no_enquire_link_interval()
+        .connected(stream)
+}
+
+/// Closes a client's connection so that stopping the SMSC does not wait for
+/// an unbind_resp the test would never send.
+async fn hang_up(client: rusmppc::Client) {
+    let _ = within("close", client.close_and_wait()).await;
+}
+
+fn bind_transceiver(system_id: &str, password: &str) -> BindTransceiver {
+    BindTransceiver::builder()
+        .system_id(COctetString::from_str(system_id).unwrap())
+        .password(COctetString::from_str(password).unwrap())
+        .interface_version(InterfaceVersion::Smpp3_4)
+        .build()
+}
+
+fn status_of(result: Result<impl std::fmt::Debug, rusmppc::error::Error>) -> u32 {
+    match result {
+        Err(rusmppc::error::Error::UnexpectedResponse { response }) => u32::from(response.status()),
+        other => panic!("expected an error response, got {other:?}"),
+    }
+}
+
+fn submit_sm(dest: &str, data_coding: u8, esm_class: u8, short_message: Vec<u8>) -> SubmitSm {
+    SubmitSm::builder()
+        .source_addr_ton(Ton::National)
+        .source_addr_npi(Npi::Isdn)
+        .source_addr(COctetString::from_str("0354600124").unwrap())
+        .dest_addr_ton(Ton::International)
+        .dest_addr_npi(Npi::Isdn)
+        .destination_addr(COctetString::from_str(dest).unwrap())
+        .esm_class(EsmClass::from(esm_class))
+        .registered_delivery(RegisteredDelivery::from(1))
+        .data_coding(DataCoding::from(data_coding))
+        .short_message(OctetString::from_vec(short_message).unwrap())
+        .build()
+}
+
+fn receipt(system_id: &str, message_id: &str) -> Receipt {
+    Receipt {
+        system_id: system_id.into(),
+        message_id: message_id.into(),
+        source_addr: "819012345678".into(),
+        dest_addr: "0354600124".into(),
+        stat: "DELIVRD".into(),
+        err: 0,
+        message_state: 2,
+        network_error_code: Some((3, 0)),
+        submit_date: crate::clock::DEFAULT_VIRTUAL_START,
+        done_date: crate::clock::DEFAULT_VIRTUAL_START + 60_000,
+        text: "Your code is 482913".into(),
+    }
+}
+
+/// Raw PDUs over TCP, framed with the SMSC's own codec.
+type Raw = Framed<TcpStream, SmppCodec>;
+
+async fn raw(addr: std::net::SocketAddr) -> Raw {
+    Framed::new(TcpStream::connect(addr).await.unwrap(), SmppCodec::default())
+}
+
+async fn raw_call(conn: &mut Raw, seq: u32, pdu: impl Into<Pdu>) -> Command {
+    conn.send(Outbound::command(seq, pdu)).await.unwrap();
+    match within("an answer", conn.next()).await {
+        Some(Ok(Inbound::Command(command))) => *command,
+        other => panic!("expected a PDU, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn binds_and_refuses_bad_credentials() {
+    let smsc = TestSmsc::start().await;
+    let (first, _first_events) = connect(smsc.addr).await;
+    let resp = within("bind", first.bind_transceiver(bind_transceiver("esme", "secret")))
+        .await
+        .unwrap();
+    assert_eq!(resp.system_id.as_str(), "otpgate");
+    assert_eq!(resp.sc_interface_version(), Some(InterfaceVersion::Smpp3_4));
+    let again = within(
+        "second bind",
+        first.bind_transceiver(bind_transceiver("esme", "secret")),
+    )
+    .await;
+    assert_eq!(status_of(again), 0x05, "already bound");
+    hang_up(first).await;
+
+    let (client, _events) = connect(smsc.addr).await;
+    let wrong = within("bind", client.bind_transceiver(bind_transceiver("esme", "wrong"))).await;
+    assert_eq!(status_of(wrong), 0x0E);
+    let unknown = within("bind", client.bind_transceiver(bind_transceiver("nobody", "x"))).await;
+    assert_eq!(status_of(unknown), 0x0F);
+    hang_up(client).await;
+    smsc.stop().await;
+}
+
+#[tokio::test]
+async fn submit_gets_an_id_after_the_backend_stored_it() {
+    let mut smsc = TestSmsc::start().await;
+    let (client, _events) = connect(smsc.addr).await;
+    let early = within(
+        "submit",
+        client.submit_sm(submit_sm("819012345678", 0, 0, b"hi".to_vec())),
+    )
+    .await;
+    assert_eq!(status_of(early), 0x04, "submit before bind");
+    within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
+        .await
+        .unwrap();
+
+    let mut sm = submit_sm("819012345678", 0, 0, b"Your code is 482913".to_vec());
+    sm.push_tlv(MessageSubmissionRequestTlvValue::Other {
+        tag: TlvTag::from(0x1401),
+        value: AnyOctetString::from_static_slice(b"ref-1"),
+    });
+    let resp = within("submit", client.submit_sm(sm)).await.unwrap();
+    assert_eq!(resp.message_id().as_str(), "m1");
+    let sub = smsc.submissions.try_recv().expect("stored before the answer");
+    assert_eq!(sub.text, "Your code is 482913");
+    assert_eq!(
+        (sub.system_id.as_str(), sub.dest_addr.as_str()),
+        ("esme", "819012345678")
+    );
+    assert_eq!(
+        (sub.source_ton, sub.dest_ton, sub.parts, sub.registered_delivery),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(sub.message_ref.as_deref(), Some("ref-1"));
+
+    let refused = within("submit", client.submit_sm(submit_sm("0001", 0, 0, b"x".to_vec()))).await;
+    assert_eq!(status_of(refused), 0x0B);
+    hang_up(client).await;
+    smsc.stop().await;
+}
+
+#[tokio::test]
+async fn gsm_escape_round_trips_through_submit() {
+    let mut smsc = TestSmsc::start().await;
+    let (client, _events) = connect(smsc.addr).await;
+    within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
+        .await
+        .unwrap();
+    let octets = text::gsm7_encode("Price: 5€ [ok]").unwrap();
+    within("submit", client.submit_sm(submit_sm("819012345678", 0, 0, octets)))
+        .await
+        .unwrap();
+    assert_eq!(smsc.submissions.try_recv().unwrap().text, "Price: 5€ [ok]");
+    hang_up(client).await;
+    smsc.stop().await;
+}
+
+#[tokio::test]
+async fn receivers_cannot_submit_and_throttled_accounts_get_0x58() {
+    let smsc = TestSmsc::start().await;
+    let mut conn = raw(smsc.addr).await;
+    let bind = rusmpp::pdus::BindReceiver::builder()
+        .system_id(COctetString::from_str("esme").unwrap())
+        .password(COctetString::from_str("secret").unwrap())
+        .build();
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    let answer = raw_call(&mut conn, 2, submit_sm("819012345678", 0, 0, b"x".to_vec())).await;
+    assert_eq!(
+        (answer.id(), answer.status()),
+        (CommandId::SubmitSmResp, CommandStatus::EsmeRinvbndsts)
+    );
+
+    let (client, _events) = connect(smsc.addr).await;
+    within("bind", client.bind_transceiver(bind_transceiver("slow", "slow")))
+        .await
+        .unwrap();
+    within(
+        "submit",
+        client.submit_sm(submit_sm("819012345678", 0, 0, b"1".to_vec())),
+    )
+    .await
+    .unwrap();
+    let second = within(
+        "submit",
+        client.submit_sm(submit_sm("819012345678", 0, 0, b"2".to_vec())),
+    )
+    .await;
+    assert_eq!(status_of(second), 0x58);
+    hang_up(client).await;
+    drop(conn);
+    smsc.stop().await;
+}
+
+#[tokio::test]
+async fn receipts_reach_the_bound_transceiver() {
+    let smsc = TestSmsc::start().await;
+    // A receipt for an account with no bind waits in the hub.
+    let kept = smsc.hub.deliver(receipt("esme", "m-early"));
+    assert_eq!(smsc.hub.pending("esme"), 1);
+
+    let (client, mut events) = connect(smsc.addr).await;
+    within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
+        .await
+        .unwrap();
+    let live = smsc.hub.deliver(receipt("esme", "m-live"));
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = within("deliver_sm", events.next()).await.expect("events end");
+        let Event::Incoming(command) = event else { continue };
+        let seq = command.sequence_number();
+        let Some(Pdu::DeliverSm(deliver)) = command.pdu() else {
+            continue;
+        };
+        assert_eq!(u8::from(deliver.esm_class), 0x04);
+        let text = String::from_utf8(deliver.short_message().to_vec()).unwrap();
+        let receipted = deliver.tlvs().iter().find_map(|t| match t.value() {
+            Some(TlvValue::ReceiptedMessageId(id)) => Some(id.as_str().to_string()),
+            _ => None,
+        });
+        let state = deliver.tlvs().iter().find_map(|t| match t.value() {
+            Some(TlvValue::MessageState(s)) => Some(u8::from(*s)),
+            _ => None,
+        });
+        assert_eq!(state, Some(2));
+        let id = receipted.expect("receipted_message_id TLV");
+        assert!(
+            text.starts_with(&format!(
+                "id:{id} sub:001 dlvrd:001 submit date:2601010000 done date:2601010001 stat:DELIVRD err:000 text:"
+            )),
+            "{text}"
+        );
+        seen.push(id);
+        let resp = DeliverSmResp::new(COctetString::empty(), vec![]);
+        within("deliver_sm_resp", client.deliver_sm_resp(seq, resp))
+            .await
+            .unwrap();
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["m-early", "m-live"]);
+    assert_eq!(within("ack", kept).await, Ok(true));
+    assert_eq!(within("ack", live).await, Ok(true));
+    hang_up(client).await;
+    smsc.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_command_gets_generic_nack_and_the_connection_still_serves() {
+    let smsc = TestSmsc::start().await;
+    let mut stream = TcpStream::connect(smsc.addr).await.unwrap();
+    let mut pdu = Vec::new();
+    for word in [16u32, 0x1234_5678, 0, 1] {
+        pdu.extend_from_slice(&word.to_be_bytes());
+    }
+    stream.write_all(&pdu).await.unwrap();
+    let mut head = [0u8; 16];
+    within("generic_nack", stream.read_exact(&mut head)).await.unwrap();
+    assert_eq!(head, [0, 0, 0, 16, 0x80, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 1]);
+
+    let mut conn = Framed::new(stream, SmppCodec::default());
+    let bind = BindTransmitter::builder()
+        .system_id(COctetString::from_str("otpgate").unwrap())
+        .password(COctetString::from_str("otpgate").unwrap())
+        .build();
+    assert_eq!(raw_call(&mut conn, 2, bind).await.status(), CommandStatus::EsmeRok);
+    let answer = raw_call(&mut conn, 3, Pdu::EnquireLink).await;
+    assert_eq!((answer.id(), answer.sequence_number()), (CommandId::EnquireLinkResp, 3));
+    drop(conn);
+    smsc.stop().await;
+}
+
+#[tokio::test]
+async fn multipart_ucs2_reaches_the_backend_as_one_text() {
+    let mut smsc = TestSmsc::start().await;
+    let (client, _events) = connect(smsc.addr).await;
+    within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
+        .await
+        .unwrap();
+    let whole: String = "ワンタイムパスワードのお知らせ。".chars().cycle().take(150).collect();
+    let encoded = text::encode_for_sms(&whole).unwrap();
+    assert_eq!(encoded.parts.len(), 3);
+    let total = encoded.parts.len() as u8;
+    let mut ids = Vec::new();
+    // Sent out of order: the last part first.
+    for (i, part) in encoded.parts.iter().enumerate().rev() {
+        let sm = submit_sm("819012345678", 8, 0x40, text::with_udh(7, total, i as u8 + 1, part));
+        let resp = within("part", client.submit_sm(sm)).await.unwrap();
+        ids.push(resp.message_id().as_str().to_string());
+    }
+    let sub = smsc.submissions.try_recv().expect("one submission for the whole");
+    assert_eq!(sub.text, whole);
+    assert_eq!((sub.parts, sub.data_coding), (3, 8));
+    assert!(
+        smsc.submissions.try_recv().is_err(),
+        "parts reached the backend one by one"
+    );
+    assert_eq!(
+        ids.last().map(String::as_str),
+        Some("m1"),
+        "the completing part carries the id"
+    );
+    hang_up(client).await;
+    smsc.stop().await;
+}
+
+#[tokio::test]
+async fn sar_parts_and_payload_are_reassembled_and_queryable() {
+    let mut smsc = TestSmsc::start().await;
+    let mut conn = raw(smsc.addr).await;
+    let bind = bind_transceiver("esme", "secret");
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    let mut part_ids = Vec::new();
+    for (seq, chunk) in [(1u8, "Hello, "), (2, "world")] {
+        let mut sm = submit_sm("819012345678", 1, 0, chunk.as_bytes().to_vec());
+        sm.push_tlv(MessageSubmissionRequestTlvValue::SarMsgRefNum(300));
+        sm.push_tlv(MessageSubmissionRequestTlvValue::SarTotalSegments(2));
+        sm.push_tlv(MessageSubmissionRequestTlvValue::SarSegmentSeqnum(seq));
+        let answer = raw_call(&mut conn, 10 + u32::from(seq), sm).await;
+        let Some(Pdu::SubmitSmResp(resp)) = answer.pdu() else {
+            panic!("{answer:?}")
+        };
+        part_ids.push(resp.message_id().as_str().to_string());
+    }
+    assert_eq!(smsc.submissions.try_recv().unwrap().text, "Hello, world");
+
+    let mut sm = submit_sm("819012345678", 0, 0, vec![]);
+    sm.push_tlv(MessageSubmissionRequestTlvValue::MessagePayload(
+        rusmpp::values::MessagePayload::new(AnyOctetString::from_static_slice(b"from the payload")),
+    ));
+    assert_eq!(raw_call(&mut conn, 20, sm).await.status(), CommandStatus::EsmeRok);
+    assert_eq!(smsc.submissions.try_recv().unwrap().text, "from the payload");
+
+    // The first part's id stands for the whole message.
+    let query = QuerySm::builder()
+        .message_id(COctetString::from_str(&part_ids[0]).unwrap())
+        .build();
+    let answer = raw_call(&mut conn, 21, query).await;
+    assert_eq!(
+        (answer.id(), answer.status()),
+        (CommandId::QuerySmResp, CommandStatus::EsmeRok)
+    );
+    let query = QuerySm::builder()
+        .message_id(COctetString::from_str("nope").unwrap())
+        .build();
+    assert_eq!(
+        raw_call(&mut conn, 22, query).await.status(),
+        CommandStatus::EsmeRqueryfail
+    );
+
+    let cancel = |id: &str| {
+        CancelSm::builder()
+            .message_id(COctetString::from_str(id).unwrap())
+            .build()
+    };
+    let answer = raw_call(&mut conn, 23, cancel(&part_ids[1])).await;
+    assert_eq!(
+        (answer.id(), answer.status()),
+        (CommandId::CancelSmResp, CommandStatus::EsmeRok)
+    );
+    let answer = raw_call(&mut conn, 24, cancel(&part_ids[1])).await;
+    assert_eq!(answer.status(), CommandStatus::EsmeRcancelfail, "cancelled twice");
+    drop(conn);
+    smsc.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_unbinds_bound_sessions() {
+    let smsc = TestSmsc::start().await;
+    let (client, mut events) = connect(smsc.addr).await;
+    within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
+        .await
+        .unwrap();
+    smsc.trigger.fire();
+    loop {
+        match within("unbind", events.next()).await {
+            Some(Event::Incoming(command)) if command.id() == CommandId::Unbind => {
+                client.unbind_resp(command.sequence_number()).await.unwrap();
+                break;
+            }
+            Some(_) => continue,
+            None => panic!("connection closed without unbind"),
+        }
+    }
+    within("serve to return", smsc.task).await.unwrap();
+}

@@ -1,0 +1,598 @@
+//! The SMTP server and the mail world end to end: `serve` on 127.0.0.1:0 with
+//! [`MailWorld`] on a temporary store and a virtual clock, driven by
+//! otpgate's own client (mail-send) and by a raw SMTP dialogue.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::*;
+use crate::clock::Clock;
+use crate::delivery::email::{send_otp, EmailClientConfig, OutgoingEmail, SendOutcome};
+use crate::store::Store;
+
+struct World {
+    addr: SocketAddr,
+    world: MailWorld,
+    clock: Arc<Clock>,
+    events: Arc<Mutex<Vec<MailEvent>>>,
+    trigger: crate::shutdown::Trigger,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn start(config: SmtpConfig) -> World {
+    let store = Store::temporary().unwrap();
+    let clock = Clock::virtual_at(0);
+    let world = MailWorld::new(&store, clock.clone(), 100).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    world.set_observer(Arc::new(move |event| sink.lock().unwrap().push(event)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let server = tokio::spawn(serve(listener, config, Arc::new(world.clone()), shutdown));
+    World {
+        addr,
+        world,
+        clock,
+        events,
+        trigger,
+        server,
+    }
+}
+
+impl World {
+    fn client(&self) -> EmailClientConfig {
+        EmailClientConfig {
+            relay: self.addr.to_string(),
+            from: "noreply@otpgate.example".into(),
+            hello: "otpgate.example".into(),
+            implicit_tls: false,
+            credentials: None,
+        }
+    }
+
+    async fn stop(self) {
+        self.trigger.fire();
+        self.server.await.unwrap();
+    }
+}
+
+fn otp(to: &str, locale: &str, code: &str) -> OutgoingEmail {
+    OutgoingEmail {
+        to: to.into(),
+        locale: locale.into(),
+        code: code.into(),
+        valid_minutes: 10,
+        purpose: "login".into(),
+        brand: "otpgate".into(),
+    }
+}
+
+/// An independent client: raw SMTP over a TcpStream.
+struct Dialogue {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Dialogue {
+    async fn open(addr: SocketAddr) -> (Dialogue, String) {
+        let (reader, writer) = TcpStream::connect(addr).await.unwrap().into_split();
+        let mut d = Dialogue {
+            reader: BufReader::new(reader),
+            writer,
+        };
+        let greeting = d.reply().await;
+        (d, greeting)
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).await.unwrap() == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                return all;
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a line and checks the reply's code; returns the reply.
+    async fn check(&mut self, line: &str, code: u16) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        let reply = self.reply().await;
+        assert!(
+            reply.starts_with(&code.to_string()),
+            "{line:?} -> {reply:?} (want {code})"
+        );
+        reply
+    }
+
+    /// A whole transaction; returns the reply to the end of DATA.
+    async fn mail(&mut self, from: &str, to: &str, body: &[u8]) -> String {
+        self.check(&format!("MAIL FROM:<{from}>"), 250).await;
+        self.check(&format!("RCPT TO:<{to}>"), 250).await;
+        self.check("DATA", 354).await;
+        self.send(body).await;
+        self.send(b"\r\n.\r\n").await;
+        self.reply().await
+    }
+}
+
+#[tokio::test]
+async fn an_otp_sent_with_mail_send_is_captured_listed_and_readable() {
+    let w = start(SmtpConfig::default()).await;
+    let outcome = send_otp(&w.client(), &otp("Taro@Example.COM", "ja", "402931")).await;
+    let SendOutcome::Accepted { reply } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+    let id = crate::delivery::email::queued_id(&reply).unwrap().to_string();
+
+    let page = w.world.list(None, None, 10).unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].id, id);
+    assert_eq!(page.items[0].subject, "【otpgate】ワンタイムパスワードのお知らせ");
+    assert_eq!(page.items[0].from, "noreply@otpgate.example");
+    assert_eq!(page.items[0].received_at, crate::clock::rfc3339(0));
+    assert_eq!(page.next, None);
+
+    let detail = w.world.get(&id).unwrap().unwrap();
+    assert!(detail.text.as_deref().unwrap().contains("ワンタイムパスワード：402931"));
+    assert!(detail.headers.iter().any(|h| h.name.eq_ignore_ascii_case("subject")));
+    assert!(detail.raw.contains("Subject: "));
+    assert_eq!(detail.size, detail.raw.len());
+
+    // The domain is case-insensitive, the local part is not.
+    let code = w.world.newest_code("Taro@example.com").unwrap().unwrap();
+    assert_eq!(
+        (code.code.as_str(), code.from.as_str()),
+        ("402931", "noreply@otpgate.example")
+    );
+    let inbox = w.world.mailbox_messages("Taro@EXAMPLE.com").unwrap();
+    assert_eq!(inbox[0].folder, Some(Folder::Inbox));
+    assert!(inbox[0].text.as_deref().unwrap().contains("402931"));
+    assert_eq!(page.items[0].text, None, "the capture list stays lean");
+    assert!(w.world.mailbox_messages("taro@example.com").unwrap().is_empty());
+
+    assert_eq!(w.world.list(Some("ワンタイム"), None, 10).unwrap().items.len(), 1);
+    assert_eq!(w.world.list(Some("TARO@"), None, 10).unwrap().items.len(), 1);
+    assert!(w.world.list(Some("no such text"), None, 10).unwrap().items.is_empty());
+
+    let events = w.events.lock().unwrap().clone();
+    let outcomes: Vec<_> = events.iter().map(|e| (e.stage, e.code, e.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (MailStage::Rcpt, 250, Outcome::Accepted),
+            (MailStage::Data, 250, Outcome::Accepted)
+        ]
+    );
+    assert_eq!(events[1].message_id.as_deref(), Some(id.as_str()));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_raw_dialogue_is_captured_and_paged() {
+    let w = start(SmtpConfig::default()).await;
+    let (mut d, greeting) = Dialogue::open(w.addr).await;
+    assert!(greeting.starts_with("220 otpgate.local"), "{greeting}");
+    let ehlo = d.check("EHLO tester", 250).await;
+    assert!(ehlo.contains("250-SIZE 10485760\r\n"), "{ehlo}");
+    d.check("VRFY postmaster", 502).await;
+    for n in 0..3 {
+        let body = format!("From: qa@example.com\r\nTo: anyone@example.net\r\nSubject: capture check {n}\r\n\r\nhello from a raw client\r\n");
+        let reply = d.mail("qa@example.com", "anyone@example.net", body.as_bytes()).await;
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+    }
+    d.check("QUIT", 221).await;
+
+    let first = w.world.list(None, None, 2).unwrap();
+    assert_eq!(
+        first.items.iter().map(|m| m.subject.as_str()).collect::<Vec<_>>(),
+        ["capture check 2", "capture check 1"]
+    );
+    let second = w.world.list(None, first.next.as_deref(), 2).unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.next, None);
+    let detail = w.world.get(&second.items[0].id).unwrap().unwrap();
+    assert!(detail.text.unwrap().contains("hello from a raw client"));
+    assert_eq!(detail.envelope.helo, "tester");
+
+    assert!(w.world.delete(&second.items[0].id).await.unwrap());
+    assert_eq!(w.world.list(None, None, 10).unwrap().items.len(), 2);
+    w.world.delete_all().await.unwrap();
+    assert!(w.world.list(None, None, 10).unwrap().items.is_empty());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_user_is_refused_at_rcpt() {
+    let w = start(SmtpConfig::default()).await;
+    let mailbox = w
+        .world
+        .put_mailbox(
+            "typo@docomo.ne.jp",
+            MailboxPatch {
+                exists: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!mailbox.exists);
+    let outcome = send_otp(&w.client(), &otp("typo@docomo.ne.jp", "ja", "111111")).await;
+    assert_eq!(
+        outcome,
+        SendOutcome::Rejected {
+            code: 550,
+            enhanced: "5.1.1".into(),
+            text: "<typo@docomo.ne.jp>: Recipient address rejected: User unknown".into(),
+            stage: "rcpt".into(),
+        }
+    );
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    d.check("HELO tester", 250).await;
+    d.check("MAIL FROM:<qa@example.com>", 250).await;
+    let reply = d.check("RCPT TO:<typo@DOCOMO.ne.jp>", 550).await;
+    assert!(reply.starts_with("550 5.1.1 "), "{reply}");
+    d.check("DATA", 554).await;
+    assert!(w.world.list(None, None, 10).unwrap().items.is_empty());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_full_mailbox_answers_452_and_a_full_carrier_mailbox_552_after_data() {
+    let w = start(SmtpConfig::default()).await;
+    let full = MailboxPatch {
+        full: Some(true),
+        ..Default::default()
+    };
+    w.world.put_mailbox("full@example.com", full.clone()).await.unwrap();
+    let outcome = send_otp(&w.client(), &otp("full@example.com", "en", "222222")).await;
+    assert_eq!(
+        outcome,
+        SendOutcome::TryLater {
+            code: 452,
+            enhanced: "4.2.2".into(),
+            text: "Mailbox full".into()
+        }
+    );
+
+    w.world.put_mailbox("full@ezweb.ne.jp", full).await.unwrap();
+    let outcome = send_otp(&w.client(), &otp("full@ezweb.ne.jp", "ja", "222222")).await;
+    assert!(
+        matches!(&outcome, SendOutcome::Rejected { code: 552, stage, .. } if stage == "data"),
+        "{outcome:?}"
+    );
+    assert!(w.world.list(None, None, 10).unwrap().items.is_empty());
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn greylisting_defers_the_first_attempt_and_passes_a_retry_after_the_delay() {
+    let w = start(SmtpConfig::default()).await;
+    w.world
+        .put_mailbox(
+            "grey@example.com",
+            MailboxPatch {
+                greylist: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mail = otp("grey@example.com", "en", "333333");
+    let first = send_otp(&w.client(), &mail).await;
+    assert_eq!(
+        first,
+        SendOutcome::TryLater {
+            code: 451,
+            enhanced: "4.7.1".into(),
+            text: "Greylisted, try again later".into()
+        }
+    );
+    w.clock.advance(30_000).await;
+    assert!(matches!(
+        send_otp(&w.client(), &mail).await,
+        SendOutcome::TryLater { code: 451, .. }
+    ));
+    w.clock.advance(31_000).await;
+    let retry = send_otp(&w.client(), &mail).await;
+    assert!(matches!(retry, SendOutcome::Accepted { .. }), "{retry:?}");
+    assert_eq!(w.world.newest_code("grey@example.com").unwrap().unwrap().code, "333333");
+    let deferred = w
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.outcome == Outcome::Deferred)
+        .count();
+    assert_eq!(deferred, 2);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_answers_552_and_is_not_stored() {
+    let w = start(SmtpConfig {
+        max_message_bytes: 1024,
+        ..SmtpConfig::default()
+    })
+    .await;
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    d.check("EHLO tester", 250).await;
+    d.check("MAIL FROM:<qa@example.com> SIZE=4096", 552).await;
+    let body = format!("Subject: big\r\n\r\n{}", "0123456789abcdef\r\n".repeat(200));
+    let reply = d.mail("qa@example.com", "u@example.com", body.as_bytes()).await;
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    // One very long line is read in chunks and refused the same way.
+    let long = format!("Subject: long\r\n\r\n{}", "x".repeat(200_000));
+    let reply = d.mail("qa@example.com", "u@example.com", long.as_bytes()).await;
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    assert!(w.world.list(None, None, 10).unwrap().items.is_empty());
+    // The session goes on.
+    let reply = d
+        .mail("qa@example.com", "u@example.com", b"Subject: small\r\n\r\nok")
+        .await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_mime_body_is_captured_raw() {
+    let w = start(SmtpConfig::default()).await;
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    d.check("EHLO tester", 250).await;
+    let body = "From: qa@example.com\r\n\
+                Subject: broken\r\n\
+                MIME-Version: 1.0\r\n\
+                Content-Type: multipart/mixed; boundary=\"zzz\r\n\
+                \r\n\
+                --zzz\r\n\
+                Content-Type: text/plain; charset=x-unknown\r\n\
+                Content-Transfer-Encoding: base64\r\n\
+                \r\n\
+                !!!! not base64 ####\r\n\
+                --zz";
+    let reply = d.mail("qa@example.com", "u@example.com", body.as_bytes()).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    let id = w.world.list(None, None, 1).unwrap().items[0].id.clone();
+    let detail = w.world.get(&id).unwrap().unwrap();
+    assert_eq!(detail.raw, body.to_string() + "\r\n");
+    assert_eq!(
+        w.world.raw(&id).unwrap().unwrap(),
+        (body.to_string() + "\r\n").into_bytes()
+    );
+
+    // Not even a header: still kept as received.
+    let reply = d.mail("qa@example.com", "u@example.com", b"\x00\xff\xfe garbage").await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    let id = w.world.list(None, None, 1).unwrap().items[0].id.clone();
+    assert_eq!(w.world.raw(&id).unwrap().unwrap(), b"\x00\xff\xfe garbage\r\n");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn an_iso_2022_jp_message_is_decoded() {
+    let w = start(SmtpConfig::default()).await;
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    d.check("EHLO tester", 250).await;
+    // "テスト" in ISO-2022-JP, in the subject (B encoded) and the body.
+    let body = b"From: =?ISO-2022-JP?B?GyRCJUYlOSVIGyhC?= <jp@example.jp>\r\n\
+                 Subject: =?ISO-2022-JP?B?GyRCJUYlOSVIGyhC?=\r\n\
+                 MIME-Version: 1.0\r\n\
+                 Content-Type: text/plain; charset=ISO-2022-JP\r\n\
+                 Content-Transfer-Encoding: 7bit\r\n\
+                 \r\n\
+                 \x1b$B%F%9%H\x1b(B 654321\r\n";
+    let reply = d.mail("jp@example.jp", "u@example.com", body).await;
+    assert!(reply.starts_with("250 "), "{reply}");
+    let item = &w.world.list(Some("テスト"), None, 1).unwrap().items[0];
+    assert_eq!(item.subject, "テスト");
+    assert_eq!(item.from, "jp@example.jp");
+    let detail = w.world.get(&item.id).unwrap().unwrap();
+    assert!(detail.text.unwrap().contains("テスト 654321"));
+    assert_eq!(w.world.newest_code("u@example.com").unwrap().unwrap().code, "654321");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn carrier_domain_filters_reject_or_drop() {
+    let w = start(SmtpConfig::default()).await;
+    let filter = MailboxPatch {
+        allowed_domains: Some(vec!["airline.example".into()]),
+        ..Default::default()
+    };
+    w.world.put_mailbox("u@docomo.ne.jp", filter.clone()).await.unwrap();
+    w.world.put_mailbox("u@au.com", filter.clone()).await.unwrap();
+    w.world
+        .put_mailbox(
+            "spam@example.com",
+            MailboxPatch {
+                spam: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let docomo = send_otp(&w.client(), &otp("u@docomo.ne.jp", "ja", "444444")).await;
+    assert!(
+        matches!(&docomo, SendOutcome::Rejected { code: 550, enhanced, stage, .. } if enhanced == "5.7.1" && stage == "data"),
+        "{docomo:?}"
+    );
+
+    let au = send_otp(&w.client(), &otp("u@au.com", "ja", "555555")).await;
+    let SendOutcome::Accepted { reply } = au else {
+        panic!("{au:?}")
+    };
+    let id = crate::delivery::email::queued_id(&reply).unwrap().to_string();
+    assert!(w.world.mailbox_messages("u@au.com").unwrap().is_empty());
+    assert_eq!(w.world.newest_code("u@au.com").unwrap(), None);
+    let detail = w.world.get(&id).unwrap().unwrap();
+    assert_eq!(detail.deliveries[0].outcome, Outcome::Dropped);
+
+    let spam = send_otp(&w.client(), &otp("spam@example.com", "en", "666666")).await;
+    assert!(matches!(spam, SendOutcome::Accepted { .. }));
+    let listed = w.world.mailbox_messages("spam@example.com").unwrap();
+    assert_eq!(listed[0].folder, Some(Folder::Spam));
+    assert_eq!(
+        w.world.newest_code("spam@example.com").unwrap(),
+        None,
+        "only the inbox counts"
+    );
+
+    let allowed = EmailClientConfig {
+        from: "otp@mail.airline.example".into(),
+        ..w.client()
+    };
+    assert!(matches!(
+        send_otp(&allowed, &otp("u@au.com", "ja", "777777")).await,
+        SendOutcome::Accepted { .. }
+    ));
+    assert_eq!(w.world.newest_code("u@au.com").unwrap().unwrap().code, "777777");
+
+    let outcomes: Vec<_> = w
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.stage == MailStage::Data)
+        .map(|e| e.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![Outcome::Rejected, Outcome::Dropped, Outcome::Spam, Outcome::Accepted]
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn auth_is_required_and_checked_when_accounts_are_configured() {
+    let w = start(SmtpConfig {
+        auth: vec![("qa".into(), "s3cret".into())],
+        ..SmtpConfig::default()
+    })
+    .await;
+    let mail = otp("u@example.com", "en", "888888");
+    let anonymous = send_otp(&w.client(), &mail).await;
+    assert!(
+        matches!(&anonymous, SendOutcome::Rejected { code: 530, stage, .. } if stage == "mail"),
+        "{anonymous:?}"
+    );
+    let wrong = EmailClientConfig {
+        credentials: Some(("qa".into(), "nope".into())),
+        ..w.client()
+    };
+    let refused = send_otp(&wrong, &mail).await;
+    assert!(
+        matches!(&refused, SendOutcome::Rejected { code: 535, stage, .. } if stage == "auth"),
+        "{refused:?}"
+    );
+    let right = EmailClientConfig {
+        credentials: Some(("qa".into(), "s3cret".into())),
+        ..w.client()
+    };
+    assert!(matches!(send_otp(&right, &mail).await, SendOutcome::Accepted { .. }));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_says_421_to_open_sessions_and_waits_for_them() {
+    let w = start(SmtpConfig::default()).await;
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    d.check("EHLO tester", 250).await;
+    d.check("MAIL FROM:<qa@example.com>", 250).await;
+    w.trigger.fire();
+    let goodbye = d.reply().await;
+    assert_eq!(goodbye, "421 4.3.2 Service shutting down\r\n");
+    w.server.await.unwrap();
+    assert!(TcpStream::connect(w.addr).await.is_err());
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_told_to_come_back() {
+    let w = start(SmtpConfig {
+        max_connections: 1,
+        ..SmtpConfig::default()
+    })
+    .await;
+    let (mut first, _) = Dialogue::open(w.addr).await;
+    first.check("NOOP", 250).await;
+    let (_second, greeting) = Dialogue::open(w.addr).await;
+    assert!(greeting.starts_with("421 4.7.0"), "{greeting}");
+    first.check("QUIT", 221).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn overlong_commands_are_refused_and_the_session_goes_on() {
+    let w = start(SmtpConfig::default()).await;
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    d.check(&format!("EHLO {}", "x".repeat(10_000)), 500).await;
+    d.check("EHLO tester", 250).await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_client_is_timed_out() {
+    let store = Store::temporary().unwrap();
+    let world = MailWorld::new(&store, Clock::virtual_at(0), 10).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let server = tokio::spawn(serve_with(
+        listener,
+        SmtpConfig::default(),
+        limits,
+        Arc::new(world),
+        shutdown,
+    ));
+    let (mut d, _) = Dialogue::open(addr).await;
+    let bye = d.reply().await;
+    assert!(bye.starts_with("421 4.4.2"), "{bye}");
+    trigger.fire();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_removes_the_oldest_messages() {
+    let store = Store::temporary().unwrap();
+    let world = MailWorld::new(&store, Clock::virtual_at(0), 2).unwrap();
+    for n in 0..3 {
+        let envelope = Envelope {
+            helo: "h".into(),
+            from: "a@example.com".into(),
+            rcpts: vec!["r@example.com".into()],
+            peer: "p".into(),
+        };
+        let verdict = world
+            .data(envelope, format!("Subject: {n}\r\n\r\nbody {n}00000\r\n").into_bytes())
+            .await;
+        assert!(matches!(verdict, DataVerdict::Accepted { .. }));
+    }
+    let subjects: Vec<_> = world
+        .list(None, None, 10)
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|m| m.subject)
+        .collect();
+    assert_eq!(subjects, ["2", "1"]);
+    assert_eq!(world.mailbox_messages("r@example.com").unwrap().len(), 2);
+    assert_eq!(world.newest_code("r@example.com").unwrap().unwrap().code, "200000");
+}

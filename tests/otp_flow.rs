@@ -1,0 +1,283 @@
+//! The SMS spine end to end over real sockets: the four registration steps,
+//! sender IDs per carrier, and every OTP rule of DESIGN.md sections 5 and 7.
+
+mod common;
+
+use common::{enc, error_code, TestServer};
+
+use serde_json::json;
+
+const DOCOMO: &str = "090-1111-0001";
+const SOFTBANK: &str = "080-2222-0002";
+
+fn digits(v: &serde_json::Value) -> String {
+    v.as_str().unwrap_or("").chars().filter(char::is_ascii_digit).collect()
+}
+
+fn wrong(code: &serde_json::Value) -> String {
+    let n: u32 = code.as_str().unwrap().parse().unwrap();
+    format!("{:06}", (n + 1) % 1_000_000)
+}
+
+async fn issue(server: &common::Api, member: &str, purpose: &str) -> serde_json::Value {
+    let (s, otp) = server
+        .post("/v1/otps", json!({"member_id": member, "purpose": purpose}))
+        .await;
+    assert_eq!(s, 201, "issue: {otp}");
+    otp
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_four_steps_then_an_otp_shows_the_carriers_sender() {
+    let server = TestServer::start().await;
+    let docomo_verification = server.sms_member("M-DOCOMO", DOCOMO, "docomo").await;
+    let softbank_verification = server.sms_member("M-SOFTBANK", SOFTBANK, "softbank").await;
+    assert_eq!(docomo_verification["from"], "03-5460-0124");
+    assert_eq!(softbank_verification["from"], "22471");
+
+    let (_, member) = server.get("/v1/members/M-DOCOMO").await;
+    assert_eq!(member["notification"], "sms");
+    assert_eq!(member["phone"]["number"], "+819011110001");
+    assert_eq!(member["phone"]["verified"], true);
+
+    let otp = issue(&server, "M-DOCOMO", "profile").await;
+    assert_eq!(otp["sender"], "03-5460-0124");
+    assert_eq!(otp["destination"], "090-****-0001");
+    assert_eq!(otp["channel"], "sms");
+    assert!(otp.get("code").is_none(), "the answer carries no code: {otp}");
+    let got = server.code_on_handset(DOCOMO, Some(&docomo_verification)).await;
+    assert_eq!(got["from"], "03-5460-0124");
+    assert_eq!(got["code"].as_str().unwrap().len(), 6);
+
+    let otp = issue(&server, "M-SOFTBANK", "profile").await;
+    assert_eq!(digits(&otp["sender"]), "22471");
+    let got = server.code_on_handset(SOFTBANK, Some(&softbank_verification)).await;
+    assert_eq!(got["from"], "22471");
+
+    // The delivery log has the whole story, with the code masked.
+    let (_, log) = server
+        .get(&format!("/v1/messages?otp_id={}", otp["id"].as_str().unwrap()))
+        .await;
+    let message = &log["items"][0];
+    assert_eq!(message["state"], "delivered", "{message}");
+    let kinds: Vec<&str> = message["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.starts_with(&["queued"]), "{kinds:?}");
+    assert!(kinds.contains(&"delivered") && kinds.contains(&"receipt"), "{kinds:?}");
+    assert!(message["text"].as_str().unwrap().contains("******"));
+    assert!(
+        !log.to_string().contains(got["code"].as_str().unwrap()),
+        "the log holds the plain code"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_rules_wrong_right_used_expired_locked() {
+    let server = TestServer::start().await;
+    let verification = server.sms_member("M1", DOCOMO, "docomo").await;
+
+    let otp = issue(&server, "M1", "login").await;
+    let code = server.code_on_handset(DOCOMO, Some(&verification)).await;
+    let path = format!("/v1/otps/{}/verify", otp["id"].as_str().unwrap());
+    let (s, b) = server.post(&path, json!({"code": wrong(&code["code"])})).await;
+    assert_eq!((s, error_code(&b)), (400, "invalid_code"));
+    assert_eq!(b["error"]["attempts_left"], 4);
+    let (s, b) = server.post(&path, json!({"code": code["code"]})).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("verified")), "{b}");
+    let (s, b) = server.post(&path, json!({"code": code["code"]})).await;
+    assert_eq!((s, error_code(&b)), (409, "already_used"));
+
+    server.advance(700).await;
+    let otp = issue(&server, "M1", "expiry").await;
+    let code = server.code_on_handset(DOCOMO, Some(&code)).await;
+    server.advance(601).await;
+    let (s, b) = server
+        .post(
+            &format!("/v1/otps/{}/verify", otp["id"].as_str().unwrap()),
+            json!({"code": code["code"]}),
+        )
+        .await;
+    assert_eq!((s, error_code(&b)), (410, "expired"));
+    let (_, state) = server.get(&format!("/v1/otps/{}", otp["id"].as_str().unwrap())).await;
+    assert_eq!(state["status"], "expired");
+
+    server.advance(700).await;
+    let otp = issue(&server, "M1", "lock").await;
+    let code = server.code_on_handset(DOCOMO, Some(&code)).await;
+    let path = format!("/v1/otps/{}/verify", otp["id"].as_str().unwrap());
+    for _ in 0..5 {
+        server.post(&path, json!({"code": wrong(&code["code"])})).await;
+    }
+    let (s, b) = server.post(&path, json!({"code": code["code"]})).await;
+    assert_eq!((s, error_code(&b)), (423, "locked"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_supersedes_and_the_old_code_says_so() {
+    let server = TestServer::start().await;
+    let verification = server.sms_member("M1", SOFTBANK, "softbank").await;
+    let first = issue(&server, "M1", "miles").await;
+    let first_code = server.code_on_handset(SOFTBANK, Some(&verification)).await;
+    server.advance(61).await;
+    let (s, second) = server
+        .post(&format!("/v1/otps/{}/resend", first["id"].as_str().unwrap()), json!({}))
+        .await;
+    assert_eq!(s, 201, "{second}");
+    assert_ne!(second["id"], first["id"]);
+    let second_code = server.code_on_handset(SOFTBANK, Some(&first_code)).await;
+
+    let (s, b) = server
+        .post(
+            &format!("/v1/otps/{}/verify", first["id"].as_str().unwrap()),
+            json!({"code": first_code["code"]}),
+        )
+        .await;
+    assert_eq!((s, error_code(&b)), (409, "superseded"));
+    // The old code entered on the new OTP: superseded too, and it counts.
+    let path = format!("/v1/otps/{}/verify", second["id"].as_str().unwrap());
+    if first_code["code"] != second_code["code"] {
+        let (s, b) = server.post(&path, json!({"code": first_code["code"]})).await;
+        assert_eq!((s, error_code(&b)), (409, "superseded"));
+        let (_, state) = server
+            .get(&format!("/v1/otps/{}", second["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(state["attempts_left"], 4);
+    }
+    let (s, _) = server.post(&path, json!({"code": second_code["code"]})).await;
+    assert_eq!(s, 200);
+    let (_, old) = server.get(&format!("/v1/otps/{}", first["id"].as_str().unwrap())).await;
+    assert_eq!(old["status"], "superseded");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_verifies_give_exactly_one_success() {
+    let server = std::sync::Arc::new(TestServer::start().await);
+    let verification = server.sms_member("M1", DOCOMO, "docomo").await;
+    let otp = issue(&server, "M1", "race").await;
+    let code = server.code_on_handset(DOCOMO, Some(&verification)).await;
+    let path = format!("/v1/otps/{}/verify", otp["id"].as_str().unwrap());
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let server = server.clone();
+        let path = path.clone();
+        let code = code["code"].clone();
+        tasks.push(tokio::spawn(async move {
+            server.post(&path, json!({"code": code})).await.0
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 409), "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_limits_answer_429_with_retry_after() {
+    let server = TestServer::start().await;
+    server.sms_member("M1", DOCOMO, "docomo").await;
+    issue(&server, "M1", "limit").await;
+    let (s, b) = server
+        .post("/v1/otps", json!({"member_id": "M1", "purpose": "limit"}))
+        .await;
+    assert_eq!((s, error_code(&b)), (429, "rate_limited"), "{b}");
+    let retry_after = b["error"]["retry_after"].as_i64().unwrap();
+    assert!((1..=60).contains(&retry_after), "{b}");
+    // Five sends in ten minutes are the cap, whatever the cooldown.
+    for _ in 0..3 {
+        server.advance(61).await;
+        issue(&server, "M1", "limit").await;
+    }
+    server.advance(61).await;
+    let (s, b) = server
+        .post("/v1/otps", json!({"member_id": "M1", "purpose": "limit"}))
+        .await;
+    assert_eq!(
+        s, 429,
+        "the sixth send in ten minutes (the verification SMS counts): {b}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
+    let server = TestServer::start().await;
+    let (s, b) = server.http_raw("POST", "/v1/members", Some("{not json")).await;
+    assert_eq!((s, error_code(&b)), (400, "malformed_json"));
+    let (s, _) = server
+        .post(
+            "/v1/members",
+            json!({"id": "M1", "residence": "JP", "email": "m1@example.com"}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, b) = server
+        .post("/v1/members/M1/phone", json!({"number": "03-1234-5678"}))
+        .await;
+    assert_eq!((s, error_code(&b)), (422, "fixed_line_number"));
+    let (s, b) = server.post("/v1/members/M1/phone", json!({"number": "12"})).await;
+    assert_eq!((s, error_code(&b)), (422, "invalid_number"));
+    let (s, b) = server
+        .put("/v1/members/M1/notification", json!({"channel": "sms"}))
+        .await;
+    assert_eq!(s, 422, "{b}");
+    let (s, b) = server.get("/v1/members/NOBODY").await;
+    assert_eq!((s, error_code(&b)), (404, "not_found"));
+    let (s, b) = server
+        .post("/v1/otps", json!({"member_id": "NOBODY", "purpose": "x"}))
+        .await;
+    assert_eq!((s, error_code(&b)), (404, "not_found"));
+    let (s, b) = server.get("/v1/no/such/route").await;
+    assert_eq!((s, error_code(&b)), (404, "not_found"));
+    let (s, b) = server
+        .post(
+            "/v1/members",
+            json!({"id": "M2", "residence": "US", "email": "m2@example.com"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = server
+        .post("/v1/members/M2/phone", json!({"number": "090-1234-5678"}))
+        .await;
+    assert_eq!((s, error_code(&b)), (422, "sms_requires_japan_residence"));
+    let (s, b) = server
+        .put(&format!("/v1/sim/handsets/{}", enc(DOCOMO)), json!({"carrier": "nope"}))
+        .await;
+    assert_eq!((s, error_code(&b)), (422, "invalid_request"));
+    let (s, _) = server.get("/healthz").await;
+    assert_eq!(s, 200);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_the_binary_keeps_what_was_acknowledged() {
+    let mut server = common::BinServer::start(None).await;
+    let verification = server.sms_member("M1", SOFTBANK, "softbank").await;
+    let otp = issue(&server, "M1", "login").await;
+    let code = server.code_on_handset(SOFTBANK, Some(&verification)).await;
+    server.restart().await;
+    let (s, member) = server.get("/v1/members/M1").await;
+    assert_eq!(s, 200);
+    assert_eq!(member["phone"]["verified"], true);
+    let (_, log) = server.get("/v1/messages?member_id=M1").await;
+    assert_eq!(log["items"].as_array().unwrap().len(), 2, "{log}");
+    let (_, clock) = server.get("/v1/sim/clock").await;
+    assert_ne!(
+        clock["now"], "2026-01-01T00:00:00+09:00",
+        "the virtual clock resumes where it stopped"
+    );
+    // The code issued before the restart still verifies, once.
+    let path = format!("/v1/otps/{}/verify", otp["id"].as_str().unwrap());
+    let (s, _) = server.post(&path, json!({"code": code["code"]})).await;
+    assert_eq!(s, 200);
+    let (s, _) = server.post(&path, json!({"code": code["code"]})).await;
+    assert_eq!(s, 409);
+    server.stop().await;
+}
