@@ -43,6 +43,65 @@ pub enum StartError {
     Other(String),
 }
 
+/// The desk over a data directory, without starting any server (for
+/// `otpgate diagnose --data`). Nothing is sent: the outbound side is inert.
+pub fn open_desk(config: &Config) -> Result<(crate::desk::Desk, Arc<Clock>), StartError> {
+    let data = |e: &dyn std::fmt::Display| StartError::Data(config.data_dir.display().to_string(), e.to_string());
+    if !config.data_dir.join("db").exists() {
+        return Err(StartError::Data(
+            config.data_dir.display().to_string(),
+            "no otpgate database here".into(),
+        ));
+    }
+    let key = load_or_create_key(&config.data_dir).map_err(|e| data(&e))?;
+    let store = Store::open(&config.data_dir).map_err(|e| data(&e))?;
+    let carriers = Arc::new(match &config.carriers_dir {
+        Some(dir) => CarrierSet::load_dir(dir).map_err(|e| StartError::Carriers(e.to_string()))?,
+        None => CarrierSet::embedded(),
+    });
+    let saved = World::saved_clock(&store).map_err(|e| data(&e))?;
+    // Data made under a virtual clock is read at that clock's time.
+    let clock = match saved {
+        Some(at) => Clock::virtual_at(at),
+        None => Clock::system(),
+    };
+    let log = DeliveryLog::open(&store).map_err(|e| data(&e))?;
+    let profile = SenderProfile {
+        number: config.sender.number.clone(),
+        short_code: config.sender.short_code.clone(),
+    };
+    let world = World::open(
+        &store,
+        carriers.clone(),
+        profile.clone(),
+        config.default_carrier.clone(),
+        false,
+    )
+    .map_err(|e| data(&e))?;
+    let mail = MailWorld::new(&store, clock.clone(), config.mail_retention).map_err(|e| data(&e))?;
+    let outbound = Arc::new(Outbound {
+        log: log.clone(),
+        clock: clock.clone(),
+        sms: None,
+        email: None,
+        sms_source: String::new(),
+        brand: config.sender.brand.clone(),
+        shown: Arc::new(|_, _| String::new()),
+        mail_link: None,
+    });
+    let service = OtpService::open(&store, clock.clone(), log.clone(), key, config, outbound).map_err(|e| data(&e))?;
+    let desk = crate::desk::Desk {
+        service,
+        log,
+        world,
+        mail,
+        carriers,
+        profile,
+        email_from: config.sender.email_from.clone(),
+    };
+    Ok((desk, clock))
+}
+
 /// A started server.
 pub struct Running {
     pub http: SocketAddr,
@@ -270,13 +329,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     let service = OtpService::open(&store, clock.clone(), log.clone(), key, &config, outbound).map_err(|e| data(&e))?;
 
-    if fresh {
+    if fresh && config.load_demo {
         if let Err(e) = crate::fixtures::load_demo(&service, &world).await {
             tracing::warn!(error = %e, "demo data not loaded");
         }
     }
 
     let (http_listener, http_addr) = listen(config.http).await?;
+    let desk = crate::desk::Desk {
+        service: service.clone(),
+        log: log.clone(),
+        world: world.clone(),
+        mail: mail.clone(),
+        carriers: carriers.clone(),
+        profile: SenderProfile {
+            number: config.sender.number.clone(),
+            short_code: config.sender.short_code.clone(),
+        },
+        email_from: config.sender.email_from.clone(),
+    };
     let ctx = Arc::new(Ctx {
         service,
         log,
@@ -284,6 +355,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         world,
         network,
         mail,
+        desk,
         admin_token: config.admin_token.clone(),
         loopback: config.http_is_loopback(),
         metrics: Default::default(),

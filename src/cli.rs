@@ -22,6 +22,54 @@ pub struct Cli {
 pub enum Command {
     /// Start the HTTP API, the SMSC and the SMTP server.
     Serve(ServeArgs),
+    /// Run scenario files (against an in-process server unless --server is given).
+    Run(RunArgs),
+    /// "I haven't received my code": the troubleshooting report for a member, phone or email.
+    Diagnose(DiagnoseArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct DiagnoseArgs {
+    /// A member ID.
+    #[arg(long, conflicts_with_all = ["phone", "email"])]
+    pub member: Option<String>,
+    /// A phone number in any spelling.
+    #[arg(long, conflicts_with = "email")]
+    pub phone: Option<String>,
+    /// An email address.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// ja or en (default: the member's language).
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Ask a running server (default http://127.0.0.1:8080 unless --data is given).
+    #[arg(long, conflicts_with = "data")]
+    pub server: Option<String>,
+    /// Read a data directory directly (the server must not be running on it).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// The admin token, when the server listens beyond loopback.
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Scenario files (TOML; see fixtures/scenarios/README.md).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// A running otpgate (started with --virtual-clock), e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The admin token, when that server listens beyond loopback.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Write a JUnit XML report here.
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -74,6 +122,8 @@ impl ServeArgs {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Run(args) => run_scenarios(args).await,
+        Command::Diagnose(args) => diagnose(args).await,
     }
 }
 
@@ -99,6 +149,173 @@ async fn serve(args: ServeArgs) -> ExitCode {
     tracing::info!("shutting down");
     running.stop().await;
     ExitCode::SUCCESS
+}
+
+async fn run_scenarios(args: RunArgs) -> ExitCode {
+    let mut results = Vec::new();
+    let mut refused = false;
+    for file in &args.files {
+        let scenario = match crate::scenario::load(file) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("otpgate: {e}");
+                refused = true;
+                continue;
+            }
+        };
+        let name = file.display().to_string();
+        let result = match &args.server {
+            Some(url) => match crate::http::client::ApiClient::new(url, args.token.clone()) {
+                Ok(api) => crate::scenario::runner::run(&api, &name, &scenario).await,
+                Err(e) => {
+                    eprintln!("otpgate: --server: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => match run_in_process(&name, &scenario).await {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("otpgate: {name}: {e}");
+                    refused = true;
+                    continue;
+                }
+            },
+        };
+        print!("{}", crate::scenario::runner::render(&result));
+        results.push(result);
+    }
+    if let Some(path) = &args.junit {
+        if let Err(e) = std::fs::write(path, crate::scenario::junit::render(&results)) {
+            eprintln!("otpgate: --junit {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let failed = results.iter().filter(|r| !r.passed()).count();
+    println!(
+        "{} passed, {} failed",
+        results.len() - failed,
+        failed + usize::from(refused)
+    );
+    if failed > 0 || refused {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Starts a private server (fresh data directory, virtual clock, the
+/// scenario's seed, free ports), plays the scenario, and stops it.
+pub async fn run_in_process(
+    name: &str,
+    scenario: &crate::scenario::Scenario,
+) -> Result<crate::scenario::runner::ScenarioResult, String> {
+    let dir = std::env::temp_dir().join(format!(
+        "otpgate-scenario-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let mut config = Config::load(Overrides {
+        http: Some("127.0.0.1:0".into()),
+        smpp: Some("127.0.0.1:0".into()),
+        smtp: Some("127.0.0.1:0".into()),
+        data: Some(dir.clone()),
+        virtual_clock: true,
+        seed: Some(scenario.seed),
+        ..Overrides::default()
+    })
+    .map_err(|e| e.to_string())?;
+    config.load_demo = false;
+    let running = crate::app::start(config).await.map_err(|e| e.to_string())?;
+    let api = crate::http::client::ApiClient::new(&running.base_url(), None)?;
+    let result = crate::scenario::runner::run(&api, name, scenario).await;
+    running.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(result)
+}
+
+async fn diagnose(args: DiagnoseArgs) -> ExitCode {
+    let Some(who) = args.member.clone().or(args.phone.clone()).or(args.email.clone()) else {
+        eprintln!("otpgate: diagnose needs --member, --phone or --email");
+        return ExitCode::from(2);
+    };
+    if let Some(l) = &args.lang {
+        if l != "ja" && l != "en" {
+            eprintln!("otpgate: --lang must be ja or en");
+            return ExitCode::from(2);
+        }
+    }
+    let answer = match &args.data {
+        Some(dir) => diagnose_data_dir(dir, &args, &who),
+        None => diagnose_server(&args, &who).await,
+    };
+    match answer {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("otpgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn diagnose_data_dir(dir: &std::path::Path, args: &DiagnoseArgs, who: &str) -> Result<String, String> {
+    let config = Config::load(Overrides {
+        data: Some(dir.to_path_buf()),
+        ..Overrides::default()
+    })
+    .map_err(|e| e.to_string())?;
+    let (desk, clock) = crate::app::open_desk(&config).map_err(|e| e.to_string())?;
+    let subject = match &args.member {
+        Some(id) => crate::desk::Subject::Member(desk.service.member(id).map_err(|e| e.to_string())?),
+        None => desk.lookup(who).map_err(|e| e.to_string())?,
+    };
+    let report = desk
+        .report(&subject, args.lang.as_deref(), clock.now())
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        serde_json::to_string_pretty(&report)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string())
+    } else {
+        Ok(crate::diagnose::render_text(&report))
+    }
+}
+
+async fn diagnose_server(args: &DiagnoseArgs, who: &str) -> Result<String, String> {
+    let base = args.server.clone().unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let api = crate::http::client::ApiClient::new(&base, args.token.clone())?;
+    let path = match &args.member {
+        Some(id) => format!("/v1/diagnostics/members/{}", crate::http::client::segment(id)),
+        None => format!("/v1/diagnostics/destinations/{}", crate::http::client::segment(who)),
+    };
+    let mut query = vec![];
+    if let Some(l) = &args.lang {
+        query.push(format!("lang={l}"));
+    }
+    if !args.json {
+        query.push("format=text".to_string());
+    }
+    let path = if query.is_empty() {
+        path
+    } else {
+        format!("{path}?{}", query.join("&"))
+    };
+    let (status, body) = api.call("GET", &path, None).await?;
+    if status != 200 {
+        return Err(format!(
+            "{status}: {}",
+            body["error"]["message"].as_str().unwrap_or(&body.to_string())
+        ));
+    }
+    Ok(match body {
+        serde_json::Value::String(text) => text,
+        other => serde_json::to_string_pretty(&other).unwrap_or_default() + "\n",
+    })
 }
 
 async fn wait_for_signal() {

@@ -18,6 +18,12 @@ pub struct Config {
     /// `None` turns the listener off.
     pub smpp: Option<SocketAddr>,
     pub smtp: Option<SocketAddr>,
+    /// Accounts of the embedded SMTP server (`[smtp] auth`); empty means no
+    /// AUTH is offered and none is needed.
+    pub smtp_auth: Vec<SmtpAccount>,
+    /// The embedded SMTP server's certificate and key (`[smtp] tls_cert`,
+    /// `tls_key`); `None` means STARTTLS is not offered.
+    pub smtp_tls: Option<TlsFiles>,
     pub data_dir: PathBuf,
     pub virtual_clock: bool,
     pub clock_start: Millis,
@@ -35,8 +41,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Required on simulation and admin routes when HTTP listens beyond loopback.
     pub admin_token: Option<String>,
-    /// A JSON file of members and handsets loaded at start when the database is new.
-    pub demo_data: Option<PathBuf>,
+    /// Load the demo data set (fixtures/demo.json) into a new database.
+    pub load_demo: bool,
     pub callback_url: Option<String>,
 }
 
@@ -106,6 +112,84 @@ pub struct EmailOut {
     pub password: Option<String>,
 }
 
+/// An account for SMTP AUTH (PLAIN or LOGIN) on the embedded server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpAccount {
+    pub username: String,
+    pub password: String,
+}
+
+/// PEM files: the certificate chain (leaf first) and its private key.
+/// Relative paths in the config file are relative to the file's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The config file's `smtp`: an address (`smtp = "127.0.0.1:2525"`) or an
+/// `[smtp]` table with the address as `listen` and the server's AUTH
+/// accounts and STARTTLS certificate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmtpTable {
+    listen: Option<String>,
+    #[serde(default)]
+    auth: Vec<SmtpAccount>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// Reads `smtp` as either form; a table keeps serde's precise errors.
+fn smtp_string_or_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SmtpTable>, D::Error> {
+    struct Either;
+    impl<'de> serde::de::Visitor<'de> for Either {
+        type Value = SmtpTable;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an address like \"127.0.0.1:2525\" or an [smtp] table")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SmtpTable, E> {
+            Ok(SmtpTable {
+                listen: Some(v.to_string()),
+                ..SmtpTable::default()
+            })
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SmtpTable, A::Error> {
+            SmtpTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Either).map(Some)
+}
+
+/// The SMTP server's AUTH accounts and TLS files, checked.
+fn smtp_security(table: &SmtpTable, base: &Path) -> Result<(Vec<SmtpAccount>, Option<TlsFiles>), ConfigError> {
+    if let Some(bad) = table
+        .auth
+        .iter()
+        .find(|a| a.username.is_empty() || a.password.is_empty())
+    {
+        return Err(ConfigError::Invalid {
+            field: "smtp.auth",
+            message: format!("account `{}` needs a username and a password", bad.username),
+        });
+    }
+    let tls = match (&table.tls_cert, &table.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: base.join(cert),
+            key: base.join(key),
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::Invalid {
+                field: "smtp.tls_cert",
+                message: "tls_cert and tls_key go together: give both or neither".into(),
+            })
+        }
+    };
+    Ok((table.auth.clone(), tls))
+}
+
 /// The flags of `otpgate serve`; `None` means "not given".
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -126,7 +210,8 @@ pub struct Overrides {
 struct File {
     http: Option<String>,
     smpp: Option<String>,
-    smtp: Option<String>,
+    #[serde(default, deserialize_with = "smtp_string_or_table")]
+    smtp: Option<SmtpTable>,
     data: Option<PathBuf>,
     virtual_clock: Option<bool>,
     clock_start: Option<String>,
@@ -144,7 +229,7 @@ struct File {
     mail_retention: Option<usize>,
     max_message_bytes: Option<usize>,
     admin_token: Option<String>,
-    demo_data: Option<PathBuf>,
+    demo: Option<bool>,
     callback_url: Option<String>,
 }
 
@@ -237,10 +322,20 @@ impl Config {
             "smpp",
             &flags.smpp.or(file.smpp).unwrap_or_else(|| "127.0.0.1:2775".into()),
         )?;
+        let smtp_table = file.smtp.unwrap_or_default();
         let smtp = parse_addr(
             "smtp",
-            &flags.smtp.or(file.smtp).unwrap_or_else(|| "127.0.0.1:2525".into()),
+            &flags
+                .smtp
+                .or(smtp_table.listen.clone())
+                .unwrap_or_else(|| "127.0.0.1:2525".into()),
         )?;
+        let config_dir = flags
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or_else(|| Path::new(""));
+        let (smtp_auth, smtp_tls) = smtp_security(&smtp_table, config_dir)?;
         let clock_start = match flags.clock_start.or(file.clock_start) {
             Some(text) => clock::parse_rfc3339(&text).ok_or(ConfigError::Invalid {
                 field: "clock_start",
@@ -267,6 +362,8 @@ impl Config {
             http,
             smpp,
             smtp,
+            smtp_auth,
+            smtp_tls,
             data_dir: flags
                 .data
                 .or(file.data)
@@ -288,7 +385,7 @@ impl Config {
             mail_retention: file.mail_retention.unwrap_or(10_000).max(1),
             max_message_bytes: file.max_message_bytes.unwrap_or(10 * 1024 * 1024),
             admin_token: file.admin_token,
-            demo_data: file.demo_data,
+            load_demo: file.demo.unwrap_or(true),
             callback_url: file.callback_url,
         })
     }
@@ -338,5 +435,55 @@ mod tests {
         };
         let err = Config::load(flags).unwrap_err().to_string();
         assert!(err.starts_with("smpp:"), "{err}");
+    }
+
+    fn load_file(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otpgate.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn smtp_is_an_address_or_a_table_with_auth_and_tls() {
+        let c = load_file("smtp = \"127.0.0.1:2626\"\n").unwrap();
+        assert_eq!(c.smtp.unwrap().to_string(), "127.0.0.1:2626");
+        assert!(c.smtp_auth.is_empty() && c.smtp_tls.is_none());
+
+        let c = load_file(
+            "[smtp]\nlisten = \"127.0.0.1:2727\"\ntls_cert = \"tls/cert.pem\"\ntls_key = \"/etc/key.pem\"\n\
+             auth = [{ username = \"qa\", password = \"pw\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(c.smtp.unwrap().to_string(), "127.0.0.1:2727");
+        assert_eq!(c.smtp_auth.len(), 1);
+        assert_eq!(
+            (c.smtp_auth[0].username.as_str(), c.smtp_auth[0].password.as_str()),
+            ("qa", "pw")
+        );
+        let tls = c.smtp_tls.unwrap();
+        assert!(tls.cert.is_absolute() && tls.cert.ends_with("tls/cert.pem"), "{tls:?}");
+        assert_eq!(tls.key, PathBuf::from("/etc/key.pem"));
+
+        // Without `listen` the default address stays.
+        let c = load_file("[smtp]\nauth = [{ username = \"qa\", password = \"pw\" }]\n").unwrap();
+        assert_eq!(c.smtp.unwrap().to_string(), "127.0.0.1:2525");
+    }
+
+    #[test]
+    fn smtp_security_mistakes_are_refused() {
+        let err = load_file("[smtp]\ntls_cert = \"c.pem\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("smtp.tls_cert:"), "{err}");
+        let err = load_file("[smtp]\nauth = [{ username = \"\", password = \"pw\" }]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("smtp.auth:"), "{err}");
+        let err = load_file("[smtp]\nlisten = \"127.0.0.1:1\"\ntls = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tls"), "{err}");
     }
 }

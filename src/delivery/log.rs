@@ -179,6 +179,8 @@ pub struct DeliveryLog {
     /// Serialises read-modify-write of one message (striped by id).
     locks: Arc<Vec<tokio::sync::Mutex<()>>>,
     observers: Arc<std::sync::RwLock<Vec<Observer>>>,
+    /// Woken on every event, for long polls.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 fn message_key(n: u64) -> String {
@@ -193,6 +195,7 @@ impl DeliveryLog {
             index: store.tree("message_index")?,
             locks: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
             observers: Arc::new(std::sync::RwLock::new(Vec::new())),
+            changed: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -292,7 +295,33 @@ impl DeliveryLog {
         Ok(())
     }
 
+    /// Waits until `done` holds for the message or `timeout` (real time)
+    /// passes; returns the message as it is then.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+        done: impl Fn(&Message) -> bool,
+    ) -> Result<Option<Message>, StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let current = self.get(id)?;
+            match &current {
+                None => return Ok(None),
+                Some(m) if done(m) => return Ok(current),
+                Some(_) => {}
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.get(id);
+            }
+        }
+    }
+
     fn notify(&self, message: &Message, event: &Event) {
+        self.changed.notify_waiters();
         for observer in self.observers.read().unwrap_or_else(|e| e.into_inner()).iter() {
             observer(message, event);
         }

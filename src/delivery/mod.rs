@@ -1,4 +1,5 @@
 //! The delivery log and the SMS and email channels.
+pub mod callbacks;
 pub mod email;
 pub mod log;
 pub mod outbound;

@@ -137,14 +137,22 @@ impl Outbound {
                 e.smtp_reply = Some(format!("{code} {enhanced} {text}"));
                 e
             }
+            // A full mailbox does not empty itself within the code's
+            // validity: the member has to act, so it fails at once (DESIGN
+            // section 7) instead of retrying until the code expires.
+            SendOutcome::TryLater { code, enhanced, text } if email_reason(*code, enhanced) == "mailbox_full" => {
+                let mut e = Event::new("smtp_rejected", now)
+                    .state(State::Failed)
+                    .reason("mailbox_full")
+                    .detail("temporary refusal: the mailbox is full");
+                e.smtp_code = Some(*code);
+                e.smtp_reply = Some(format!("{code} {enhanced} {text}"));
+                e
+            }
             SendOutcome::TryLater { code, enhanced, text } => {
-                let mut e = Event::new("smtp_deferred", now).state(State::Enroute).reason(
-                    if *code == 451 && enhanced.starts_with("4.7") {
-                        "greylisted"
-                    } else {
-                        "temporary_failure"
-                    },
-                );
+                let mut e = Event::new("smtp_deferred", now)
+                    .state(State::Enroute)
+                    .reason(email_reason(*code, enhanced));
                 e.smtp_code = Some(*code);
                 e.smtp_reply = Some(format!("{code} {enhanced} {text}"));
                 e
@@ -154,7 +162,7 @@ impl Outbound {
                 .reason("relay_unreachable")
                 .detail(why.clone()),
         };
-        let retry = matches!(outcome, SendOutcome::TryLater { .. } | SendOutcome::Unreachable(_));
+        let retry = event.state == Some(State::Enroute);
         if retry {
             let next = now + EMAIL_RETRY_MS;
             if next >= job.expires_at || attempt >= 5 {
@@ -178,13 +186,16 @@ impl Outbound {
     }
 }
 
-/// The diagnosis word for an SMTP refusal.
+/// The diagnosis word for an SMTP refusal or deferral, from the reply code
+/// and its enhanced status code (RFC 3463).
 pub fn email_reason(code: u16, enhanced: &str) -> &'static str {
     match (code, enhanced) {
-        (550, e) if e.starts_with("5.1.") => "unknown_user",
-        (452, _) | (552, "5.2.2") => "mailbox_full",
-        (550, e) | (554, e) if e.starts_with("5.7.") => "domain_filter",
-        (552, _) => "message_too_large",
+        (550 | 551 | 553, e) if e.starts_with("5.1.") => "unknown_user",
+        (_, "4.2.2" | "5.2.2") | (452 | 552, "") => "mailbox_full",
+        (550 | 554, e) if e.starts_with("5.7.") => "domain_filter",
+        (552, e) if e.starts_with("5.3.4") || e.is_empty() => "message_too_large",
+        (451, e) if e.starts_with("4.7.") => "greylisted",
+        (400..=499, _) => "temporary_failure",
         _ => "smtp_refused",
     }
 }
@@ -238,14 +249,18 @@ impl ReceiptSink for ReceiptRecorder {
 /// Joins what the embedded SMTP server saw with the delivery log: the
 /// mailbox side of the OTP core's own emails (delivered, spam, dropped by
 /// the domain filter, refused) lands in that email's timeline; mail from
-/// other applications gets a log entry of its own.
+/// other applications gets a log entry of its own, and an application's
+/// retry after a deferral (greylisting) continues the entry of the attempt it
+/// repeats. The SMTP server waits for each event to be recorded before it
+/// answers, so a timeline is in the order the client heard the replies.
 #[derive(Clone)]
 pub struct MailLink {
     log: DeliveryLog,
     /// Recipient → the log message of the OTP email on its way there.
     expected: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
-    /// Capture id → log message, for mail from other applications.
-    external: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// (sender, recipient) → the log message of an application's deferred
+    /// mail, until a retry settles it.
+    deferred: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), String>>>,
     own_sender: String,
 }
 
@@ -254,7 +269,7 @@ impl MailLink {
         MailLink {
             log,
             expected: Default::default(),
-            external: Default::default(),
+            deferred: Default::default(),
             own_sender,
         }
     }
@@ -271,95 +286,119 @@ impl MailLink {
         let link = self.clone();
         Arc::new(move |event: crate::smtp::MailEvent| {
             let link = link.clone();
-            tokio::spawn(async move { link.record(event).await });
+            Box::pin(async move { link.record(event).await })
         })
     }
 
     async fn record(&self, e: crate::smtp::MailEvent) {
-        use crate::smtp::Outcome;
-        let (kind, state, reason) = match (e.outcome, e.code) {
-            (Outcome::Accepted, _) if matches!(e.stage, crate::smtp::MailStage::Rcpt) => return,
-            (Outcome::Accepted, _) => ("delivered", State::Delivered, None),
-            (Outcome::Spam, _) => ("delivered", State::Delivered, Some("spam_folder")),
-            (Outcome::Dropped, _) => ("dropped", State::Rejected, Some("domain_filter")),
-            (Outcome::Deferred, code) => (
-                "deferred",
-                State::Enroute,
-                Some(if code == 451 && e.enhanced.starts_with("4.7") {
-                    "greylisted"
-                } else {
-                    "mailbox_full"
-                }),
-            ),
-            (Outcome::Rejected, code) => {
-                let reason = email_reason(code, &e.enhanced);
-                (
-                    "refused",
-                    if reason == "domain_filter" {
-                        State::Rejected
-                    } else {
-                        State::Failed
-                    },
-                    Some(reason),
-                )
-            }
+        use crate::smtp::{MailStage, Outcome};
+        let reason = email_reason(e.code, &e.enhanced);
+        let (kind, state, reason) = match e.outcome {
+            Outcome::Accepted if e.stage == MailStage::Rcpt => return,
+            Outcome::Accepted => ("delivered", State::Delivered, None),
+            Outcome::Spam => ("delivered", State::Delivered, Some("spam_folder")),
+            Outcome::Dropped => ("dropped", State::Rejected, Some("domain_filter")),
+            // As for the OTP core's own sends: a full mailbox is a failure.
+            Outcome::Deferred if reason == "mailbox_full" => ("refused", State::Failed, Some(reason)),
+            Outcome::Deferred => ("deferred", State::Enroute, Some(reason)),
+            Outcome::Rejected if reason == "domain_filter" => ("refused", State::Rejected, Some(reason)),
+            Outcome::Rejected => ("refused", State::Failed, Some(reason)),
         };
         let mut event = Event::new(kind, e.at)
             .state(state)
             .detail(format!("mailbox {}", e.recipient));
         event.reason = reason.map(str::to_string);
         event.smtp_code = Some(e.code);
-        event.smtp_reply = Some(format!("{} {} {}", e.code, e.enhanced, e.text));
-        let own = e.from.eq_ignore_ascii_case(&self.own_sender);
-        let known = if own {
-            self.expected
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&e.recipient.to_ascii_lowercase())
-                .cloned()
+        event.smtp_reply = Some(match e.enhanced.as_str() {
+            "" => format!("{} {}", e.code, e.text),
+            enhanced => format!("{} {enhanced} {}", e.code, e.text),
+        });
+        let recipient = e.recipient.to_ascii_lowercase();
+        let result = if e.from.eq_ignore_ascii_case(&self.own_sender) && self.expected_for(&recipient).is_some() {
+            self.record_own(&recipient, event).await
         } else {
-            None
-        };
-        let result = match known {
-            Some(log_id) => self.log.append(&log_id, event).await.map(|_| ()),
-            None => {
-                let key = e.message_id.clone().map(|m| format!("{m}\u{1f}{}", e.recipient));
-                let existing = key
-                    .as_ref()
-                    .and_then(|k| self.external.lock().unwrap_or_else(|p| p.into_inner()).get(k).cloned());
-                match existing {
-                    Some(log_id) => self.log.append(&log_id, event).await.map(|_| ()),
-                    None => {
-                        let new = crate::delivery::log::NewMessage {
-                            channel: Channel::Email,
-                            to: e.recipient.clone(),
-                            from: e.from.clone(),
-                            origin: "smtp".into(),
-                            member_id: None,
-                            otp_id: None,
-                            text: e
-                                .message_id
-                                .as_ref()
-                                .map(|m| format!("captured mail {m}"))
-                                .unwrap_or_default(),
-                            carrier: None,
-                            at: e.at,
-                        };
-                        match self.log.create(new, event).await {
-                            Ok(m) => {
-                                if let Some(k) = key {
-                                    self.external.lock().unwrap_or_else(|p| p.into_inner()).insert(k, m.id);
-                                }
-                                Ok(())
-                            }
-                            Err(err) => Err(err),
-                        }
-                    }
-                }
-            }
+            self.record_external(&e, recipient, event).await
         };
         if let Err(err) = result {
             tracing::error!(error = %err, "recording a mail event");
         }
+    }
+
+    fn expected_for(&self, recipient: &str) -> Option<String> {
+        self.expected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(recipient)
+            .cloned()
+    }
+
+    /// An event of the OTP core's email to `recipient`; once it is final the
+    /// recipient is no longer expected.
+    async fn record_own(&self, recipient: &str, event: Event) -> Result<(), crate::store::StoreError> {
+        let Some(log_id) = self.expected_for(recipient) else {
+            return Ok(());
+        };
+        let is_final = event.state.is_some_and(State::is_final);
+        self.log.append(&log_id, event).await?;
+        if is_final {
+            let mut expected = self.expected.lock().unwrap_or_else(|p| p.into_inner());
+            if expected.get(recipient) == Some(&log_id) {
+                expected.remove(recipient);
+            }
+        }
+        Ok(())
+    }
+
+    /// An event of another application's mail: a new log entry, or the next
+    /// event of the entry its earlier, deferred attempt made.
+    async fn record_external(
+        &self,
+        e: &crate::smtp::MailEvent,
+        recipient: String,
+        event: Event,
+    ) -> Result<(), crate::store::StoreError> {
+        let key = (e.from.to_ascii_lowercase(), recipient.clone());
+        let pending = self
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let still_deferred = event.state == Some(State::Enroute);
+        let log_id = match pending {
+            Some(log_id) => {
+                let mut event = event;
+                if let Some(id) = &e.message_id {
+                    event.detail = Some(format!("mailbox {recipient}, captured mail {id}"));
+                }
+                self.log.append(&log_id, event).await?;
+                log_id
+            }
+            None => {
+                let new = crate::delivery::log::NewMessage {
+                    channel: Channel::Email,
+                    to: recipient,
+                    from: e.from.clone(),
+                    origin: "smtp".into(),
+                    member_id: None,
+                    otp_id: None,
+                    text: e
+                        .message_id
+                        .as_ref()
+                        .map(|m| format!("captured mail {m}"))
+                        .unwrap_or_default(),
+                    carrier: None,
+                    at: e.at,
+                };
+                self.log.create(new, event).await?.id
+            }
+        };
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if still_deferred {
+            deferred.insert(key, log_id);
+        } else {
+            deferred.remove(&key);
+        }
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@ pub struct Ctx {
     pub world: World,
     pub network: SmsNetwork,
     pub mail: crate::smtp::MailWorld,
+    pub desk: crate::desk::Desk,
     /// Required on simulation routes when HTTP listens beyond loopback.
     pub admin_token: Option<String>,
     pub loopback: bool,
@@ -251,6 +252,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
     match (m, segs.as_slice()) {
         (&Method::GET, ["healthz"]) => ok(json!({"status": "ok"})),
         (&Method::GET, ["metrics"]) => metrics(ctx),
+        (&Method::GET, ["v1", "openapi.json"]) => ok(super::openapi::document()),
         (&Method::POST, ["v1", "members"]) => create_member(ctx, &req).await,
         (&Method::GET, ["v1", "members"]) => find_members(ctx, &req),
         (&Method::GET, ["v1", "members", id]) => ok(member_json(&ctx.service.member(id)?)),
@@ -331,9 +333,18 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
             let (items, next) = ctx.log.query(&q)?;
             ok(list(items.iter().map(message_json).collect(), next, Some("messages")))
         }
+        (&Method::GET, ["v1", "messages", id, "wait"]) => wait_for_message(ctx, id, &req).await,
         (&Method::GET, ["v1", "messages", id]) => ok(message_json(
             &ctx.log.get(id)?.ok_or_else(|| ApiError::not_found("message"))?,
         )),
+        (&Method::GET, ["v1", "diagnostics", "members", id]) => {
+            let member = ctx.service.member(id)?;
+            diagnostics(ctx, &req, crate::desk::Subject::Member(member))
+        }
+        (&Method::GET, ["v1", "diagnostics", "destinations", destination]) => {
+            let subject = ctx.desk.lookup(destination)?;
+            diagnostics(ctx, &req, subject)
+        }
         (&Method::GET, ["v1", "carriers"]) => {
             let items: Vec<Value> = ctx
                 .world
@@ -463,17 +474,30 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
                 .ok_or_else(|| ApiError::not_found("code in this mailbox"))?;
             ok(serde_json::to_value(code).unwrap_or(Value::Null))
         }
-        (&Method::GET, []) => Ok(text_response(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            "otpgate: see /v1 and README.md\n".into(),
-        )),
+        (&Method::GET, []) | (&Method::GET, ["console", ..]) => super::console::route(ctx, &req),
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no route for {} /{}", req.method, req.segments.join("/")),
         )),
     }
+}
+
+fn diagnostics(ctx: &Ctx, req: &Req, subject: crate::desk::Subject) -> ApiResult {
+    let lang = match req.query("lang") {
+        Some(l @ ("ja" | "en")) => Some(l),
+        Some(other) => return Err(ApiError::invalid(format!("lang `{other}` is not `ja` or `en`"))),
+        None => None,
+    };
+    let report = ctx.desk.report(&subject, lang, ctx.clock.now())?;
+    if req.query("format") == Some("text") {
+        return Ok(text_response(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            crate::diagnose::render_text(&report),
+        ));
+    }
+    ok(serde_json::to_value(&report).map_err(ApiError::internal)?)
 }
 
 fn handset_json(number: &str, h: &crate::carrier::HandsetState) -> Value {
@@ -518,6 +542,49 @@ async fn register_phone(ctx: &Ctx, id: &str, req: &Req) -> ApiResult {
         StatusCode::ACCEPTED,
         &json!({"member": member_json(&member), "verification": otp_json(&otp, ctx.clock.now())}),
     ))
+}
+
+/// Long poll: answers when the message reaches `state` (or any final state
+/// with `state=final`), or after `timeout` seconds (default 30, at most 120)
+/// with the message as it is and `"timed_out": true`.
+async fn wait_for_message(ctx: &Ctx, id: &str, req: &Req) -> ApiResult {
+    let wanted = req.query("state").unwrap_or("final").to_string();
+    let known = [
+        "final",
+        "queued",
+        "submitted",
+        "enroute",
+        "delivered",
+        "failed",
+        "expired",
+        "rejected",
+    ];
+    if !known.contains(&wanted.as_str()) {
+        return Err(ApiError::invalid(format!(
+            "state `{wanted}` is not one of {}",
+            known.join(", ")
+        )));
+    }
+    let seconds = req
+        .query("timeout")
+        .and_then(|t| t.parse::<f64>().ok())
+        .unwrap_or(30.0)
+        .clamp(0.0, 120.0);
+    let reached = |m: &Message| {
+        if wanted == "final" {
+            m.state.is_final()
+        } else {
+            m.state.as_str() == wanted
+        }
+    };
+    let message = ctx
+        .log
+        .wait_for(id, std::time::Duration::from_secs_f64(seconds), reached)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    let mut answer = message_json(&message);
+    answer["timed_out"] = json!(!reached(&message));
+    ok(answer)
 }
 
 async fn advance(ctx: &Ctx, req: &Req) -> ApiResult {

@@ -6,6 +6,9 @@
 //! a client's mistake is not logged as an error.
 
 mod api;
+pub mod client;
+mod console;
+pub mod openapi;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -43,6 +43,22 @@ pub struct SmsRecord {
     pub err: u16,
     pub message_state: u8,
     pub log_id: String,
+    /// When the next planned attempt is due. A planned attempt that finds
+    /// another time here was replaced (the network's alert tried earlier and
+    /// planned anew) and does nothing, so one message never has two retry
+    /// chains.
+    #[serde(default)]
+    pub next_attempt_at: Option<Millis>,
+}
+
+/// Why a delivery attempt runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The first delivery or a retry, planned for this time.
+    Planned(Millis),
+    /// The network's alert (the phone may be back) or a restart: whatever
+    /// was planned, try now.
+    Now,
 }
 
 impl SmsRecord {
@@ -166,11 +182,11 @@ impl SmsNetwork {
         Some(carrier)
     }
 
-    fn schedule(&self, id: String, at: Millis) {
+    fn schedule(&self, id: String, at: Millis, trigger: Trigger) {
         let net = self.clone();
         self.inner.clock.schedule(
             at,
-            Box::new(move |now| Box::pin(async move { net.attempt(&id, now).await })),
+            Box::new(move |now| Box::pin(async move { net.attempt(&id, now, trigger).await })),
         );
     }
 
@@ -179,7 +195,7 @@ impl SmsNetwork {
         let now = self.inner.clock.now();
         let pending = self.inner.pending.scan_prefix::<String>("")?;
         for (_, id) in &pending {
-            self.schedule(id.clone(), now);
+            self.schedule(id.clone(), now, Trigger::Now);
         }
         Ok(pending.len())
     }
@@ -195,7 +211,7 @@ impl SmsNetwork {
             }
         };
         for (_, id) in ids {
-            self.attempt(&id, self.inner.clock.now()).await;
+            self.attempt(&id, self.inner.clock.now(), Trigger::Now).await;
         }
     }
 
@@ -259,6 +275,7 @@ impl SmsNetwork {
                 inner.log.create(new, accepted).await.map_err(sys)?.id
             }
         };
+        let first_attempt_at = now + carrier.delivery_delay_ms(&mut self.rng(&id, 0, 2), chaos.enabled).max(0);
         let record = SmsRecord {
             id: id.clone(),
             system_id: sub.system_id,
@@ -274,23 +291,23 @@ impl SmsNetwork {
             err: 0,
             message_state: 1,
             log_id,
+            next_attempt_at: Some(first_attempt_at),
         };
         inner.records.put(&id, &record).map_err(sys)?;
         inner.pending.put(&format!("{to}\0{id}"), &id).map_err(sys)?;
         inner.store.flush().await.map_err(sys)?;
-        let delay = carrier.delivery_delay_ms(&mut self.rng(&id, 0, 2), chaos.enabled);
-        self.schedule(id.clone(), now + delay.max(0));
+        self.schedule(id.clone(), first_attempt_at, Trigger::Planned(first_attempt_at));
         Ok(id)
     }
 
     /// One delivery attempt, when it falls due.
-    async fn attempt(&self, id: &str, now: Millis) {
-        if let Err(e) = self.try_attempt(id, now).await {
+    async fn attempt(&self, id: &str, now: Millis, trigger: Trigger) {
+        if let Err(e) = self.try_attempt(id, now, trigger).await {
             tracing::error!(message_id = id, error = %e, "delivery attempt failed");
         }
     }
 
-    async fn try_attempt(&self, id: &str, now: Millis) -> Result<(), StoreError> {
+    async fn try_attempt(&self, id: &str, now: Millis, trigger: Trigger) -> Result<(), StoreError> {
         let inner = &self.inner;
         let _guard = inner.locks[(stable_hash(id) % inner.locks.len() as u64) as usize]
             .lock()
@@ -300,6 +317,12 @@ impl SmsNetwork {
         };
         if rec.is_final() {
             return Ok(());
+        }
+        if let Trigger::Planned(due) = trigger {
+            if rec.next_attempt_at.is_some_and(|planned| planned != due) {
+                // An alert tried earlier and planned another retry.
+                return Ok(());
+            }
         }
         let handset = inner.world.handset_or_default(&rec.to).await?;
         let Some(carrier) = self.carrier_for(&handset.carrier) else {
@@ -351,9 +374,10 @@ impl SmsNetwork {
                 let codes = carrier.expired_receipt();
                 event.err = Some(format!("{:03}", codes.err));
                 event.network_error_code = codes.network_error_code.map(|(t, c)| format!("{t}:{c}"));
+                rec.next_attempt_at = Some(next);
                 inner.records.put(id, &rec)?;
                 inner.log.append(&rec.log_id, event).await?;
-                self.schedule(id.to_string(), next);
+                self.schedule(id.to_string(), next, Trigger::Planned(next));
                 Ok(())
             }
             Outcome::Failed { cause, receipt } => {
@@ -378,6 +402,7 @@ impl SmsNetwork {
         rec.err = codes.err;
         rec.message_state = codes.message_state;
         rec.final_at = Some(now);
+        rec.next_attempt_at = None;
         event.stat = Some(codes.stat.clone());
         event.err = Some(format!("{:03}", codes.err));
         event.network_error_code = codes.network_error_code.map(|(t, c)| format!("{t}:{c}"));
@@ -457,6 +482,7 @@ impl SmscBackend for SmsNetwork {
             rec.stat = "DELETED".into();
             rec.message_state = 4;
             rec.final_at = Some(now);
+            rec.next_attempt_at = None;
             inner.records.put(&message_id, &rec).map_err(sys)?;
             inner.pending.remove(&format!("{}\0{}", rec.to, rec.id)).map_err(sys)?;
             let event = Event::new("cancelled", now).state(State::Failed).reason("cancel_sm");

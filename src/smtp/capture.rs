@@ -101,8 +101,11 @@ pub struct MailEvent {
     pub outcome: Outcome,
 }
 
-/// Called for every RCPT and DATA outcome, after it is durable.
-pub type MailObserver = Arc<dyn Fn(MailEvent) + Send + Sync>;
+/// Called for every RCPT and DATA outcome, after it is durable. The SMTP
+/// reply waits for the returned future, so whatever the observer records
+/// (the delivery log) is in place, in order, before the client hears the
+/// answer.
+pub type MailObserver = Arc<dyn Fn(MailEvent) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// A list item: `GET /v1/mail`, a mailbox's messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,7 +413,8 @@ impl MailWorld {
     }
 
     /// Receives every RCPT and DATA outcome (after it is durable). The call
-    /// is made on the SMTP connection's task: keep it short.
+    /// is made on the SMTP connection's task and the reply waits for it:
+    /// keep it short.
     pub fn set_observer(&self, observer: MailObserver) {
         *self.inner.observer.write().unwrap_or_else(|e| e.into_inner()) = Some(observer);
     }
@@ -624,15 +628,15 @@ impl MailWorld {
         Ok(())
     }
 
-    fn emit(&self, event: MailEvent) {
+    async fn emit(&self, event: MailEvent) {
         let observer = self.inner.observer.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(observer) = observer {
-            observer(event);
+            observer(event).await;
         }
     }
 
     /// RCPT: the mailbox's answer, remembering a greylisted first attempt.
-    fn check_rcpt(&self, from: &str, to: &str) -> RcptVerdict {
+    async fn check_rcpt(&self, from: &str, to: &str) -> RcptVerdict {
         let now = self.inner.clock.now();
         let Some(address) = normalize_address(to) else {
             return RcptVerdict::Reject {
@@ -683,7 +687,8 @@ impl MailWorld {
             text: reply.text.clone(),
             message_id: None,
             outcome,
-        });
+        })
+        .await;
         if reply.code == 250 {
             RcptVerdict::Accept
         } else {
@@ -719,7 +724,8 @@ impl MailWorld {
             });
             for (address, d) in &decisions {
                 let reply = refusal_of(d).unwrap_or_else(|| first.clone());
-                self.emit(refusal_event(MailStage::Data, now, &envelope.from, address, &reply));
+                self.emit(refusal_event(MailStage::Data, now, &envelope.from, address, &reply))
+                    .await;
             }
             return Ok(DataVerdict::Reject {
                 code: first.code,
@@ -826,7 +832,8 @@ impl MailWorld {
             self.emit(MailEvent {
                 message_id: Some(id.clone()),
                 ..event
-            });
+            })
+            .await;
         }
         if let Err(error) = self.enforce_retention() {
             tracing::warn!(%error, "mail retention could not remove old messages");
@@ -863,8 +870,8 @@ fn refusal_event(stage: MailStage, at: Millis, from: &str, recipient: &str, repl
 
 impl MailBackend for MailWorld {
     fn rcpt(&self, from: &str, to: &str) -> BoxFuture<'_, RcptVerdict> {
-        let verdict = self.check_rcpt(from, to);
-        Box::pin(async move { verdict })
+        let (from, to) = (from.to_string(), to.to_string());
+        Box::pin(async move { self.check_rcpt(&from, &to).await })
     }
 
     fn data(&self, envelope: Envelope, raw: Vec<u8>) -> BoxFuture<'_, DataVerdict> {

@@ -85,7 +85,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, SyntaxError> {
         b"DATA" => no_argument(rest, Command::Data, "Syntax: DATA"),
         b"RSET" => no_argument(rest, Command::Rset, "Syntax: RSET"),
         b"QUIT" => no_argument(rest, Command::Quit, "Syntax: QUIT"),
-        b"STARTTLS" => Ok(Command::StartTls),
+        b"STARTTLS" => no_argument(rest, Command::StartTls, "Syntax: STARTTLS"),
         // NOOP and HELP may carry a string that means nothing.
         b"NOOP" => Ok(Command::Noop),
         b"HELP" => Ok(Command::Help),

@@ -8,10 +8,13 @@
 //! must never answer `250` to DATA before the backend has stored the message
 //! durably, never buffer more than the advertised SIZE, never let one
 //! connection's failure reach the listener, and never log message bodies or
-//! AUTH lines (they can carry OTP codes and passwords).
+//! AUTH lines (they can carry OTP codes and passwords). With a [`TlsIdentity`]
+//! it offers STARTTLS (RFC 3207): plaintext pipelined behind the command is
+//! thrown away, and the session starts over on the encrypted stream.
 
 mod command;
 mod session;
+mod tls;
 
 pub mod capture;
 pub mod mailbox;
@@ -33,6 +36,7 @@ pub use capture::{
     NewestCode, Outcome,
 };
 pub use mailbox::{Mailbox, MailboxPatch};
+pub use tls::{TlsError, TlsIdentity};
 
 /// The server's settings, read once from the configuration.
 #[derive(Debug, Clone)]
@@ -132,12 +136,24 @@ impl Default for Limits {
 /// is told `421 4.3.2 Service shutting down` and this returns once all
 /// connection tasks have finished.
 pub async fn serve(listener: TcpListener, config: SmtpConfig, backend: Arc<dyn MailBackend>, shutdown: Shutdown) {
-    serve_with(listener, config, Limits::default(), backend, shutdown).await
+    serve_tls(listener, config, None, backend, shutdown).await
+}
+
+/// [`serve`], offering STARTTLS with `tls` when it is given.
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: SmtpConfig,
+    tls: Option<TlsIdentity>,
+    backend: Arc<dyn MailBackend>,
+    shutdown: Shutdown,
+) {
+    serve_with(listener, config, tls, Limits::default(), backend, shutdown).await
 }
 
 pub(crate) async fn serve_with(
     listener: TcpListener,
     config: SmtpConfig,
+    tls: Option<TlsIdentity>,
     limits: Limits,
     backend: Arc<dyn MailBackend>,
     mut shutdown: Shutdown,
@@ -145,7 +161,7 @@ pub(crate) async fn serve_with(
     let max_connections = config
         .max_connections
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    let server = Arc::new(session::Server::new(config, limits, backend));
+    let server = Arc::new(session::Server::new(config, tls, limits, backend));
     let permits = Arc::new(Semaphore::new(max_connections));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -195,28 +211,80 @@ pub(crate) async fn serve_with(
 }
 
 /// One connection: greeting, then lines in and replies out until QUIT, an
-/// error, the idle timeout or shutdown. Errors end here, logged at debug.
-async fn connection(stream: TcpStream, peer: SocketAddr, server: Arc<session::Server>, shutdown: Shutdown) {
-    let ip = peer.ip();
+/// error, the idle timeout or shutdown; after STARTTLS the same again on the
+/// encrypted stream. Errors end here, logged at debug.
+async fn connection(stream: TcpStream, peer: SocketAddr, server: Arc<session::Server>, mut shutdown: Shutdown) {
     tracing::debug!(%peer, "smtp connection opened");
-    if let Err(error) = converse(stream, ip, peer.to_string(), server, shutdown).await {
+    let mut session = session::Session::new(server.clone(), peer.ip(), peer.to_string());
+    let greeting = session.greeting();
+    let result = match converse(stream, &mut session, Some(&greeting), &mut shutdown).await {
+        Ok(Ending::Closed) => Ok(()),
+        Ok(Ending::StartTls(stream)) => match server.tls() {
+            Some(tls) => upgrade(stream, tls.acceptor(), &mut session, &mut shutdown).await,
+            None => Ok(()),
+        },
+        Err(error) => Err(error),
+    };
+    if let Err(error) = result {
         tracing::debug!(%peer, %error, "smtp connection ended with an error");
     }
     tracing::debug!(%peer, "smtp connection closed");
 }
 
+/// The TLS handshake after `220 Ready to start TLS`, then the conversation
+/// over TLS with a fresh session state.
+async fn upgrade(
+    stream: TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    session: &mut session::Session,
+    shutdown: &mut Shutdown,
+) -> std::io::Result<()> {
+    let idle = session.idle_timeout();
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(idle, acceptor.accept(stream)) => handshake,
+        _ = shutdown.wait() => return Ok(()),
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            // A client that gives up on the handshake is not the server's
+            // problem; nothing can be said to it in plain text any more.
+            tracing::debug!(%error, "smtp TLS handshake failed");
+            return Ok(());
+        }
+        Err(_elapsed) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake")),
+    };
+    session.tls_started();
+    match converse(stream, session, None, shutdown).await? {
+        Ending::Closed => Ok(()),
+        // The session refuses a second STARTTLS, so this cannot happen; if it
+        // did, closing is the safe answer.
+        Ending::StartTls(_) => Ok(()),
+    }
+}
+
+/// How a conversation on one stream ended.
+enum Ending<S> {
+    Closed,
+    /// The client asked for TLS and was told `220`: the stream, with no
+    /// unread plaintext left in between, is ready for the handshake.
+    StartTls(S),
+}
+
+/// Lines in, replies out on `stream`, until the conversation ends or moves to
+/// TLS. `greeting` is sent first when given (not after STARTTLS).
 async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
-    ip: std::net::IpAddr,
-    peer: String,
-    server: Arc<session::Server>,
-    mut shutdown: Shutdown,
-) -> std::io::Result<()> {
+    session: &mut session::Session,
+    greeting: Option<&str>,
+    shutdown: &mut Shutdown,
+) -> std::io::Result<Ending<S>> {
     let (reader, mut writer) = tokio::io::split(stream);
     let mut reader = BufReader::new(reader);
-    let idle = server.limits().idle_timeout;
-    let mut session = session::Session::new(server, ip, peer);
-    write_reply(&mut writer, &session.greeting(), idle).await?;
+    let idle = session.idle_timeout();
+    if let Some(greeting) = greeting {
+        write_reply(&mut writer, greeting, idle).await?;
+    }
     let mut line = Vec::new();
     loop {
         let limit = session.line_limit();
@@ -253,12 +321,21 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some(reply) = &step.reply {
             write_reply(&mut writer, reply, idle).await?;
         }
+        if step.start_tls {
+            if !reader.buffer().is_empty() {
+                // RFC 3207 section 5: commands pipelined behind STARTTLS
+                // arrived in plain text and could have been injected by
+                // anyone on the path; they are thrown away, not run.
+                tracing::debug!(bytes = reader.buffer().len(), "smtp plaintext after STARTTLS discarded");
+            }
+            return Ok(Ending::StartTls(reader.into_inner().unsplit(writer)));
+        }
         if step.close {
             break;
         }
     }
     let _ = writer.shutdown().await;
-    Ok(())
+    Ok(Ending::Closed)
 }
 
 async fn write_reply<W: AsyncWrite + Unpin>(writer: &mut W, reply: &str, idle: Duration) -> std::io::Result<()> {

@@ -7,9 +7,11 @@
 //! the backend's RCPT verdict is fetched before the line is fed to it and
 //! handed over through the shared [`Transaction`]; the end of DATA is always
 //! confirmed to `mailin` (whose rejection there would leave it stuck in DATA)
-//! and the real answer is written by this module. It never does I/O itself,
-//! never keeps more than `max_message_bytes` of a message, and never logs a
-//! line of DATA or AUTH.
+//! and the real answer is written by this module. STARTTLS is answered here
+//! too: the connection does the handshake and then calls
+//! [`Session::tls_started`], which forgets everything the client said in
+//! plain text (RFC 3207). It never does I/O itself, never keeps more than
+//! `max_message_bytes` of a message, and never logs a line of DATA or AUTH.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,11 +20,13 @@ use mailin::{Action, AuthMechanism, Handler, Response};
 use subtle::ConstantTimeEq;
 
 use super::command::{self, Command};
-use super::{DataVerdict, Envelope, Limits, MailBackend, RcptVerdict, SmtpConfig};
+use super::{DataVerdict, Envelope, Limits, MailBackend, RcptVerdict, SmtpConfig, TlsIdentity};
 
 /// What every session of one server shares.
 pub(crate) struct Server {
     config: SmtpConfig,
+    /// Offered as STARTTLS when present.
+    tls: Option<TlsIdentity>,
     limits: Limits,
     backend: Arc<dyn MailBackend>,
     machine: mailin::SessionBuilder,
@@ -30,11 +34,19 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) fn new(config: SmtpConfig, limits: Limits, backend: Arc<dyn MailBackend>) -> Server {
+    pub(crate) fn new(
+        config: SmtpConfig,
+        tls: Option<TlsIdentity>,
+        limits: Limits,
+        backend: Arc<dyn MailBackend>,
+    ) -> Server {
         let mut machine = mailin::SessionBuilder::new(config.hostname.clone());
         if !config.auth.is_empty() {
-            // There is no STARTTLS here, so AUTH runs over plain text; the
-            // server is a simulation meant for loopback and test networks.
+            // AUTH is also accepted before STARTTLS (and without a
+            // certificate): the server is a simulation meant for loopback
+            // and test networks, and the OTP core's own client stays on
+            // plain text. `mailin` never hears of TLS; this session handles
+            // STARTTLS itself.
             machine
                 .enable_auth(AuthMechanism::Plain)
                 .enable_auth(AuthMechanism::Login)
@@ -49,6 +61,7 @@ impl Server {
             .into();
         Server {
             config,
+            tls,
             limits,
             backend,
             machine,
@@ -60,8 +73,8 @@ impl Server {
         &self.config.hostname
     }
 
-    pub(crate) fn limits(&self) -> &Limits {
-        &self.limits
+    pub(crate) fn tls(&self) -> Option<&TlsIdentity> {
+        self.tls.as_ref()
     }
 
     fn auth_enabled(&self) -> bool {
@@ -174,6 +187,8 @@ enum Phase {
 pub(crate) struct Step {
     pub reply: Option<String>,
     pub close: bool,
+    /// The reply was `220 Ready to start TLS`: the TLS handshake comes next.
+    pub start_tls: bool,
 }
 
 impl Step {
@@ -185,6 +200,7 @@ impl Step {
         Step {
             reply: Some(reply(code, enhanced, text)),
             close: code == 421,
+            start_tls: false,
         }
     }
 }
@@ -205,7 +221,10 @@ pub(crate) struct Session {
     machine: mailin::Session<Bridge>,
     shared: Arc<Mutex<Transaction>>,
     phase: Phase,
+    ip: IpAddr,
     peer: String,
+    /// The connection runs over TLS (after STARTTLS).
+    tls_active: bool,
     helo: Option<String>,
     /// The reverse path of the open transaction ("" for the null sender).
     from: Option<String>,
@@ -217,6 +236,26 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(server: Arc<Server>, ip: IpAddr, peer: String) -> Session {
+        let (machine, shared) = Session::machine(&server, ip);
+        Session {
+            server,
+            machine,
+            shared,
+            phase: Phase::Command,
+            ip,
+            peer,
+            tls_active: false,
+            helo: None,
+            from: None,
+            rcpts: Vec::new(),
+            authenticated: false,
+            errors: 0,
+            junk: 0,
+        }
+    }
+
+    /// A fresh `mailin` state machine and the transaction it shares.
+    fn machine(server: &Server, ip: IpAddr) -> (mailin::Session<Bridge>, Arc<Mutex<Transaction>>) {
         let shared = Arc::new(Mutex::new(Transaction {
             max_bytes: server.config.max_message_bytes,
             ..Default::default()
@@ -225,20 +264,26 @@ impl Session {
             shared: shared.clone(),
             accounts: server.accounts.clone(),
         };
-        let machine = server.machine.build(ip, bridge);
-        Session {
-            server,
-            machine,
-            shared,
-            phase: Phase::Command,
-            peer,
-            helo: None,
-            from: None,
-            rcpts: Vec::new(),
-            authenticated: false,
-            errors: 0,
-            junk: 0,
-        }
+        (server.machine.build(ip, bridge), shared)
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over
+    /// as if the client had just connected (RFC 3207 section 4.2): no
+    /// HELO, no AUTH, no transaction. The error counters carry over.
+    pub(crate) fn tls_started(&mut self) {
+        let (machine, shared) = Session::machine(&self.server, self.ip);
+        self.machine = machine;
+        self.shared = shared;
+        self.phase = Phase::Command;
+        self.helo = None;
+        self.from = None;
+        self.rcpts.clear();
+        self.authenticated = false;
+        self.tls_active = true;
+    }
+
+    pub(crate) fn idle_timeout(&self) -> std::time::Duration {
+        self.server.limits.idle_timeout
     }
 
     pub(crate) fn greeting(&self) -> String {
@@ -298,7 +343,7 @@ impl Session {
                 if extended {
                     Step {
                         reply: Some(self.ehlo_reply(&domain)),
-                        close: false,
+                        ..Step::silent()
                     }
                 } else {
                     Step::reply(250, "", &format!("{} Hello {}", self.server.hostname(), domain))
@@ -357,6 +402,7 @@ impl Session {
             Command::Quit => Step {
                 reply: Some(reply(221, "2.0.0", "Bye")),
                 close: true,
+                start_tls: false,
             },
             Command::Vrfy => self
                 .junk_limit()
@@ -368,10 +414,10 @@ impl Session {
                 Step::reply(
                     214,
                     "2.0.0",
-                    "Commands: HELO EHLO AUTH MAIL RCPT DATA RSET NOOP QUIT HELP",
+                    "Commands: HELO EHLO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT HELP",
                 )
             }),
-            Command::StartTls => self.client_error(502, "5.5.1", "STARTTLS not supported"),
+            Command::StartTls => self.start_tls(),
             Command::Auth { canonical } => {
                 if !self.server.auth_enabled() {
                     return self.client_error(503, "5.5.1", "Error: authentication not enabled");
@@ -389,6 +435,23 @@ impl Session {
                 self.after_auth(response, false)
             }
             Command::Unknown => self.client_error(500, "5.5.2", "Error: command not recognized"),
+        }
+    }
+
+    fn start_tls(&mut self) -> Step {
+        if self.server.tls.is_none() {
+            return self.client_error(502, "5.5.1", "STARTTLS not supported");
+        }
+        if self.tls_active {
+            return self.client_error(503, "5.5.1", "Error: TLS already active");
+        }
+        if self.from.is_some() {
+            return self.client_error(503, "5.5.1", "Error: MAIL transaction in progress");
+        }
+        Step {
+            reply: Some(reply(220, "2.0.0", "Ready to start TLS")),
+            start_tls: true,
+            ..Step::silent()
         }
     }
 
@@ -424,6 +487,7 @@ impl Session {
             Some((code, text)) if response.code == code => Step {
                 reply: Some(text),
                 close: code == 421,
+                start_tls: false,
             },
             _ => self.machine_error(response),
         }
@@ -495,7 +559,7 @@ impl Session {
                 let challenge = response.buffer().unwrap_or_default();
                 Step {
                     reply: Some(String::from_utf8_lossy(&challenge).into_owned()),
-                    close: false,
+                    ..Step::silent()
                 }
             }
             235 => {
@@ -539,6 +603,9 @@ impl Session {
             "8BITMIME".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
         ];
+        if self.server.tls.is_some() && !self.tls_active {
+            lines.push("STARTTLS".to_string());
+        }
         if self.server.auth_enabled() {
             lines.push("AUTH PLAIN LOGIN".to_string());
         }
@@ -643,8 +710,12 @@ mod tests {
     }
 
     fn session(config: SmtpConfig) -> (Session, Arc<Recorder>) {
+        session_with(config, None)
+    }
+
+    fn session_with(config: SmtpConfig, tls: Option<TlsIdentity>) -> (Session, Arc<Recorder>) {
         let backend = Arc::new(Recorder::default());
-        let server = Arc::new(Server::new(config, Limits::default(), backend.clone()));
+        let server = Arc::new(Server::new(config, tls, Limits::default(), backend.clone()));
         (
             Session::new(server, IpAddr::from([127, 0, 0, 1]), "127.0.0.1:1".into()),
             backend,
@@ -788,6 +859,59 @@ mod tests {
         assert!(reply.contains("250-SIZE 1234\r\n"), "{reply}");
         assert!(reply.contains("250-AUTH PLAIN LOGIN\r\n"), "{reply}");
         assert!(reply.ends_with("250 HELP\r\n"), "{reply}");
+    }
+
+    fn fixture_identity() -> TlsIdentity {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+        TlsIdentity::load(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn starttls_is_offered_with_a_certificate_and_resets_the_session() {
+        let config = SmtpConfig {
+            auth: vec![("qa".into(), "secret".into())],
+            ..SmtpConfig::default()
+        };
+        let (mut s, _) = session_with(config, Some(fixture_identity()));
+        let ehlo = s.input(b"EHLO c\r\n", true).await.reply.unwrap();
+        assert!(ehlo.contains("250-STARTTLS\r\n"), "{ehlo}");
+        check(
+            &mut s,
+            &[
+                ("STARTTLS now\r\n", 501),
+                ("AUTH PLAIN AHFhAHNlY3JldA==\r\n", 235),
+                ("MAIL FROM:<a@x.example>\r\n", 250),
+                ("STARTTLS\r\n", 503),
+                ("RSET\r\n", 250),
+            ],
+        )
+        .await;
+        let step = s.input(b"STARTTLS\r\n", true).await;
+        assert!(step.start_tls && !step.close);
+        assert_eq!(step.reply.as_deref(), Some("220 2.0.0 Ready to start TLS\r\n"));
+        s.tls_started();
+        // Everything said in plain text is forgotten: HELO and AUTH again.
+        check(&mut s, &[("MAIL FROM:<a@x.example>\r\n", 503), ("STARTTLS\r\n", 503)]).await;
+        let ehlo = s.input(b"EHLO c\r\n", true).await.reply.unwrap();
+        assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+        assert!(ehlo.contains("250-AUTH PLAIN LOGIN\r\n"), "{ehlo}");
+        check(
+            &mut s,
+            &[
+                ("MAIL FROM:<a@x.example>\r\n", 530),
+                ("AUTH PLAIN AHFhAHNlY3JldA==\r\n", 235),
+                ("MAIL FROM:<a@x.example>\r\n", 250),
+            ],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn without_a_certificate_starttls_is_not_offered() {
+        let (mut s, _) = session(SmtpConfig::default());
+        let ehlo = s.input(b"EHLO c\r\n", true).await.reply.unwrap();
+        assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+        check(&mut s, &[("STARTTLS\r\n", 502)]).await;
     }
 
     #[tokio::test]

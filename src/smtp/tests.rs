@@ -28,7 +28,10 @@ async fn start(config: SmtpConfig) -> World {
     let world = MailWorld::new(&store, clock.clone(), 100).unwrap();
     let events = Arc::new(Mutex::new(Vec::new()));
     let sink = events.clone();
-    world.set_observer(Arc::new(move |event| sink.lock().unwrap().push(event)));
+    world.set_observer(Arc::new(move |event| -> BoxFuture<'static, ()> {
+        sink.lock().unwrap().push(event);
+        Box::pin(async {})
+    }));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = crate::shutdown::channel();
@@ -558,6 +561,7 @@ async fn a_silent_client_is_timed_out() {
     let server = tokio::spawn(serve_with(
         listener,
         SmtpConfig::default(),
+        None,
         limits,
         Arc::new(world),
         shutdown,

@@ -46,7 +46,7 @@ pub fn config_for(dir: &Path, seed: u64) -> Config {
         ..Overrides::default()
     })
     .expect("test config");
-    c.demo_data = None;
+    c.load_demo = false;
     c
 }
 
@@ -301,3 +301,8 @@ pub fn enc(s: &str) -> String {
 pub fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
+pub mod esme;
+pub mod handsets;
+pub mod smtp_client;
+pub mod browser;
+pub mod pages;

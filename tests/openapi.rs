@@ -1,0 +1,37 @@
+//! The OpenAPI document lists the routes the server really has: each one
+//! is requested and must not fall through to the router's "no route".
+
+mod common;
+
+use common::TestServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_route_exists() {
+    let server = TestServer::start().await;
+    let (status, doc) = server.get("/v1/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 30, "{} paths", paths.len());
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path
+                .replace("{number}", "090-1234-5678")
+                .replace("{address}", "a%40example.org")
+                .replace("{destination}", "090-1234-5678")
+                .replace("{id}", "x");
+            let body = if method == "get" || method == "delete" {
+                None
+            } else {
+                Some("{}")
+            };
+            let (status, answer) = server.http_raw(&method.to_uppercase(), &concrete, body).await;
+            let fell_through = status == 404
+                && answer["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("no route"));
+            assert!(!fell_through, "{method} {path} is documented but not routed: {answer}");
+        }
+    }
+    server.stop().await;
+}
