@@ -26,6 +26,17 @@ pub enum Command {
     Run(RunArgs),
     /// "I haven't received my code": the troubleshooting report for a member, phone or email.
     Diagnose(DiagnoseArgs),
+    /// Start a server on the embedded defaults and play a short story across carriers.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Clone, Default)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Keep serving after the story, until Ctrl-C, to look around in the console.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Args, Clone)]
@@ -124,6 +135,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Run(args) => run_scenarios(args).await,
         Command::Diagnose(args) => diagnose(args).await,
+        Command::Demo(args) => demo(args).await,
     }
 }
 
@@ -316,6 +328,58 @@ async fn diagnose_server(args: &DiagnoseArgs, who: &str) -> Result<String, Strin
         serde_json::Value::String(text) => text,
         other => serde_json::to_string_pretty(&other).unwrap_or_default() + "\n",
     })
+}
+
+async fn demo(args: DemoArgs) -> ExitCode {
+    let mut overrides = args.serve.overrides();
+    overrides.virtual_clock = true;
+    let data = overrides.data.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("otpgate-demo-{}", std::process::id()))
+    });
+    let fresh_dir = overrides.data.is_none();
+    overrides.data = Some(data.clone());
+    let mut config = match Config::load(overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("otpgate: config: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    config.load_demo = false;
+    let running = match crate::app::start(config).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("otpgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("{}", running.listening_line());
+    let base = running.base_url();
+    let told = match crate::http::client::ApiClient::new(&base, None) {
+        Ok(api) => crate::demo::play(&api, &base).await,
+        Err(e) => Err(e),
+    };
+    let code = match told {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("otpgate: the demo stopped: {e}");
+            ExitCode::FAILURE
+        }
+    };
+    if args.keep {
+        println!("Serving until Ctrl-C.");
+        wait_for_signal().await;
+    }
+    running.stop().await;
+    if fresh_dir {
+        let _ = std::fs::remove_dir_all(&data);
+    }
+    code
 }
 
 async fn wait_for_signal() {

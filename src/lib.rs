@@ -22,3 +22,4 @@ pub mod sim;
 pub mod smsc;
 pub mod smtp;
 pub mod store;
+pub mod demo;

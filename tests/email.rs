@@ -924,3 +924,51 @@ async fn without_a_certificate_starttls_is_neither_offered_nor_accepted() {
     );
     server.stop().await;
 }
+
+/// The application wiring: `[smtp]` AUTH accounts and certificate reach the
+/// embedded server, and the OTP core's own client authenticates with the
+/// first account, so OTP emails still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_configured_with_tls_and_auth_offers_both_and_otps_still_arrive() {
+    let server = TestServer::start_with(|c| {
+        c.smtp_auth = vec![otpgate::config::SmtpAccount {
+            username: "qa".into(),
+            password: "s3cret".into(),
+        }];
+        c.smtp_tls = Some(otpgate::config::TlsFiles {
+            cert: fixture("cert.pem"),
+            key: fixture("key.pem"),
+        });
+    })
+    .await;
+    let mut client = RawSmtp::connect(server.smtp).await;
+    let ehlo = client.expect("EHLO app.example", 250).await;
+    assert!(ehlo.has_extension("STARTTLS") && ehlo.has_extension("AUTH"), "{ehlo:?}");
+    client.expect(&format!("MAIL FROM:<{APP_SENDER}>"), 530).await;
+    client.quit().await;
+
+    let message = MessageBuilder::new()
+        .from(APP_SENDER)
+        .to("app@example.com")
+        .subject("through the configured server")
+        .text_body("hi");
+    let mut sender = SmtpClientBuilder::new("localhost".to_string(), server.smtp.port())
+        .expect("builder")
+        .allow_invalid_certs()
+        .implicit_tls(false)
+        .credentials(Credentials::new("qa".to_string(), "s3cret".to_string()))
+        .connect()
+        .await
+        .expect("STARTTLS and AUTH");
+    sender.send(message).await.expect("sent");
+    let _ = sender.quit().await;
+    assert_eq!(subjects(&mail_list(&server, "").await), ["through the configured server"]);
+
+    email_member(&server, "M-AUTH", "en", "member@example.com").await;
+    let otp = issue(&server, "M-AUTH").await;
+    let code = mailbox_code(&server, "member@example.com")
+        .await
+        .expect("the OTP core authenticated and delivered");
+    assert_eq!(verify(&server, &otp, &code).await.0, 200);
+    server.stop().await;
+}

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use common::esme::{sms, within, Bind, Esme, SENDER};
 use common::handsets::receipt_date;
+use common::hooks::HookReceiver;
 use common::TestServer;
 use otpgate::config::SmscAccount;
 
@@ -530,4 +531,47 @@ async fn the_same_seed_gives_the_same_outcomes_twice() {
     assert!(text.contains("DELIVRD") && text.contains("UNDELIV"), "{text}");
     let other = observed_run(8).await;
     assert_ne!(first, other, "another seed, other outcomes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_callbacks_report_each_event_so_a_suite_waits_without_polling() {
+    let mut hooks = HookReceiver::start().await;
+    let url = hooks.url.clone();
+    let server = TestServer::start_with(|c| c.callback_url = Some(url)).await;
+    server.handset(PHONE, json!({"carrier": "softbank"})).await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let id = esme.send(&sms(PHONE, "Your code is 123456")).await;
+    server.advance(RUN).await;
+    let events = hooks
+        .until(|body| body["event"]["smsc_message_id"] == id.as_str() || body["state"] == "delivered")
+        .await;
+    let accepted = &events[0];
+    assert_eq!(accepted["event"]["kind"], "smsc_accepted", "{events:?}");
+    assert_eq!(accepted["state"], "submitted");
+    let message_id = accepted["message_id"].as_str().expect("message_id");
+    let delivered = hooks.until(|body| body["state"] == "delivered").await;
+    let delivered = delivered.last().expect("a callback");
+    assert_eq!(delivered["message_id"], message_id);
+    assert_eq!(delivered["event"]["kind"], "delivered");
+    assert_eq!(delivered["channel"], "sms");
+    assert_eq!(delivered["to"], "+819011110001");
+    assert_eq!((delivered["otp_id"].is_null(), delivered["member_id"].is_null()), (true, true));
+    assert!(!delivered.to_string().contains("123456"), "no plain code: {delivered}");
+    assert_eq!(esme.receipt().await.id, id);
+
+    // An OTP's whole story arrives too, named by its otp_id and member.
+    let verification = server.sms_member("M-HOOKS", "09011110009", "docomo").await;
+    let (status, otp) = server
+        .post("/v1/otps", json!({"member_id": "M-HOOKS", "purpose": "profile"}))
+        .await;
+    assert_eq!(status, 201, "{otp}");
+    server.code_on_handset("09011110009", Some(&verification)).await;
+    let story = hooks
+        .until(|body| body["otp_id"] == otp["id"] && body["state"] == "delivered")
+        .await;
+    let delivered = story.last().expect("a callback");
+    assert_eq!(delivered["member_id"], "M-HOOKS");
+    assert_eq!(delivered["to"], "+819011110009");
+    esme.unbind().await;
+    server.stop().await;
 }

@@ -41,6 +41,9 @@ pub struct HandsetState {
     /// The incoming-call restriction that refuses the sender's number.
     pub call_restriction: bool,
     pub filters: Filters,
+    /// False when the number is not (or no longer) in service on the
+    /// network: the home register answers unknown subscriber.
+    pub in_service: bool,
 }
 
 impl Default for HandsetState {
@@ -56,6 +59,7 @@ impl Default for HandsetState {
             sms_plan: true,
             call_restriction: false,
             filters: Filters::default(),
+            in_service: true,
         }
     }
 }
@@ -200,6 +204,12 @@ impl Carrier {
     /// handset shows it (a SoftBank member lists `22471`).
     pub fn decide<R: Rng + ?Sized>(&self, attempt: &Attempt, profile: &SenderProfile, rng: &mut R) -> Outcome {
         let handset = attempt.handset;
+        if !handset.in_service {
+            return Outcome::Failed {
+                cause: FailureCause::UnknownSubscriber,
+                receipt: self.receipt(FailureCause::UnknownSubscriber.mode()),
+            };
+        }
         let absent = |cause| Outcome::Absent { cause };
         if !handset.powered_on {
             return absent(AbsentCause::PoweredOff);
@@ -376,6 +386,20 @@ mod tests {
                 h.storage_full = true;
             },
             "absent powered_off",
+        );
+    }
+
+    #[test]
+    fn a_number_not_in_service_is_an_unknown_subscriber() {
+        check("docomo", |h| h.in_service = false, "unknown_subscriber UNDELIV:001");
+        // The home register answers before the phone is even paged.
+        check(
+            "au",
+            |h| {
+                h.in_service = false;
+                h.powered_on = false;
+            },
+            "unknown_subscriber UNDELIV:001",
         );
     }
 

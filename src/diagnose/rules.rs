@@ -14,6 +14,7 @@ use super::facts::{
 use super::{EvidenceRef, Finding, Severity};
 use crate::carrier::{AbsentCause, Carrier, FailureCause, SettingKind};
 use crate::clock::{self, Millis};
+use crate::delivery::log::State;
 use crate::member::{self, Channel};
 use crate::otp::{Otp, OtpStatus};
 use crate::smtp::mailbox::sender_allowed;
@@ -662,7 +663,9 @@ fn absent_words(lang: Lang, cause: Option<AbsentCause>) -> String {
 fn stuck<'a>(f: &Facts<'a>, keep: impl Fn(Option<AbsentCause>) -> bool) -> Vec<Observation<'a>> {
     f.observed(|p| matches!(p, Problem::Absent { cause, .. } if keep(*cause)))
         .into_iter()
-        .filter(|o| delivered_at(o.msg).is_none())
+        // A message that later arrived, or failed for another reason once
+        // the phone was back, is explained by other findings.
+        .filter(|o| delivered_at(o.msg).is_none() && !matches!(o.msg.state, State::Failed | State::Rejected))
         .collect()
 }
 

@@ -568,6 +568,23 @@ fn handset_unreachable_while_retrying_after_expiry_and_when_off_now() {
         report.findings[0].explanation
     );
 
+    // Back on, then rejected by a filter: the filter explains it, not the signal.
+    let report = check(
+        |w| {
+            w.sms(
+                "m1",
+                None,
+                T0,
+                vec![
+                    retry(T0 + 2000, "powered_off", 1),
+                    rejected(T0 + MIN, "reject_all", "101"),
+                ],
+            )
+        },
+        "blocked_by_sms_filter",
+    );
+    assert!(!codes(&report).contains(&"handset_unreachable"));
+
     // Off right now, nothing sent yet: a warning.
     let report = check(|w| w.handset().in_coverage = false, "handset_unreachable");
     assert_eq!(report.findings[0].severity, Severity::Warning);

@@ -251,6 +251,8 @@ pub fn route(ctx: &Ctx, req: &Req) -> ApiResult {
         [] | ["console"] => page.home(StatusCode::OK, None),
         ["console", "search"] => page.search(),
         ["console", "members", id] => page.member(id),
+        ["console", "members", id, "handset"] => page.members_device(id, "handset"),
+        ["console", "members", id, "mailbox"] => page.members_device(id, "mailbox"),
         ["console", "destinations", destination] => page.destination(destination),
         ["console", "handsets", number] => page.handset(number),
         ["console", "mailboxes", address] => page.mailbox(address),
@@ -478,9 +480,23 @@ impl Page<'_> {
             "channel": self.channel_words(m.channel),
             "to": masked(&m.to),
             "member_id": m.member_id,
-            "state": m.state.as_str(),
+            "state": self.state_words(m.state),
             "codes": last.map(|e| codes(e).into_iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")),
         })
+    }
+
+    /// `拒否（rejected）` / `rejected`: the agent's words and the log's.
+    fn state_words(&self, state: State) -> String {
+        let ja = match state {
+            State::Queued => "受付",
+            State::Submitted => "送信済み",
+            State::Enroute => "配信中",
+            State::Delivered => "配信済み",
+            State::Failed => "配信失敗",
+            State::Expired => "期限切れ",
+            State::Rejected => "拒否",
+        };
+        self.lang.pick(format!("{ja}（{}）", state.as_str()), state.as_str().to_string())
     }
 
     fn channel_words(&self, channel: Channel) -> String {
@@ -519,11 +535,12 @@ impl Page<'_> {
             ..Query::default()
         })?;
         let mut links = Vec::new();
+        // Through the member, so this page never holds an unmasked number.
         if let Some(phone) = &member.phone {
-            links.push(self.link("open_handset", &["console", "handsets", &phone.number], &phone.number));
+            links.push(self.link("open_handset", &["console", "members", &member.id, "handset"], &phone.number));
         }
         if let Some(email) = &member.email {
-            links.push(self.link("open_mailbox", &["console", "mailboxes", email], email));
+            links.push(self.link("open_mailbox", &["console", "members", &member.id, "mailbox"], email));
         }
         links.push(json!({
             "href": format!("/v1/diagnostics/members/{}?lang={}", enc(&member.id), self.lang.code()),
@@ -537,6 +554,19 @@ impl Page<'_> {
             "links": links,
         });
         self.render("report.html", StatusCode::OK, &member.id, data)
+    }
+
+    /// The member's handset or mailbox page, by redirect.
+    fn members_device(&self, id: &str, device: &str) -> PageResult {
+        let member = self.ctx.service.member(id).map_err(|e| self.not_found_as(e, "member"))?;
+        let target = match device {
+            "handset" => member.phone.map(|p| self.href(&["console", "handsets", &p.number])),
+            _ => member.email.map(|e| self.href(&["console", "mailboxes", &e])),
+        };
+        let what = if device == "handset" { "handset_word" } else { "mailbox_word" };
+        target
+            .map(Answer::Redirect)
+            .ok_or_else(|| Problem::NotFound(word(self.lang, what)))
     }
 
     fn destination(&self, destination: &str) -> PageResult {

@@ -306,3 +306,4 @@ pub mod handsets;
 pub mod smtp_client;
 pub mod browser;
 pub mod pages;
+pub mod hooks;

@@ -1,0 +1,169 @@
+//! The support console end to end: a member whose code never arrives (an au
+//! phone with "reject all" switched on after registration), then every page
+//! an agent opens, in Japanese and English, over real HTTP, and the member
+//! page in a real headless browser (Debian's chromium).
+
+mod common;
+
+use common::browser;
+use common::pages::escaped;
+use common::{enc, TestServer};
+
+use serde_json::{json, Value};
+
+const MEMBER: &str = "M-AU-REJECT";
+const NUMBER: &str = "070-3333-0003";
+const E164: &str = "+817033330003";
+
+/// The failing case through the real flows; answers the verification code
+/// (which did reach the phone) and the top finding of the JSON report in
+/// Japanese and English.
+async fn failing_case(server: &TestServer) -> (String, Value, Value) {
+    let verification = server.sms_member(MEMBER, NUMBER, "au").await;
+    server
+        .handset(NUMBER, json!({"filters": {"reject_all": true}}))
+        .await;
+    let (s, otp) = server
+        .post("/v1/otps", json!({"member_id": MEMBER, "purpose": "login"}))
+        .await;
+    assert_eq!(s, 201, "issue: {otp}");
+    server.advance(120).await;
+    let top = |lang: &'static str| async move {
+        let (s, report) = server.get(&format!("/v1/diagnostics/members/{MEMBER}?lang={lang}")).await;
+        assert_eq!(s, 200, "{report}");
+        assert_eq!(report["findings"][0]["code"], "blocked_by_sms_filter", "{report}");
+        report["findings"][0].clone()
+    };
+    let (ja, en) = (top("ja").await, top("en").await);
+    (verification["code"].as_str().unwrap_or_default().to_string(), ja, en)
+}
+
+fn text(v: &Value) -> String {
+    escaped(v.as_str().unwrap_or_else(|| panic!("a string: {v}")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_tells_an_agent_why_the_code_did_not_arrive() {
+    let server = TestServer::start().await;
+    let (code, ja, en) = failing_case(&server).await;
+
+    // The member page: the top finding first, then the evidence.
+    let page = server.page(&format!("/console/members/{MEMBER}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.content_type.starts_with("text/html"), "{}", page.content_type);
+    let csp = page.csp.unwrap_or_default();
+    assert!(csp.contains("default-src 'none'"), "no scripts or remote assets: {csp}");
+    let body = page.body;
+    assert!(body.contains(r#"<html lang="ja">"#), "Japanese by default");
+    for field in ["title", "explanation", "remediation"] {
+        assert!(body.contains(&text(&ja[field])), "the top finding's {field} in Japanese: {body}");
+    }
+    let top = body.find(&text(&ja["title"])).unwrap_or(usize::MAX);
+    let timeline = body.find("REJECTD").expect("the timeline shows the SMPP receipt status");
+    assert!(top < timeline, "the finding comes before the evidence");
+    assert!(body.contains(r#"<li class="fail">"#), "failures are highlighted");
+    assert!(body.contains("070-****-0003"), "the destination, masked");
+    assert!(!body.contains("3333-0003") && !body.contains(E164), "no unmasked number on the page");
+    assert!(body.contains("03-5460-0124"), "the sender ID the au phone shows");
+    assert!(!code.is_empty() && !body.contains(&code), "no plain code on the member page");
+    assert!(!body.contains("<script"), "no JavaScript");
+    assert!(
+        !body.contains("src=") && !body.contains("https:") && !body.contains("http:"),
+        "nothing fetched from elsewhere"
+    );
+    assert!(body.contains("name=\"viewport\""), "readable on a phone");
+
+    // English, and the switch between the two.
+    let body = server.html(&format!("/console/members/{MEMBER}?lang=en")).await;
+    assert!(body.contains(r#"<html lang="en">"#));
+    assert!(body.contains(&text(&en["title"])), "the top finding in English: {body}");
+    assert!(body.contains(&text(&en["remediation"])));
+    assert!(body.contains(&escaped(&format!("/console/members/{MEMBER}?lang=ja"))), "a switch to Japanese");
+
+    // Search: any spelling of the number, the email, the ID.
+    for q in [NUMBER, "+81 70 3333 0003", "07033330003", "m-au-reject@example.com", MEMBER] {
+        let page = server.page(&format!("/console/search?q={}&lang=en", enc(q))).await;
+        assert_eq!(page.status, 303, "search {q}: {}", page.body);
+        assert_eq!(page.location.as_deref(), Some(format!("/console/members/{MEMBER}?lang=en").as_str()), "{q}");
+    }
+    let page = server.page(&format!("/console/search?q={}", enc("090-9999-0009"))).await;
+    assert_eq!(page.status, 303, "a number no member has");
+    assert_eq!(page.location.as_deref(), Some("/console/destinations/+819099990009?lang=ja"));
+    let body = server.html("/console/destinations/+819099990009?lang=en").await;
+    assert!(body.contains("No member has this destination"), "{body}");
+    let page = server.page(&format!("/console/search?q={}", enc("<b>nobody</b>"))).await;
+    assert_eq!(page.status, 404);
+    assert!(page.body.contains("&lt;b&gt;nobody&lt;&#x2f;b&gt;"), "the query, escaped: {}", page.body);
+    assert!(!page.body.contains("<b>nobody"), "never unescaped");
+
+    // Unknown things are HTML pages, not JSON errors or panics.
+    for path in ["/console/members/NOBODY", "/console/handsets/090-0000-0000", "/console/nowhere?lang=en"] {
+        let page = server.page(path).await;
+        assert_eq!(page.status, 404, "{path}");
+        assert!(page.content_type.starts_with("text/html"), "{path}: {}", page.content_type);
+        assert!(page.body.contains("</html>"), "{path}: {}", page.body);
+    }
+
+    // Home: the search box, the member and the failed message.
+    let body = server.html("/").await;
+    assert!(body.contains(r#"action="/console/search""#), "{body}");
+    assert!(body.contains(MEMBER) && body.contains("rejected"), "recent members and failures: {body}");
+
+    // The handset as the phone shows it: the verification SMS that did
+    // arrive, its sender, and au's own name for the setting that blocks.
+    let page = server.page(&format!("/console/members/{MEMBER}/handset")).await;
+    assert_eq!(page.status, 303);
+    assert_eq!(page.location.as_deref(), Some(format!("/console/handsets/{E164}?lang=ja").as_str()));
+    let body = server.html(&format!("/console/handsets/{}", enc(E164))).await;
+    assert!(body.contains(&code), "the phone holds the delivered text");
+    assert!(body.contains("03-5460-0124"));
+    assert!(body.contains(r#"<tr class="bad">"#), "the blocking setting is flagged");
+    assert!(body.contains("au"));
+
+    let body = server.html("/console/mailboxes/m-au-reject@example.com?lang=en").await;
+    assert!(body.contains("Address exists") && body.contains(MEMBER), "{body}");
+
+    // Carriers: both sender displays and settings under their real names.
+    let body = server.html("/console/carriers").await;
+    assert!(body.contains("22471") && body.contains("03-5460-0124"));
+    assert!(body.contains(&escaped("電話番号メール拒否・許可")), "SoftBank's setting in Japanese");
+    let body = server.html("/console/carriers?lang=en").await;
+    assert!(body.contains("Reject all"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_page_reads_right_in_a_real_browser() {
+    let Some(chromium) = browser::chromium() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium is not installed; CI must install it (apt-get install -y chromium)"
+        );
+        eprintln!("skipped: chromium not installed (apt-get install -y chromium)");
+        return;
+    };
+    let server = TestServer::start().await;
+    let (_, ja, en) = failing_case(&server).await;
+    let url = |lang: &str| format!("http://{}/console/members/{MEMBER}?lang={lang}", server.http);
+
+    let dom = browser::dump_dom(&chromium, &url("ja")).await;
+    let title = ja["title"].as_str().unwrap_or_default();
+    assert!(dom.contains(&escaped(title)) || dom.contains(title), "the top finding in the DOM: {dom}");
+    assert!(dom.contains("REJECTD"), "{dom}");
+
+    let shots = tempfile::tempdir().expect("temp dir");
+    let png = shots.path().join("member.png");
+    browser::screenshot(&chromium, &url("ja"), &png, 390, 844).await;
+    let bytes = std::fs::read(&png).expect("chromium wrote the screenshot");
+    assert_eq!(browser::png_size(&bytes), Some((390, 844)), "a phone-sized PNG");
+    assert!(bytes.len() > 20_000, "a screenshot with content, {} bytes", bytes.len());
+    // To look at it: OTPGATE_CONSOLE_SCREENSHOTS=dir cargo test --test console
+    if let Some(dir) = std::env::var_os("OTPGATE_CONSOLE_SCREENSHOTS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        std::fs::copy(&png, dir.join("member-ja.png")).expect("keep the screenshot");
+        browser::screenshot(&chromium, &url("en"), &dir.join("member-en.png"), 390, 844).await;
+    }
+    let _ = en;
+    server.stop().await;
+}
