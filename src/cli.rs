@@ -333,9 +333,10 @@ async fn diagnose_server(args: &DiagnoseArgs, who: &str) -> Result<String, Strin
 async fn demo(args: DemoArgs) -> ExitCode {
     let mut overrides = args.serve.overrides();
     overrides.virtual_clock = true;
-    let data = overrides.data.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("otpgate-demo-{}", std::process::id()))
-    });
+    let data = overrides
+        .data
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("otpgate-demo-{}", std::process::id())));
     let fresh_dir = overrides.data.is_none();
     overrides.data = Some(data.clone());
     let mut config = match Config::load(overrides) {

@@ -448,7 +448,10 @@ async fn changing_an_absent_phones_settings_does_not_start_a_second_retry_chain(
     bench.server.advance(HOUR).await;
     let now = bench.now().await;
 
-    let (_, log) = bench.server.get(&format!("/v1/messages?to=%2B81{}", &number[1..])).await;
+    let (_, log) = bench
+        .server
+        .get(&format!("/v1/messages?to=%2B81{}", &number[1..]))
+        .await;
     let retries: Vec<&Value> = log["items"][0]["events"]
         .as_array()
         .expect("events")
@@ -457,7 +460,8 @@ async fn changing_an_absent_phones_settings_does_not_start_a_second_retry_chain(
         .collect();
     let attempts: Vec<u64> = retries.iter().filter_map(|e| e["attempt"].as_u64()).collect();
     assert_eq!(attempts, (1..=retries.len() as u64).collect::<Vec<_>>(), "{log}");
-    let instant = |text: &Value| chrono::DateTime::parse_from_rfc3339(text.as_str().expect("a time")).expect("RFC 3339");
+    let instant =
+        |text: &Value| chrono::DateTime::parse_from_rfc3339(text.as_str().expect("a time")).expect("RFC 3339");
     let end = chrono::DateTime::parse_from_rfc3339(&now).expect("now");
     let planned_ahead = retries.iter().filter(|e| instant(&e["next_attempt_at"]) > end).count();
     assert_eq!(planned_ahead, 1, "one next attempt, not one per chain: {log}");

@@ -20,16 +20,16 @@ const E164: &str = "+817033330003";
 /// Japanese and English.
 async fn failing_case(server: &TestServer) -> (String, Value, Value) {
     let verification = server.sms_member(MEMBER, NUMBER, "au").await;
-    server
-        .handset(NUMBER, json!({"filters": {"reject_all": true}}))
-        .await;
+    server.handset(NUMBER, json!({"filters": {"reject_all": true}})).await;
     let (s, otp) = server
         .post("/v1/otps", json!({"member_id": MEMBER, "purpose": "login"}))
         .await;
     assert_eq!(s, 201, "issue: {otp}");
     server.advance(120).await;
     let top = |lang: &'static str| async move {
-        let (s, report) = server.get(&format!("/v1/diagnostics/members/{MEMBER}?lang={lang}")).await;
+        let (s, report) = server
+            .get(&format!("/v1/diagnostics/members/{MEMBER}?lang={lang}"))
+            .await;
         assert_eq!(s, 200, "{report}");
         assert_eq!(report["findings"][0]["code"], "blocked_by_sms_filter", "{report}");
         report["findings"][0].clone()
@@ -56,16 +56,27 @@ async fn the_console_tells_an_agent_why_the_code_did_not_arrive() {
     let body = page.body;
     assert!(body.contains(r#"<html lang="ja">"#), "Japanese by default");
     for field in ["title", "explanation", "remediation"] {
-        assert!(body.contains(&text(&ja[field])), "the top finding's {field} in Japanese: {body}");
+        assert!(
+            body.contains(&text(&ja[field])),
+            "the top finding's {field} in Japanese: {body}"
+        );
     }
     let top = body.find(&text(&ja["title"])).unwrap_or(usize::MAX);
-    let timeline = body.find("REJECTD").expect("the timeline shows the SMPP receipt status");
+    let timeline = body
+        .find("REJECTD")
+        .expect("the timeline shows the SMPP receipt status");
     assert!(top < timeline, "the finding comes before the evidence");
     assert!(body.contains(r#"<li class="fail">"#), "failures are highlighted");
     assert!(body.contains("070-****-0003"), "the destination, masked");
-    assert!(!body.contains("3333-0003") && !body.contains(E164), "no unmasked number on the page");
+    assert!(
+        !body.contains("3333-0003") && !body.contains(E164),
+        "no unmasked number on the page"
+    );
     assert!(body.contains("03-5460-0124"), "the sender ID the au phone shows");
-    assert!(!code.is_empty() && !body.contains(&code), "no plain code on the member page");
+    assert!(
+        !code.is_empty() && !body.contains(&code),
+        "no plain code on the member page"
+    );
     assert!(!body.contains("<script"), "no JavaScript");
     assert!(
         !body.contains("src=") && !body.contains("https:") && !body.contains("http:"),
@@ -78,42 +89,80 @@ async fn the_console_tells_an_agent_why_the_code_did_not_arrive() {
     assert!(body.contains(r#"<html lang="en">"#));
     assert!(body.contains(&text(&en["title"])), "the top finding in English: {body}");
     assert!(body.contains(&text(&en["remediation"])));
-    assert!(body.contains(&escaped(&format!("/console/members/{MEMBER}?lang=ja"))), "a switch to Japanese");
+    assert!(
+        body.contains(&escaped(&format!("/console/members/{MEMBER}?lang=ja"))),
+        "a switch to Japanese"
+    );
 
     // Search: any spelling of the number, the email, the ID.
-    for q in [NUMBER, "+81 70 3333 0003", "07033330003", "m-au-reject@example.com", MEMBER] {
+    for q in [
+        NUMBER,
+        "+81 70 3333 0003",
+        "07033330003",
+        "m-au-reject@example.com",
+        MEMBER,
+    ] {
         let page = server.page(&format!("/console/search?q={}&lang=en", enc(q))).await;
         assert_eq!(page.status, 303, "search {q}: {}", page.body);
-        assert_eq!(page.location.as_deref(), Some(format!("/console/members/{MEMBER}?lang=en").as_str()), "{q}");
+        assert_eq!(
+            page.location.as_deref(),
+            Some(format!("/console/members/{MEMBER}?lang=en").as_str()),
+            "{q}"
+        );
     }
-    let page = server.page(&format!("/console/search?q={}", enc("090-9999-0009"))).await;
+    let page = server
+        .page(&format!("/console/search?q={}", enc("090-9999-0009")))
+        .await;
     assert_eq!(page.status, 303, "a number no member has");
-    assert_eq!(page.location.as_deref(), Some("/console/destinations/+819099990009?lang=ja"));
+    assert_eq!(
+        page.location.as_deref(),
+        Some("/console/destinations/+819099990009?lang=ja")
+    );
     let body = server.html("/console/destinations/+819099990009?lang=en").await;
     assert!(body.contains("No member has this destination"), "{body}");
-    let page = server.page(&format!("/console/search?q={}", enc("<b>nobody</b>"))).await;
+    let page = server
+        .page(&format!("/console/search?q={}", enc("<b>nobody</b>")))
+        .await;
     assert_eq!(page.status, 404);
-    assert!(page.body.contains("&lt;b&gt;nobody&lt;&#x2f;b&gt;"), "the query, escaped: {}", page.body);
+    assert!(
+        page.body.contains("&lt;b&gt;nobody&lt;&#x2f;b&gt;"),
+        "the query, escaped: {}",
+        page.body
+    );
     assert!(!page.body.contains("<b>nobody"), "never unescaped");
 
     // Unknown things are HTML pages, not JSON errors or panics.
-    for path in ["/console/members/NOBODY", "/console/handsets/090-0000-0000", "/console/nowhere?lang=en"] {
+    for path in [
+        "/console/members/NOBODY",
+        "/console/handsets/090-0000-0000",
+        "/console/nowhere?lang=en",
+    ] {
         let page = server.page(path).await;
         assert_eq!(page.status, 404, "{path}");
-        assert!(page.content_type.starts_with("text/html"), "{path}: {}", page.content_type);
+        assert!(
+            page.content_type.starts_with("text/html"),
+            "{path}: {}",
+            page.content_type
+        );
         assert!(page.body.contains("</html>"), "{path}: {}", page.body);
     }
 
     // Home: the search box, the member and the failed message.
     let body = server.html("/").await;
     assert!(body.contains(r#"action="/console/search""#), "{body}");
-    assert!(body.contains(MEMBER) && body.contains("rejected"), "recent members and failures: {body}");
+    assert!(
+        body.contains(MEMBER) && body.contains("rejected"),
+        "recent members and failures: {body}"
+    );
 
     // The handset as the phone shows it: the verification SMS that did
     // arrive, its sender, and au's own name for the setting that blocks.
     let page = server.page(&format!("/console/members/{MEMBER}/handset")).await;
     assert_eq!(page.status, 303);
-    assert_eq!(page.location.as_deref(), Some(format!("/console/handsets/{E164}?lang=ja").as_str()));
+    assert_eq!(
+        page.location.as_deref(),
+        Some(format!("/console/handsets/{E164}?lang=ja").as_str())
+    );
     let body = server.html(&format!("/console/handsets/{}", enc(E164))).await;
     assert!(body.contains(&code), "the phone holds the delivered text");
     assert!(body.contains("03-5460-0124"));
@@ -126,7 +175,10 @@ async fn the_console_tells_an_agent_why_the_code_did_not_arrive() {
     // Carriers: both sender displays and settings under their real names.
     let body = server.html("/console/carriers").await;
     assert!(body.contains("22471") && body.contains("03-5460-0124"));
-    assert!(body.contains(&escaped("電話番号メール拒否・許可")), "SoftBank's setting in Japanese");
+    assert!(
+        body.contains(&escaped("電話番号メール拒否・許可")),
+        "SoftBank's setting in Japanese"
+    );
     let body = server.html("/console/carriers?lang=en").await;
     assert!(body.contains("Reject all"), "{body}");
     server.stop().await;
@@ -148,7 +200,10 @@ async fn the_member_page_reads_right_in_a_real_browser() {
 
     let dom = browser::dump_dom(&chromium, &url("ja")).await;
     let title = ja["title"].as_str().unwrap_or_default();
-    assert!(dom.contains(&escaped(title)) || dom.contains(title), "the top finding in the DOM: {dom}");
+    assert!(
+        dom.contains(&escaped(title)) || dom.contains(title),
+        "the top finding in the DOM: {dom}"
+    );
     assert!(dom.contains("REJECTD"), "{dom}");
 
     let shots = tempfile::tempdir().expect("temp dir");

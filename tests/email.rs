@@ -962,7 +962,10 @@ async fn a_server_configured_with_tls_and_auth_offers_both_and_otps_still_arrive
         .expect("STARTTLS and AUTH");
     sender.send(message).await.expect("sent");
     let _ = sender.quit().await;
-    assert_eq!(subjects(&mail_list(&server, "").await), ["through the configured server"]);
+    assert_eq!(
+        subjects(&mail_list(&server, "").await),
+        ["through the configured server"]
+    );
 
     email_member(&server, "M-AUTH", "en", "member@example.com").await;
     let otp = issue(&server, "M-AUTH").await;

@@ -14,7 +14,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::esme::{sms, within, Bind, Esme, SENDER};
+use common::esme::{sms, within, Bind, Esme, Sms, SENDER};
 use common::handsets::receipt_date;
 use common::hooks::HookReceiver;
 use common::TestServer;
@@ -200,7 +200,14 @@ async fn malformed_pdus_get_the_protocol_answer_and_the_smsc_keeps_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_sm_reports_the_state_and_cancel_sm_stops_a_pending_message() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| {
+        c.smsc.accounts.push(SmscAccount {
+            system_id: "other".into(),
+            password: "other".into(),
+            throughput_per_sec: None,
+        })
+    })
+    .await;
     let off = "09011110002";
     server
         .handset(off, json!({"carrier": "docomo", "powered_on": false}))
@@ -234,6 +241,13 @@ async fn query_sm_reports_the_state_and_cancel_sm_stops_a_pending_message() {
     assert_eq!(esme.cancel(&delivered).await, 0x11, "too late to cancel");
 
     assert_eq!(esme.query("9999999999").await, Err(0x67), "ESME_RQUERYFAIL");
+    // Another account cannot see or cancel this one's messages.
+    let other = Esme::bind_as(server.smpp, Bind::Transmitter, "other", "other")
+        .await
+        .expect("bind other");
+    assert_eq!(other.query(&delivered).await, Err(0x67));
+    assert_eq!(other.cancel(&delivered).await, 0x11);
+    other.unbind().await;
     esme.unbind().await;
     server.stop().await;
 }
@@ -412,6 +426,22 @@ async fn a_200_character_japanese_message_arrives_whole_and_in_order() {
     receipted.sort();
     ids.sort();
     assert_eq!(receipted, ids);
+
+    // Parts that arrive last part first are still put together in order.
+    let mut backwards = Sms {
+        reference: 43,
+        ..message
+    }
+    .pdus();
+    backwards.reverse();
+    esme.submit_pdus(backwards).await.expect("parts accepted");
+    server.advance(RUN).await;
+    let inbox = server.inbox(PHONE).await;
+    assert_eq!(inbox.len(), 2);
+    assert_eq!(inbox[1].text, text);
+    for _ in 0..3 {
+        assert_eq!(esme.receipt().await.stat, "DELIVRD");
+    }
     esme.unbind().await;
     server.stop().await;
 }
@@ -555,7 +585,10 @@ async fn status_callbacks_report_each_event_so_a_suite_waits_without_polling() {
     assert_eq!(delivered["event"]["kind"], "delivered");
     assert_eq!(delivered["channel"], "sms");
     assert_eq!(delivered["to"], "+819011110001");
-    assert_eq!((delivered["otp_id"].is_null(), delivered["member_id"].is_null()), (true, true));
+    assert_eq!(
+        (delivered["otp_id"].is_null(), delivered["member_id"].is_null()),
+        (true, true)
+    );
     assert!(!delivered.to_string().contains("123456"), "no plain code: {delivered}");
     assert_eq!(esme.receipt().await.id, id);
 

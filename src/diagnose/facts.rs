@@ -468,7 +468,7 @@ fn absent_cause(code: Option<&str>) -> Option<AbsentCause> {
 }
 
 /// The cause of the newest absent retry of a message.
-fn last_absent_cause(msg: &Message) -> Option<AbsentCause> {
+pub(crate) fn last_absent_cause(msg: &Message) -> Option<AbsentCause> {
     msg.events
         .iter()
         .rev()
@@ -627,7 +627,8 @@ fn predict(carrier: &Carrier, handset: &HandsetState, case: &Case) -> Vec<Predic
                     FailureCause::RejectOtherDomestic => state.filters.reject_other_domestic = false,
                     FailureCause::ContentFilter => state.filters.content_filter = false,
                     FailureCause::CallRestriction => state.call_restriction = false,
-                    FailureCause::UnknownSubscriber | FailureCause::ChaosFailure => break,
+                    FailureCause::UnknownSubscriber => state.in_service = true,
+                    FailureCause::ChaosFailure => break,
                 }
             }
         }

@@ -354,7 +354,7 @@ fn handset_detail(cause: FailureCause) -> &'static str {
         FailureCause::CallRestriction => "call_restriction on",
         FailureCause::StorageFull => "storage_full",
         FailureCause::NoSmsPlan => "sms_plan off (data-only SIM)",
-        FailureCause::UnknownSubscriber => "unknown subscriber",
+        FailureCause::UnknownSubscriber => "in_service off (no subscriber)",
         FailureCause::ChaosFailure => "system failure",
     }
 }
@@ -831,17 +831,19 @@ pub(crate) fn roaming_abroad(f: &Facts) -> Option<Finding> {
 /// Unknown subscriber, or a destination the SMSC refused.
 pub(crate) fn invalid_number(f: &Facts) -> Option<Finding> {
     let observed = f.observed(|p| *p == Problem::UnknownNumber);
+    let predicted = predicted_failures(f, |c| c == FailureCause::UnknownSubscriber);
     let l = f.lang;
     // A looked-up destination that is no mobile number at all.
     let bad_lookup = match (f.case.member, f.case.destination) {
         (None, Some(d)) if !d.contains('@') => member::parse_mobile(d).is_err(),
         _ => false,
     };
-    if observed.is_empty() && !bad_lookup {
+    if observed.is_empty() && !bad_lookup && predicted.is_empty() {
         return None;
     }
     let masked = f.masked_phone();
     let mut evidence: Vec<EvidenceRef> = observed.iter().map(|o| f.event_evidence(o)).collect();
+    evidence.extend(predicted.iter().map(|c| f.handset_evidence(handset_detail(*c))));
     if bad_lookup {
         evidence.push(EvidenceRef {
             kind: "member",
@@ -850,12 +852,18 @@ pub(crate) fn invalid_number(f: &Facts) -> Option<Finding> {
             detail: "not a Japanese mobile number (070, 080, 090 or 060, 11 digits)".into(),
         });
     }
-    let (severity, note) = if observed.is_empty() {
+    let (severity, note) = if !observed.is_empty() {
+        f.failure_severity(Channel::Sms, &observed)
+    } else if bad_lookup {
         (Severity::Error, String::new())
     } else {
-        f.failure_severity(Channel::Sms, &observed)
+        (Severity::Warning, String::new())
     };
     let explanation = match newest(&observed) {
+        None if !bad_lookup => l.pick(
+            format!("{masked} は現在使われていない番号です（解約済み・番号変更など）。この番号にはSMSが届きません。"),
+            format!("The number {masked} is not in service (cancelled or changed), so SMS cannot reach it."),
+        ),
         Some(o) => l.pick(
             format!(
                 "{} に {masked} へ送ったSMSは、この番号が使われていないか宛先として正しくないため届きませんでした（{}）。{note}",
@@ -891,6 +899,23 @@ pub(crate) fn invalid_number(f: &Facts) -> Option<Finding> {
 /// The OTP a message carried.
 fn otp_of<'a>(f: &Facts<'a>, msg: &crate::delivery::log::Message) -> Option<&'a Otp> {
     msg.otp_id.as_deref().and_then(|id| f.otp(id))
+}
+
+/// Why a delivered message waited, when the network logged absent retries.
+fn waited_because(f: &Facts, msg: &crate::delivery::log::Message) -> String {
+    match super::facts::last_absent_cause(msg) {
+        Some(cause) => f.lang.pick(
+            format!(
+                "それまでは{}ため届けられませんでした。",
+                absent_words(f.lang, Some(cause))
+            ),
+            format!(
+                " Until then it could not reach the phone: {}.",
+                absent_words(f.lang, Some(cause))
+            ),
+        ),
+        None => String::new(),
+    }
 }
 
 /// Delivered long after submission, or still on its way after long.
@@ -942,6 +967,7 @@ pub(crate) fn delivery_delayed(f: &Facts) -> Option<Finding> {
             }
             _ => continue,
         };
+        let line = format!("{line}{}", waited_because(f, msg));
         evidence.push(EvidenceRef {
             kind: "message",
             id: msg.id.clone(),
@@ -1016,6 +1042,7 @@ pub(crate) fn delivered_after_expiry(f: &Facts) -> Option<Finding> {
                 f.when(done)
             ),
         );
+        let line = format!("{line}{}", waited_because(f, msg));
         if newest.as_ref().is_none_or(|(t, _)| done >= *t) {
             newest = Some((done, line));
         }

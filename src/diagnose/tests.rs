@@ -642,6 +642,13 @@ fn invalid_number_from_unknown_subscriber_or_a_refused_destination() {
 }
 
 #[test]
+fn invalid_number_when_the_number_is_out_of_service_now() {
+    let report = check(|w| w.handset().in_service = false, "invalid_number");
+    assert_eq!(report.findings[0].severity, Severity::Warning);
+    assert!(report.findings[0].explanation.contains("not in service"));
+}
+
+#[test]
 fn delivery_delayed_when_it_arrives_minutes_later_or_is_still_on_its_way() {
     let report = check(
         |w| {
@@ -675,6 +682,26 @@ fn delivered_after_expiry_when_the_code_was_already_dead() {
         "delivered_after_expiry",
     );
     assert!(!codes(&report).contains(&"delivery_delayed"));
+    // The phone was off until then: the explanation says why it waited.
+    let report = check(
+        |w| {
+            w.now = T0 + 130 * MIN;
+            w.otp("otp_a", T0);
+            w.sms(
+                "m1",
+                Some("otp_a"),
+                T0,
+                vec![retry(T0 + 2000, "powered_off", 1), delivered(T0 + 120 * MIN)],
+            );
+        },
+        "delivered_after_expiry",
+    );
+    assert!(
+        report.findings[0].explanation.contains("switched off"),
+        "{}",
+        report.findings[0].explanation
+    );
+    assert!(!codes(&report).contains(&"handset_unreachable"));
 }
 
 #[test]

@@ -86,14 +86,22 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("home", "ホーム", "Home"),
     ("carriers", "携帯電話会社", "Carriers"),
     ("carrier", "携帯電話会社", "Carrier"),
-    ("search_label", "会員ID・電話番号・メールアドレスで検索", "Search by member ID, phone number or email"),
+    (
+        "search_label",
+        "会員ID・電話番号・メールアドレスで検索",
+        "Search by member ID, phone number or email",
+    ),
     (
         "search_hint",
         "電話番号はどの書き方でも検索できます（090-1234-5678、+81 90 1234 5678）。",
         "Phone numbers in any spelling (090-1234-5678, +81 90 1234 5678).",
     ),
     ("search", "検索", "Search"),
-    ("not_found_for", "該当する会員・宛先が見つかりません：", "No member or destination found for:"),
+    (
+        "not_found_for",
+        "該当する会員・宛先が見つかりません：",
+        "No member or destination found for:",
+    ),
     (
         "enter_query",
         "会員ID、電話番号、またはメールアドレスを入力してください。",
@@ -124,7 +132,6 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("open_mailbox", "メールボックスを見る", "Open the mailbox"),
     ("api_json", "診断 JSON（API）", "Diagnosis as JSON (API)"),
     ("generated_at", "診断時刻", "Diagnosed at"),
-    ("more", "詳細", "More"),
     ("handset", "携帯電話（シミュレーター）", "Handset (simulated)"),
     ("sender_shown", "OTPのSMSの送信元表示", "OTP SMS shows as from"),
     ("state", "状態", "State"),
@@ -139,7 +146,11 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("mail_messages", "受信メール（新しい順）", "Messages (newest first)"),
     ("empty_mailbox", "メールはありません。", "No messages."),
     ("show_text", "本文を表示", "Show the text"),
-    ("members_here", "この宛先を登録している会員", "Members with this destination"),
+    (
+        "members_here",
+        "この宛先を登録している会員",
+        "Members with this destination",
+    ),
     (
         "carriers_intro",
         "各社の送信元表示、SMSの有効期間と再送間隔、受信設定の名称です。",
@@ -170,6 +181,7 @@ fn word(lang: Lang, key: &str) -> String {
 const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("templates/base.html")),
     ("home.html", include_str!("templates/home.html")),
+    ("search_form.html", include_str!("templates/search_form.html")),
     ("report.html", include_str!("templates/report.html")),
     ("handset.html", include_str!("templates/handset.html")),
     ("mailbox.html", include_str!("templates/mailbox.html")),
@@ -238,6 +250,13 @@ impl From<crate::store::StoreError> for Problem {
 
 type PageResult = Result<Answer, Problem>;
 
+/// Where a member's codes land, as simulated.
+#[derive(Clone, Copy)]
+enum Device {
+    Handset,
+    Mailbox,
+}
+
 /// Answers `GET /` and `GET /console/...`: always an HTML page or a
 /// redirect; an unknown member is a 404 page, not a JSON error.
 pub fn route(ctx: &Ctx, req: &Req) -> ApiResult {
@@ -251,8 +270,8 @@ pub fn route(ctx: &Ctx, req: &Req) -> ApiResult {
         [] | ["console"] => page.home(StatusCode::OK, None),
         ["console", "search"] => page.search(),
         ["console", "members", id] => page.member(id),
-        ["console", "members", id, "handset"] => page.members_device(id, "handset"),
-        ["console", "members", id, "mailbox"] => page.members_device(id, "mailbox"),
+        ["console", "members", id, "handset"] => page.members_device(id, Device::Handset),
+        ["console", "members", id, "mailbox"] => page.members_device(id, Device::Mailbox),
         ["console", "destinations", destination] => page.destination(destination),
         ["console", "handsets", number] => page.handset(number),
         ["console", "mailboxes", address] => page.mailbox(address),
@@ -329,8 +348,11 @@ fn codes(e: &Event) -> Vec<(&'static str, String)> {
     push("command_status", e.command_status.clone());
     push(
         "SMTP",
-        e.smtp_code
-            .map(|code| format!("{code} {}", e.smtp_reply.as_deref().unwrap_or("")).trim().to_string()),
+        e.smtp_code.map(|code| {
+            format!("{code} {}", e.smtp_reply.as_deref().unwrap_or(""))
+                .trim()
+                .to_string()
+        }),
     );
     push("reason", e.reason.clone());
     push("attempt", e.attempt.map(|a| a.to_string()));
@@ -415,7 +437,7 @@ impl Page<'_> {
                 )
             }
         };
-        let data = json!({"heading": heading, "message": message});
+        let data = json!({"heading": heading, "message": message, "q": ""});
         match self.render("problem.html", status, &heading, data) {
             Ok(answer) => answer,
             // The layout itself failed: a bare page still says what happened.
@@ -496,7 +518,8 @@ impl Page<'_> {
             State::Expired => "期限切れ",
             State::Rejected => "拒否",
         };
-        self.lang.pick(format!("{ja}（{}）", state.as_str()), state.as_str().to_string())
+        self.lang
+            .pick(format!("{ja}（{}）", state.as_str()), state.as_str().to_string())
     }
 
     fn channel_words(&self, channel: Channel) -> String {
@@ -510,7 +533,10 @@ impl Page<'_> {
     /// its own page, anything else back home with a notice.
     fn search(&self) -> PageResult {
         let Some(q) = self.req.query("q").map(str::trim).filter(|q| !q.is_empty()) else {
-            return self.home(StatusCode::OK, Some(json!({"kind": "hint", "text": word(self.lang, "enter_query")})));
+            return self.home(
+                StatusCode::OK,
+                Some(json!({"kind": "hint", "text": word(self.lang, "enter_query")})),
+            );
         };
         match self.ctx.desk.lookup(q) {
             Ok(Subject::Member(m)) => Ok(Answer::Redirect(self.href(&["console", "members", &m.id]))),
@@ -528,7 +554,9 @@ impl Page<'_> {
     fn member(&self, id: &str) -> PageResult {
         let ctx = self.ctx;
         let member = ctx.service.member(id).map_err(|e| self.not_found_as(e, "member"))?;
-        let report = ctx.desk.member_report(&member, Some(self.lang.code()), ctx.clock.now())?;
+        let report = ctx
+            .desk
+            .member_report(&member, Some(self.lang.code()), ctx.clock.now())?;
         let (messages, _) = ctx.log.query(&Query {
             member_id: Some(member.id.clone()),
             limit: 1000,
@@ -537,7 +565,11 @@ impl Page<'_> {
         let mut links = Vec::new();
         // Through the member, so this page never holds an unmasked number.
         if let Some(phone) = &member.phone {
-            links.push(self.link("open_handset", &["console", "members", &member.id, "handset"], &phone.number));
+            links.push(self.link(
+                "open_handset",
+                &["console", "members", &member.id, "handset"],
+                &phone.number,
+            ));
         }
         if let Some(email) = &member.email {
             links.push(self.link("open_mailbox", &["console", "members", &member.id, "mailbox"], email));
@@ -550,20 +582,27 @@ impl Page<'_> {
         let data = json!({
             "heading": self.lang.pick(format!("会員 {}", member.id), format!("Member {}", member.id)),
             "subject_note": Value::Null,
-            "report": self.report_view(&report, &messages)?,
+            "report": self.report_view(&report, &messages, None)?,
             "links": links,
         });
         self.render("report.html", StatusCode::OK, &member.id, data)
     }
 
     /// The member's handset or mailbox page, by redirect.
-    fn members_device(&self, id: &str, device: &str) -> PageResult {
-        let member = self.ctx.service.member(id).map_err(|e| self.not_found_as(e, "member"))?;
+    fn members_device(&self, id: &str, device: Device) -> PageResult {
+        let member = self
+            .ctx
+            .service
+            .member(id)
+            .map_err(|e| self.not_found_as(e, "member"))?;
         let target = match device {
-            "handset" => member.phone.map(|p| self.href(&["console", "handsets", &p.number])),
-            _ => member.email.map(|e| self.href(&["console", "mailboxes", &e])),
+            Device::Handset => member.phone.map(|p| self.href(&["console", "handsets", &p.number])),
+            Device::Mailbox => member.email.map(|e| self.href(&["console", "mailboxes", &e])),
         };
-        let what = if device == "handset" { "handset_word" } else { "mailbox_word" };
+        let what = match device {
+            Device::Handset => "handset_word",
+            Device::Mailbox => "mailbox_word",
+        };
         target
             .map(Answer::Redirect)
             .ok_or_else(|| Problem::NotFound(word(self.lang, what)))
@@ -571,11 +610,17 @@ impl Page<'_> {
 
     fn destination(&self, destination: &str) -> PageResult {
         let ctx = self.ctx;
-        let d = match ctx.desk.lookup(destination).map_err(|e| self.not_found_as(e, "destination"))? {
+        let d = match ctx
+            .desk
+            .lookup(destination)
+            .map_err(|e| self.not_found_as(e, "destination"))?
+        {
             Subject::Member(m) => return Ok(Answer::Redirect(self.href(&["console", "members", &m.id]))),
             Subject::Destination(d) => d,
         };
-        let report = ctx.desk.destination_report(&d, Some(self.lang.code()), ctx.clock.now())?;
+        let report = ctx
+            .desk
+            .destination_report(&d, Some(self.lang.code()), ctx.clock.now())?;
         let (messages, _) = ctx.log.query(&Query {
             to: Some(d.clone()),
             limit: 1000,
@@ -586,11 +631,13 @@ impl Page<'_> {
         } else {
             self.link("open_handset", &["console", "handsets", &d], &d)
         };
-        let heading = format!("{} {}", word(self.lang, "destination"), masked(&d));
+        let heading = self
+            .lang
+            .pick(format!("宛先 {}", masked(&d)), format!("Destination {}", masked(&d)));
         let data = json!({
             "heading": heading,
             "subject_note": word(self.lang, "no_member_for_destination"),
-            "report": self.report_view(&report, &messages)?,
+            "report": self.report_view(&report, &messages, Some(&d))?,
             "links": [link],
         });
         self.render("report.html", StatusCode::OK, &masked(&d), data)
@@ -613,7 +660,13 @@ impl Page<'_> {
     /// The report as the template reads it: the report's own JSON plus words
     /// for the severities, the registration as lines to read out, and each
     /// timeline line's protocol codes from its delivery-log event.
-    fn report_view(&self, report: &crate::diagnose::Report, messages: &[Message]) -> Result<Value, Problem> {
+    /// `destination` is the phone or address of a report with no member.
+    fn report_view(
+        &self,
+        report: &crate::diagnose::Report,
+        messages: &[Message],
+        destination: Option<&str>,
+    ) -> Result<Value, Problem> {
         let mut view = serde_json::to_value(report).map_err(|e| Problem::Internal(e.to_string()))?;
         if let Some(findings) = view.get_mut("findings").and_then(Value::as_array_mut) {
             for f in findings {
@@ -651,28 +704,40 @@ impl Page<'_> {
                 entry["channel"] = channel;
             }
         }
-        let glance = self.glance(view.get("registration").unwrap_or(&Value::Null));
+        let glance = self.glance(view.get("registration").unwrap_or(&Value::Null), destination);
         view["glance"] = json!(glance);
         Ok(view)
     }
 
     /// The registration as lines an agent reads out first: where the codes
     /// go (masked), the sender the phone shows, the carrier.
-    fn glance(&self, r: &Value) -> Vec<Value> {
+    fn glance(&self, r: &Value, destination: Option<&str>) -> Vec<Value> {
         let l = self.lang;
         let s = |key: &str| r.get(key).and_then(Value::as_str).map(str::to_string);
         let dash = || "-".to_string();
         let line = |label: String, value: String, big: bool| json!({"label": label, "value": value, "big": big});
         let notification = match s("destination").as_deref() {
+            _ if destination.is_some() => destination.map(masked).unwrap_or_default(),
             Some("sms") => format!("SMS → {}", s("phone").unwrap_or_else(dash)),
             Some("email") => format!("{} → {}", l.pick("メール", "Email"), s("email").unwrap_or_else(dash)),
             _ => l.pick("未設定", "not set"),
         };
+        // The sender the member must look for stands out for the channel in use.
+        let by_email = s("destination").as_deref() == Some("email");
+        let sms_sender = s("sms_sender").map(|v| line(l.pick("SMSの送信元表示", "SMS shows as from"), v, !by_email));
+        let email_sender = s("email_sender").map(|v| line(l.pick("メールの送信元", "Emails come from"), v, by_email));
+        let (first, second) = if by_email {
+            (email_sender, sms_sender)
+        } else {
+            (sms_sender, email_sender)
+        };
         let mut lines = vec![line(l.pick("通知先", "Codes go to"), notification, true)];
-        if let Some(sender) = s("sms_sender") {
-            lines.push(line(l.pick("SMSの送信元表示", "SMS shows as from"), sender, true));
-        }
-        lines.push(line(l.pick("携帯電話会社", "Carrier"), s("carrier").unwrap_or_else(dash), false));
+        lines.extend(first);
+        lines.push(line(
+            l.pick("携帯電話会社", "Carrier"),
+            s("carrier").unwrap_or_else(dash),
+            false,
+        ));
         let phone = match (s("phone"), r.get("phone_verified").and_then(Value::as_bool)) {
             (Some(p), Some(true)) => l.pick(format!("{p}（認証済み）"), format!("{p} (verified)")),
             (Some(p), Some(false)) => l.pick(format!("{p}（未認証）"), format!("{p} (not verified)")),
@@ -680,11 +745,17 @@ impl Page<'_> {
             (None, _) => dash(),
         };
         lines.push(line(l.pick("携帯電話番号", "Phone"), phone, false));
-        lines.push(line(l.pick("メールアドレス", "Email"), s("email").unwrap_or_else(dash), false));
-        if let Some(from) = s("email_sender") {
-            lines.push(line(l.pick("メールの送信元", "Emails come from"), from, false));
-        }
-        let locale = format!("{} / {}", s("locale").unwrap_or_else(dash), s("residence").unwrap_or_else(dash));
+        lines.push(line(
+            l.pick("メールアドレス", "Email"),
+            s("email").unwrap_or_else(dash),
+            false,
+        ));
+        lines.extend(second);
+        let locale = format!(
+            "{} / {}",
+            s("locale").unwrap_or_else(dash),
+            s("residence").unwrap_or_else(dash)
+        );
         lines.push(line(l.pick("言語 / 居住国", "Language / residence"), locale, false));
         lines
     }
@@ -727,7 +798,13 @@ impl Page<'_> {
     /// names; `bad` marks what keeps an SMS away.
     fn handset_rows(&self, h: &HandsetState, carrier: Option<&Carrier>) -> Vec<Value> {
         let l = self.lang;
-        let on_off = |on: bool| if on { l.pick("オン", "on") } else { l.pick("オフ", "off") };
+        let on_off = |on: bool| {
+            if on {
+                l.pick("オン", "on")
+            } else {
+                l.pick("オフ", "off")
+            }
+        };
         let row = |label: String, value: String, bad: bool| json!({"label": label, "value": value, "bad": bad});
         let named = |pick: fn(&Carrier) -> &Setting, fallback: &str| -> String {
             carrier.map_or_else(|| fallback.to_string(), |c| pick(c).name(l.code()).to_string())
@@ -744,23 +821,39 @@ impl Page<'_> {
             row(l.pick("電源", "Power"), on_off(h.powered_on), !h.powered_on),
             row(
                 l.pick("電波", "Coverage"),
-                if h.in_coverage { l.pick("圏内", "in coverage") } else { l.pick("圏外", "out of coverage") },
+                if h.in_coverage {
+                    l.pick("圏内", "in coverage")
+                } else {
+                    l.pick("圏外", "out of coverage")
+                },
                 !h.in_coverage,
             ),
             row(
                 l.pick("海外", "Abroad"),
-                if h.abroad { l.pick("海外にいる", "yes") } else { l.pick("国内", "no (in Japan)") },
+                if h.abroad {
+                    l.pick("海外にいる", "yes")
+                } else {
+                    l.pick("国内", "no (in Japan)")
+                },
                 h.abroad && !h.roaming,
             ),
             row(l.pick("国際ローミング", "Roaming"), on_off(h.roaming), false),
             row(
                 l.pick("メモリー", "Storage"),
-                if h.storage_full { l.pick("満杯", "full") } else { l.pick("空きあり", "has room") },
+                if h.storage_full {
+                    l.pick("満杯", "full")
+                } else {
+                    l.pick("空きあり", "has room")
+                },
                 h.storage_full,
             ),
             row(
                 l.pick("SMS契約", "SMS plan"),
-                if h.sms_plan { l.pick("あり", "yes") } else { l.pick("なし（データ専用SIM）", "none (data-only SIM)") },
+                if h.sms_plan {
+                    l.pick("あり", "yes")
+                } else {
+                    l.pick("なし（データ専用SIM）", "none (data-only SIM)")
+                },
                 !h.sms_plan,
             ),
             row(
@@ -768,19 +861,31 @@ impl Page<'_> {
                 on_off(h.call_restriction),
                 h.call_restriction,
             ),
-            row(named(|c| &c.settings.reject_all, "reject_all"), on_off(f.reject_all), f.reject_all),
+            row(
+                named(|c| &c.settings.reject_all, "reject_all"),
+                on_off(f.reject_all),
+                f.reject_all,
+            ),
             row(
                 named(|c| &c.settings.reject_other_domestic, "reject_other_domestic"),
                 on_off(f.reject_other_domestic),
                 f.reject_other_domestic,
             ),
-            row(named(|c| &c.settings.content_filter, "content_filter"), on_off(f.content_filter), false),
+            row(
+                named(|c| &c.settings.content_filter, "content_filter"),
+                on_off(f.content_filter),
+                false,
+            ),
             row(
                 named(|c| &c.settings.blocked_senders, "blocked_senders"),
                 list(&f.blocked_senders),
                 !f.blocked_senders.is_empty(),
             ),
-            row(named(|c| &c.settings.allowed_senders, "allowed_senders"), list(&f.allowed_senders), false),
+            row(
+                named(|c| &c.settings.allowed_senders, "allowed_senders"),
+                list(&f.allowed_senders),
+                false,
+            ),
         ]
     }
 
@@ -806,7 +911,13 @@ impl Page<'_> {
                 })
             })
             .collect();
-        let yes_no = |on: bool| if on { l.pick("はい", "yes") } else { l.pick("いいえ", "no") };
+        let yes_no = |on: bool| {
+            if on {
+                l.pick("はい", "yes")
+            } else {
+                l.pick("いいえ", "no")
+            }
+        };
         let row = |label: String, value: String, bad: bool| json!({"label": label, "value": value, "bad": bad});
         let domains = if mailbox.allowed_domains.is_empty() {
             l.pick("設定なし（すべて受信）", "none set (takes everything)")
@@ -814,11 +925,27 @@ impl Page<'_> {
             mailbox.allowed_domains.join(", ")
         };
         let rows = vec![
-            row(l.pick("アドレスが存在する", "Address exists"), yes_no(mailbox.exists), !mailbox.exists),
+            row(
+                l.pick("アドレスが存在する", "Address exists"),
+                yes_no(mailbox.exists),
+                !mailbox.exists,
+            ),
             row(l.pick("容量超過", "Mailbox full"), yes_no(mailbox.full), mailbox.full),
-            row(l.pick("グレーリスティング", "Greylisting"), yes_no(mailbox.greylist), mailbox.greylist),
-            row(l.pick("迷惑メールフォルダーへ振り分け", "Sorted into spam"), yes_no(mailbox.spam), mailbox.spam),
-            row(l.pick("指定受信（許可ドメイン）", "Allowed domains (指定受信)"), domains, false),
+            row(
+                l.pick("グレーリスティング", "Greylisting"),
+                yes_no(mailbox.greylist),
+                mailbox.greylist,
+            ),
+            row(
+                l.pick("迷惑メールフォルダーへ振り分け", "Sorted into spam"),
+                yes_no(mailbox.spam),
+                mailbox.spam,
+            ),
+            row(
+                l.pick("指定受信（許可ドメイン）", "Allowed domains (指定受信)"),
+                domains,
+                false,
+            ),
         ];
         let data = json!({
             "address": mailbox.address,
@@ -940,8 +1067,14 @@ mod tests {
 
     #[test]
     fn paths_are_encoded_readably() {
-        assert_eq!(href_in(&["console", "handsets", "+819012345678"], Lang::Ja), "/console/handsets/+819012345678?lang=ja");
-        assert_eq!(href_in(&["console", "mailboxes", "taro@example.jp"], Lang::En), "/console/mailboxes/taro@example.jp?lang=en");
+        assert_eq!(
+            href_in(&["console", "handsets", "+819012345678"], Lang::Ja),
+            "/console/handsets/+819012345678?lang=ja"
+        );
+        assert_eq!(
+            href_in(&["console", "mailboxes", "taro@example.jp"], Lang::En),
+            "/console/mailboxes/taro@example.jp?lang=en"
+        );
         assert_eq!(href_in(&[], Lang::En), "/?lang=en");
         assert_eq!(enc("a b/c?&"), "a%20b%2Fc%3F%26");
         assert_eq!(enc("会"), "%E4%BC%9A");

@@ -275,7 +275,10 @@ impl SmsNetwork {
                 inner.log.create(new, accepted).await.map_err(sys)?.id
             }
         };
-        let first_attempt_at = now + carrier.delivery_delay_ms(&mut self.rng(&id, 0, 2), chaos.enabled).max(0);
+        let first_attempt_at = now
+            + carrier
+                .delivery_delay_ms(&mut self.rng(&id, 0, 2), chaos.enabled)
+                .max(0);
         let record = SmsRecord {
             id: id.clone(),
             system_id: sub.system_id,

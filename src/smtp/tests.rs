@@ -23,6 +23,10 @@ struct World {
 }
 
 async fn start(config: SmtpConfig) -> World {
+    start_with_tls(config, None).await
+}
+
+async fn start_with_tls(config: SmtpConfig, tls: Option<TlsIdentity>) -> World {
     let store = Store::temporary().unwrap();
     let clock = Clock::virtual_at(0);
     let world = MailWorld::new(&store, clock.clone(), 100).unwrap();
@@ -35,7 +39,7 @@ async fn start(config: SmtpConfig) -> World {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = crate::shutdown::channel();
-    let server = tokio::spawn(serve(listener, config, Arc::new(world.clone()), shutdown));
+    let server = tokio::spawn(serve_tls(listener, config, tls, Arc::new(world.clone()), shutdown));
     World {
         addr,
         world,
@@ -507,6 +511,32 @@ async fn auth_is_required_and_checked_when_accounts_are_configured() {
         ..w.client()
     };
     assert!(matches!(send_otp(&right, &mail).await, SendOutcome::Accepted { .. }));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn the_otp_core_client_sends_in_plain_text_where_starttls_is_offered() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls");
+    let tls = TlsIdentity::load(&dir.join("cert.pem"), &dir.join("key.pem")).unwrap();
+    let w = start_with_tls(
+        SmtpConfig {
+            auth: vec![("qa".into(), "s3cret".into())],
+            ..SmtpConfig::default()
+        },
+        Some(tls),
+    )
+    .await;
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    let ehlo = d.check("EHLO tester", 250).await;
+    assert!(ehlo.contains("250-STARTTLS\r\n"), "{ehlo}");
+    d.check("QUIT", 221).await;
+    let core = EmailClientConfig {
+        credentials: Some(("qa".into(), "s3cret".into())),
+        ..w.client()
+    };
+    let sent = send_otp(&core, &otp("u@example.com", "ja", "777777")).await;
+    assert!(matches!(sent, SendOutcome::Accepted { .. }), "{sent:?}");
+    assert_eq!(w.world.newest_code("u@example.com").unwrap().unwrap().code, "777777");
     w.stop().await;
 }
 

@@ -302,8 +302,14 @@ impl Esme {
     /// Submits every part in order; answers each part's message id, or the
     /// first refusal's command_status.
     pub async fn submit_parts(&self, sms: &Sms) -> Result<Vec<String>, u32> {
+        self.submit_pdus(sms.pdus()).await
+    }
+
+    /// Submits these PDUs in this order; answers each one's message id, or
+    /// the first refusal's command_status.
+    pub async fn submit_pdus(&self, pdus: Vec<SubmitSm>) -> Result<Vec<String>, u32> {
         let mut ids = Vec::new();
-        for pdu in sms.pdus() {
+        for pdu in pdus {
             match within("submit_sm_resp", self.client.submit_sm(pdu)).await {
                 Ok(resp) => ids.push(resp.message_id().as_str().to_string()),
                 Err(error) => return Err(refused_status(error)),

@@ -34,7 +34,12 @@ impl HookReceiver {
                 let service = service_fn(move |request: hyper::Request<Incoming>| {
                     let tx = tx.clone();
                     async move {
-                        let bytes = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let bytes = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
                         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                         let _ = tx.send(body);
                         Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
