@@ -4,7 +4,8 @@
 //! moves the virtual clock over HTTP. Binds, receipts and their TLVs, bad
 //! PDUs, enquire_link and unbind, query_sm and cancel_sm,
 //! registered_delivery, validity_period, receipts kept for a later bind,
-//! long messages, throttling and seed reproducibility.
+//! long messages, throttling, seed reproducibility, and the status
+//! callbacks a suite waits on instead of polling.
 
 mod common;
 
