@@ -172,6 +172,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
 
     let log = DeliveryLog::open(&store).map_err(|e| data(&e))?;
+    if let Some(url) = &config.callback_url {
+        let callbacks = crate::delivery::callbacks::Callbacks::open(&store, clock.clone(), url.clone())
+            .map_err(|e| StartError::Other(format!("callback_url: {e}")))?;
+        log.observe(callbacks.observer());
+        tasks.push(tokio::spawn(callbacks.run(shutdown.clone())));
+    }
     let profile = SenderProfile {
         number: config.sender.number.clone(),
         short_code: config.sender.short_code.clone(),
@@ -243,15 +249,27 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let smtp_addr = match config.smtp {
         Some(addr) => {
             let (listener, local) = listen(addr).await?;
+            let smtp_tls = match &config.smtp_tls {
+                Some(files) => Some(
+                    crate::smtp::TlsIdentity::load(&files.cert, &files.key)
+                        .map_err(|e| StartError::Other(format!("smtp TLS: {e}")))?,
+                ),
+                None => None,
+            };
             let smtp_config = SmtpConfig {
                 hostname: "otpgate.local".into(),
                 max_message_bytes: config.max_message_bytes,
                 max_connections: 1024,
-                auth: Vec::new(),
+                auth: config
+                    .smtp_auth
+                    .iter()
+                    .map(|a| (a.username.clone(), a.password.clone()))
+                    .collect(),
             };
-            tasks.push(tokio::spawn(crate::smtp::serve(
+            tasks.push(tokio::spawn(crate::smtp::serve_tls(
                 listener,
                 smtp_config,
+                smtp_tls,
                 Arc::new(mail.clone()),
                 shutdown.clone(),
             )));
@@ -308,7 +326,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             from: config.sender.email_from.clone(),
             hello: "otpgate.local".into(),
             implicit_tls: false,
-            credentials: None,
+            // The embedded server requires AUTH once accounts are configured.
+            credentials: config
+                .smtp_auth
+                .first()
+                .map(|a| (a.username.clone(), a.password.clone())),
         }),
         (None, None) => None,
     };

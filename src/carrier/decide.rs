@@ -627,6 +627,7 @@ mod tests {
                 "carrier",
                 "filters",
                 "in_coverage",
+                "in_service",
                 "powered_on",
                 "roaming",
                 "sms_plan",

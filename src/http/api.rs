@@ -322,7 +322,9 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
             let q = Query {
                 member_id: req.query("member_id").map(str::to_string),
                 to: match req.query("to") {
-                    Some(to) if to.contains('@') => Some(to.to_ascii_lowercase()),
+                    Some(to) if to.contains('@') => {
+                        Some(crate::smtp::mailbox::normalize_address(to).unwrap_or_else(|| to.to_string()))
+                    }
                     Some(to) => Some(parse_number(to)?),
                     None => None,
                 },

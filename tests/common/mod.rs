@@ -301,9 +301,9 @@ pub fn enc(s: &str) -> String {
 pub fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
+pub mod browser;
 pub mod esme;
 pub mod handsets;
-pub mod smtp_client;
-pub mod browser;
-pub mod pages;
 pub mod hooks;
+pub mod pages;
+pub mod smtp_client;

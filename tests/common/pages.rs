@@ -62,7 +62,11 @@ impl Api {
     pub async fn html(&self, path: &str) -> String {
         let page = self.page(path).await;
         assert_eq!(page.status, 200, "GET {path}: {}", page.body);
-        assert!(page.content_type.starts_with("text/html"), "GET {path}: {}", page.content_type);
+        assert!(
+            page.content_type.starts_with("text/html"),
+            "GET {path}: {}",
+            page.content_type
+        );
         page.body
     }
 }
