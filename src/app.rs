@@ -43,6 +43,24 @@ pub enum StartError {
     Other(String),
 }
 
+/// The carrier models: `--carriers DIR`, else `./carriers` when it exists
+/// (so edits to the repository's files take effect), else the copies
+/// compiled into the binary. A malformed file stops start-up.
+fn load_carriers(config: &Config) -> Result<CarrierSet, StartError> {
+    let dir = config.carriers_dir.clone().or_else(|| {
+        let local = std::path::PathBuf::from("carriers");
+        local.join("docomo.toml").is_file().then_some(local)
+    });
+    match dir {
+        Some(dir) => {
+            let set = CarrierSet::load_dir(&dir).map_err(|e| StartError::Carriers(e.to_string()))?;
+            tracing::info!(dir = %dir.display(), carriers = set.all().len(), "carrier models loaded");
+            Ok(set)
+        }
+        None => Ok(CarrierSet::embedded()),
+    }
+}
+
 /// The desk over a data directory, without starting any server (for
 /// `otpgate diagnose --data`). Nothing is sent: the outbound side is inert.
 pub fn open_desk(config: &Config) -> Result<(crate::desk::Desk, Arc<Clock>), StartError> {
@@ -55,10 +73,7 @@ pub fn open_desk(config: &Config) -> Result<(crate::desk::Desk, Arc<Clock>), Sta
     }
     let key = load_or_create_key(&config.data_dir).map_err(|e| data(&e))?;
     let store = Store::open(&config.data_dir).map_err(|e| data(&e))?;
-    let carriers = Arc::new(match &config.carriers_dir {
-        Some(dir) => CarrierSet::load_dir(dir).map_err(|e| StartError::Carriers(e.to_string()))?,
-        None => CarrierSet::embedded(),
-    });
+    let carriers = Arc::new(load_carriers(config)?);
     let saved = World::saved_clock(&store).map_err(|e| data(&e))?;
     // Data made under a virtual clock is read at that clock's time.
     let clock = match saved {
@@ -151,11 +166,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let store = Store::open(&config.data_dir).map_err(|e| data(&e))?;
     let fresh = store.tree("members").map_err(|e| data(&e))?.is_empty()
         && store.tree("handsets").map_err(|e| data(&e))?.is_empty();
-    let carriers = match &config.carriers_dir {
-        Some(dir) => CarrierSet::load_dir(dir).map_err(|e| StartError::Carriers(e.to_string()))?,
-        None => CarrierSet::embedded(),
-    };
-    let carriers = Arc::new(carriers);
+    let carriers = Arc::new(load_carriers(&config)?);
     if carriers.get(&config.default_carrier).is_none() {
         return Err(StartError::Carriers(format!(
             "default_carrier `{}` is not a loaded carrier",

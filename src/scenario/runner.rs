@@ -413,6 +413,9 @@ impl Runner<'_> {
             (Some(_), false) => Err(format!("`{}` is present (findings: {})", f.code, codes.join(", "))),
             (None, true) => Err(format!("no `{}` (findings: {})", f.code, codes.join(", "))),
             (Some(i), true) => {
+                if findings[i]["evidence"].as_array().is_none_or(|e| e.is_empty()) {
+                    return Err(format!("`{}` has no evidence: {}", f.code, compact(&findings[i])));
+                }
                 if f.top && i != 0 {
                     return Err(format!(
                         "`{}` is finding {} of {}, not the top (findings: {})",

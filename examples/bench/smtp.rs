@@ -1,0 +1,241 @@
+//! The SMTP workload: concurrent clients, each on a kept-open connection,
+//! sending small messages one after another (MAIL, RCPT, DATA, the message,
+//! the dot; no pipelining, which otpgate does not advertise). Latency is
+//! from MAIL FROM to the 250 after the dot. Closed loop by default; with a
+//! `rate` it is open loop (message `i` due at `i / rate`, latency from the
+//! due time).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::stats::{due, Tally};
+
+#[derive(Clone)]
+pub struct Load {
+    pub addr: SocketAddr,
+    pub connections: usize,
+    pub duration: Duration,
+    pub rate: Option<f64>,
+    /// How long a reply may take before the client gives up on it.
+    pub reply_timeout: Duration,
+}
+
+pub struct Outcome {
+    pub tally: Tally,
+    pub span: Duration,
+}
+
+impl Outcome {
+    pub fn rate(&self) -> f64 {
+        self.tally.ok as f64 / self.span.as_secs_f64().max(1e-9)
+    }
+}
+
+pub async fn run(load: Load) -> Outcome {
+    let start = Instant::now() + Duration::from_millis(100);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..load.connections {
+        tasks.push(tokio::spawn(worker_task(load.clone(), worker, start, next.clone())));
+    }
+    let mut tally = Tally::default();
+    let mut last = start;
+    for task in tasks {
+        let (t, l) = task.await.expect("an SMTP worker");
+        tally.merge(t);
+        last = last.max(l);
+    }
+    Outcome {
+        tally,
+        span: last.saturating_duration_since(start),
+    }
+}
+
+struct Conn {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    line: Vec<u8>,
+}
+
+/// A reply's code, or `None` when the connection broke or timed out.
+async fn reply(conn: &mut Conn, timeout: Duration) -> Option<u16> {
+    let read = async {
+        loop {
+            conn.line.clear();
+            match conn.reader.read_until(b'\n', &mut conn.line).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+            if conn.line.len() < 4 || conn.line[3] != b'-' {
+                return std::str::from_utf8(conn.line.get(..3)?).ok()?.parse().ok();
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
+}
+
+async fn command(conn: &mut Conn, text: &[u8], timeout: Duration) -> Option<u16> {
+    conn.writer.write_all(text).await.ok()?;
+    reply(conn, timeout).await
+}
+
+/// Connects and greets; the banner's code when it is not 220.
+async fn connect(load: &Load) -> Result<Conn, Option<u16>> {
+    let stream = tokio::time::timeout(load.reply_timeout, TcpStream::connect(load.addr))
+        .await
+        .map_err(|_| None)?
+        .map_err(|_| None)?;
+    let _ = stream.set_nodelay(true);
+    let (read, writer) = stream.into_split();
+    let mut conn = Conn {
+        reader: BufReader::new(read),
+        writer,
+        line: Vec::new(),
+    };
+    match reply(&mut conn, load.reply_timeout).await {
+        Some(220) => {}
+        other => return Err(other),
+    }
+    match command(&mut conn, b"EHLO bench.example\r\n", load.reply_timeout).await {
+        Some(250) => Ok(conn),
+        other => Err(other),
+    }
+}
+
+fn message(index: u64) -> Vec<u8> {
+    format!(
+        "From: Bench <bench@bench.example>\r\n\
+         To: user{n}@example.com\r\n\
+         Subject: Your one-time password\r\n\
+         Date: Thu, 01 Jan 2026 00:00:00 +0900\r\n\
+         Message-ID: <bench-{index}@bench.example>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         Your one-time password is 482913. It is valid for 10 minutes.\r\n\
+         Do not share it with anyone.\r\n\
+         .\r\n",
+        n = index % 1000,
+    )
+    .into_bytes()
+}
+
+/// What one message's transaction came to.
+enum Sent {
+    Ok,
+    /// 421 or 451: the server's own "not now".
+    Refused,
+    Error,
+    /// No answer in time or a broken connection: the connection is gone.
+    Lost,
+}
+
+fn classify(code: Option<u16>) -> Option<Sent> {
+    match code {
+        Some(250) | Some(354) => None,
+        Some(421) | Some(451) => Some(Sent::Refused),
+        Some(_) => Some(Sent::Error),
+        None => Some(Sent::Lost),
+    }
+}
+
+async fn send_one(conn: &mut Conn, index: u64, timeout: Duration) -> Sent {
+    let rcpt = format!("RCPT TO:<user{}@example.com>\r\n", index % 1000);
+    let steps: [&[u8]; 3] = [b"MAIL FROM:<bench@bench.example>\r\n", rcpt.as_bytes(), b"DATA\r\n"];
+    for step in steps {
+        if let Some(outcome) = classify(command(conn, step, timeout).await) {
+            return outcome;
+        }
+    }
+    match command(conn, &message(index), timeout).await {
+        Some(250) => Sent::Ok,
+        other => classify(other).unwrap_or(Sent::Error),
+    }
+}
+
+async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<AtomicU64>) -> (Tally, Instant) {
+    let mut tally = Tally::default();
+    let mut last = start;
+    let end = start + load.duration;
+    let mut conn: Option<Conn> = None;
+    // Stagger connects a little so the listener is not hit all at once.
+    tokio::time::sleep(Duration::from_millis(worker as u64)).await;
+    tokio::time::sleep_until(start).await;
+    loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let at = match load.rate {
+            Some(rate) => {
+                let at = due(start, rate, index);
+                if at >= end {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                at
+            }
+            None => {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                now
+            }
+        };
+        if conn.is_none() {
+            match connect(&load).await {
+                Ok(c) => conn = Some(c),
+                Err(code) => {
+                    let now = Instant::now();
+                    match code.map(|c| classify(Some(c))) {
+                        Some(Some(Sent::Refused)) => {
+                            tally.refused += 1;
+                            tally.refusal_latency.record(now - at);
+                        }
+                        Some(_) => tally.errors += 1,
+                        None => tally.timeouts += 1,
+                    }
+                    last = now;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let outcome = send_one(c, index, load.reply_timeout).await;
+        let now = Instant::now();
+        last = now;
+        match outcome {
+            Sent::Ok => {
+                tally.ok += 1;
+                tally.latency.record(now - at);
+            }
+            Sent::Refused => {
+                tally.refused += 1;
+                tally.refusal_latency.record(now - at);
+                // After 421 the server closes; after 451 start clean.
+                conn = None;
+            }
+            Sent::Error => {
+                tally.errors += 1;
+                if let Some(c) = conn.as_mut() {
+                    if command(c, b"RSET\r\n", load.reply_timeout).await != Some(250) {
+                        conn = None;
+                    }
+                }
+            }
+            Sent::Lost => {
+                tally.timeouts += 1;
+                conn = None;
+            }
+        }
+    }
+    if let Some(mut c) = conn {
+        let _ = tokio::time::timeout(Duration::from_secs(1), command(&mut c, b"QUIT\r\n", load.reply_timeout)).await;
+    }
+    (tally, last)
+}

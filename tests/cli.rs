@@ -1,0 +1,120 @@
+//! The command line as users meet it: start-up refusals, and
+//! `otpgate diagnose` against a running server and a data directory.
+
+mod common;
+
+use serde_json::json;
+
+fn otpgate() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"));
+    c.env("OTPGATE_LOG", "off");
+    c
+}
+
+#[test]
+fn a_malformed_carrier_file_stops_start_up_naming_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let carriers = dir.path().join("carriers");
+    std::fs::create_dir(&carriers).unwrap();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/carriers")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(&path, carriers.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let au = carriers.join("au.toml");
+    let text = std::fs::read_to_string(&au)
+        .unwrap()
+        .replace("validity_hours = 72", "validity_hours = \"72\"");
+    std::fs::write(&au, text).unwrap();
+    let out = otpgate()
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--smpp",
+            "127.0.0.1:0",
+            "--smtp",
+            "127.0.0.1:0",
+        ])
+        .arg("--data")
+        .arg(dir.path().join("data"))
+        .arg("--carriers")
+        .arg(&carriers)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("au.toml") && stderr.contains("validity_hours"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_flag_value_is_refused_before_anything_starts() {
+    let out = otpgate().args(["serve", "--smpp", "not-an-address"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("smpp"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_prints_the_report_from_a_server_and_from_a_data_directory() {
+    let mut server = common::BinServer::start(None).await;
+    server.sms_member("M-AU", "090-3333-0003", "au").await;
+    let (s, _) = server
+        .put(
+            "/v1/sim/handsets/090-3333-0003",
+            json!({"filters": {"reject_all": true}}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, _) = server
+        .post("/v1/otps", json!({"member_id": "M-AU", "purpose": "login"}))
+        .await;
+    assert_eq!(s, 201);
+    server.advance(30).await;
+
+    let url = format!("http://{}", server.http);
+    let out = otpgate()
+        .args(["diagnose", "--member", "M-AU", "--lang", "en", "--server", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("blocked_by_sms_filter") && text.contains("03-5460-0124"),
+        "{text}"
+    );
+
+    let out = otpgate()
+        .args(["diagnose", "--phone", "+81 90 3333 0003", "--json", "--server", &url])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["member_id"], "M-AU");
+    assert_eq!(report["findings"][0]["code"], "blocked_by_sms_filter");
+    assert_eq!(report["lang"], "ja", "the member's language by default");
+
+    // The same report straight from the data directory, with the server stopped.
+    server.terminate().await;
+    let data = server.dir.path().join("data");
+    let out = otpgate()
+        .args(["diagnose", "--member", "M-AU", "--json", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let offline: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(offline["findings"][0]["code"], "blocked_by_sms_filter");
+    assert_eq!(offline["findings"][0]["title"], report["findings"][0]["title"]);
+
+    let out = otpgate()
+        .args(["diagnose", "--member", "NOBODY", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
