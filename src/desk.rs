@@ -70,34 +70,40 @@ impl Desk {
     pub fn member_report(&self, member: &Member, lang: Option<&str>, now: Millis) -> Result<Report, ServiceError> {
         let otps = self.service.otps_of(&member.id)?;
         let refusals = self.service.refusals_of(&member.id)?;
-        let messages = self.messages(Query {
+        // The member's own OTP messages, and whatever else reached their
+        // phone or address (a QA application's SMS or mail).
+        let mut messages = self.messages(Query {
             member_id: Some(member.id.clone()),
             ..Query::default()
         })?;
-        let handset = match &member.phone {
-            Some(p) => self.world.handset(&p.number)?.map(|h| (p.number.clone(), h)),
-            None => None,
-        };
-        let mailbox = match &member.email {
-            Some(e) => self.mail.get_mailbox(e).ok(),
-            None => None,
-        };
+        for to in member
+            .phone
+            .iter()
+            .map(|p| p.number.clone())
+            .chain(member.email.iter().cloned())
+        {
+            for m in self.messages(Query {
+                to: Some(to),
+                ..Query::default()
+            })? {
+                if !messages.iter().any(|known| known.id == m.id) {
+                    messages.push(m);
+                }
+            }
+        }
+        messages.sort_by(|a, b| b.id.cmp(&a.id));
+        let phone = member.phone.as_ref().map(|p| p.number.as_str());
         let lang = resolve_lang(lang, Some(&member.locale));
-        let case = Case {
-            member: Some(member),
-            destination: None,
-            otps: &otps,
-            refusals: &refusals,
-            messages: &messages,
-            handset: handset.as_ref().map(|(n, h)| (n.as_str(), h)),
-            mailbox: mailbox.as_ref(),
-            carriers: &self.carriers,
-            profile: &self.profile,
-            email_from: &self.email_from,
+        self.diagnose(
+            Some(member),
+            None,
+            &otps,
+            &refusals,
+            &messages,
+            (phone, member.email.as_deref()),
+            &lang,
             now,
-            lang: &lang,
-        };
-        Ok(diagnose::diagnose(&case))
+        )
     }
 
     pub fn destination_report(
@@ -110,30 +116,47 @@ impl Desk {
             to: Some(destination.to_string()),
             ..Query::default()
         })?;
-        let handset = if destination.contains('@') {
-            None
+        let is_email = destination.contains('@');
+        let (phone, email) = if is_email {
+            (None, Some(destination))
         } else {
-            self.world.handset(destination)?.map(|h| (destination.to_string(), h))
-        };
-        let mailbox = if destination.contains('@') {
-            self.mail.get_mailbox(destination).ok()
-        } else {
-            None
+            (Some(destination), None)
         };
         let lang = resolve_lang(lang, None);
+        self.diagnose(None, Some(destination), &[], &[], &messages, (phone, email), &lang, now)
+    }
+
+    /// Reads the handset and mailbox of the destinations and runs the rules.
+    #[allow(clippy::too_many_arguments)]
+    fn diagnose(
+        &self,
+        member: Option<&Member>,
+        destination: Option<&str>,
+        otps: &[crate::otp::Otp],
+        refusals: &[crate::service::Refusal],
+        messages: &[Message],
+        (phone, email): (Option<&str>, Option<&str>),
+        lang: &str,
+        now: Millis,
+    ) -> Result<Report, ServiceError> {
+        let handset = match phone {
+            Some(n) => self.world.handset(n)?.map(|h| (n.to_string(), h)),
+            None => None,
+        };
+        let mailbox = email.and_then(|e| self.mail.get_mailbox(e).ok());
         let case = Case {
-            member: None,
-            destination: Some(destination),
-            otps: &[],
-            refusals: &[],
-            messages: &messages,
+            member,
+            destination,
+            otps,
+            refusals,
+            messages,
             handset: handset.as_ref().map(|(n, h)| (n.as_str(), h)),
             mailbox: mailbox.as_ref(),
             carriers: &self.carriers,
             profile: &self.profile,
             email_from: &self.email_from,
             now,
-            lang: &lang,
+            lang,
         };
         Ok(diagnose::diagnose(&case))
     }

@@ -2,7 +2,7 @@
 //! records each step's outcome. It only uses the public API, so it runs the
 //! same against an in-process server or a running one (`--server URL`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 
@@ -87,36 +87,34 @@ impl Runner<'_> {
         Ok(())
     }
 
+    /// A call that must succeed; `what` says which, in the error.
+    async fn must(&self, method: &str, path: &str, body: Value, what: &str) -> Result<Value, String> {
+        let (status, answer) = self.call(method, path, Some(body)).await?;
+        if status >= 300 {
+            return Err(format!("{what}: {status} {}", compact(&answer)));
+        }
+        Ok(answer)
+    }
+
+    /// `PUT {collection}/{key}` with the rest of the table as the body.
+    async fn put_sim(&self, collection: &str, key_field: &str, table: &BTreeMap<String, Value>) -> StepOutcome {
+        let mut body = table.clone();
+        let key = body
+            .remove(key_field)
+            .and_then(|n| n.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let path = format!("/v1/sim/{collection}/{}", segment(&key));
+        self.must("PUT", &path, json!(body), &key)
+            .await
+            .map(|_| "ok".to_string())
+    }
+
     async fn setup(&mut self, scenario: &Scenario) -> Result<(), String> {
         for h in &scenario.handsets {
-            let mut h = h.clone();
-            let number = h
-                .remove("number")
-                .and_then(|n| n.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let (status, body) = self
-                .call("PUT", &format!("/v1/sim/handsets/{}", segment(&number)), Some(json!(h)))
-                .await?;
-            if status >= 300 {
-                return Err(format!("handset {number}: {status} {}", compact(&body)));
-            }
+            self.put_sim("handsets", "number", h).await?;
         }
         for m in &scenario.mailboxes {
-            let mut m = m.clone();
-            let address = m
-                .remove("address")
-                .and_then(|n| n.as_str().map(str::to_string))
-                .unwrap_or_default();
-            let (status, body) = self
-                .call(
-                    "PUT",
-                    &format!("/v1/sim/mailboxes/{}", segment(&address)),
-                    Some(json!(m)),
-                )
-                .await?;
-            if status >= 300 {
-                return Err(format!("mailbox {address}: {status} {}", compact(&body)));
-            }
+            self.put_sim("mailboxes", "address", m).await?;
         }
         for m in &scenario.members {
             self.member(m).await?;
@@ -125,62 +123,43 @@ impl Runner<'_> {
     }
 
     async fn member(&mut self, m: &MemberSetup) -> Result<(), String> {
+        let id = segment(&m.id);
         let body = json!({"id": m.id, "locale": m.locale, "residence": m.residence, "email": m.email});
-        let (status, answer) = self.call("POST", "/v1/members", Some(body)).await?;
-        if status >= 300 {
-            return Err(format!("member {}: {status} {}", m.id, compact(&answer)));
-        }
+        self.must("POST", "/v1/members", body, &format!("member {}", m.id))
+            .await?;
         if let Some(phone) = &m.phone {
-            let (status, answer) = self
-                .call(
-                    "POST",
-                    &format!("/v1/members/{}/phone", segment(&m.id)),
-                    Some(json!({ "number": phone })),
-                )
-                .await?;
-            if status >= 300 {
-                return Err(format!(
-                    "member {}: registering {phone}: {status} {}",
-                    m.id,
-                    compact(&answer)
-                ));
-            }
-            let code = self
+            let what = format!("member {}: registering {phone}", m.id);
+            self.must(
+                "POST",
+                &format!("/v1/members/{id}/phone"),
+                json!({ "number": phone }),
+                &what,
+            )
+            .await?;
+            let (code, _) = self
                 .wait_code(&format!("/v1/sim/handsets/{}", segment(phone)), phone, 60)
                 .await?
                 .ok_or_else(|| format!("member {}: the verification code never reached {phone}", m.id))?;
-            let (status, answer) = self
-                .call(
-                    "POST",
-                    &format!("/v1/members/{}/phone/verify", segment(&m.id)),
-                    Some(json!({ "code": code.0 })),
-                )
-                .await?;
-            if status >= 300 {
-                return Err(format!(
-                    "member {}: confirming {phone}: {status} {}",
-                    m.id,
-                    compact(&answer)
-                ));
-            }
+            let what = format!("member {}: confirming {phone}", m.id);
+            self.must(
+                "POST",
+                &format!("/v1/members/{id}/phone/verify"),
+                json!({ "code": code }),
+                &what,
+            )
+            .await?;
             // The verification SMS started the 60 s send cooldown.
             self.advance(61).await?;
         }
         if let Some(channel) = &m.notification {
-            let (status, answer) = self
-                .call(
-                    "PUT",
-                    &format!("/v1/members/{}/notification", segment(&m.id)),
-                    Some(json!({ "channel": channel })),
-                )
-                .await?;
-            if status >= 300 {
-                return Err(format!(
-                    "member {}: notification {channel}: {status} {}",
-                    m.id,
-                    compact(&answer)
-                ));
-            }
+            let what = format!("member {}: notification {channel}", m.id);
+            self.must(
+                "PUT",
+                &format!("/v1/members/{id}/notification"),
+                json!({ "channel": channel }),
+                &what,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -217,67 +196,18 @@ impl Runner<'_> {
     async fn step(&mut self, step: &Step) -> StepOutcome {
         match step {
             Step::Issue(i) => {
-                let (status, body) = self
-                    .call(
-                        "POST",
-                        "/v1/otps",
-                        Some(json!({"member_id": i.member, "purpose": i.purpose})),
-                    )
-                    .await?;
-                if status < 300 {
-                    self.otps.insert("last".into(), body.clone());
-                    if let Some(name) = &i.name {
-                        self.otps.insert(name.clone(), body.clone());
-                    }
-                }
-                check_expect(i.expect.as_deref(), status, &body, "issued").map(|_| {
-                    format!(
-                        "{} from {}",
-                        body["id"].as_str().unwrap_or("refused"),
-                        body["sender"].as_str().unwrap_or("-")
-                    )
-                })
+                let body = json!({"member_id": i.member, "purpose": i.purpose});
+                self.new_otp("/v1/otps".into(), body, i.name.as_deref(), i.expect.as_deref())
+                    .await
             }
             Step::Resend(r) => {
-                let id = self.otp_id(&r.otp)?;
-                let (status, body) = self
-                    .call("POST", &format!("/v1/otps/{}/resend", segment(&id)), Some(json!({})))
-                    .await?;
-                if status < 300 {
-                    self.otps.insert("last".into(), body.clone());
-                    if let Some(name) = &r.name {
-                        self.otps.insert(name.clone(), body.clone());
-                    }
-                }
-                check_expect(r.expect.as_deref(), status, &body, "issued")
+                let path = format!("/v1/otps/{}/resend", segment(&self.otp_id(&r.otp)?));
+                self.new_otp(path, json!({}), r.name.as_deref(), r.expect.as_deref())
+                    .await
             }
             Step::Advance(seconds) => self.advance(*seconds).await.map(|_| format!("+{seconds} s")),
-            Step::SetHandset(h) => {
-                let mut h = h.clone();
-                let number = h
-                    .remove("number")
-                    .and_then(|n| n.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let (status, body) = self
-                    .call("PUT", &format!("/v1/sim/handsets/{}", segment(&number)), Some(json!(h)))
-                    .await?;
-                check_expect(None, status, &body, "ok")
-            }
-            Step::SetMailbox(m) => {
-                let mut m = m.clone();
-                let address = m
-                    .remove("address")
-                    .and_then(|n| n.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let (status, body) = self
-                    .call(
-                        "PUT",
-                        &format!("/v1/sim/mailboxes/{}", segment(&address)),
-                        Some(json!(m)),
-                    )
-                    .await?;
-                check_expect(None, status, &body, "ok")
-            }
+            Step::SetHandset(h) => self.put_sim("handsets", "number", h).await,
+            Step::SetMailbox(m) => self.put_sim("mailboxes", "address", m).await,
             Step::SetChaos(c) => {
                 let (status, body) = self.call("PUT", "/v1/sim/chaos", Some(json!(c))).await?;
                 check_expect(None, status, &body, "ok")
@@ -337,6 +267,21 @@ impl Runner<'_> {
             Step::ExpectMessage(m) => self.expect_message(m).await,
             Step::ExpectFinding(f) => self.expect_finding(f).await,
         }
+    }
+
+    /// Issues or resends; a new OTP is remembered as `last` and as `name`.
+    async fn new_otp(&mut self, path: String, body: Value, name: Option<&str>, expect: Option<&str>) -> StepOutcome {
+        let (status, answer) = self.call("POST", &path, Some(body)).await?;
+        if status < 300 {
+            self.otps.insert("last".into(), answer.clone());
+            if let Some(name) = name {
+                self.otps.insert(name.to_string(), answer.clone());
+            }
+        }
+        check_expect(expect, status, &answer, "issued").map(|_| {
+            let sender = answer["sender"].as_str().unwrap_or("-");
+            format!("{} from {sender}", answer["id"].as_str().unwrap_or("refused"))
+        })
     }
 
     async fn read_code(&mut self, r: &ReadCode) -> StepOutcome {
