@@ -5,14 +5,16 @@
 
 use std::sync::Arc;
 
-use crate::carrier::{CarrierSet, SenderProfile};
+use crate::carrier::{CarrierSet, HandsetState, SenderProfile};
 use crate::clock::Millis;
 use crate::delivery::log::{DeliveryLog, Message, Query};
 use crate::diagnose::{self, Case, Report};
 use crate::member::{self, Member};
-use crate::service::{OtpService, ServiceError};
+use crate::otp::Otp;
+use crate::service::{OtpService, Refusal, ServiceError};
 use crate::sim::World;
 use crate::smtp::MailWorld;
+use crate::smtp::Mailbox;
 
 #[derive(Clone)]
 pub struct Desk {
@@ -61,105 +63,110 @@ impl Desk {
     }
 
     pub fn report(&self, subject: &Subject, lang: Option<&str>, now: Millis) -> Result<Report, ServiceError> {
-        match subject {
-            Subject::Member(m) => self.member_report(m, lang, now),
-            Subject::Destination(d) => self.destination_report(d, lang, now),
-        }
+        Ok(self.diagnose(&self.dossier(subject)?, lang, now))
     }
 
-    pub fn member_report(&self, member: &Member, lang: Option<&str>, now: Millis) -> Result<Report, ServiceError> {
-        let otps = self.service.otps_of(&member.id)?;
-        let refusals = self.service.refusals_of(&member.id)?;
-        // The member's own OTP messages, and whatever else reached their
-        // phone or address (a QA application's SMS or mail).
-        let mut messages = self.messages(Query {
-            member_id: Some(member.id.clone()),
-            ..Query::default()
-        })?;
-        for to in member
-            .phone
-            .iter()
-            .map(|p| p.number.clone())
-            .chain(member.email.iter().cloned())
-        {
-            for m in self.messages(Query {
-                to: Some(to),
-                ..Query::default()
-            })? {
-                if !messages.iter().any(|known| known.id == m.id) {
-                    messages.push(m);
+    /// Everything known about the subject, as the rules and the report's
+    /// detail sections see it.
+    pub fn dossier(&self, subject: &Subject) -> Result<Dossier, ServiceError> {
+        match subject {
+            Subject::Member(member) => {
+                // The member's own OTP messages, and whatever else reached
+                // their phone or address (a QA application's SMS or mail).
+                let mut messages = self.messages(Query {
+                    member_id: Some(member.id.clone()),
+                    ..Query::default()
+                })?;
+                for to in member
+                    .phone
+                    .iter()
+                    .map(|p| p.number.clone())
+                    .chain(member.email.iter().cloned())
+                {
+                    for m in self.messages(Query {
+                        to: Some(to),
+                        ..Query::default()
+                    })? {
+                        if !messages.iter().any(|known| known.id == m.id) {
+                            messages.push(m);
+                        }
+                    }
                 }
+                messages.sort_by(|a, b| b.id.cmp(&a.id));
+                let phone = member.phone.as_ref().map(|p| p.number.clone());
+                Ok(Dossier {
+                    otps: self.service.otps_of(&member.id)?,
+                    refusals: self.service.refusals_of(&member.id)?,
+                    messages,
+                    handset: self.handset(phone.as_deref())?,
+                    mailbox: member.email.as_deref().and_then(|e| self.mail.get_mailbox(e).ok()),
+                    member: Some(member.clone()),
+                    destination: None,
+                })
+            }
+            Subject::Destination(destination) => {
+                let is_email = destination.contains('@');
+                Ok(Dossier {
+                    member: None,
+                    destination: Some(destination.clone()),
+                    otps: Vec::new(),
+                    refusals: Vec::new(),
+                    messages: self.messages(Query {
+                        to: Some(destination.clone()),
+                        ..Query::default()
+                    })?,
+                    handset: if is_email {
+                        None
+                    } else {
+                        self.handset(Some(destination))?
+                    },
+                    mailbox: if is_email {
+                        self.mail.get_mailbox(destination).ok()
+                    } else {
+                        None
+                    },
+                })
             }
         }
-        messages.sort_by(|a, b| b.id.cmp(&a.id));
-        let phone = member.phone.as_ref().map(|p| p.number.as_str());
-        let lang = resolve_lang(lang, Some(&member.locale));
-        self.diagnose(
-            Some(member),
-            None,
-            &otps,
-            &refusals,
-            &messages,
-            (phone, member.email.as_deref()),
-            &lang,
-            now,
-        )
     }
 
-    pub fn destination_report(
-        &self,
-        destination: &str,
-        lang: Option<&str>,
-        now: Millis,
-    ) -> Result<Report, ServiceError> {
-        let messages = self.messages(Query {
-            to: Some(destination.to_string()),
-            ..Query::default()
-        })?;
-        let is_email = destination.contains('@');
-        let (phone, email) = if is_email {
-            (None, Some(destination))
-        } else {
-            (Some(destination), None)
-        };
-        let lang = resolve_lang(lang, None);
-        self.diagnose(None, Some(destination), &[], &[], &messages, (phone, email), &lang, now)
+    fn handset(&self, number: Option<&str>) -> Result<Option<(String, HandsetState)>, ServiceError> {
+        match number {
+            Some(n) => Ok(self.world.handset(n)?.map(|h| (n.to_string(), h))),
+            None => Ok(None),
+        }
     }
 
-    /// Reads the handset and mailbox of the destinations and runs the rules.
-    #[allow(clippy::too_many_arguments)]
-    fn diagnose(
-        &self,
-        member: Option<&Member>,
-        destination: Option<&str>,
-        otps: &[crate::otp::Otp],
-        refusals: &[crate::service::Refusal],
-        messages: &[Message],
-        (phone, email): (Option<&str>, Option<&str>),
-        lang: &str,
-        now: Millis,
-    ) -> Result<Report, ServiceError> {
-        let handset = match phone {
-            Some(n) => self.world.handset(n)?.map(|h| (n.to_string(), h)),
-            None => None,
-        };
-        let mailbox = email.and_then(|e| self.mail.get_mailbox(e).ok());
+    /// Runs the rules over a dossier, in `lang` (else the member's language).
+    pub fn diagnose(&self, d: &Dossier, lang: Option<&str>, now: Millis) -> Report {
+        let lang = resolve_lang(lang, d.member.as_ref().map(|m| m.locale.as_str()));
         let case = Case {
-            member,
-            destination,
-            otps,
-            refusals,
-            messages,
-            handset: handset.as_ref().map(|(n, h)| (n.as_str(), h)),
-            mailbox: mailbox.as_ref(),
+            member: d.member.as_ref(),
+            destination: d.destination.as_deref(),
+            otps: &d.otps,
+            refusals: &d.refusals,
+            messages: &d.messages,
+            handset: d.handset.as_ref().map(|(n, h)| (n.as_str(), h)),
+            mailbox: d.mailbox.as_ref(),
             carriers: &self.carriers,
             profile: &self.profile,
             email_from: &self.email_from,
             now,
-            lang,
+            lang: &lang,
         };
-        Ok(diagnose::diagnose(&case))
+        diagnose::diagnose(&case)
     }
+}
+
+/// What the desk knows about one member or destination.
+pub struct Dossier {
+    pub member: Option<Member>,
+    pub destination: Option<String>,
+    pub otps: Vec<Otp>,
+    pub refusals: Vec<Refusal>,
+    pub messages: Vec<Message>,
+    pub handset: Option<(String, HandsetState)>,
+    pub mailbox: Option<Mailbox>,
 }
 
 /// `ja` or `en`: the asked language, else the member's, else English.

@@ -491,7 +491,9 @@ fn diagnostics(ctx: &Ctx, req: &Req, subject: crate::desk::Subject) -> ApiResult
         Some(other) => return Err(ApiError::invalid(format!("lang `{other}` is not `ja` or `en`"))),
         None => None,
     };
-    let report = ctx.desk.report(&subject, lang, ctx.clock.now())?;
+    let dossier = ctx.desk.dossier(&subject)?;
+    let now = ctx.clock.now();
+    let report = ctx.desk.diagnose(&dossier, lang, now);
     if req.query("format") == Some("text") {
         return Ok(text_response(
             StatusCode::OK,
@@ -499,7 +501,39 @@ fn diagnostics(ctx: &Ctx, req: &Req, subject: crate::desk::Subject) -> ApiResult
             crate::diagnose::render_text(&report),
         ));
     }
-    ok(serde_json::to_value(&report).map_err(ApiError::internal)?)
+    let mut answer = serde_json::to_value(&report).map_err(ApiError::internal)?;
+    // The detail behind the findings: the member, each OTP (with every
+    // entered code's result, never the code), each message with its
+    // events, and the handset or mailbox state.
+    answer["member"] = dossier.member.as_ref().map(member_json).unwrap_or(Value::Null);
+    answer["otps"] = dossier
+        .otps
+        .iter()
+        .map(|o| {
+            let mut v = otp_json(o, now);
+            v["attempts"] = json!(o.attempts);
+            v["superseded_by"] = json!(o.superseded_by);
+            v["verified_at"] = json!(o.verified_at.map(rfc3339));
+            v["entries"] = o
+                .entries
+                .iter()
+                .map(|e| json!({"at": rfc3339(e.at), "result": e.result, "matched_otp": e.matched_otp}))
+                .collect();
+            v
+        })
+        .collect();
+    answer["messages"] = dossier.messages.iter().map(message_json).collect();
+    answer["handset"] = dossier
+        .handset
+        .as_ref()
+        .map(|(n, h)| handset_json(n, h))
+        .unwrap_or(Value::Null);
+    answer["mailbox"] = dossier
+        .mailbox
+        .as_ref()
+        .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
+        .unwrap_or(Value::Null);
+    ok(answer)
 }
 
 fn handset_json(number: &str, h: &crate::carrier::HandsetState) -> Value {

@@ -554,14 +554,9 @@ impl Page<'_> {
     fn member(&self, id: &str) -> PageResult {
         let ctx = self.ctx;
         let member = ctx.service.member(id).map_err(|e| self.not_found_as(e, "member"))?;
-        let report = ctx
-            .desk
-            .member_report(&member, Some(self.lang.code()), ctx.clock.now())?;
-        let (messages, _) = ctx.log.query(&Query {
-            member_id: Some(member.id.clone()),
-            limit: 1000,
-            ..Query::default()
-        })?;
+        let dossier = ctx.desk.dossier(&Subject::Member(member.clone()))?;
+        let report = ctx.desk.diagnose(&dossier, Some(self.lang.code()), ctx.clock.now());
+        let messages = dossier.messages;
         let mut links = Vec::new();
         // Through the member, so this page never holds an unmasked number.
         if let Some(phone) = &member.phone {
@@ -618,14 +613,9 @@ impl Page<'_> {
             Subject::Member(m) => return Ok(Answer::Redirect(self.href(&["console", "members", &m.id]))),
             Subject::Destination(d) => d,
         };
-        let report = ctx
-            .desk
-            .destination_report(&d, Some(self.lang.code()), ctx.clock.now())?;
-        let (messages, _) = ctx.log.query(&Query {
-            to: Some(d.clone()),
-            limit: 1000,
-            ..Query::default()
-        })?;
+        let dossier = ctx.desk.dossier(&Subject::Destination(d.clone()))?;
+        let report = ctx.desk.diagnose(&dossier, Some(self.lang.code()), ctx.clock.now());
+        let messages = dossier.messages;
         let link = if d.contains('@') {
             self.link("open_mailbox", &["console", "mailboxes", &d], &d)
         } else {
