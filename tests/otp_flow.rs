@@ -281,3 +281,32 @@ async fn a_restart_of_the_binary_keeps_what_was_acknowledged() {
     assert_eq!(s, 409);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_the_simulation_routes_need_the_admin_token() {
+    let server = TestServer::start_with(|c| {
+        c.http = "0.0.0.0:0".parse().unwrap();
+        c.admin_token = Some("s3cret".into());
+    })
+    .await;
+    let port = server.http.port();
+    let get = |auth: Option<&'static str>| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!("GET /v1/sim/clock HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(get(None).await.starts_with("HTTP/1.1 401"));
+    assert!(get(Some("wrong")).await.starts_with("HTTP/1.1 401"));
+    assert!(get(Some("s3cret")).await.starts_with("HTTP/1.1 200"));
+    // The member and OTP API itself stays open.
+    let (s, _) = server.get("/healthz").await;
+    assert_eq!(s, 200);
+    server.stop().await;
+}
