@@ -14,7 +14,7 @@ use crate::carrier::{CarrierSet, SenderProfile};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::delivery::email::EmailClientConfig;
-use crate::delivery::log::DeliveryLog;
+use crate::delivery::log::{DeliveryLog, Event, State};
 use crate::delivery::outbound::{MailLink, Outbound, ReceiptRecorder};
 use crate::delivery::sms::{SmsClient, SmsClientConfig};
 use crate::http::Ctx;
@@ -212,6 +212,39 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         CORE_SYSTEM_ID.into(),
     )
     .map_err(|e| data(&e))?;
+
+    // A crash can leave messages open that nothing will move forward: an
+    // OTP whose send was cut off (the plain code is gone, so it cannot be
+    // sent again), an email retry that lived in memory, a submit the SMSC
+    // logged but never stored. They fail as interrupted, so the log says
+    // what happened. SMS handed to an external SMSC keep waiting for its
+    // receipts. This runs before any listener opens, so no new message
+    // can be mistaken for an interrupted one.
+    let now = clock.now();
+    let external_smsc = config.sms_out.is_some();
+    let settled = log
+        .settle_after_restart(|m| {
+            let submitted_outside = external_smsc && m.origin == "otpgate" && m.state != State::Queued;
+            match m.channel {
+                Channel::Sms if submitted_outside => None,
+                Channel::Sms => network.settle_after_restart(m, now),
+                // A relay's 250 is the last word an email gets; only a send
+                // or a retry still to come was interrupted.
+                Channel::Email if !matches!(m.state, State::Queued | State::Enroute) => None,
+                Channel::Email => Some(
+                    Event::new("interrupted", now)
+                        .state(State::Failed)
+                        .reason("interrupted_by_restart")
+                        .detail("the server stopped before this email was settled"),
+                ),
+            }
+        })
+        .await;
+    match settled {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(messages = n, "closed messages a restart interrupted"),
+        Err(e) => tracing::error!(error = %e, "could not settle messages after a restart"),
+    }
 
     // The SMSC, with the configured accounts and the core's own.
     let mut core_password = [0u8; 4]; // SMPP passwords are at most 8 characters

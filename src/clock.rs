@@ -154,7 +154,14 @@ impl Clock {
     /// Runs due jobs until shutdown. Under the virtual clock only jobs due
     /// "now" run here (scheduled for immediate work); the rest wait for an
     /// advance.
+    ///
+    /// Under the system clock due jobs run side by side, each in its own
+    /// task: one job waiting on I/O (a delivery attempt flushing the store,
+    /// then waiting for its receipt to be recorded) must not hold up every
+    /// other delivery due at the same time. At shutdown the running jobs get
+    /// a few seconds to finish.
     pub async fn run(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
+        let running = tokio_util::task::TaskTracker::new();
         loop {
             let now = self.now();
             if self.virtual_mode {
@@ -164,7 +171,7 @@ impl Clock {
                 }
             } else {
                 while let Some((_, job)) = self.pop_due(self.now()) {
-                    job(self.now()).await;
+                    running.spawn(job(self.now()));
                 }
             }
             let wait = match self.next_due() {
@@ -176,9 +183,11 @@ impl Clock {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait() => return,
+                _ = shutdown.wait() => break,
             }
         }
+        running.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), running.wait()).await;
     }
 }
 

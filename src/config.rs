@@ -495,9 +495,17 @@ mod example_file {
     #[test]
     fn the_example_config_file_loads() {
         let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/otpgate.example.toml"));
-        let c = Config::load(Overrides { config: Some(path), ..Default::default() }).unwrap();
+        let c = Config::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(c.otp.max_attempts, 5);
-        assert!(c.smsc.accounts.iter().any(|a| a.system_id == "qa-app" && a.throughput_per_sec == Some(100)));
+        assert!(c
+            .smsc
+            .accounts
+            .iter()
+            .any(|a| a.system_id == "qa-app" && a.throughput_per_sec == Some(100)));
         assert!(c.smsc.accounts.iter().any(|a| a.system_id == "otpgate"));
         assert_eq!(c.smtp.map(|a| a.to_string()), Some("127.0.0.1:2525".into()));
     }

@@ -98,10 +98,23 @@ async fn diagnose_prints_the_report_from_a_server_and_from_a_data_directory() {
     assert_eq!(report["lang"], "ja", "the member's language by default");
     // The detail behind the findings: OTPs, messages with events, the handset.
     assert_eq!(report["member"]["id"], "M-AU");
-    assert_eq!(report["otps"].as_array().map(Vec::len), Some(2), "the verification code and the OTP");
+    assert_eq!(
+        report["otps"].as_array().map(Vec::len),
+        Some(2),
+        "the verification code and the OTP"
+    );
     assert_eq!(report["otps"][0]["entries"][0]["result"], "verified");
-    let rejected = report["messages"].as_array().unwrap().iter().find(|m| m["state"] == "rejected").expect("rejected");
-    assert!(rejected["events"].as_array().unwrap().iter().any(|e| e["stat"] == "REJECTD"));
+    let rejected = report["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["state"] == "rejected")
+        .expect("rejected");
+    assert!(rejected["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["stat"] == "REJECTD"));
     assert_eq!(report["handset"]["carrier"], "au");
     assert_eq!(report["handset"]["filters"]["reject_all"], true);
 

@@ -35,7 +35,9 @@ pub async fn serve(kind: &str) {
     println!("baseline listening {kind}={addr}");
     let ids = Arc::new(AtomicU64::new(1));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let ids = ids.clone();
         match kind {
@@ -57,12 +59,12 @@ async fn smsc_connection(stream: TcpStream, ids: Arc<AtomicU64>) {
         // Answer everything already read, then write once.
         while let Some(c) = command.take() {
             if !smsc_answer(&mut framed, c, &ids, &mut next_seq).await {
-                let _ = framed.flush().await;
+                let _ = SinkExt::<Command>::flush(&mut framed).await;
                 return;
             }
             command = framed.next().now_or_never().flatten().and_then(Result::ok);
         }
-        if framed.flush().await.is_err() {
+        if SinkExt::<Command>::flush(&mut framed).await.is_err() {
             return;
         }
     }
@@ -161,7 +163,11 @@ async fn smtp_connection(stream: TcpStream) {
                 return;
             }
             b"DATA" => {
-                if write.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n").await.is_err() {
+                if write
+                    .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 // Read and discard up to the lone dot.

@@ -5,7 +5,7 @@
 //! `/proc/PID/stat`, so both sides are measured the same way.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -19,8 +19,6 @@ pub struct Server {
     pub http: Option<SocketAddr>,
     pub smpp: Option<SocketAddr>,
     pub smtp: Option<SocketAddr>,
-    /// Where the child's standard error goes.
-    pub log: PathBuf,
 }
 
 /// What a server used during a run.
@@ -37,7 +35,14 @@ impl Server {
     pub async fn otpgate(bin: &Path, data: &Path, config: &Path) -> Server {
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
-            .args(["--http", "127.0.0.1:0", "--smpp", "127.0.0.1:0", "--smtp", "127.0.0.1:0"])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--smpp",
+                "127.0.0.1:0",
+                "--smtp",
+                "127.0.0.1:0",
+            ])
             .arg("--data")
             .arg(data)
             .arg("--config")
@@ -81,7 +86,6 @@ impl Server {
             smpp: addr("smpp="),
             smtp: addr("smtp="),
             child,
-            log: log.to_path_buf(),
         }
     }
 
@@ -91,11 +95,6 @@ impl Server {
 
     pub fn usage(&self) -> Usage {
         usage_of(self.pid)
-    }
-
-    /// Current resident memory (VmRSS), KiB.
-    pub fn rss_kib(&self) -> u64 {
-        status_kib(self.pid, "VmRSS:")
     }
 
     /// SIGTERM, then SIGKILL if it has not gone within 15 s; answers the

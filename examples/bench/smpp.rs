@@ -151,46 +151,49 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
     // Submit i of this bind is global submit i * binds + bind.
     let mut index: u64 = 0;
     let mut seq: u32 = 1;
-    // seq → when the submit was due (or sent, closed loop).
-    let mut waiting_resp: HashMap<u32, Instant> = HashMap::new();
+    // seq → when the submit was due (the send time, closed loop) and sent.
+    let mut waiting_resp: HashMap<u32, (Instant, Instant)> = HashMap::new();
     // SMSC message id → when its submit was due.
     let mut waiting_receipt: HashMap<String, Instant> = HashMap::new();
     let mut early_receipts: HashSet<String> = HashSet::new();
+    // The next submit's due time while any is left. Open loop, every
+    // submit due before `end` is sent, late when the window held it back.
+    let next_due = |index: u64, now: Instant| -> Option<Instant> {
+        match load.rate {
+            Some(rate) => Some(due(start, rate, index * binds + bind as u64)).filter(|&at| at < end),
+            None => (now < end).then_some(now),
+        }
+    };
     loop {
         let now = Instant::now();
         // Send what the window and the schedule allow.
         let mut wrote = false;
-        while now < end && waiting_resp.len() < load.window {
-            let at = match load.rate {
-                Some(rate) => {
-                    let at = due(start, rate, index * binds + bind as u64);
-                    if at > now {
-                        break;
-                    }
-                    at
-                }
-                None => now,
-            };
-            if at >= end {
+        while waiting_resp.len() < load.window {
+            let Some(at) = next_due(index, now) else { break };
+            if at > now {
                 break;
             }
             seq = seq.wrapping_add(1).max(2);
             let pdu = submit_pdu(index * binds + bind as u64, load.numbers);
             index += 1;
-            if framed.feed(Command::new(CommandStatus::EsmeRok, seq, pdu)).await.is_err() {
+            if framed
+                .feed(Command::new(CommandStatus::EsmeRok, seq, pdu))
+                .await
+                .is_err()
+            {
                 out.submits.timeouts += waiting_resp.len() as u64 + 1;
                 return (out, last_resp, last_receipt);
             }
-            waiting_resp.insert(seq, at);
+            waiting_resp.insert(seq, (at, Instant::now()));
             wrote = true;
         }
-        if wrote && framed.flush().await.is_err() {
+        if wrote && SinkExt::<Command>::flush(&mut framed).await.is_err() {
             out.submits.timeouts += waiting_resp.len() as u64;
             return (out, last_resp, last_receipt);
         }
         let now = Instant::now();
-        let sending = now < end;
-        if !sending && waiting_resp.is_empty() && (waiting_receipt.is_empty() || now >= give_up) {
+        let upcoming = next_due(index, now);
+        if upcoming.is_none() && waiting_resp.is_empty() && (waiting_receipt.is_empty() || now >= give_up) {
             break;
         }
         if now >= give_up + Duration::from_secs(5) {
@@ -198,13 +201,12 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
             out.submits.timeouts += waiting_resp.len() as u64;
             break;
         }
-        // Wake for the next due submit, the end of sending, or the deadline.
-        let wake = match (sending, load.rate) {
-            (true, Some(rate)) if waiting_resp.len() < load.window => {
-                due(start, rate, index * binds + bind as u64).min(end)
-            }
-            (true, _) => end,
-            (false, _) => give_up.max(now + Duration::from_millis(10)),
+        // Wake for the next due submit when the window has room, else for
+        // an answer, or at the receipts' deadline.
+        let wake = match upcoming {
+            Some(at) if waiting_resp.len() < load.window => at,
+            Some(_) => give_up + Duration::from_secs(5),
+            None => give_up.max(now + Duration::from_millis(10)),
         };
         let first = tokio::select! {
             item = framed.next() => item,
@@ -223,12 +225,13 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
             let now = Instant::now();
             match command.id() {
                 CommandId::SubmitSmResp => {
-                    if let Some(at) = waiting_resp.remove(&command.sequence_number()) {
+                    if let Some((at, sent)) = waiting_resp.remove(&command.sequence_number()) {
                         last_resp = now;
                         let status = command.status();
                         if status == CommandStatus::EsmeRok {
                             out.submits.ok += 1;
                             out.submits.latency.record(now - at);
+                            out.submits.service_latency.record(now - sent);
                             if let Some(Pdu::SubmitSmResp(resp)) = command.pdu() {
                                 let id = resp.message_id().as_str().to_string();
                                 if !early_receipts.remove(&id) {
@@ -237,7 +240,7 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
                             }
                         } else if status == CommandStatus::EsmeRthrottled {
                             out.submits.refused += 1;
-                            out.submits.refusal_latency.record(now - at);
+                            out.submits.refusal_latency.record(now - sent);
                         } else {
                             out.submits.errors += 1;
                         }
@@ -262,13 +265,21 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
                 }
                 CommandId::EnquireLink => {
                     let _ = framed
-                        .feed(Command::new(CommandStatus::EsmeRok, command.sequence_number(), Pdu::EnquireLinkResp))
+                        .feed(Command::new(
+                            CommandStatus::EsmeRok,
+                            command.sequence_number(),
+                            Pdu::EnquireLinkResp,
+                        ))
                         .await;
                     answered = true;
                 }
                 CommandId::Unbind => {
                     let _ = framed
-                        .send(Command::new(CommandStatus::EsmeRok, command.sequence_number(), Pdu::UnbindResp))
+                        .send(Command::new(
+                            CommandStatus::EsmeRok,
+                            command.sequence_number(),
+                            Pdu::UnbindResp,
+                        ))
                         .await;
                     out.submits.timeouts += waiting_resp.len() as u64;
                     return (out, last_resp, last_receipt);
@@ -281,7 +292,7 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
                 None => break,
             }
         }
-        if answered && framed.flush().await.is_err() {
+        if answered && SinkExt::<Command>::flush(&mut framed).await.is_err() {
             break;
         }
     }

@@ -176,7 +176,9 @@ async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<Atomic
                 if at >= end {
                     break;
                 }
-                tokio::time::sleep_until(at).await;
+                if at > Instant::now() {
+                    tokio::time::sleep_until(at).await;
+                }
                 at
             }
             None => {
@@ -206,6 +208,7 @@ async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<Atomic
             }
         }
         let Some(c) = conn.as_mut() else { continue };
+        let sent = Instant::now();
         let outcome = send_one(c, index, load.reply_timeout).await;
         let now = Instant::now();
         last = now;
@@ -213,10 +216,11 @@ async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<Atomic
             Sent::Ok => {
                 tally.ok += 1;
                 tally.latency.record(now - at);
+                tally.service_latency.record(now - sent);
             }
             Sent::Refused => {
                 tally.refused += 1;
-                tally.refusal_latency.record(now - at);
+                tally.refusal_latency.record(now - sent);
                 // After 421 the server closes; after 451 start clean.
                 conn = None;
             }

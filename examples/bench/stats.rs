@@ -22,6 +22,12 @@ impl Latencies {
         self.micros.len()
     }
 
+    /// How many took longer than `limit`.
+    pub fn count_above(&self, limit: Duration) -> u64 {
+        let limit = limit.as_micros().min(u32::MAX as u128) as u32;
+        self.micros.iter().filter(|&&m| m > limit).count() as u64
+    }
+
     /// The `p`-th percentile (0–100) in milliseconds; `None` without samples.
     pub fn percentile_ms(&mut self, p: f64) -> Option<f64> {
         if self.micros.is_empty() {
@@ -45,9 +51,15 @@ pub struct Tally {
     pub errors: u64,
     /// No answer within the client's timeout, or the connection broke.
     pub timeouts: u64,
+    /// From when each request was due (open loop) or sent (closed loop).
     pub latency: Latencies,
-    /// Latency of refusals only: "at once" is checked on these.
+    /// Refusals only, from when the request was sent: "at once" is
+    /// checked on these.
     pub refusal_latency: Latencies,
+    /// Acknowledged requests from when they were sent: the server's part
+    /// of the latency, without waiting in the client for a free
+    /// connection or window slot.
+    pub service_latency: Latencies,
 }
 
 impl Tally {
@@ -58,6 +70,7 @@ impl Tally {
         self.timeouts += other.timeouts;
         self.latency.merge(other.latency);
         self.refusal_latency.merge(other.refusal_latency);
+        self.service_latency.merge(other.service_latency);
     }
 }
 

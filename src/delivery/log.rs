@@ -338,6 +338,26 @@ impl DeliveryLog {
         }
     }
 
+    /// After a restart, closes what the crash left open and nothing will
+    /// move forward: for each message not yet final, `settle` answers the
+    /// event that settles it, or `None` when something resumes it (a
+    /// pending SMS in the simulated network, a receipt still due from an
+    /// external SMSC). Returns how many it settled.
+    pub async fn settle_after_restart(&self, settle: impl Fn(&Message) -> Option<Event>) -> Result<usize, StoreError> {
+        let mut settled = 0;
+        for id in self.messages.keys_with_prefix("m")? {
+            let Some(message) = self.get(&id)? else { continue };
+            if message.state.is_final() {
+                continue;
+            }
+            if let Some(event) = settle(&message) {
+                self.append(&id, event).await?;
+                settled += 1;
+            }
+        }
+        Ok(settled)
+    }
+
     /// Messages newest first, filtered; `before` is a message id cursor.
     pub fn query(&self, q: &Query) -> Result<(Vec<Message>, Option<String>), StoreError> {
         let limit = if q.limit == 0 { 100 } else { q.limit.min(1000) };

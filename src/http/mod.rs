@@ -28,6 +28,9 @@ pub use api::Ctx;
 
 /// The largest request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
+/// How long a request body may take to arrive once the head has: a client
+/// that stalls mid-body must not hold a connection (and its permit) forever.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An error answer: status, stable code, message and extra fields.
 #[derive(Debug)]
@@ -182,13 +185,31 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<B
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
+    // A body that is too large, cut short, badly chunked or stalled gets
+    // its own answer; only the first is "too large".
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             let err = ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 format!("request bodies are limited to {MAX_BODY} bytes"),
+            );
+            return Ok(err.into_response());
+        }
+        Ok(Err(e)) => {
+            let err = ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                format!("the request body could not be read: {e}"),
+            );
+            return Ok(err.into_response());
+        }
+        Err(_) => {
+            let err = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
             );
             return Ok(err.into_response());
         }

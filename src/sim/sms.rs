@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::carrier::{Attempt, Carrier, Outcome, ReceiptCodes};
 use crate::clock::{Clock, Millis};
-use crate::delivery::log::{DeliveryLog, Event, NewMessage, State};
+use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State};
 use crate::member::{self, Channel};
 use crate::sim::{InboxMessage, World};
 use crate::smsc::{MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, SubmitRefusal};
@@ -198,6 +198,36 @@ impl SmsNetwork {
             self.schedule(id.clone(), now, Trigger::Now);
         }
         Ok(pending.len())
+    }
+
+    /// What a restart makes of a delivery-log SMS that is not final: `None`
+    /// while this network still holds it pending ([`SmsNetwork::resume`]
+    /// tries it again); its outcome when the network finished it but the
+    /// crash came before the log heard; otherwise (the crash came between
+    /// the log and the network's store, or before the submit was answered)
+    /// it failed, interrupted.
+    pub fn settle_after_restart(&self, message: &Message, now: Millis) -> Option<Event> {
+        let record = match &message.smsc_message_id {
+            Some(id) => self.inner.records.get::<SmsRecord>(id).ok().flatten(),
+            None => None,
+        };
+        match record {
+            Some(rec) if !rec.is_final() => None,
+            Some(rec) => {
+                let mut event = Event::new("restored", rec.final_at.unwrap_or(now))
+                    .detail("final outcome restored after a restart");
+                event.state = State::from_stat(&rec.stat).or(Some(State::Failed));
+                event.stat = Some(rec.stat.clone());
+                event.err = Some(format!("{:03}", rec.err));
+                Some(event)
+            }
+            None => Some(
+                Event::new("interrupted", now)
+                    .state(State::Failed)
+                    .reason("interrupted_by_restart")
+                    .detail("the server stopped before the SMSC stored this message"),
+            ),
+        }
     }
 
     /// The network's alert: a handset became reachable, so pending messages
@@ -410,6 +440,12 @@ impl SmsNetwork {
         event.err = Some(format!("{:03}", codes.err));
         event.network_error_code = codes.network_error_code.map(|(t, c)| format!("{t}:{c}"));
         event.attempt = Some(rec.attempts);
+        // The receipt quotes the start of the text; after that the SMSC has
+        // no use for it. Like a real SMSC's store-and-forward queue it holds
+        // the text (an OTP code) only while the message is pending: once
+        // final only the handset's inbox has it.
+        let quoted: String = rec.text.chars().take(20).collect();
+        rec.text = crate::otp::mask_digits(&rec.text);
         inner.records.put(&rec.id, &rec)?;
         inner.pending.remove(&format!("{}\0{}", rec.to, rec.id))?;
         inner.log.append(&rec.log_id, event).await?;
@@ -430,7 +466,7 @@ impl SmsNetwork {
                 network_error_code: codes.network_error_code,
                 submit_date: rec.submitted_at,
                 done_date: now,
-                text: rec.text.chars().take(20).collect(),
+                text: quoted,
             };
             let acked = inner.hub.deliver(receipt);
             if rec.system_id == inner.internal_system_id {

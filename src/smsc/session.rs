@@ -53,6 +53,13 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one PDU may take to write before the peer counts as gone (it
 /// stopped reading); shorter once the session is saying goodbye.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// SMPP's session_init_timer: how long a connection may stay unbound
+/// before the SMSC closes it, so idle or stalled connections do not hold
+/// the connection cap.
+const BIND_TIMEOUT: Duration = Duration::from_secs(30);
+/// SMPP's inactivity_timer: a bound ESME that sends no PDU at all (not even
+/// `enquire_link`) for this long is unbound and its connection closed.
+const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The SMSC's own name in bind responses.
 const SMSC_SYSTEM_ID: &str = "otpgate";
 
@@ -160,6 +167,10 @@ struct Session {
     outstanding: BTreeMap<u32, (Queued, Instant)>,
     next_seq: u32,
     write_timeout: Duration,
+    /// When the connection opened, for [`BIND_TIMEOUT`].
+    opened: Instant,
+    /// When the ESME last sent a whole PDU, for [`INACTIVITY_TIMEOUT`].
+    heard: Instant,
 }
 
 /// Runs one connection until the ESME unbinds or leaves, the connection
@@ -180,6 +191,8 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             outstanding: BTreeMap::new(),
             next_seq: 1,
             write_timeout: WRITE_TIMEOUT,
+            opened: Instant::now(),
+            heard: Instant::now(),
         };
         tracing::debug!("connected");
         match session.serve(&mut shutdown).await {
@@ -211,6 +224,10 @@ impl Session {
         loop {
             self.send_receipts().await?;
             let deadline = self.outstanding.values().map(|(_, at)| *at).min();
+            let quiet_until = match self.state {
+                State::Open => self.opened + BIND_TIMEOUT,
+                _ => self.heard + INACTIVITY_TIMEOUT,
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => {
@@ -226,7 +243,17 @@ impl Session {
                     self.goodbye().await?;
                     return Ok("deliver_sm timeout");
                 }
+                _ = tokio::time::sleep_until(quiet_until) => {
+                    if matches!(self.state, State::Open) {
+                        tracing::info!("no bind in time; closing");
+                        return Ok("no bind in time");
+                    }
+                    tracing::info!("ESME silent too long; unbinding");
+                    self.goodbye().await?;
+                    return Ok("inactivity timeout");
+                }
                 frame = self.framed.next(), if self.in_flight.len() < MAX_IN_FLIGHT => {
+                    self.heard = Instant::now();
                     match frame {
                         None => return Ok("peer closed the connection"),
                         Some(Err(CodecError::BadLength { sequence_number, length, .. })) => {

@@ -39,16 +39,6 @@ pub const HANG: Duration = Duration::from_secs(10);
 /// small input is answering without bound.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
-/// The targets by name, as the fuzz binaries and the corpus folders call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
-    ("smpp_codec", smpp_codec),
-    ("smpp_session", smpp_session),
-    ("smtp_session", smtp_session),
-    ("carrier_file", carrier_file),
-    ("scenario_file", scenario_file),
-    ("json_body", json_body),
-];
-
 // ---------------------------------------------------------------------------
 // Pure parsers.
 
@@ -92,7 +82,10 @@ pub fn smpp_codec(data: &[u8]) {
         }
         // The codec may reserve room for the frame it waits for, but never
         // more than the configured maximum.
-        assert!(buf.capacity() <= max.max(stream.len()) + 64 * 1024, "buffer grew past the PDU limit");
+        assert!(
+            buf.capacity() <= max.max(stream.len()) + 64 * 1024,
+            "buffer grew past the PDU limit"
+        );
     }
 }
 
@@ -223,6 +216,20 @@ pub fn live() -> &'static Live {
 fn scratch_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // The live server's data cannot be removed while the process runs
+        // (statics are never dropped), so each run clears what earlier,
+        // finished runs left behind.
+        if Path::new("/proc/self").exists() {
+            let stale = std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten();
+            for entry in stale {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name.strip_prefix("otpgate-fuzz-") {
+                    if !Path::new("/proc").join(pid).exists() {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+        }
         let dir = std::env::temp_dir().join(format!("otpgate-fuzz-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("scratch dir");
         dir
@@ -234,7 +241,7 @@ fn scratch_dir() -> PathBuf {
 /// (the tests sit at the root, the fuzz crate one level down).
 fn repo_relative(path: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    if root.join("Cargo.toml").exists() && root.join("src/lib.rs").exists() {
+    if root.join("carriers").is_dir() {
         PathBuf::from(path)
     } else {
         Path::new("..").join(path)
@@ -285,9 +292,7 @@ fn start_live() -> Live {
     })
     .expect("fuzz config");
     config.load_demo = false;
-    let running = runtime
-        .block_on(otpgate::app::start(config))
-        .expect("otpgate starts");
+    let running = runtime.block_on(otpgate::app::start(config)).expect("otpgate starts");
     let http = running.http;
     let smpp = running.smpp.expect("smpp on");
     let smtp = running.smtp.expect("smtp on");
@@ -329,15 +334,17 @@ fn start_live() -> Live {
     }
 }
 
-/// Writes `input` (then half-closes) while reading the answer until the
-/// server closes. Panics on a hang or an unbounded answer.
-async fn converse(addr: SocketAddr, input: &[u8]) -> Vec<u8> {
+/// Writes `input` (then half-closes, if `half_close`) while reading the
+/// answer until the server closes. Panics on a hang or an unbounded answer.
+async fn converse(addr: SocketAddr, input: &[u8], half_close: bool) -> Vec<u8> {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut read, mut write) = stream.into_split();
     let writer = async move {
         // The server may close before it has read everything; that is fine.
         let _ = write.write_all(input).await;
-        let _ = write.shutdown().await;
+        if half_close {
+            let _ = write.shutdown().await;
+        }
         write
     };
     let reader = async move {
@@ -394,7 +401,7 @@ pub fn smpp_session(data: &[u8]) {
     input.extend_from_slice(rest);
     let live = live();
     live.runtime.block_on(async {
-        converse(live.smpp, &input).await;
+        converse(live.smpp, &input, true).await;
     });
 }
 
@@ -417,7 +424,7 @@ pub fn smtp_session(data: &[u8]) {
     let mut input = prefix.to_vec();
     input.extend_from_slice(rest);
     live.runtime.block_on(async {
-        let answer = converse(addr, &input).await;
+        let answer = converse(addr, &input, true).await;
         assert!(
             answer.is_empty() || answer.starts_with(b"220 ") || answer.starts_with(b"421 "),
             "the server greets first"
@@ -477,7 +484,8 @@ pub async fn http_call(addr: SocketAddr, method: &str, path: &str, body: &[u8]) 
     )
     .into_bytes();
     request.extend_from_slice(body);
-    let answer = converse(addr, &request).await;
+    // No half-close: hyper drops a request whose client closed its side.
+    let answer = converse(addr, &request, false).await;
     let text = String::from_utf8_lossy(&answer);
     let status = text
         .strip_prefix("HTTP/1.1 ")

@@ -302,7 +302,9 @@ pub fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 pub mod browser;
+pub mod child;
 pub mod esme;
+pub mod fuzzing;
 pub mod handsets;
 pub mod hooks;
 pub mod pages;

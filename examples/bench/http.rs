@@ -1,0 +1,233 @@
+//! A small HTTP/1.1 load client in the manner of wrk: raw keep-alive
+//! connections, pre-formatted requests, responses read by Content-Length.
+//! It stays out of the way on a 2-core machine, and it is the same client
+//! against otpgate and the hyper hello-world.
+//!
+//! Closed loop by default (each connection sends its next request when the
+//! previous one is answered); with a `rate`, open loop: request `i` is due
+//! at `i / rate` and its latency counts from then.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::stats::{due, Tally};
+
+/// One connection.
+pub struct Conn {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+}
+
+/// An answer: status and body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+pub fn request(method: &str, path: &str, body: Option<&str>) -> Vec<u8> {
+    match body {
+        Some(body) => format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        None => format!("{method} {path} HTTP/1.1\r\nHost: bench\r\n\r\n"),
+    }
+    .into_bytes()
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl Conn {
+    pub fn new(addr: SocketAddr) -> Conn {
+        Conn {
+            addr,
+            stream: None,
+            buf: BytesMut::with_capacity(16 * 1024),
+        }
+    }
+
+    /// Sends one request and reads its answer; `None` when the connection
+    /// broke or the answer did not come within `timeout` (the connection is
+    /// then dropped).
+    pub async fn call(&mut self, req: &[u8], timeout: Duration) -> Option<Answer> {
+        let answer = tokio::time::timeout(timeout, self.exchange(req)).await.ok().flatten();
+        if answer.is_none() {
+            self.stream = None;
+            self.buf.clear();
+        }
+        answer
+    }
+
+    async fn exchange(&mut self, req: &[u8]) -> Option<Answer> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(self.addr).await.ok()?;
+            let _ = stream.set_nodelay(true);
+            self.stream = Some(stream);
+            self.buf.clear();
+        }
+        let stream = self.stream.as_mut()?;
+        stream.write_all(req).await.ok()?;
+        // Headers.
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if stream.read_buf(&mut self.buf).await.ok()? == 0 {
+                return None;
+            }
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).ok()?;
+        let status: u16 = head.get(9..12)?.parse().ok()?;
+        let mut length = 0usize;
+        let mut close = false;
+        for line in head.split("\r\n").skip(1) {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.parse().ok()?;
+            } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                // The servers measured here always send Content-Length.
+                return None;
+            }
+        }
+        while self.buf.len() < head_end + length {
+            if stream.read_buf(&mut self.buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+        let body = self.buf[head_end..head_end + length].to_vec();
+        self.buf.advance(head_end + length);
+        if close {
+            self.stream = None;
+        }
+        Some(Answer { status, body })
+    }
+
+    /// A JSON call for the setup phases; panics on a broken connection.
+    pub async fn json(&mut self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let body = body.map(Value::to_string);
+        let req = request(method, path, body.as_deref());
+        let answer = self
+            .call(&req, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+        (answer.status, answer.json())
+    }
+}
+
+/// Makes request `i`, or `None` when there are no more.
+pub type Requests = Arc<dyn Fn(u64) -> Option<Vec<u8>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Load {
+    pub addr: SocketAddr,
+    pub connections: usize,
+    pub duration: Duration,
+    pub rate: Option<f64>,
+    pub timeout: Duration,
+    pub requests: Requests,
+    /// Keep each 2xx answer's body, by request index.
+    pub keep_bodies: bool,
+}
+
+pub struct Outcome {
+    pub tally: Tally,
+    pub span: Duration,
+    pub bodies: Vec<(u64, Vec<u8>)>,
+}
+
+impl Outcome {
+    pub fn rate(&self) -> f64 {
+        self.tally.ok as f64 / self.span.as_secs_f64().max(1e-9)
+    }
+}
+
+pub async fn run(load: Load) -> Outcome {
+    let start = Instant::now() + Duration::from_millis(50);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..load.connections {
+        tasks.push(tokio::spawn(worker(load.clone(), start, next.clone())));
+    }
+    let mut tally = Tally::default();
+    let mut bodies = Vec::new();
+    let mut last = start;
+    for task in tasks {
+        let (t, b, l) = task.await.expect("an HTTP worker");
+        tally.merge(t);
+        bodies.extend(b);
+        last = last.max(l);
+    }
+    bodies.sort_unstable_by_key(|(i, _)| *i);
+    Outcome {
+        tally,
+        span: last.saturating_duration_since(start),
+        bodies,
+    }
+}
+
+async fn worker(load: Load, start: Instant, next: Arc<AtomicU64>) -> (Tally, Vec<(u64, Vec<u8>)>, Instant) {
+    let mut conn = Conn::new(load.addr);
+    let mut tally = Tally::default();
+    let mut bodies = Vec::new();
+    let mut last = start;
+    let end = start + load.duration;
+    tokio::time::sleep_until(start).await;
+    loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        let at = match load.rate {
+            Some(rate) => due(start, rate, index),
+            None => Instant::now(),
+        };
+        if at >= end {
+            break;
+        }
+        let Some(req) = (load.requests)(index) else { break };
+        // A timer costs up to a millisecond of tick even when already due.
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
+        let sent = Instant::now();
+        let answer = conn.call(&req, load.timeout).await;
+        let now = Instant::now();
+        last = now;
+        match answer {
+            Some(a) if (200..300).contains(&a.status) => {
+                tally.ok += 1;
+                tally.latency.record(now - at);
+                tally.service_latency.record(now - sent);
+                if load.keep_bodies {
+                    bodies.push((index, a.body));
+                }
+            }
+            Some(a) if a.status == 429 || a.status == 503 => {
+                tally.refused += 1;
+                tally.refusal_latency.record(now - sent);
+            }
+            Some(_) => tally.errors += 1,
+            None => tally.timeouts += 1,
+        }
+    }
+    (tally, bodies, last)
+}

@@ -1,0 +1,304 @@
+//! Overload at twice each protocol's maximum, and the memory soak at half
+//! the maximum issue rate.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::child::{Server, Usage};
+use crate::http;
+use crate::otp_flow::{http_load, setup_members};
+use crate::report::{fmt_ms, Report};
+use crate::stats::Tally;
+use crate::workloads::{smpp_load, smtp_load, Env};
+use crate::{smpp, smtp};
+
+/// An answer later than this counts as a timeout: a client would have given
+/// up (and an OTP user would have pressed "resend").
+const DEADLINE: Duration = Duration::from_secs(2);
+
+/// Each protocol on a fresh instance: its maximum first (closed loop), then
+/// twice that offered open loop with the same connections.
+pub(crate) async fn overload(env: &Env, report: &mut Report) {
+    let d = env.secs(10, 3);
+    let half = env.secs(5, 2);
+
+    // SMPP as configured by default (no per-account limit), then with the
+    // account limited to the maximum: over it the SMSC answers
+    // ESME_RTHROTTLED.
+    let server = env.otpgate("overload-smpp", "").await;
+    let addr = server.smpp.expect("smpp address");
+    let max = smpp::run(smpp_load(addr, "otpgate", half, None, Duration::from_secs(60)))
+        .await
+        .submit_rate();
+    eprintln!(
+        "overload: SMPP maximum {max:.0}/s; offering {:.0}/s, no account limit",
+        2.0 * max
+    );
+    let cpu0 = server.usage().cpu_seconds;
+    let mut o = smpp::run(smpp_load(addr, "otpgate", d, Some(2.0 * max), Duration::from_secs(60))).await;
+    let u = server.stop().await;
+    overload_rows(
+        report,
+        "SMPP, no account limit (default)",
+        &mut o.submits,
+        d,
+        max,
+        u,
+        u.cpu_seconds - cpu0,
+        "ESME_RTHROTTLED",
+    );
+
+    // An operator sets an account's throughput under what the server
+    // sustains (here 90% of it); the bucket then refuses the excess at once.
+    let limit = (0.9 * max).floor().max(1.0) as u64;
+    let extra = format!("[[accounts]]\nsystem_id = \"bench\"\npassword = \"bench\"\nthroughput_per_sec = {limit}\n");
+    let server = env.otpgate("overload-smpp-limited", &extra).await;
+    eprintln!(
+        "overload: SMPP offering {:.0}/s to an account limited to {limit}/s",
+        2.0 * max
+    );
+    let cpu0 = server.usage().cpu_seconds;
+    let mut o = smpp::run(smpp_load(
+        server.smpp.expect("smpp address"),
+        "bench",
+        d,
+        Some(2.0 * max),
+        Duration::from_secs(60),
+    ))
+    .await;
+    let u = server.stop().await;
+    overload_rows(
+        report,
+        &format!("SMPP, account limited to {limit}/s"),
+        &mut o.submits,
+        d,
+        max,
+        u,
+        u.cpu_seconds - cpu0,
+        "ESME_RTHROTTLED",
+    );
+
+    // SMTP over 64 connections.
+    let server = env.otpgate("overload-smtp", "").await;
+    let addr = server.smtp.expect("smtp address");
+    let max = smtp::run(smtp_load(addr, 64, half, None)).await.rate();
+    eprintln!(
+        "overload: SMTP maximum {max:.0}/s over 64 connections; offering {:.0}/s",
+        2.0 * max
+    );
+    let cpu0 = server.usage().cpu_seconds;
+    let mut o = smtp::run(smtp_load(addr, 64, d, Some(2.0 * max))).await;
+    let u = server.stop().await;
+    overload_rows(
+        report,
+        "SMTP, 64 connections",
+        &mut o.tally,
+        d,
+        max,
+        u,
+        u.cpu_seconds - cpu0,
+        "421/451",
+    );
+
+    // HTTP issue over 256 connections. Members are reused round robin, so
+    // the per-destination cap is raised and there are enough members that
+    // each is asked again only after its 1-second cooldown.
+    let count = if env.quick { 4_000 } else { 10_000 };
+    let config = env.config("overload-http", "", "sends_per_window = 1000000\n");
+    let server = Server::otpgate(&env.bin, &env.data("overload-http"), &config).await;
+    let addr = server.http.expect("http address");
+    eprintln!("overload: HTTP issue; setting up {count} members...");
+    let members = Arc::new(setup_members(addr, count, "O").await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let cycle = |offset: usize| -> http::Requests {
+        let members = members.clone();
+        Arc::new(move |i| {
+            let m = &members[(i as usize + offset) % members.len()];
+            let body = json!({"member_id": m.id, "purpose": "login"}).to_string();
+            Some(http::request("POST", "/v1/otps", Some(&body)))
+        })
+    };
+    let first = http::run(http_load(addr, 256, half, None, cycle(0))).await;
+    let max = first.rate();
+    let offset = first.tally.ok as usize + first.tally.errors as usize;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reuse = count as f64 / (2.0 * max);
+    eprintln!(
+        "overload: HTTP issue maximum {max:.0}/s over 256 connections; offering {:.0}/s (each member every {reuse:.1} s)",
+        2.0 * max
+    );
+    if reuse < 1.2 {
+        report.note(format!(
+            "HTTP overload: members are reused every {reuse:.1} s, close to the 1 s cooldown: some 429s may be send limits, not overload"
+        ));
+    }
+    let cpu0 = server.usage().cpu_seconds;
+    let mut load = http_load(addr, 256, d, Some(2.0 * max), cycle(offset));
+    load.timeout = DEADLINE + Duration::from_secs(3);
+    let mut o = http::run(load).await;
+    let u = server.stop().await;
+    overload_rows(
+        report,
+        "HTTP issue, 256 connections",
+        &mut o.tally,
+        d,
+        max,
+        u,
+        u.cpu_seconds - cpu0,
+        "429/503",
+    );
+}
+
+/// One overload run against its maximum: what was served in time, what was
+/// refused (and how fast), what came too late or never.
+#[allow(clippy::too_many_arguments)]
+fn overload_rows(
+    report: &mut Report,
+    name: &str,
+    tally: &mut Tally,
+    offered_for: Duration,
+    max: f64,
+    usage: Usage,
+    cpu: f64,
+    answer: &str,
+) {
+    let secs = offered_for.as_secs_f64().max(1e-9);
+    let offered = 2.0 * max * secs;
+    let late = tally.latency.count_above(DEADLINE);
+    let in_time = tally.ok.saturating_sub(late);
+    let served = in_time as f64 / secs;
+    let answered = tally.ok + tally.refused + tally.errors + tally.timeouts;
+    let unsent = (offered - answered as f64).max(0.0).round() as u64;
+    let refusal_p99 = tally.refusal_latency.percentile_ms(99.0);
+    let service_p99 = tally.service_latency.percentile_ms(99.0);
+    report.row(
+        &format!("overload 2×: {name}"),
+        "otpgate",
+        served,
+        "in time",
+        &mut tally.latency,
+        usage,
+        cpu,
+        None,
+        format!(
+            "max {max:.0}/s, offered {:.0}/s for {secs:.0} s: {in_time} in time, {late} later than {} s (p99 from sending {} ms), {} refused ({answer}, p99 {} ms from sending), {} no answer, {} errors, {unsent} never sent",
+            2.0 * max,
+            DEADLINE.as_secs(),
+            fmt_ms(service_p99),
+            tally.refused,
+            fmt_ms(refusal_p99),
+            tally.timeouts,
+            tally.errors,
+        ),
+    );
+    report.check(
+        format!("overload {name}: ≥ 90% of the maximum served at 2× offered"),
+        format!("{served:.0}/s of {max:.0}/s = {:.0}%", 100.0 * served / max.max(1e-9)),
+        served >= 0.9 * max,
+    );
+    report.check(
+        format!("overload {name}: the rest refused at once ({answer}), none by timeout"),
+        format!(
+            "{} refused (p99 {} ms); {late} answered after {} s, {} never answered, {unsent} never sent",
+            tally.refused,
+            fmt_ms(refusal_p99),
+            DEADLINE.as_secs(),
+            tally.timeouts,
+        ),
+        late == 0 && tally.timeouts == 0 && tally.errors == 0 && unsent == 0 && refusal_p99.unwrap_or(0.0) < 100.0,
+    );
+}
+
+// ----- soak -----
+
+pub(crate) async fn soak(env: &Env, report: &mut Report, length: Duration, max: f64) {
+    let rate = (max / 2.0).max(1.0);
+    // Each member is asked again every members / rate seconds: well past
+    // its 1-second cooldown.
+    let members_needed = ((rate * 3.0) as usize).max(2_000);
+    eprintln!(
+        "soak: issuing OTPs at {rate:.0}/s (half the maximum) for {:.0} s, sampling memory",
+        length.as_secs_f64()
+    );
+    // Members are reused (each gets a code every members / rate seconds),
+    // so the per-destination cap is raised for the soak.
+    let config = env.config("soak", "", "sends_per_window = 1000000\n");
+    let server = Server::otpgate(&env.bin, &env.data("soak"), &config).await;
+    let addr = server.http.expect("http address");
+    let members = Arc::new(setup_members(addr, members_needed, "S").await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let pid = server.pid();
+    let sampler = tokio::spawn({
+        async move {
+            let mut samples = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < length {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let rss = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+                samples.push((start.elapsed().as_secs(), rss));
+                eprintln!(
+                    "  soak t={:>4}s rss {:.1} MiB",
+                    start.elapsed().as_secs(),
+                    rss as f64 / 1024.0
+                );
+            }
+            samples
+        }
+    });
+    let members_for = members.clone();
+    let requests: http::Requests = Arc::new(move |i| {
+        let m = &members_for[(i as usize) % members_for.len()];
+        let body = json!({"member_id": m.id, "purpose": "login"}).to_string();
+        Some(http::request("POST", "/v1/otps", Some(&body)))
+    });
+    let cpu0 = server.usage().cpu_seconds;
+    let mut o = http::run(http_load(addr, 64, length, Some(rate), requests)).await;
+    let samples = sampler.await.expect("the memory sampler");
+    let u = server.stop().await;
+    let first_minute: Vec<u64> = samples.iter().filter(|(t, _)| *t <= 60).map(|(_, r)| *r).collect();
+    let last_minute: Vec<u64> = samples
+        .iter()
+        .filter(|(t, _)| *t + 60 >= length.as_secs())
+        .map(|(_, r)| *r)
+        .collect();
+    let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64 / 1024.0;
+    let (early, late) = (avg(&first_minute), avg(&last_minute));
+    report.row(
+        "soak: issue OTPs at half max",
+        "otpgate",
+        o.rate(),
+        "OTPs",
+        &mut o.tally.latency,
+        u,
+        u.cpu_seconds - cpu0,
+        None,
+        format!(
+            "{:.0} s; RSS first minute {early:.0} MiB, last minute {late:.0} MiB; errors {}, refused {}, timeouts {}",
+            length.as_secs_f64(),
+            o.tally.errors,
+            o.tally.refused,
+            o.tally.timeouts
+        ),
+    );
+    report.note(format!(
+        "soak RSS samples (s, MiB): {}",
+        samples
+            .iter()
+            .map(|(t, r)| format!("{t}:{:.0}", *r as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    report.check(
+        "memory flat over the soak at half the maximum rate",
+        format!("first minute {early:.0} MiB, last minute {late:.0} MiB"),
+        late <= early * 1.10 + 8.0,
+    );
+}
