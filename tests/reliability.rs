@@ -158,10 +158,39 @@ enum Ack {
     Mail { id: String },
 }
 
-type Acks = Arc<Mutex<Vec<Ack>>>;
+/// Every acknowledgement the load received, in order; the kill waits on it.
+#[derive(Default)]
+struct AckLog {
+    acks: Mutex<Vec<Ack>>,
+    grew: tokio::sync::Notify,
+}
+
+type Acks = Arc<AckLog>;
+
+impl AckLog {
+    fn snapshot(&self) -> Vec<Ack> {
+        self.acks.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn len(&self) -> usize {
+        self.acks.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Returns once at least `n` acknowledgements have arrived.
+    async fn reach(&self, n: usize) {
+        loop {
+            let grew = self.grew.notified();
+            if self.len() >= n {
+                return;
+            }
+            grew.await;
+        }
+    }
+}
 
 fn record(acks: &Acks, ack: Ack) {
-    acks.lock().unwrap_or_else(|e| e.into_inner()).push(ack);
+    acks.acks.lock().unwrap_or_else(|e| e.into_inner()).push(ack);
+    acks.grew.notify_waiters();
 }
 
 /// Issues OTPs round-robin; for email members also reads the code from the
@@ -505,9 +534,17 @@ async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
             tokio::spawn(smpp_load(smpp, round, acks.clone(), stop.clone())),
             tokio::spawn(smtp_load(smtp, round, acks.clone(), stop.clone())),
         ];
-        // The random moment: the load runs for this long, then SIGKILL.
-        let load_ms = rng.gen_range(150..1500);
-        tokio::time::sleep(Duration::from_millis(load_ms)).await;
+        // The random moment: SIGKILL after a random number of further
+        // acknowledgements, so the kill lands amid the mixed load, whatever
+        // its pace on this machine.
+        let more = rng.gen_range(1..120);
+        let target = acks.len() + more;
+        if tokio::time::timeout(Duration::from_secs(60), acks.reach(target))
+            .await
+            .is_err()
+        {
+            panic!("round {round}: the load stalled before {more} more acknowledgements");
+        }
         server.kill().await;
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
@@ -516,7 +553,7 @@ async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
             }
         }
         server.restart().await;
-        let snapshot = acks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let snapshot = acks.snapshot();
         let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
         for a in &snapshot {
             *kinds
@@ -528,10 +565,10 @@ async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
                 })
                 .or_default() += 1;
         }
-        eprintln!("crash round {round}: killed after {load_ms} ms; acknowledged so far {kinds:?}");
+        eprintln!("crash round {round}: killed after {more} more acknowledgements; so far {kinds:?}");
         check_after_restart(&server.api(), &snapshot, round).await;
     }
-    let total = acks.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let total = acks.len();
     assert!(total > 0, "the load acknowledged nothing: the test tested nothing");
     eprintln!(
         "crash: {rounds} kills, {total} acknowledgements checked, {:?}",
