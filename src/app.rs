@@ -304,6 +304,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 hostname: "otpgate.local".into(),
                 max_message_bytes: config.max_message_bytes,
                 max_connections: 1024,
+                max_messages_per_sec: config.smtp_max_messages_per_sec,
                 auth: config
                     .smtp_auth
                     .iter()
@@ -426,7 +427,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         loopback: config.http_is_loopback(),
         metrics: Default::default(),
     });
-    tasks.push(tokio::spawn(crate::http::serve(http_listener, ctx, shutdown.clone())));
+    let http_limits = crate::http::Limits {
+        max_connections: config.http_admission.max_connections,
+        max_in_flight: config.http_admission.max_in_flight,
+        max_requests_per_sec: config.http_admission.max_requests_per_sec,
+    };
+    tasks.push(tokio::spawn(crate::http::serve(
+        http_listener,
+        ctx,
+        http_limits,
+        shutdown.clone(),
+    )));
 
     Ok(Running {
         http: http_addr,

@@ -15,6 +15,8 @@ use crate::clock::{self, Millis};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http: SocketAddr,
+    /// When the HTTP API refuses instead of letting work queue (`[http]`).
+    pub http_admission: HttpAdmission,
     /// `None` turns the listener off.
     pub smpp: Option<SocketAddr>,
     pub smtp: Option<SocketAddr>,
@@ -24,6 +26,10 @@ pub struct Config {
     /// The embedded SMTP server's certificate and key (`[smtp] tls_cert`,
     /// `tls_key`); `None` means STARTTLS is not offered.
     pub smtp_tls: Option<TlsFiles>,
+    /// Messages a second the SMTP server accepts (`[smtp]
+    /// max_messages_per_sec`); above it MAIL is answered `451 4.3.2`.
+    /// `None` means no limit.
+    pub smtp_max_messages_per_sec: Option<u32>,
     pub data_dir: PathBuf,
     pub virtual_clock: bool,
     pub clock_start: Millis,
@@ -112,6 +118,29 @@ pub struct EmailOut {
     pub password: Option<String>,
 }
 
+/// The HTTP API's admission control: past these it answers at once with
+/// 503 or 429 instead of letting requests wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAdmission {
+    /// Connections served at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests being worked on at once; one more is answered 503.
+    pub max_in_flight: usize,
+    /// Requests a second to routes that change something (every method
+    /// but GET and HEAD); above it they are answered 429. `None`: no limit.
+    pub max_requests_per_sec: Option<u32>,
+}
+
+impl Default for HttpAdmission {
+    fn default() -> Self {
+        HttpAdmission {
+            max_connections: 1024,
+            max_in_flight: 512,
+            max_requests_per_sec: None,
+        }
+    }
+}
+
 /// An account for SMTP AUTH (PLAIN or LOGIN) on the embedded server.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,9 +157,20 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The config file's `http`: an address (`http = "127.0.0.1:8080"`) or an
+/// `[http]` table with the address as `listen` and the admission limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpTable {
+    listen: Option<String>,
+    max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_requests_per_sec: Option<u32>,
+}
+
 /// The config file's `smtp`: an address (`smtp = "127.0.0.1:2525"`) or an
-/// `[smtp]` table with the address as `listen` and the server's AUTH
-/// accounts and STARTTLS certificate.
+/// `[smtp]` table with the address as `listen`, the server's AUTH
+/// accounts and STARTTLS certificate, and its message rate limit.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SmtpTable {
@@ -139,27 +179,78 @@ struct SmtpTable {
     auth: Vec<SmtpAccount>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    max_messages_per_sec: Option<u32>,
 }
 
-/// Reads `smtp` as either form; a table keeps serde's precise errors.
-fn smtp_string_or_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SmtpTable>, D::Error> {
-    struct Either;
-    impl<'de> serde::de::Visitor<'de> for Either {
-        type Value = SmtpTable;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an address like \"127.0.0.1:2525\" or an [smtp] table")
-        }
-        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SmtpTable, E> {
-            Ok(SmtpTable {
-                listen: Some(v.to_string()),
-                ..SmtpTable::default()
-            })
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SmtpTable, A::Error> {
-            SmtpTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+/// A listener's table that may also be written as just its address.
+trait ListenerTable: Default {
+    const EXAMPLE: &'static str;
+    fn listening_on(listen: String) -> Self;
+}
+
+impl ListenerTable for HttpTable {
+    const EXAMPLE: &'static str = "an address like \"127.0.0.1:8080\" or an [http] table";
+    fn listening_on(listen: String) -> Self {
+        HttpTable {
+            listen: Some(listen),
+            ..HttpTable::default()
         }
     }
-    d.deserialize_any(Either).map(Some)
+}
+
+impl ListenerTable for SmtpTable {
+    const EXAMPLE: &'static str = "an address like \"127.0.0.1:2525\" or an [smtp] table";
+    fn listening_on(listen: String) -> Self {
+        SmtpTable {
+            listen: Some(listen),
+            ..SmtpTable::default()
+        }
+    }
+}
+
+/// Reads a listener as either form; a table keeps serde's precise errors.
+fn string_or_table<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: ListenerTable + Deserialize<'de>,
+{
+    struct Either<T>(std::marker::PhantomData<T>);
+    impl<'de, T: ListenerTable + Deserialize<'de>> serde::de::Visitor<'de> for Either<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(T::EXAMPLE)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            Ok(T::listening_on(v.to_string()))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Either(std::marker::PhantomData)).map(Some)
+}
+
+/// The HTTP API's admission limits, checked.
+fn http_admission(table: &HttpTable) -> Result<HttpAdmission, ConfigError> {
+    let defaults = HttpAdmission::default();
+    let admission = HttpAdmission {
+        max_connections: table.max_connections.unwrap_or(defaults.max_connections),
+        max_in_flight: table.max_in_flight.unwrap_or(defaults.max_in_flight),
+        max_requests_per_sec: table.max_requests_per_sec,
+    };
+    if admission.max_connections == 0 || admission.max_in_flight == 0 {
+        return Err(ConfigError::Invalid {
+            field: "http",
+            message: "max_connections and max_in_flight must be at least 1".into(),
+        });
+    }
+    if admission.max_requests_per_sec == Some(0) {
+        return Err(ConfigError::Invalid {
+            field: "http.max_requests_per_sec",
+            message: "must be at least 1; leave it out for no limit".into(),
+        });
+    }
+    Ok(admission)
 }
 
 /// The SMTP server's AUTH accounts and TLS files, checked.
@@ -208,9 +299,10 @@ pub struct Overrides {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    http: Option<String>,
+    #[serde(default, deserialize_with = "string_or_table")]
+    http: Option<HttpTable>,
     smpp: Option<String>,
-    #[serde(default, deserialize_with = "smtp_string_or_table")]
+    #[serde(default, deserialize_with = "string_or_table")]
     smtp: Option<SmtpTable>,
     data: Option<PathBuf>,
     virtual_clock: Option<bool>,
@@ -313,7 +405,12 @@ impl Config {
             Some(path) => read_file(path)?,
             None => File::default(),
         };
-        let http = flags.http.or(file.http).unwrap_or_else(|| "127.0.0.1:8080".into());
+        let http_table = file.http.unwrap_or_default();
+        let http_admission = http_admission(&http_table)?;
+        let http = flags
+            .http
+            .or(http_table.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
         let http = parse_addr("http", &http)?.ok_or(ConfigError::Invalid {
             field: "http",
             message: "the HTTP listener cannot be off".into(),
@@ -336,6 +433,12 @@ impl Config {
             .and_then(Path::parent)
             .unwrap_or_else(|| Path::new(""));
         let (smtp_auth, smtp_tls) = smtp_security(&smtp_table, config_dir)?;
+        if smtp_table.max_messages_per_sec == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "smtp.max_messages_per_sec",
+                message: "must be at least 1; leave it out for no limit".into(),
+            });
+        }
         let clock_start = match flags.clock_start.or(file.clock_start) {
             Some(text) => clock::parse_rfc3339(&text).ok_or(ConfigError::Invalid {
                 field: "clock_start",
@@ -360,10 +463,12 @@ impl Config {
         }
         Ok(Config {
             http,
+            http_admission,
             smpp,
             smtp,
             smtp_auth,
             smtp_tls,
+            smtp_max_messages_per_sec: smtp_table.max_messages_per_sec,
             data_dir: flags
                 .data
                 .or(file.data)
@@ -420,6 +525,10 @@ mod tests {
         assert_eq!(c.sender.number, "03-5460-0124");
         assert_eq!(c.sender.short_code, "22471");
         assert_eq!(c.otp.validity_seconds, 600);
+        assert_eq!(c.http_admission, HttpAdmission::default());
+        assert_eq!(c.http_admission.max_in_flight, 512);
+        assert_eq!(c.http_admission.max_requests_per_sec, None);
+        assert_eq!(c.smtp_max_messages_per_sec, None);
         assert!(c
             .smsc
             .accounts
@@ -474,6 +583,53 @@ mod tests {
     }
 
     #[test]
+    fn http_is_an_address_or_a_table_with_admission_limits() {
+        let c = load_file("http = \"127.0.0.1:8181\"\n").unwrap();
+        assert_eq!(c.http.to_string(), "127.0.0.1:8181");
+        assert_eq!(c.http_admission, HttpAdmission::default());
+
+        let c = load_file(
+            "[http]\nlisten = \"127.0.0.1:8282\"\nmax_connections = 10\nmax_in_flight = 4\nmax_requests_per_sec = 300\n",
+        )
+        .unwrap();
+        assert_eq!(c.http.to_string(), "127.0.0.1:8282");
+        assert_eq!(
+            c.http_admission,
+            HttpAdmission {
+                max_connections: 10,
+                max_in_flight: 4,
+                max_requests_per_sec: Some(300),
+            }
+        );
+
+        // The flag still wins over the file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otpgate.toml");
+        std::fs::write(&path, "[http]\nlisten = \"127.0.0.1:8282\"\n").unwrap();
+        let c = Config::load(Overrides {
+            config: Some(path),
+            http: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.http.to_string(), "127.0.0.1:0");
+    }
+
+    #[test]
+    fn admission_limits_of_zero_are_refused() {
+        let err = load_file("[http]\nmax_in_flight = 0\n").unwrap_err().to_string();
+        assert!(err.starts_with("http:"), "{err}");
+        let err = load_file("[http]\nmax_requests_per_sec = 0\n").unwrap_err().to_string();
+        assert!(err.starts_with("http.max_requests_per_sec:"), "{err}");
+        let err = load_file("[smtp]\nmax_messages_per_sec = 0\n").unwrap_err().to_string();
+        assert!(err.starts_with("smtp.max_messages_per_sec:"), "{err}");
+        let err = load_file("[http]\nmax_inflight = 3\n").unwrap_err().to_string();
+        assert!(err.contains("max_inflight"), "{err}");
+        let c = load_file("[smtp]\nmax_messages_per_sec = 50\n").unwrap();
+        assert_eq!(c.smtp_max_messages_per_sec, Some(50));
+    }
+
+    #[test]
     fn smtp_security_mistakes_are_refused() {
         let err = load_file("[smtp]\ntls_cert = \"c.pem\"\n").unwrap_err().to_string();
         assert!(err.starts_with("smtp.tls_cert:"), "{err}");
@@ -508,5 +664,9 @@ mod example_file {
             .any(|a| a.system_id == "qa-app" && a.throughput_per_sec == Some(100)));
         assert!(c.smsc.accounts.iter().any(|a| a.system_id == "otpgate"));
         assert_eq!(c.smtp.map(|a| a.to_string()), Some("127.0.0.1:2525".into()));
+        assert_eq!(c.http.to_string(), "127.0.0.1:8080");
+        // The example shows the defaults; the rate limits are off.
+        assert_eq!(c.http_admission, HttpAdmission::default());
+        assert_eq!(c.smtp_max_messages_per_sec, None);
     }
 }

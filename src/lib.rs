@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md for the map of the modules below.
 
+pub mod admission;
 pub mod app;
 pub mod carrier;
 pub mod cli;

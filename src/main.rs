@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of the system allocator: the profile of the SMPP
+/// benchmark spent about a quarter of the server's CPU in glibc's malloc and
+/// free (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = otpgate::cli::Cli::parse();
     tracing_subscriber::fmt()

@@ -80,7 +80,7 @@ pub(crate) async fn overload(env: &Env, report: &mut Report) {
         "ESME_RTHROTTLED",
     );
 
-    // SMTP over 64 connections.
+    // SMTP over 64 connections, as configured by default (no rate limit).
     let server = env.otpgate("overload-smtp", "").await;
     let addr = server.smtp.expect("smtp address");
     let max = smtp::run(smtp_load(addr, 64, half, None)).await.rate();
@@ -94,6 +94,33 @@ pub(crate) async fn overload(env: &Env, report: &mut Report) {
     overload_rows(
         report,
         "SMTP, 64 connections",
+        &mut o.tally,
+        d,
+        max,
+        u,
+        u.cpu_seconds - cpu0,
+        "421/451",
+    );
+
+    // The same with the server's message rate set under what it sustains:
+    // over it MAIL is answered 451 4.3.2 at once.
+    let limit = (0.9 * max).floor().max(1.0) as u64;
+    let server = env
+        .otpgate(
+            "overload-smtp-limited",
+            &format!("[smtp]\nmax_messages_per_sec = {limit}\n"),
+        )
+        .await;
+    eprintln!(
+        "overload: SMTP offering {:.0}/s to a server limited to {limit} messages/s",
+        2.0 * max
+    );
+    let cpu0 = server.usage().cpu_seconds;
+    let mut o = smtp::run(smtp_load(server.smtp.expect("smtp address"), 64, d, Some(2.0 * max))).await;
+    let u = server.stop().await;
+    overload_rows(
+        report,
+        &format!("SMTP, 64 connections, max_messages_per_sec = {limit}"),
         &mut o.tally,
         d,
         max,
@@ -149,6 +176,77 @@ pub(crate) async fn overload(env: &Env, report: &mut Report) {
         u.cpu_seconds - cpu0,
         "429/503",
     );
+    let offset = offset + answered(&o.tally);
+
+    // Again on the same data (the members are set up already), restarted
+    // with admission control set: first the request rate under what the
+    // server sustains (over it POST /v1/otps is answered 429 at once), then
+    // a cap on requests in flight near what the maximum needed (over it,
+    // 503 at once). A rate limit only refuses once the server really does
+    // more than the limit; the cap adapts to what it does on the day.
+    let limit = (0.9 * max).floor().max(1.0) as u64;
+    let used = http_restarted(
+        env,
+        report,
+        &format!("max_requests_per_sec = {limit}"),
+        cycle(offset),
+        max,
+        d,
+    )
+    .await;
+    http_restarted(
+        env,
+        report,
+        &format!("max_in_flight = {HTTP_IN_FLIGHT}"),
+        cycle(offset + used),
+        max,
+        d,
+    )
+    .await;
+}
+
+/// Requests in flight for the capped HTTP run: about what the closed-loop
+/// maximum keeps busy (its p50 of about 60 ms at about 1,000/s).
+const HTTP_IN_FLIGHT: usize = 64;
+
+fn answered(tally: &Tally) -> usize {
+    (tally.ok + tally.refused + tally.errors + tally.timeouts) as usize
+}
+
+/// The HTTP issue overload on the data of the first HTTP run, restarted
+/// with `setting` in its `[http]` table. Answers how many requests it
+/// used, so that the next run asks other members first.
+async fn http_restarted(
+    env: &Env,
+    report: &mut Report,
+    setting: &str,
+    requests: http::Requests,
+    max: f64,
+    d: Duration,
+) -> usize {
+    let name = format!("overload-http-{}", setting.split(' ').next().unwrap_or("limited"));
+    let config = env.config(&name, &format!("[http]\n{setting}\n"), "sends_per_window = 1000000\n");
+    let server = Server::otpgate(&env.bin, &env.data("overload-http"), &config).await;
+    let addr = server.http.expect("http address");
+    // Past the members' 1-second cooldown from the run before.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    eprintln!("overload: HTTP issue offering {:.0}/s with {setting}", 2.0 * max);
+    let cpu0 = server.usage().cpu_seconds;
+    let mut load = http_load(addr, 256, d, Some(2.0 * max), requests);
+    load.timeout = DEADLINE + Duration::from_secs(3);
+    let mut o = http::run(load).await;
+    let u = server.stop().await;
+    overload_rows(
+        report,
+        &format!("HTTP issue, 256 connections, {setting}"),
+        &mut o.tally,
+        d,
+        max,
+        u,
+        u.cpu_seconds - cpu0,
+        "429/503",
+    );
+    answered(&o.tally)
 }
 
 /// One overload run against its maximum: what was served in time, what was

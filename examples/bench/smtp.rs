@@ -130,8 +130,11 @@ fn message(index: u64) -> Vec<u8> {
 /// What one message's transaction came to.
 enum Sent {
     Ok,
-    /// 421 or 451: the server's own "not now".
-    Refused,
+    /// 421 or 451: the server's own "not now". `clean` when it was a 451 to
+    /// MAIL: no transaction is open and the connection goes on.
+    Refused {
+        clean: bool,
+    },
     Error,
     /// No answer in time or a broken connection: the connection is gone.
     Lost,
@@ -140,7 +143,7 @@ enum Sent {
 fn classify(code: Option<u16>) -> Option<Sent> {
     match code {
         Some(250) | Some(354) => None,
-        Some(421) | Some(451) => Some(Sent::Refused),
+        Some(421) | Some(451) => Some(Sent::Refused { clean: false }),
         Some(_) => Some(Sent::Error),
         None => Some(Sent::Lost),
     }
@@ -149,9 +152,16 @@ fn classify(code: Option<u16>) -> Option<Sent> {
 async fn send_one(conn: &mut Conn, index: u64, timeout: Duration) -> Sent {
     let rcpt = format!("RCPT TO:<user{}@example.com>\r\n", index % 1000);
     let steps: [&[u8]; 3] = [b"MAIL FROM:<bench@bench.example>\r\n", rcpt.as_bytes(), b"DATA\r\n"];
-    for step in steps {
-        if let Some(outcome) = classify(command(conn, step, timeout).await) {
-            return outcome;
+    for (i, step) in steps.into_iter().enumerate() {
+        let code = command(conn, step, timeout).await;
+        match classify(code) {
+            None => {}
+            Some(Sent::Refused { .. }) => {
+                return Sent::Refused {
+                    clean: i == 0 && code == Some(451),
+                }
+            }
+            Some(outcome) => return outcome,
         }
     }
     match command(conn, &message(index), timeout).await {
@@ -195,7 +205,7 @@ async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<Atomic
                 Err(code) => {
                     let now = Instant::now();
                     match code.map(|c| classify(Some(c))) {
-                        Some(Some(Sent::Refused)) => {
+                        Some(Some(Sent::Refused { .. })) => {
                             tally.refused += 1;
                             tally.refusal_latency.record(now - at);
                         }
@@ -218,11 +228,15 @@ async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<Atomic
                 tally.latency.record(now - at);
                 tally.service_latency.record(now - sent);
             }
-            Sent::Refused => {
+            Sent::Refused { clean } => {
                 tally.refused += 1;
                 tally.refusal_latency.record(now - sent);
-                // After 421 the server closes; after 451 start clean.
-                conn = None;
+                // A 451 to MAIL opened nothing: the next message goes on the
+                // same connection, as a real client's retry would. After 421
+                // the server closes; after a later 451 start clean.
+                if !clean {
+                    conn = None;
+                }
             }
             Sent::Error => {
                 tally.errors += 1;

@@ -37,9 +37,15 @@ pub struct Metrics {
     pub verifies_ok: std::sync::atomic::AtomicU64,
     pub verifies_failed: std::sync::atomic::AtomicU64,
     pub rate_limited: std::sync::atomic::AtomicU64,
+    /// Connections answered 503 over `max_connections`.
+    pub refused_connections: std::sync::atomic::AtomicU64,
+    /// Requests answered 503 over `max_in_flight`.
+    pub refused_in_flight: std::sync::atomic::AtomicU64,
+    /// Requests answered 429 over `max_requests_per_sec`.
+    pub refused_rate: std::sync::atomic::AtomicU64,
 }
 
-fn bump(counter: &std::sync::atomic::AtomicU64) {
+pub(super) fn bump(counter: &std::sync::atomic::AtomicU64) {
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
@@ -651,12 +657,19 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         "# TYPE otpgate_http_requests_total counter\notpgate_http_requests_total {}\n\
          # TYPE otpgate_otps_issued_total counter\notpgate_otps_issued_total {}\n\
          # TYPE otpgate_verifies_total counter\notpgate_verifies_total{{result=\"ok\"}} {}\notpgate_verifies_total{{result=\"failed\"}} {}\n\
-         # TYPE otpgate_sends_rate_limited_total counter\notpgate_sends_rate_limited_total {}\n",
+         # TYPE otpgate_sends_rate_limited_total counter\notpgate_sends_rate_limited_total {}\n\
+         # TYPE otpgate_http_refused_total counter\n\
+         otpgate_http_refused_total{{reason=\"connections\"}} {}\n\
+         otpgate_http_refused_total{{reason=\"in_flight\"}} {}\n\
+         otpgate_http_refused_total{{reason=\"rate\"}} {}\n",
         m.requests.load(Relaxed),
         m.otps_issued.load(Relaxed),
         m.verifies_ok.load(Relaxed),
         m.verifies_failed.load(Relaxed),
         m.rate_limited.load(Relaxed),
+        m.refused_connections.load(Relaxed),
+        m.refused_in_flight.load(Relaxed),
+        m.refused_rate.load(Relaxed),
     );
     Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", text))
 }

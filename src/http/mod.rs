@@ -4,6 +4,12 @@
 //! A small hand-written router over hyper 1. Errors are typed (`ApiError`)
 //! and mapped to a status and `{"error": {"code", "message"}}` in one place;
 //! a client's mistake is not logged as an error.
+//!
+//! Admission control happens here, before a request's body is read: past
+//! the connection cap, the in-flight cap or the rate limit ([`Limits`]) the
+//! answer is an immediate 503 or 429 with `Retry-After`, never a wait in a
+//! queue. Which requests count is decided by [`RequestClass`], which the
+//! OpenAPI document reads too.
 
 mod api;
 pub mod client;
@@ -21,7 +27,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::admission::RateLimit;
 use crate::shutdown::Shutdown;
 
 pub use api::Ctx;
@@ -31,6 +39,98 @@ const MAX_BODY: usize = 1024 * 1024;
 /// How long a request body may take to arrive once the head has: a client
 /// that stalls mid-body must not hold a connection (and its permit) forever.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// What `Retry-After` says on a refusal for overload: the in-flight and
+/// connection caps free up as fast as requests finish, and a rate limit's
+/// bucket holds one second's worth.
+const RETRY_AFTER_SECS: i64 = 1;
+/// Connections over the cap being answered 503 at once; past this many the
+/// next is closed without an answer, so a flood cannot pile up tasks.
+const MAX_REFUSING: usize = 64;
+/// How long a connection over the cap may take to send its request head
+/// before it is closed without an answer.
+const REFUSAL_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The HTTP server's admission limits (the defaults are in
+/// [`crate::config::HttpAdmission`]).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Counted requests (see [`RequestClass`]) being worked on at once;
+    /// one more is answered 503 at once.
+    pub max_in_flight: usize,
+    /// Metered requests a second; above it they are answered 429. `None`:
+    /// no limit.
+    pub max_requests_per_sec: Option<u32>,
+}
+
+/// How admission control treats a request, from its method and path alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestClass {
+    /// `/healthz`, `/metrics` and the long poll `/v1/messages/{id}/wait`:
+    /// never refused by the in-flight cap or the rate limit. Health and
+    /// metrics are cheap and matter most when the server is overloaded; a
+    /// long poll waits without working, and counting it would let a few
+    /// waiting test suites starve the API.
+    Exempt,
+    /// Counted against `max_in_flight`: the reads (GET).
+    Counted,
+    /// Counted against `max_in_flight` and `max_requests_per_sec`: every
+    /// route that changes something (every method but GET and HEAD).
+    Metered,
+}
+
+impl RequestClass {
+    /// The class of `method` on the path `segments` (route templates such as
+    /// `{id}` work too).
+    pub fn of(method: &Method, segments: &[&str]) -> RequestClass {
+        let read = method == Method::GET || method == Method::HEAD;
+        match segments {
+            ["healthz"] | ["metrics"] | ["v1", "messages", _, "wait"] if read => RequestClass::Exempt,
+            _ if read => RequestClass::Counted,
+            _ => RequestClass::Metered,
+        }
+    }
+}
+
+/// The in-flight cap and the rate limit, shared by every connection.
+struct Admission {
+    in_flight: Arc<Semaphore>,
+    requests: RateLimit,
+}
+
+impl Admission {
+    fn new(limits: &Limits) -> Admission {
+        Admission {
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.clamp(1, Semaphore::MAX_PERMITS))),
+            requests: RateLimit::new(limits.max_requests_per_sec),
+        }
+    }
+
+    /// Lets a request in (holding its in-flight permit until it is
+    /// answered) or says at once why not.
+    fn admit(&self, ctx: &Ctx, class: RequestClass) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        if class == RequestClass::Exempt {
+            return Ok(None);
+        }
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            api::bump(&ctx.metrics.refused_in_flight);
+            return Err(ApiError::overloaded("the server is busy with other requests"));
+        };
+        if class == RequestClass::Metered && !self.requests.admit(tokio::time::Instant::now()) {
+            api::bump(&ctx.metrics.refused_rate);
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests to this server; retry in {RETRY_AFTER_SECS} s"),
+            );
+            err.extra = Some(json!({"retry_after": RETRY_AFTER_SECS}));
+            err.retry_after = Some(RETRY_AFTER_SECS);
+            return Err(err);
+        }
+        Ok(Some(permit))
+    }
+}
 
 /// An error answer: status, stable code, message and extra fields.
 #[derive(Debug)]
@@ -59,6 +159,14 @@ impl ApiError {
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    /// 503 `overloaded` with `Retry-After`: refused at once, come back soon.
+    pub fn overloaded(message: impl Into<String>) -> ApiError {
+        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
+        err.extra = Some(json!({"retry_after": RETRY_AFTER_SECS}));
+        err.retry_after = Some(RETRY_AFTER_SECS);
+        err
     }
 
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
@@ -175,9 +283,26 @@ fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    ctx: Arc<Ctx>,
+    admission: Arc<Admission>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let segments: Vec<String> = req
+        .uri()
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(percent_decode)
+        .collect();
+    // Admitted (or refused) before the body is read: a refused request
+    // costs no more than its head.
+    let class = RequestClass::of(&method, &segments.iter().map(String::as_str).collect::<Vec<_>>());
+    let _in_flight = match admission.admit(&ctx, class) {
+        Ok(permit) => permit,
+        Err(refusal) => return Ok(refusal.into_response()),
+    };
     let query = parse_query(req.uri().query());
     let token = req
         .headers()
@@ -214,7 +339,6 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<B
             return Ok(err.into_response());
         }
     };
-    let segments = path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
     let req = Req {
         method,
         segments,
@@ -227,9 +351,11 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<B
 }
 
 /// Serves HTTP until shutdown, then lets open requests finish.
-pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: Shutdown) {
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, limits: Limits, mut shutdown: Shutdown) {
     let tracker = tokio_util::task::TaskTracker::new();
-    let limit = Arc::new(tokio::sync::Semaphore::new(1024));
+    let connections = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    let admission = Arc::new(Admission::new(&limits));
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -243,14 +369,25 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: Shutdown)
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            api::bump(&ctx.metrics.refused_connections);
+            match refusing.clone().try_acquire_owned() {
+                Ok(refusal) => {
+                    tracker.spawn(async move {
+                        refuse_connection(stream).await;
+                        drop(refusal);
+                    });
+                }
+                Err(_) => tracing::debug!(%peer, "http connection closed unanswered: too many to refuse"),
+            }
+            continue;
         };
         let ctx = ctx.clone();
+        let admission = admission.clone();
         let mut conn_shutdown = shutdown.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+            let service = hyper::service::service_fn(move |req| handle(ctx.clone(), admission.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(30))
@@ -273,6 +410,29 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: Shutdown)
     tracker.wait().await;
 }
 
+/// A connection over the cap: its first request is answered 503
+/// `overloaded` with `Connection: close`, and the connection is closed.
+/// The request head is read first, so the client sees an ordinary answer
+/// to what it sent; its body is not.
+async fn refuse_connection(stream: tokio::net::TcpStream) {
+    let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+        let mut resp = ApiError::overloaded("too many connections; retry on a new connection").into_response();
+        resp.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        Ok::<_, Infallible>(resp)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(REFUSAL_HEAD_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "refused http connection ended");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,5 +444,23 @@ mod tests {
         assert_eq!(percent_decode("e1%40example.org"), "e1@example.org");
         assert_eq!(percent_decode("bad%zz%"), "bad%zz%");
         assert_eq!(percent_decode("%あ%4"), "%あ%4");
+    }
+
+    #[test]
+    fn health_metrics_and_long_polls_are_exempt_and_changes_are_metered() {
+        let class = |method: Method, path: &str| {
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            RequestClass::of(&method, &segments)
+        };
+        assert_eq!(class(Method::GET, "/healthz"), RequestClass::Exempt);
+        assert_eq!(class(Method::GET, "/metrics"), RequestClass::Exempt);
+        assert_eq!(class(Method::GET, "/v1/messages/M1/wait"), RequestClass::Exempt);
+        assert_eq!(class(Method::GET, "/v1/messages/{id}/wait"), RequestClass::Exempt);
+        assert_eq!(class(Method::GET, "/v1/messages/M1"), RequestClass::Counted);
+        assert_eq!(class(Method::GET, "/"), RequestClass::Counted);
+        assert_eq!(class(Method::POST, "/v1/otps"), RequestClass::Metered);
+        assert_eq!(class(Method::PUT, "/v1/sim/handsets/090"), RequestClass::Metered);
+        assert_eq!(class(Method::DELETE, "/v1/mail"), RequestClass::Metered);
+        assert_eq!(class(Method::POST, "/healthz"), RequestClass::Metered);
     }
 }

@@ -1,8 +1,13 @@
 //! The OpenAPI 3 document of the HTTP API, served at `/v1/openapi.json`.
 //! It is generated from `ROUTES`; a test requests every route in it and
-//! checks the router knows it.
+//! checks the router knows it. Which routes can be refused for overload
+//! (503) or over the request rate (429) comes from [`RequestClass`], the
+//! same decision the server makes.
 
+use hyper::Method;
 use serde_json::{json, Map, Value};
+
+use super::RequestClass;
 
 /// One route: method, path (with `{params}`), tag, summary, request body fields.
 pub struct Route {
@@ -240,6 +245,25 @@ fn error_schema() -> Value {
     json!({"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}, "required": ["code", "message"]}}})
 }
 
+/// The shared answers of admission control, referenced from each route.
+fn admission_responses() -> Value {
+    let retry_after =
+        json!({"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}});
+    let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
+    json!({
+        "Overloaded": {
+            "description": "`overloaded`: refused at once because the server is at `[http] max_connections` (the connection is then closed) or, except for /healthz, /metrics and the long poll, at `max_in_flight`; nothing was done. Retry after `Retry-After` seconds.",
+            "headers": retry_after,
+            "content": error,
+        },
+        "RateLimited": {
+            "description": "`rate_limited`: over `[http] max_requests_per_sec`, or, where codes are sent, the destination's send limits; nothing was done. Retry after `Retry-After` seconds.",
+            "headers": retry_after,
+            "content": error,
+        },
+    })
+}
+
 pub fn document() -> Value {
     let mut paths = Map::new();
     for route in ROUTES {
@@ -259,6 +283,15 @@ pub fn document() -> Value {
                 "default": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         });
+        let method = Method::from_bytes(route.method.to_ascii_uppercase().as_bytes()).unwrap_or(Method::GET);
+        let segments: Vec<&str> = route.path.split('/').filter(|s| !s.is_empty()).collect();
+        let class = RequestClass::of(&method, &segments);
+        // Every route can meet the connection cap; the exempt ones never
+        // meet the in-flight cap or the rate limit.
+        op["responses"]["503"] = json!({"$ref": "#/components/responses/Overloaded"});
+        if class == RequestClass::Metered {
+            op["responses"]["429"] = json!({"$ref": "#/components/responses/RateLimited"});
+        }
         if !route.body.is_empty() {
             let props: Map<String, Value> = route.body.iter().map(|f| (f.to_string(), json!({}))).collect();
             op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": props}}}});
@@ -268,8 +301,28 @@ pub fn document() -> Value {
     }
     json!({
         "openapi": "3.0.3",
-        "info": {"title": "otpgate", "version": env!("CARGO_PKG_VERSION"), "description": "OTP service with a simulated Japanese SMS and email network and a troubleshooting desk. Errors answer {\"error\": {\"code\", \"message\"}}; lists answer {\"items\": [...]}."},
+        "info": {"title": "otpgate", "version": env!("CARGO_PKG_VERSION"), "description": "OTP service with a simulated Japanese SMS and email network and a troubleshooting desk. Errors answer {\"error\": {\"code\", \"message\"}}; lists answer {\"items\": [...]}. Under overload a request is refused at once, never queued: 503 `overloaded` or 429 `rate_limited`, both with Retry-After. /healthz, /metrics and the long poll are exempt from the in-flight cap and the rate limit."},
         "paths": paths,
-        "components": {"schemas": {"Error": error_schema()}}
+        "components": {"schemas": {"Error": error_schema()}, "responses": admission_responses()}
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overload_answers_are_documented_where_they_can_happen() {
+        let doc = document();
+        let responses = |path: &str, method: &str| doc["paths"][path][method]["responses"].clone();
+        let issue = responses("/v1/otps", "post");
+        assert_eq!(issue["429"]["$ref"], "#/components/responses/RateLimited");
+        assert_eq!(issue["503"]["$ref"], "#/components/responses/Overloaded");
+        let read = responses("/v1/messages", "get");
+        assert!(read["429"].is_null() && !read["503"].is_null(), "{read}");
+        let health = responses("/healthz", "get");
+        assert!(health["429"].is_null(), "{health}");
+        let overloaded = &doc["components"]["responses"]["Overloaded"];
+        assert!(overloaded["headers"]["Retry-After"].is_object(), "{overloaded}");
+    }
 }

@@ -20,7 +20,6 @@ mod hub;
 pub mod receipt_text;
 mod session;
 pub mod text;
-mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -32,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::admission::Throttle;
 use crate::clock::Millis;
 use crate::shutdown::Shutdown;
 
@@ -259,7 +259,7 @@ pub(crate) struct Shared {
     pub config: SmscConfig,
     pub backend: Arc<dyn SmscBackend>,
     pub hub: ReceiptHub,
-    pub throttle: throttle::Throttle,
+    pub throttle: Throttle,
     pub partials: Mutex<concat::Reassembler<session::PartMeta>>,
     pub next_session: AtomicU64,
 }
@@ -277,7 +277,7 @@ pub async fn serve(
         config,
         backend,
         hub,
-        throttle: throttle::Throttle::default(),
+        throttle: Throttle::default(),
         partials: Mutex::new(concat::Reassembler::new(MAX_PARTIAL_MESSAGES, PARTIAL_MESSAGE_TTL)),
         next_session: AtomicU64::new(1),
     });

@@ -8,7 +8,9 @@
 //! must never answer `250` to DATA before the backend has stored the message
 //! durably, never buffer more than the advertised SIZE, never let one
 //! connection's failure reach the listener, and never log message bodies or
-//! AUTH lines (they can carry OTP codes and passwords). With a [`TlsIdentity`]
+//! AUTH lines (they can carry OTP codes and passwords). Over its message
+//! rate (`max_messages_per_sec`) it answers MAIL with `451 4.3.2` at once,
+//! a transient refusal the client retries, never a wait. With a [`TlsIdentity`]
 //! it offers STARTTLS (RFC 3207): plaintext pipelined behind the command is
 //! thrown away, and the session starts over on the encrypted stream.
 
@@ -47,6 +49,9 @@ pub struct SmtpConfig {
     pub max_message_bytes: usize,
     /// Connections served at once; one more is answered `421` and closed.
     pub max_connections: usize,
+    /// Transactions a second, across all connections; above it MAIL is
+    /// answered `451 4.3.2` (try again later). `None` means no limit.
+    pub max_messages_per_sec: Option<u32>,
     /// Accounts for AUTH PLAIN and LOGIN; empty means no AUTH at all.
     pub auth: Vec<(String, String)>,
 }
@@ -57,6 +62,7 @@ impl Default for SmtpConfig {
             hostname: "otpgate.local".to_string(),
             max_message_bytes: 10 * 1024 * 1024,
             max_connections: 64,
+            max_messages_per_sec: None,
             auth: Vec::new(),
         }
     }
@@ -117,6 +123,8 @@ pub(crate) struct Limits {
     pub max_errors: u32,
     /// NOOP, RSET, VRFY, EXPN and HELP before the server gives up.
     pub max_junk_commands: u32,
+    /// Where the message rate limit reads the time.
+    pub ticker: crate::admission::Ticker,
 }
 
 impl Default for Limits {
@@ -128,6 +136,7 @@ impl Default for Limits {
             max_recipients: 100,
             max_errors: 10,
             max_junk_commands: 100,
+            ticker: crate::admission::Ticker::default(),
         }
     }
 }

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use mailin::{Action, AuthMechanism, Handler, Response};
 use subtle::ConstantTimeEq;
 
+use crate::admission::RateLimit;
+
 use super::command::{self, Command};
 use super::{DataVerdict, Envelope, Limits, MailBackend, RcptVerdict, SmtpConfig, TlsIdentity};
 
@@ -31,6 +33,8 @@ pub(crate) struct Server {
     backend: Arc<dyn MailBackend>,
     machine: mailin::SessionBuilder,
     accounts: Arc<[(String, String)]>,
+    /// `max_messages_per_sec`, taken at MAIL.
+    messages: RateLimit,
 }
 
 impl Server {
@@ -60,6 +64,7 @@ impl Server {
             .collect::<Vec<_>>()
             .into();
         Server {
+            messages: RateLimit::new(config.max_messages_per_sec),
             config,
             tls,
             limits,
@@ -79,6 +84,11 @@ impl Server {
 
     fn auth_enabled(&self) -> bool {
         !self.config.auth.is_empty()
+    }
+
+    /// Whether one more transaction may start now.
+    fn admit_message(&self) -> bool {
+        self.messages.admit(self.limits.ticker.now())
     }
 }
 
@@ -361,6 +371,12 @@ impl Session {
                 }
                 if size.is_some_and(|s| s > self.server.config.max_message_bytes as u64) {
                     return Step::reply(552, "5.3.4", "Message size exceeds fixed maximum message size");
+                }
+                // Over the message rate: a transient refusal, before
+                // anything of the transaction is kept. It is the server's
+                // state, not the client's mistake, so it counts no error.
+                if !self.server.admit_message() {
+                    return Step::reply(451, "4.3.2", "Too many messages right now, try again later");
                 }
                 let response = self.machine.process(&canonical);
                 if response.code != 250 {

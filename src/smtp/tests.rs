@@ -630,3 +630,61 @@ async fn retention_removes_the_oldest_messages() {
     assert_eq!(world.mailbox_messages("r@example.com").unwrap().len(), 2);
     assert_eq!(world.newest_code("r@example.com").unwrap().unwrap().code, "200000");
 }
+
+#[tokio::test]
+async fn over_the_message_rate_mail_is_deferred_with_451_until_the_bucket_refills() {
+    let store = Store::temporary().unwrap();
+    let world = MailWorld::new(&store, Clock::virtual_at(0), 10).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let ticker = crate::admission::Ticker::manual();
+    let config = SmtpConfig {
+        max_messages_per_sec: Some(2),
+        ..SmtpConfig::default()
+    };
+    let limits = Limits {
+        ticker: ticker.clone(),
+        ..Limits::default()
+    };
+    let server = tokio::spawn(serve_with(
+        listener,
+        config,
+        None,
+        limits,
+        Arc::new(world.clone()),
+        shutdown,
+    ));
+    let (mut d, _) = Dialogue::open(addr).await;
+    d.check("EHLO tester", 250).await;
+    for n in 0..2 {
+        let answer = d
+            .mail(
+                "qa@example.com",
+                "r@example.com",
+                format!("Subject: {n}\r\n\r\nbody").as_bytes(),
+            )
+            .await;
+        assert!(answer.starts_with("250 "), "{answer}");
+    }
+    // Two a second: the third, and every retry within the same instant, is
+    // told to come back later. The refusals are not the client's mistakes,
+    // so more of them than the error limit leave the session open.
+    for _ in 0..12 {
+        let refusal = d.check("MAIL FROM:<qa@example.com>", 451).await;
+        assert!(refusal.starts_with("451 4.3.2 "), "{refusal}");
+    }
+    // No transaction was opened by a refused MAIL.
+    d.check("RCPT TO:<r@example.com>", 503).await;
+    // Half a second brings one token back.
+    ticker.advance(Duration::from_millis(500));
+    let answer = d
+        .mail("qa@example.com", "r@example.com", b"Subject: 2\r\n\r\nbody")
+        .await;
+    assert!(answer.starts_with("250 "), "{answer}");
+    d.check("MAIL FROM:<qa@example.com>", 451).await;
+    d.check("QUIT", 221).await;
+    assert_eq!(world.list(None, None, 10).unwrap().items.len(), 3);
+    trigger.fire();
+    server.await.unwrap();
+}

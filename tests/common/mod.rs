@@ -308,4 +308,5 @@ pub mod fuzzing;
 pub mod handsets;
 pub mod hooks;
 pub mod pages;
+pub mod raw_http;
 pub mod smtp_client;

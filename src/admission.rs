@@ -1,0 +1,184 @@
+//! Admission control's arithmetic: token buckets that say at once whether
+//! one more request, message or submission may come in. The SMSC keeps one
+//! bucket per account ([`Throttle`], `throughput_per_sec`), the HTTP API
+//! and the SMTP server one each ([`RateLimit`], `max_requests_per_sec` and
+//! `max_messages_per_sec`). Each protocol turns a "no" into its own answer
+//! (ESME_RTHROTTLED, HTTP 429, SMTP 451).
+//!
+//! A bucket refills at its rate over real (monotonic) time and holds at
+//! most one second's worth, so a client may burst up to the rate and is
+//! then refused until tokens come back. It takes the time as an argument
+//! and does no I/O, so it is tested without waiting; it never blocks, it
+//! only says yes or no. It never reads the simulation's [`crate::clock::Clock`]:
+//! under `--virtual-clock` that stands still, and a bucket would never
+//! refill.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// One bucket: `per_sec` tokens a second, at most `per_sec` held.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    per_sec: f64,
+    tokens: f64,
+    /// When the bucket was last refilled; `None` until it is first asked,
+    /// when it is full.
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket. `per_sec` is at least 1.
+    pub fn new(per_sec: u32) -> TokenBucket {
+        let per_sec = f64::from(per_sec.max(1));
+        TokenBucket {
+            per_sec,
+            tokens: per_sec,
+            last: None,
+        }
+    }
+
+    /// Takes a token if there is one at `now`.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One bucket shared by every connection of a server, or no limit at all.
+#[derive(Debug)]
+pub struct RateLimit {
+    bucket: Option<Mutex<TokenBucket>>,
+}
+
+impl RateLimit {
+    /// `None` or `Some(0)` means no limit.
+    pub fn new(per_sec: Option<u32>) -> RateLimit {
+        RateLimit {
+            bucket: per_sec.filter(|&r| r > 0).map(|r| Mutex::new(TokenBucket::new(r))),
+        }
+    }
+
+    /// Takes a token for one request at `now`; always yes without a limit.
+    pub fn admit(&self, now: Instant) -> bool {
+        match &self.bucket {
+            None => true,
+            Some(bucket) => lock(bucket).take(now),
+        }
+    }
+}
+
+/// The buckets of every SMPP account that has a limit.
+#[derive(Default)]
+pub struct Throttle {
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+impl Throttle {
+    /// Takes a token for one `submit_sm` of `system_id`. `None` or `Some(0)`
+    /// means the account has no limit.
+    pub fn admit(&self, system_id: &str, per_sec: Option<u32>, now: Instant) -> bool {
+        let rate = match per_sec {
+            None | Some(0) => return true,
+            Some(rate) => rate,
+        };
+        lock(&self.buckets)
+            .entry(system_id.to_string())
+            .or_insert_with(|| TokenBucket::new(rate))
+            .take(now)
+    }
+}
+
+/// Where a server's admission control reads the time: tokio's monotonic
+/// clock, or, in tests, one that moves only when told to, so a refill is
+/// tested without waiting a second.
+#[derive(Debug, Clone, Default)]
+pub struct Ticker {
+    manual: Option<Arc<Mutex<Instant>>>,
+}
+
+impl Ticker {
+    /// A clock that stands still until [`Ticker::advance`].
+    pub fn manual() -> Ticker {
+        Ticker {
+            manual: Some(Arc::new(Mutex::new(Instant::now()))),
+        }
+    }
+
+    pub fn now(&self) -> Instant {
+        match &self.manual {
+            None => Instant::now(),
+            Some(at) => *lock(at),
+        }
+    }
+
+    /// Moves a manual clock forward; a real one moves by itself.
+    pub fn advance(&self, by: Duration) {
+        if let Some(at) = &self.manual {
+            *lock(at) += by;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_up_to_the_rate_then_refills() {
+        let throttle = Throttle::default();
+        let t0 = Instant::now();
+        let admitted = (0..5).filter(|_| throttle.admit("esme", Some(3), t0)).count();
+        assert_eq!(admitted, 3);
+        assert!(!throttle.admit("esme", Some(3), t0 + Duration::from_millis(200)));
+        assert!(throttle.admit("esme", Some(3), t0 + Duration::from_millis(400)));
+        // Another account has its own bucket; no limit means no bucket.
+        assert!(throttle.admit("other", Some(1), t0));
+        assert!((0..100).all(|_| throttle.admit("free", None, t0)));
+    }
+
+    #[test]
+    fn a_shared_limit_refuses_past_its_rate_and_none_never_refuses() {
+        let limit = RateLimit::new(Some(2));
+        let t0 = Instant::now();
+        assert_eq!((0..4).filter(|_| limit.admit(t0)).count(), 2);
+        // Half a second brings back one token, and a long pause no more
+        // than one second's worth.
+        assert!(limit.admit(t0 + Duration::from_millis(500)));
+        assert!(!limit.admit(t0 + Duration::from_millis(500)));
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..4).filter(|_| limit.admit(later)).count(), 2);
+
+        let off = RateLimit::new(None);
+        assert!((0..1000).all(|_| off.admit(t0)));
+        let zero = RateLimit::new(Some(0));
+        assert!((0..1000).all(|_| zero.admit(t0)));
+    }
+
+    #[test]
+    fn a_manual_ticker_moves_only_when_told() {
+        let ticker = Ticker::manual();
+        let t0 = ticker.now();
+        assert_eq!(ticker.now(), t0);
+        ticker.advance(Duration::from_secs(1));
+        assert_eq!(ticker.now(), t0 + Duration::from_secs(1));
+        let real = Ticker::default();
+        real.advance(Duration::from_secs(5));
+        assert!(real.now() <= Instant::now());
+    }
+}
