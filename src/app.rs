@@ -272,6 +272,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 accounts,
                 max_connections: 1024,
                 window: config.smsc.window,
+                submit_window: config.smsc.submit_window,
                 max_pdu_len: 64 * 1024,
             };
             tasks.push(tokio::spawn(crate::smsc::serve(

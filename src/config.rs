@@ -94,6 +94,9 @@ pub struct SmscAccount {
 pub struct SmscSettings {
     pub accounts: Vec<SmscAccount>,
     pub window: usize,
+    /// Requests (`submit_sm`, `query_sm`, `cancel_sm`) one SMPP session may
+    /// have in progress; past it they are answered ESME_RTHROTTLED.
+    pub submit_window: usize,
 }
 
 /// An external SMSC for the OTP core instead of the embedded one.
@@ -314,6 +317,7 @@ struct File {
     #[serde(default)]
     accounts: Vec<SmscAccount>,
     window: Option<usize>,
+    submit_window: Option<usize>,
     sms_out: Option<SmsOut>,
     email_out: Option<EmailOut>,
     default_carrier: Option<String>,
@@ -482,6 +486,7 @@ impl Config {
             smsc: SmscSettings {
                 accounts,
                 window: file.window.unwrap_or(10).max(1),
+                submit_window: file.submit_window.unwrap_or(32).max(1),
             },
             sms_out: file.sms_out,
             email_out: file.email_out,

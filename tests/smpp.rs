@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::esme::{sms, within, Bind, Esme, Sms, SENDER};
+use common::esme::{raw_call, sms, within, Bind, Esme, Sms, SENDER};
 use common::handsets::receipt_date;
 use common::hooks::HookReceiver;
 use common::TestServer;
@@ -501,6 +501,74 @@ async fn over_the_accounts_limit_or_under_carrier_chaos_submits_get_esme_rthrott
 
 /// Everything an ESME and the handsets can observe of one run: each
 /// submission's answer, each receipt, each inbox with its times.
+/// An ESME whose window is wider than the SMSC's `submit_window` gets the
+/// excess refused with ESME_RTHROTTLED straight away: 400 submits written
+/// in one go on one bind are all answered, OK or throttled, and every one
+/// answered OK is in the delivery log. (A window of 1 makes the excess
+/// certain: the first submit is still waiting for its durable write when
+/// the second, already in the same read, comes in.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_wider_than_the_smsc_serves_gets_esme_rthrottled_for_the_excess() {
+    use futures::{SinkExt, StreamExt};
+    use rusmpp::pdus::BindTransmitter;
+    use rusmpp::tokio_codec::CommandCodec;
+    use rusmpp::types::COctetString;
+    use rusmpp::values::InterfaceVersion;
+    use rusmpp::{Command, CommandStatus, Pdu};
+    use std::str::FromStr;
+    use tokio_util::codec::Framed;
+    let server = TestServer::start_with(|c| c.smsc.submit_window = 1).await;
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    let stream = TcpStream::connect(server.smpp).await.expect("connect");
+    let mut conn = Framed::new(stream, CommandCodec::new());
+    let bind = BindTransmitter::builder()
+        .system_id(COctetString::from_str("otpgate").expect("system_id"))
+        .password(COctetString::from_str("otpgate").expect("password"))
+        .interface_version(InterfaceVersion::Smpp3_4)
+        .build();
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    const N: u32 = 400;
+    for i in 0..N {
+        let pdu = sms(PHONE, &format!("wide window {i}")).pdus().remove(0);
+        conn.feed(Command::new(CommandStatus::EsmeRok, 2 + i, pdu))
+            .await
+            .expect("queue a submit");
+    }
+    within("send the burst", SinkExt::<Command>::flush(&mut conn))
+        .await
+        .expect("send");
+    let (mut accepted, mut throttled) = (Vec::new(), 0);
+    while accepted.len() + throttled < N as usize {
+        let answer = within("a submit_sm_resp", conn.next())
+            .await
+            .expect("open")
+            .expect("a PDU");
+        match (answer.status(), answer.pdu()) {
+            (CommandStatus::EsmeRok, Some(Pdu::SubmitSmResp(resp))) => {
+                accepted.push(resp.message_id().as_str().to_string())
+            }
+            (CommandStatus::EsmeRthrottled, _) => throttled += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(throttled > 0, "400 at once on one bind exceed a window of 1");
+    assert!(!accepted.is_empty(), "the window's worth is served");
+    let (_, log) = server.get("/v1/messages?limit=1000").await;
+    let logged: Vec<&str> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|m| m["smsc_message_id"].as_str())
+        .collect();
+    for id in &accepted {
+        assert!(
+            logged.contains(&id.as_str()),
+            "accepted {id} is not in the delivery log"
+        );
+    }
+    server.stop().await;
+}
+
 async fn observed_run(seed: u64) -> Vec<String> {
     let server = TestServer::start_with(|c| c.seed = seed).await;
     let (status, body) = server

@@ -75,6 +75,9 @@ pub struct SmscConfig {
     pub max_connections: usize,
     /// Most deliver_sm PDUs a session may have unanswered; more receipts queue.
     pub window: usize,
+    /// Requests a session may have in progress (backend calls); past it
+    /// `submit_sm`, `query_sm` and `cancel_sm` get ESME_RTHROTTLED at once.
+    pub submit_window: usize,
     /// Largest PDU accepted; a longer `command_length` closes the connection.
     pub max_pdu_len: usize,
 }
@@ -87,6 +90,7 @@ impl Default for SmscConfig {
             accounts: vec![Account::new("otpgate", "otpgate")],
             max_connections: 256,
             window: 10,
+            submit_window: session::DEFAULT_SUBMIT_WINDOW,
             max_pdu_len: codec::DEFAULT_MAX_PDU_LEN,
         }
     }

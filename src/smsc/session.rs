@@ -4,9 +4,10 @@
 //!
 //! The connection's [`State`] changes in one place, [`Session::enter`], which
 //! is also where a receiving bind joins and leaves the receipt hub. Backend
-//! calls run concurrently (up to [`MAX_IN_FLIGHT`]) and each answer is sent
-//! when its call returns, so `submit_sm_resp` OK always follows the durable
-//! store. Errors end only this connection and are logged here; message text
+//! calls run concurrently (up to the configured `submit_window`; past it an ESME whose
+//! window is wider is answered ESME_RTHROTTLED at once, never left waiting)
+//! and each answer is sent when its call returns, so `submit_sm_resp` OK
+//! always follows the durable store. Errors end only this connection and are logged here; message text
 //! is never logged.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -41,8 +42,11 @@ use super::hub::Queued;
 use super::{receipt_text, text, Receipt, Shared, Submission, SubmitRefusal, TAG_MESSAGE_REF};
 use crate::shutdown::Shutdown;
 
-/// Backend calls one session may have running before it stops reading.
-pub(crate) const MAX_IN_FLIGHT: usize = 32;
+/// Backend calls one session may have running by default
+/// ([`super::SmscConfig::submit_window`]); `submit_sm`, `query_sm` and
+/// `cancel_sm` past it are answered ESME_RTHROTTLED at once (admission
+/// control: a refusal the ESME retries, rather than a queue it cannot see).
+pub(crate) const DEFAULT_SUBMIT_WINDOW: usize = 32;
 /// How long an ESME may leave a deliver_sm unanswered before the SMSC gives
 /// up on the bind (its receipts go back to the hub).
 const DELIVER_TIMEOUT: Duration = Duration::from_secs(60);
@@ -252,7 +256,7 @@ impl Session {
                     self.goodbye().await?;
                     return Ok("inactivity timeout");
                 }
-                frame = self.framed.next(), if self.in_flight.len() < MAX_IN_FLIGHT => {
+                frame = self.framed.next() => {
                     self.heard = Instant::now();
                     match frame {
                         None => return Ok("peer closed the connection"),
@@ -425,12 +429,22 @@ impl Session {
         }
     }
 
+    /// Whether the session already runs all the backend calls it may.
+    fn saturated(&self) -> bool {
+        self.in_flight.len() >= self.shared.config.submit_window.max(1)
+    }
+
     async fn on_submit(&mut self, seq: u32, sm: SubmitSm) -> Result<(), SessionError> {
         let Some(system_id) = self.submitter() else {
             return self
                 .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRinvbndsts, seq)
                 .await;
         };
+        if self.saturated() {
+            return self
+                .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRthrottled, seq)
+                .await;
+        }
         let per_sec = self
             .shared
             .config
@@ -502,6 +516,11 @@ impl Session {
                 .reject(CommandId::QuerySmResp, CommandStatus::EsmeRinvbndsts, seq)
                 .await;
         };
+        if self.saturated() {
+            return self
+                .reject(CommandId::QuerySmResp, CommandStatus::EsmeRthrottled, seq)
+                .await;
+        }
         let whole = self.shared.hub.resolve(&system_id, &message_id);
         let backend = self.shared.backend.clone();
         self.in_flight.push(Box::pin(async move {
@@ -521,6 +540,11 @@ impl Session {
                 .reject(CommandId::CancelSmResp, CommandStatus::EsmeRinvbndsts, seq)
                 .await;
         };
+        if self.saturated() {
+            return self
+                .reject(CommandId::CancelSmResp, CommandStatus::EsmeRthrottled, seq)
+                .await;
+        }
         if message_id.is_empty() {
             // Cancelling by source and destination alone is not offered.
             return self
