@@ -18,6 +18,13 @@ use crate::{smpp, smtp};
 /// up (and an OTP user would have pressed "resend").
 const DEADLINE: Duration = Duration::from_secs(2);
 
+/// The overload runs' SMPP client: a window far wider than the SMSC's
+/// `submit_window` (32 a session), so submits are sent when they are due
+/// rather than held back in the client, and the SMSC's refusals can show.
+fn wide(load: smpp::Load) -> smpp::Load {
+    smpp::Load { window: 256, ..load }
+}
+
 /// Each protocol on a fresh instance: its maximum first (closed loop), then
 /// twice that offered open loop with the same connections.
 pub(crate) async fn overload(env: &Env, report: &mut Report) {
@@ -37,7 +44,14 @@ pub(crate) async fn overload(env: &Env, report: &mut Report) {
         2.0 * max
     );
     let cpu0 = server.usage().cpu_seconds;
-    let mut o = smpp::run(smpp_load(addr, "otpgate", d, Some(2.0 * max), Duration::from_secs(60))).await;
+    let mut o = smpp::run(wide(smpp_load(
+        addr,
+        "otpgate",
+        d,
+        Some(2.0 * max),
+        Duration::from_secs(60),
+    )))
+    .await;
     let u = server.stop().await;
     overload_rows(
         report,
@@ -60,13 +74,13 @@ pub(crate) async fn overload(env: &Env, report: &mut Report) {
         2.0 * max
     );
     let cpu0 = server.usage().cpu_seconds;
-    let mut o = smpp::run(smpp_load(
+    let mut o = smpp::run(wide(smpp_load(
         server.smpp.expect("smpp address"),
         "bench",
         d,
         Some(2.0 * max),
         Duration::from_secs(60),
-    ))
+    )))
     .await;
     let u = server.stop().await;
     overload_rows(
