@@ -486,7 +486,7 @@ impl Config {
             smsc: SmscSettings {
                 accounts,
                 window: file.window.unwrap_or(10).max(1),
-                submit_window: file.submit_window.unwrap_or(32).max(1),
+                submit_window: file.submit_window.unwrap_or(crate::smsc::DEFAULT_SUBMIT_WINDOW).max(1),
             },
             sms_out: file.sms_out,
             email_out: file.email_out,

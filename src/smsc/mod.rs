@@ -19,6 +19,7 @@ mod concat;
 mod hub;
 pub mod receipt_text;
 mod session;
+pub(crate) use session::DEFAULT_SUBMIT_WINDOW;
 pub mod text;
 
 use std::net::SocketAddr;
@@ -90,7 +91,7 @@ impl Default for SmscConfig {
             accounts: vec![Account::new("otpgate", "otpgate")],
             max_connections: 256,
             window: 10,
-            submit_window: session::DEFAULT_SUBMIT_WINDOW,
+            submit_window: DEFAULT_SUBMIT_WINDOW,
             max_pdu_len: codec::DEFAULT_MAX_PDU_LEN,
         }
     }
