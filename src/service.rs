@@ -406,26 +406,25 @@ impl OtpService {
                 self.brand, member.locale
             ),
         };
-        let logged = self
-            .log
-            .create(
-                NewMessage {
-                    channel,
-                    to: destination.to_string(),
-                    from: sender,
-                    origin: "otpgate".into(),
-                    member_id: Some(member.id.clone()),
-                    otp_id: Some(id.clone()),
-                    text: masked,
-                    carrier: None,
-                    at: now,
-                },
-                Event::new("queued", now)
-                    .state(State::Queued)
-                    .detail(format!("OTP for `{purpose}`")),
-            )
-            .await?;
-        otp.message_id = Some(logged.id.clone());
+        // The log entry and the OTP's records are made durable by one sync.
+        let logged = self.log.write_create(
+            NewMessage {
+                channel,
+                to: destination.to_string(),
+                from: sender,
+                origin: "otpgate".into(),
+                member_id: Some(member.id.clone()),
+                otp_id: Some(id.clone()),
+                text: masked,
+                carrier: None,
+                at: now,
+            },
+            Event::new("queued", now)
+                .state(State::Queued)
+                .detail(format!("OTP for `{purpose}`")),
+        )?;
+        let log_id = logged.message.id.clone();
+        otp.message_id = Some(log_id.clone());
 
         // Supersede the member's current OTP for this purpose, then record the new one.
         let current_key = format!("current\0{}\0{purpose}", member.id);
@@ -448,12 +447,12 @@ impl OtpService {
         batch.put(&self.otp_index, &current_key, &id)?;
         batch.put(&self.otp_index, &format!("member\0{}\0{id}", member.id), &id)?;
         self.store.apply(batch)?;
-        self.store.flush().await?;
+        self.log.publish(logged).await?;
 
         self.sender
             .clone()
             .send(SendJob {
-                log_id: logged.id,
+                log_id,
                 channel,
                 destination: destination.to_string(),
                 locale: member.locale.clone(),

@@ -167,6 +167,13 @@ pub struct Query {
     pub limit: usize,
 }
 
+/// A message just written, with the event written with it, not yet
+/// durable: [`DeliveryLog::publish`] makes it so.
+pub struct Written {
+    pub message: Message,
+    pub event: Event,
+}
+
 /// Observers are told of each event after it is durable (status callbacks).
 pub type Observer = Arc<dyn Fn(&Message, &Event) + Send + Sync>;
 
@@ -216,6 +223,17 @@ impl DeliveryLog {
 
     /// Logs a new message with its first event; durable when this returns.
     pub async fn create(&self, new: NewMessage, first: Event) -> Result<Message, StoreError> {
+        let written = self.write_create(new, first)?;
+        let message = written.message.clone();
+        self.publish(written).await?;
+        Ok(message)
+    }
+
+    /// Writes a new message without waiting for it to be durable: the
+    /// caller adds writes of its own and then hands the result to
+    /// [`DeliveryLog::publish`]. The store's log is replayed as a prefix,
+    /// so one sync after all of them covers every one, in this order.
+    pub fn write_create(&self, new: NewMessage, first: Event) -> Result<Written, StoreError> {
         let id = message_key(self.store.next_id()?);
         let mut first = first;
         first.id = format!("{id}.1");
@@ -247,18 +265,34 @@ impl DeliveryLog {
         if let Some(s) = &message.smsc_message_id {
             self.index.put(&format!("smsc\0{s}"), &id)?;
         }
-        self.store.flush().await?;
-        self.notify(&message, &first);
-        Ok(message)
+        Ok(Written { message, event: first })
     }
 
     /// Appends an event; the state moves unless the message is already final
     /// (a late receipt never undoes a delivery). Durable when this returns.
     pub async fn append(&self, id: &str, event: Event) -> Result<Option<Message>, StoreError> {
+        let Some(written) = self.write_append(id, event, |_| {}).await? else {
+            return Ok(None);
+        };
+        let message = written.message.clone();
+        self.publish(written).await?;
+        Ok(Some(message))
+    }
+
+    /// Appends an event after `edit` has changed the message (who it is
+    /// for, the sender shown), without waiting for it to be durable; see
+    /// [`DeliveryLog::write_create`].
+    pub async fn write_append(
+        &self,
+        id: &str,
+        event: Event,
+        edit: impl FnOnce(&mut Message),
+    ) -> Result<Option<Written>, StoreError> {
         let _guard = self.lock_for(id).lock().await;
         let Some(mut message) = self.messages.get::<Message>(id)? else {
             return Ok(None);
         };
+        edit(&mut message);
         let mut event = event;
         event.id = format!("{id}.{}", message.events.len() + 1);
         if let Some(state) = event.state {
@@ -275,23 +309,14 @@ impl DeliveryLog {
         message.updated_at = message.updated_at.max(event.at);
         message.events.push(event.clone());
         self.messages.put(id, &message)?;
-        self.store.flush().await?;
-        self.notify(&message, &event);
-        Ok(Some(message))
+        Ok(Some(Written { message, event }))
     }
 
-    /// Sets who the message is for once the OTP core knows (carrier, sender shown).
-    pub async fn annotate(&self, id: &str, carrier: Option<String>, from: Option<String>) -> Result<(), StoreError> {
-        let _guard = self.lock_for(id).lock().await;
-        if let Some(mut message) = self.messages.get::<Message>(id)? {
-            if carrier.is_some() {
-                message.carrier = carrier;
-            }
-            if let Some(from) = from {
-                message.from = from;
-            }
-            self.messages.put(id, &message)?;
-        }
+    /// Waits until what was written (and everything before it) is durable,
+    /// then tells the observers.
+    pub async fn publish(&self, written: Written) -> Result<(), StoreError> {
+        self.store.flush().await?;
+        self.notify(&written.message, &written.event);
         Ok(())
     }
 

@@ -93,8 +93,11 @@ impl World {
         self.handsets.get(number)
     }
 
-    /// The handset for a number, created on the default carrier if none exists.
-    pub async fn handset_or_default(&self, number: &str) -> Result<HandsetState, StoreError> {
+    /// The handset for a number, created on the default carrier if none
+    /// exists. The creation is written, not synced: the caller's next sync
+    /// covers it, and a default handset lost to a crash is the same one
+    /// made again.
+    pub fn handset_or_default(&self, number: &str) -> Result<HandsetState, StoreError> {
         if let Some(h) = self.handsets.get(number)? {
             return Ok(h);
         }
@@ -103,7 +106,6 @@ impl World {
             ..HandsetState::default()
         };
         self.handsets.put(number, &handset)?;
-        self.store.flush().await?;
         Ok(handset)
     }
 
@@ -131,10 +133,11 @@ impl World {
         Ok((handset, created))
     }
 
-    pub async fn push_inbox(&self, number: &str, message: InboxMessage) -> Result<(), StoreError> {
+    /// Puts a message in a handset's inbox; written, not synced: the
+    /// caller syncs it with the delivery it belongs to.
+    pub fn push_inbox(&self, number: &str, message: InboxMessage) -> Result<(), StoreError> {
         let key = format!("{number}\0{:015}", self.store.next_id()?);
-        self.inbox.put(&key, &message)?;
-        self.store.flush().await
+        self.inbox.put(&key, &message)
     }
 
     /// The inbox oldest first.

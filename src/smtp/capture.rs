@@ -808,10 +808,11 @@ impl MailWorld {
                 &entry,
             )?;
         }
+        // Written, then made durable by the first sync after it: the
+        // delivery log's for the first event below (the store's log
+        // replays a prefix), or the one at the end.
         inner.store.apply(batch)?;
-        inner.store.flush().await?;
         inner.count.fetch_add(1, Ordering::SeqCst);
-        tracing::info!(id = %id, size, recipients = deliveries.len(), "mail captured");
 
         let queued = format!("Ok: queued as {id}");
         for delivery in &deliveries {
@@ -835,6 +836,8 @@ impl MailWorld {
             })
             .await;
         }
+        inner.store.flush().await?;
+        tracing::info!(id = %id, size, recipients = deliveries.len(), "mail captured");
         if let Err(error) = self.enforce_retention() {
             tracing::warn!(%error, "mail retention could not remove old messages");
         }
