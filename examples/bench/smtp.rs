@@ -257,3 +257,117 @@ async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<Atomic
     }
     (tally, last)
 }
+
+/// Open loop with connections opened when messages fall due: message `i`
+/// goes out at `i / rate` on an idle connection, or on a new one when none
+/// is idle (up to `load.connections`), the way a sending MTA with a queue
+/// opens more connections. So the offered rate reaches the server, which
+/// must then refuse the excess itself (421 at connect past its connection
+/// cap, 451 at MAIL past its message rate) rather than leave it queued in
+/// the client.
+pub async fn run_when_due(load: Load) -> Outcome {
+    let rate = load.rate.expect("an open-loop rate");
+    let start = Instant::now() + Duration::from_millis(100);
+    let end = start + load.duration;
+    let idle: Arc<std::sync::Mutex<Vec<Conn>>> = Arc::default();
+    let open = Arc::new(tokio::sync::Semaphore::new(load.connections));
+    // Told when a connection goes back to `idle` or closes.
+    let freed = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0.. {
+        let at = due(start, rate, index);
+        if at >= end {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        // An idle connection, else room for a new one, else wait for
+        // either (the wait counts as late).
+        let (reused, permit) = loop {
+            let returned = freed.notified();
+            if let Some(conn) = idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                break (Some(conn), None);
+            }
+            if let Ok(permit) = open.clone().try_acquire_owned() {
+                break (None, Some(permit));
+            }
+            returned.await;
+        };
+        let (load, idle, open, freed) = (load.clone(), idle.clone(), open.clone(), freed.clone());
+        tasks.spawn(async move {
+            let mut tally = Tally::default();
+            let mut conn = match reused {
+                Some(conn) => conn,
+                None => match connect(&load).await {
+                    Ok(conn) => {
+                        // The permit now belongs to the connection.
+                        if let Some(p) = permit {
+                            p.forget();
+                        }
+                        conn
+                    }
+                    Err(code) => {
+                        let now = Instant::now();
+                        match code.map(|c| classify(Some(c))) {
+                            Some(Some(Sent::Refused { .. })) => {
+                                tally.refused += 1;
+                                tally.refusal_latency.record(now - at);
+                            }
+                            Some(_) => tally.errors += 1,
+                            None => tally.timeouts += 1,
+                        }
+                        drop(permit);
+                        freed.notify_one();
+                        return (tally, now);
+                    }
+                },
+            };
+            let sent = Instant::now();
+            let outcome = send_one(&mut conn, index, load.reply_timeout).await;
+            let now = Instant::now();
+            let keep = match outcome {
+                Sent::Ok => {
+                    tally.ok += 1;
+                    tally.latency.record(now - at);
+                    tally.service_latency.record(now - sent);
+                    true
+                }
+                Sent::Refused { clean } => {
+                    tally.refused += 1;
+                    tally.refusal_latency.record(now - sent);
+                    clean
+                }
+                Sent::Error => {
+                    tally.errors += 1;
+                    command(&mut conn, b"RSET\r\n", load.reply_timeout).await == Some(250)
+                }
+                Sent::Lost => {
+                    tally.timeouts += 1;
+                    false
+                }
+            };
+            if keep {
+                idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            } else {
+                open.add_permits(1);
+            }
+            freed.notify_one();
+            (tally, now)
+        });
+    }
+    let mut tally = Tally::default();
+    let mut last = start;
+    while let Some(done) = tasks.join_next().await {
+        let (t, l) = done.expect("an SMTP sender");
+        tally.merge(t);
+        last = last.max(l);
+    }
+    for mut conn in idle.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        tokio::spawn(async move {
+            let _ = conn.writer.write_all(b"QUIT\r\n").await;
+        });
+    }
+    Outcome {
+        tally,
+        span: last.saturating_duration_since(start),
+    }
+}

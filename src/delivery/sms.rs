@@ -416,6 +416,10 @@ async fn supervise(
     }
 }
 
+/// Serves one bound connection. PDUs from the SMSC are handled
+/// concurrently (as many as the SMSC's window sends at once): each receipt
+/// waits for its durable log event before its `deliver_sm_resp`, and one
+/// at a time that wait capped the receipts at one per sync.
 async fn serve_connection(
     inner: &Inner,
     client: &rusmppc::Client,
@@ -423,16 +427,12 @@ async fn serve_connection(
     sink: &dyn ReceiptSink,
     shutdown: &mut Shutdown,
 ) -> End {
+    let mut handling = futures::stream::FuturesUnordered::new();
     loop {
-        let event = tokio::select! {
+        tokio::select! {
             _ = shutdown.wait() => return End::Shutdown,
-            event = events.next() => event,
-        };
-        match event {
-            None => return End::Dropped,
-            Some(Event::Error(error)) => tracing::warn!(%error, "SMPP link error"),
-            Some(Event::Incoming(command)) => {
-                if let Err(error) = on_incoming(inner, client, command, sink).await {
+            Some(handled) = handling.next(), if !handling.is_empty() => {
+                if let Err(error) = handled {
                     tracing::warn!(%error, "SMPP answer failed");
                     return End::Dropped;
                 }
@@ -440,6 +440,11 @@ async fn serve_connection(
                     return End::Dropped;
                 }
             }
+            event = events.next() => match event {
+                None => return End::Dropped,
+                Some(Event::Error(error)) => tracing::warn!(%error, "SMPP link error"),
+                Some(Event::Incoming(command)) => handling.push(on_incoming(inner, client, command, sink)),
+            },
         }
     }
 }

@@ -487,7 +487,13 @@ impl Session {
             }
         };
         let backend = self.shared.backend.clone();
-        self.in_flight.push(Box::pin(async move {
+        let failed = Finished::Submit {
+            seq,
+            system_id: system_id.clone(),
+            result: Err(SubmitRefusal::System("the submit stopped unexpectedly".into())),
+            whole: None,
+        };
+        self.run(failed, async move {
             let result = backend.submit(submission).await;
             Finished::Submit {
                 seq,
@@ -495,7 +501,7 @@ impl Session {
                 result,
                 whole,
             }
-        }));
+        });
         Ok(())
     }
 
@@ -523,14 +529,19 @@ impl Session {
         }
         let whole = self.shared.hub.resolve(&system_id, &message_id);
         let backend = self.shared.backend.clone();
-        self.in_flight.push(Box::pin(async move {
+        let failed = Finished::Query {
+            seq,
+            message_id: message_id.clone(),
+            result: None,
+        };
+        self.run(failed, async move {
             let result = backend.query(&system_id, &whole).await;
             Finished::Query {
                 seq,
                 message_id,
                 result,
             }
-        }));
+        });
         Ok(())
     }
 
@@ -553,11 +564,29 @@ impl Session {
         }
         let whole = self.shared.hub.resolve(&system_id, &message_id);
         let backend = self.shared.backend.clone();
-        self.in_flight.push(Box::pin(async move {
+        let failed = Finished::Cancel {
+            seq,
+            result: Err(SubmitRefusal::System("the cancel stopped unexpectedly".into())),
+        };
+        self.run(failed, async move {
             let result = backend.cancel(&system_id, &whole).await;
             Finished::Cancel { seq, result }
-        }));
+        });
         Ok(())
+    }
+
+    /// Runs a backend call as a task of its own, so the session goes on
+    /// reading (and refusing past its window) while the call works; run
+    /// inside the session's task, the calls' work delayed every read.
+    /// `failed` answers the PDU if the task panics.
+    fn run(&mut self, failed: Finished, call: impl std::future::Future<Output = Finished> + Send + 'static) {
+        let task = tokio::spawn(call);
+        self.in_flight.push(Box::pin(async move {
+            task.await.unwrap_or_else(|error| {
+                tracing::error!(%error, "a backend call failed");
+                failed
+            })
+        }));
     }
 
     /// Answers a backend call that returned.
