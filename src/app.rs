@@ -304,7 +304,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let smtp_config = SmtpConfig {
                 hostname: "otpgate.local".into(),
                 max_message_bytes: config.max_message_bytes,
-                max_connections: 1024,
+                max_connections: config.smtp_max_connections,
                 max_messages_per_sec: config.smtp_max_messages_per_sec,
                 auth: config
                     .smtp_auth

@@ -30,6 +30,9 @@ pub struct Config {
     /// max_messages_per_sec`); above it MAIL is answered `451 4.3.2`.
     /// `None` means no limit.
     pub smtp_max_messages_per_sec: Option<u32>,
+    /// SMTP sessions served at once (`[smtp] max_connections`, default
+    /// 1,024); one more is answered `421 4.7.0` at connect and closed.
+    pub smtp_max_connections: usize,
     pub data_dir: PathBuf,
     pub virtual_clock: bool,
     pub clock_start: Millis,
@@ -183,6 +186,7 @@ struct SmtpTable {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_messages_per_sec: Option<u32>,
+    max_connections: Option<usize>,
 }
 
 /// A listener's table that may also be written as just its address.
@@ -443,6 +447,12 @@ impl Config {
                 message: "must be at least 1; leave it out for no limit".into(),
             });
         }
+        if smtp_table.max_connections == Some(0) {
+            return Err(ConfigError::Invalid {
+                field: "smtp.max_connections",
+                message: "must be at least 1".into(),
+            });
+        }
         let clock_start = match flags.clock_start.or(file.clock_start) {
             Some(text) => clock::parse_rfc3339(&text).ok_or(ConfigError::Invalid {
                 field: "clock_start",
@@ -473,6 +483,7 @@ impl Config {
             smtp_auth,
             smtp_tls,
             smtp_max_messages_per_sec: smtp_table.max_messages_per_sec,
+            smtp_max_connections: smtp_table.max_connections.unwrap_or(1024),
             data_dir: flags
                 .data
                 .or(file.data)
@@ -630,8 +641,11 @@ mod tests {
         assert!(err.starts_with("smtp.max_messages_per_sec:"), "{err}");
         let err = load_file("[http]\nmax_inflight = 3\n").unwrap_err().to_string();
         assert!(err.contains("max_inflight"), "{err}");
-        let c = load_file("[smtp]\nmax_messages_per_sec = 50\n").unwrap();
+        let c = load_file("[smtp]\nmax_messages_per_sec = 50\nmax_connections = 64\n").unwrap();
         assert_eq!(c.smtp_max_messages_per_sec, Some(50));
+        assert_eq!(c.smtp_max_connections, 64);
+        let err = load_file("[smtp]\nmax_connections = 0\n").unwrap_err().to_string();
+        assert!(err.starts_with("smtp.max_connections:"), "{err}");
     }
 
     #[test]
