@@ -83,9 +83,9 @@ async fn read_code(conn: &mut Conn, number: &str, not: Option<&str>) -> String {
 }
 
 /// An issued OTP as the issue answer gave it.
-struct Issued {
+pub(crate) struct Issued {
     otp_id: String,
-    message_id: String,
+    pub(crate) message_id: String,
 }
 
 pub(crate) fn issue_requests(members: &Arc<Vec<Member>>, purpose: &'static str) -> http::Requests {
@@ -97,7 +97,7 @@ pub(crate) fn issue_requests(members: &Arc<Vec<Member>>, purpose: &'static str) 
     })
 }
 
-fn issued(outcome: &http::Outcome) -> Vec<(u64, Issued)> {
+pub(crate) fn issued(outcome: &http::Outcome) -> Vec<(u64, Issued)> {
     outcome
         .bodies
         .iter()
@@ -117,7 +117,7 @@ fn issued(outcome: &http::Outcome) -> Vec<(u64, Issued)> {
 /// Waits until every message's delivery log shows the SMPP receipt the OTP
 /// core recorded; answers the receipt times (ms since the epoch) and the
 /// latency from `queued` to `receipt` per message.
-async fn receipts_logged(addr: SocketAddr, message_ids: Vec<String>) -> (Vec<i64>, Latencies, usize) {
+pub(crate) async fn receipts_logged(addr: SocketAddr, message_ids: Vec<String>) -> (Vec<i64>, Latencies, usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut pending = message_ids;
     let mut times = Vec::new();
