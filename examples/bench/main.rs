@@ -4,8 +4,8 @@
 //! ratio otpgate / baseline, then which targets were met.
 //!
 //! ```sh
-//! cargo run --release --example bench              # everything, about 5 minutes
-//! cargo run --release --example bench -- --quick   # about two minutes
+//! cargo run --release --example bench              # everything but the soak, about 10 minutes
+//! cargo run --release --example bench -- --quick   # a few minutes
 //! cargo run --release --example bench -- --soak    # adds the 10-minute memory soak
 //! ```
 //!
@@ -34,7 +34,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(about = "Benchmarks otpgate against minimal baselines (BENCHMARKS.md)")]
 struct Args {
-    /// Short runs (about two minutes in all) for a quick look.
+    /// Short runs (a few minutes in all) for a quick look.
     #[arg(long)]
     quick: bool,
     /// Also run the 10-minute memory soak at half the maximum issue rate.
