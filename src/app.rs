@@ -81,6 +81,7 @@ pub fn open_desk(config: &Config) -> Result<(crate::desk::Desk, Arc<Clock>), Sta
         None => Clock::system(),
     };
     let log = DeliveryLog::open(&store).map_err(|e| data(&e))?;
+    log.keep(config.log_retention);
     let profile = SenderProfile {
         number: config.sender.number.clone(),
         short_code: config.sender.short_code.clone(),
@@ -183,6 +184,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
 
     let log = DeliveryLog::open(&store).map_err(|e| data(&e))?;
+    log.keep(config.log_retention);
     if let Some(url) = &config.callback_url {
         let callbacks = crate::delivery::callbacks::Callbacks::open(&store, clock.clone(), url.clone())
             .map_err(|e| StartError::Other(format!("callback_url: {e}")))?;

@@ -47,6 +47,8 @@ pub struct Config {
     pub default_carrier: String,
     pub chaos: bool,
     pub mail_retention: usize,
+    /// Delivery-log messages kept (`log_retention`); the oldest go first.
+    pub log_retention: usize,
     pub max_message_bytes: usize,
     /// Required on simulation and admin routes when HTTP listens beyond loopback.
     pub admin_token: Option<String>,
@@ -327,6 +329,7 @@ struct File {
     default_carrier: Option<String>,
     chaos: Option<bool>,
     mail_retention: Option<usize>,
+    log_retention: Option<usize>,
     max_message_bytes: Option<usize>,
     admin_token: Option<String>,
     demo: Option<bool>,
@@ -504,6 +507,10 @@ impl Config {
             default_carrier: file.default_carrier.unwrap_or_else(|| "docomo".into()),
             chaos: file.chaos.unwrap_or(false),
             mail_retention: file.mail_retention.unwrap_or(10_000).max(1),
+            log_retention: file
+                .log_retention
+                .unwrap_or(crate::delivery::log::DEFAULT_RETENTION)
+                .max(1),
             max_message_bytes: file.max_message_bytes.unwrap_or(10 * 1024 * 1024),
             admin_token: file.admin_token,
             load_demo: file.demo.unwrap_or(true),
@@ -687,5 +694,6 @@ mod example_file {
         // The example shows the defaults; the rate limits are off.
         assert_eq!(c.http_admission, HttpAdmission::default());
         assert_eq!(c.smtp_max_messages_per_sec, None);
+        assert_eq!(c.log_retention, crate::delivery::log::DEFAULT_RETENTION);
     }
 }

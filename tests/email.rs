@@ -674,6 +674,26 @@ async fn the_capture_keeps_only_the_newest_mail_retention_messages() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_log_keeps_only_the_newest_log_retention_messages() {
+    let server = TestServer::start_with(|c| c.log_retention = 3).await;
+    let to = "retained@example.jp";
+    for i in 0..5 {
+        raw_send(server.smtp, to, &format!("notice {i}"), "hello").await;
+    }
+    let (s, all) = server.get("/v1/messages").await;
+    assert_eq!(s, 200, "{all}");
+    let items = all["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{all:#}");
+    let log = external_log(&server, to).await;
+    assert_eq!(log.len(), 3, "the index lost the removed ones too: {log:#?}");
+    let newest = log[0]["id"].as_str().unwrap();
+    let oldest_kept = log[2]["id"].as_str().unwrap();
+    assert!(newest > oldest_kept);
+    assert_eq!(server.get(&format!("/v1/messages/{newest}")).await.0, 200);
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // Mail from other applications in the delivery log.
 

@@ -6,6 +6,7 @@
 //! retry scheduled, delivered to the handset). A message's `state` follows
 //! from its events. Texts are kept with codes masked: never a plain code.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -188,7 +189,20 @@ pub struct DeliveryLog {
     observers: Arc<std::sync::RwLock<Vec<Observer>>>,
     /// Woken on every event, for long polls.
     changed: Arc<tokio::sync::Notify>,
+    retention: Arc<Retention>,
 }
+
+/// How many messages the log keeps; past it the oldest are removed, with
+/// their index entries, as new ones come.
+struct Retention {
+    keep: AtomicUsize,
+    count: AtomicUsize,
+    /// One remover at a time.
+    removing: tokio::sync::Mutex<()>,
+}
+
+/// Messages kept unless [`DeliveryLog::keep`] says otherwise.
+pub const DEFAULT_RETENTION: usize = 100_000;
 
 fn message_key(n: u64) -> String {
     format!("m{n:012}")
@@ -203,7 +217,51 @@ impl DeliveryLog {
             locks: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
             observers: Arc::new(std::sync::RwLock::new(Vec::new())),
             changed: Arc::new(tokio::sync::Notify::new()),
+            retention: Arc::new(Retention {
+                keep: AtomicUsize::new(DEFAULT_RETENTION),
+                count: AtomicUsize::new(store.tree("messages")?.len()),
+                removing: tokio::sync::Mutex::new(()),
+            }),
         })
+    }
+
+    /// Keeps at most `messages` (at least one); the oldest go first.
+    pub fn keep(&self, messages: usize) {
+        self.retention.keep.store(messages.max(1), Ordering::SeqCst);
+    }
+
+    /// Removes the oldest messages past the retention, with their index
+    /// entries. Not synced on its own: a removal a crash undoes is made
+    /// again by the next one.
+    async fn enforce_retention(&self) -> Result<(), StoreError> {
+        let r = &self.retention;
+        if r.count.load(Ordering::SeqCst) <= r.keep.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let _one_at_a_time = r.removing.lock().await;
+        while r.count.load(Ordering::SeqCst) > r.keep.load(Ordering::SeqCst) {
+            let Some(oldest) = self.messages.first_key()? else {
+                r.count.store(0, Ordering::SeqCst);
+                break;
+            };
+            // Under the message's lock, so an append cannot write it back.
+            let _guard = self.lock_for(&oldest).lock().await;
+            if let Some(message) = self.messages.get::<Message>(&oldest)? {
+                self.index.remove(&format!("to\0{}\0{oldest}", message.to))?;
+                if let Some(m) = &message.member_id {
+                    self.index.remove(&format!("member\0{m}\0{oldest}"))?;
+                }
+                if let Some(o) = &message.otp_id {
+                    self.index.remove(&format!("otp\0{o}\0{oldest}"))?;
+                }
+                if let Some(s) = &message.smsc_message_id {
+                    self.index.remove(&format!("smsc\0{s}"))?;
+                }
+            }
+            self.messages.remove(&oldest)?;
+            r.count.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     pub fn observe(&self, observer: Observer) {
@@ -255,6 +313,7 @@ impl DeliveryLog {
             events: vec![first.clone()],
         };
         self.messages.put(&id, &message)?;
+        self.retention.count.fetch_add(1, Ordering::SeqCst);
         self.index_put("to", &message.to, &id)?;
         if let Some(m) = &message.member_id {
             self.index_put("member", m, &id)?;
@@ -317,7 +376,7 @@ impl DeliveryLog {
     pub async fn publish(&self, written: Written) -> Result<(), StoreError> {
         self.store.flush().await?;
         self.notify(&written.message, &written.event);
-        Ok(())
+        self.enforce_retention().await
     }
 
     /// Waits until `done` holds for the message or `timeout` (real time)
@@ -425,6 +484,37 @@ impl DeliveryLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn past_the_retention_the_oldest_messages_go_with_their_index_entries() {
+        let log = DeliveryLog::open(&Store::temporary().unwrap()).unwrap();
+        log.keep(2);
+        let mut ids = Vec::new();
+        for n in 0..4 {
+            let mut accepted = Event::new("smsc_accepted", n).state(State::Submitted);
+            accepted.smsc_message_id = Some(format!("s{n}"));
+            ids.push(log.create(new(&format!("+81901111000{n}")), accepted).await.unwrap().id);
+        }
+        assert!(log.get(&ids[0]).unwrap().is_none() && log.get(&ids[1]).unwrap().is_none());
+        assert!(log.by_smsc_id("s1").unwrap().is_none());
+        assert_eq!(log.by_smsc_id("s3").unwrap().unwrap().id, ids[3]);
+        let (kept, _) = log
+            .query(&Query {
+                member_id: Some("M1".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(
+            kept.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+            vec![ids[3].clone(), ids[2].clone()]
+        );
+        assert_eq!(
+            log.index.len(),
+            2 * 4,
+            "to, member, otp and smsc entries of the two kept"
+        );
+        assert!(log.append(&ids[0], Event::new("late", 9)).await.unwrap().is_none());
+    }
 
     fn new(to: &str) -> NewMessage {
         NewMessage {
