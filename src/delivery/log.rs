@@ -203,6 +203,9 @@ struct Retention {
 
 /// Messages kept unless [`DeliveryLog::keep`] says otherwise.
 pub const DEFAULT_RETENTION: usize = 100_000;
+/// Most messages one call removes: more than one, so removal catches up
+/// with creation even when some calls find the remover busy.
+const RETENTION_BATCH: usize = 16;
 
 fn message_key(n: u64) -> String {
     format!("m{n:012}")
@@ -231,15 +234,22 @@ impl DeliveryLog {
     }
 
     /// Removes the oldest messages past the retention, with their index
-    /// entries. Not synced on its own: a removal a crash undoes is made
-    /// again by the next one.
+    /// entries, a few at a time. Not synced on its own: a removal a crash
+    /// undoes is made again by the next one. Whoever finds another caller
+    /// removing goes on without waiting: waiting for the one remover
+    /// queued every answer behind it (the soak's p99 rose from 0.2 to 2.7 s).
     async fn enforce_retention(&self) -> Result<(), StoreError> {
         let r = &self.retention;
         if r.count.load(Ordering::SeqCst) <= r.keep.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let _one_at_a_time = r.removing.lock().await;
-        while r.count.load(Ordering::SeqCst) > r.keep.load(Ordering::SeqCst) {
+        let Ok(_one_at_a_time) = r.removing.try_lock() else {
+            return Ok(());
+        };
+        for _ in 0..RETENTION_BATCH {
+            if r.count.load(Ordering::SeqCst) <= r.keep.load(Ordering::SeqCst) {
+                break;
+            }
             let Some(oldest) = self.messages.first_key()? else {
                 r.count.store(0, Ordering::SeqCst);
                 break;
