@@ -191,6 +191,19 @@ struct SmtpTable {
     max_connections: Option<usize>,
 }
 
+const NO_LIMIT: &str = "; leave it out for no limit";
+
+/// A count that, when given, must be at least 1.
+fn not_zero<T: Default + PartialEq>(value: Option<T>, field: &'static str, hint: &str) -> Result<(), ConfigError> {
+    if value == Some(T::default()) {
+        return Err(ConfigError::Invalid {
+            field,
+            message: format!("must be at least 1{hint}"),
+        });
+    }
+    Ok(())
+}
+
 /// A listener's table that may also be written as just its address.
 trait ListenerTable: Default {
     const EXAMPLE: &'static str;
@@ -253,12 +266,7 @@ fn http_admission(table: &HttpTable) -> Result<HttpAdmission, ConfigError> {
             message: "max_connections and max_in_flight must be at least 1".into(),
         });
     }
-    if admission.max_requests_per_sec == Some(0) {
-        return Err(ConfigError::Invalid {
-            field: "http.max_requests_per_sec",
-            message: "must be at least 1; leave it out for no limit".into(),
-        });
-    }
+    not_zero(admission.max_requests_per_sec, "http.max_requests_per_sec", NO_LIMIT)?;
     Ok(admission)
 }
 
@@ -444,18 +452,8 @@ impl Config {
             .and_then(Path::parent)
             .unwrap_or_else(|| Path::new(""));
         let (smtp_auth, smtp_tls) = smtp_security(&smtp_table, config_dir)?;
-        if smtp_table.max_messages_per_sec == Some(0) {
-            return Err(ConfigError::Invalid {
-                field: "smtp.max_messages_per_sec",
-                message: "must be at least 1; leave it out for no limit".into(),
-            });
-        }
-        if smtp_table.max_connections == Some(0) {
-            return Err(ConfigError::Invalid {
-                field: "smtp.max_connections",
-                message: "must be at least 1".into(),
-            });
-        }
+        not_zero(smtp_table.max_messages_per_sec, "smtp.max_messages_per_sec", NO_LIMIT)?;
+        not_zero(smtp_table.max_connections, "smtp.max_connections", "")?;
         let clock_start = match flags.clock_start.or(file.clock_start) {
             Some(text) => clock::parse_rfc3339(&text).ok_or(ConfigError::Invalid {
                 field: "clock_start",

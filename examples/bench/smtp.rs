@@ -170,6 +170,62 @@ async fn send_one(conn: &mut Conn, index: u64, timeout: Duration) -> Sent {
     }
 }
 
+/// Counts a connect that failed: refused (421 at the banner), another
+/// error, or no answer. Returns when.
+fn tally_connect_failure(tally: &mut Tally, code: Option<u16>, at: Instant) -> Instant {
+    let now = Instant::now();
+    match code.map(|c| classify(Some(c))) {
+        Some(Some(Sent::Refused { .. })) => {
+            tally.refused += 1;
+            tally.refusal_latency.record(now - at);
+        }
+        Some(_) => tally.errors += 1,
+        None => tally.timeouts += 1,
+    }
+    now
+}
+
+/// What to do with a connection after a message.
+enum After {
+    Keep,
+    /// Send RSET; keep the connection if it answers 250.
+    Reset,
+    Close,
+}
+
+/// Counts one message's outcome (latency from when it was due, service
+/// latency from when it was sent).
+fn tally_sent(tally: &mut Tally, outcome: Sent, at: Instant, sent: Instant, now: Instant) -> After {
+    match outcome {
+        Sent::Ok => {
+            tally.ok += 1;
+            tally.latency.record(now - at);
+            tally.service_latency.record(now - sent);
+            After::Keep
+        }
+        Sent::Refused { clean } => {
+            tally.refused += 1;
+            tally.refusal_latency.record(now - sent);
+            // A 451 to MAIL opened nothing: the next message goes on the
+            // same connection, as a real client's retry would. After 421
+            // the server closes; after a later 451 start clean.
+            if clean {
+                After::Keep
+            } else {
+                After::Close
+            }
+        }
+        Sent::Error => {
+            tally.errors += 1;
+            After::Reset
+        }
+        Sent::Lost => {
+            tally.timeouts += 1;
+            After::Close
+        }
+    }
+}
+
 async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<AtomicU64>) -> (Tally, Instant) {
     let mut tally = Tally::default();
     let mut last = start;
@@ -203,16 +259,7 @@ async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<Atomic
             match connect(&load).await {
                 Ok(c) => conn = Some(c),
                 Err(code) => {
-                    let now = Instant::now();
-                    match code.map(|c| classify(Some(c))) {
-                        Some(Some(Sent::Refused { .. })) => {
-                            tally.refused += 1;
-                            tally.refusal_latency.record(now - at);
-                        }
-                        Some(_) => tally.errors += 1,
-                        None => tally.timeouts += 1,
-                    }
-                    last = now;
+                    last = tally_connect_failure(&mut tally, code, at);
                     continue;
                 }
             }
@@ -222,34 +269,14 @@ async fn worker_task(load: Load, worker: usize, start: Instant, next: Arc<Atomic
         let outcome = send_one(c, index, load.reply_timeout).await;
         let now = Instant::now();
         last = now;
-        match outcome {
-            Sent::Ok => {
-                tally.ok += 1;
-                tally.latency.record(now - at);
-                tally.service_latency.record(now - sent);
-            }
-            Sent::Refused { clean } => {
-                tally.refused += 1;
-                tally.refusal_latency.record(now - sent);
-                // A 451 to MAIL opened nothing: the next message goes on the
-                // same connection, as a real client's retry would. After 421
-                // the server closes; after a later 451 start clean.
-                if !clean {
+        match tally_sent(&mut tally, outcome, at, sent, now) {
+            After::Keep => {}
+            After::Reset => {
+                if command(c, b"RSET\r\n", load.reply_timeout).await != Some(250) {
                     conn = None;
                 }
             }
-            Sent::Error => {
-                tally.errors += 1;
-                if let Some(c) = conn.as_mut() {
-                    if command(c, b"RSET\r\n", load.reply_timeout).await != Some(250) {
-                        conn = None;
-                    }
-                }
-            }
-            Sent::Lost => {
-                tally.timeouts += 1;
-                conn = None;
-            }
+            After::Close => conn = None,
         }
     }
     if let Some(mut c) = conn {
@@ -306,15 +333,7 @@ pub async fn run_when_due(load: Load) -> Outcome {
                         conn
                     }
                     Err(code) => {
-                        let now = Instant::now();
-                        match code.map(|c| classify(Some(c))) {
-                            Some(Some(Sent::Refused { .. })) => {
-                                tally.refused += 1;
-                                tally.refusal_latency.record(now - at);
-                            }
-                            Some(_) => tally.errors += 1,
-                            None => tally.timeouts += 1,
-                        }
+                        let now = tally_connect_failure(&mut tally, code, at);
                         drop(permit);
                         freed.notify_one();
                         return (tally, now);
@@ -324,26 +343,10 @@ pub async fn run_when_due(load: Load) -> Outcome {
             let sent = Instant::now();
             let outcome = send_one(&mut conn, index, load.reply_timeout).await;
             let now = Instant::now();
-            let keep = match outcome {
-                Sent::Ok => {
-                    tally.ok += 1;
-                    tally.latency.record(now - at);
-                    tally.service_latency.record(now - sent);
-                    true
-                }
-                Sent::Refused { clean } => {
-                    tally.refused += 1;
-                    tally.refusal_latency.record(now - sent);
-                    clean
-                }
-                Sent::Error => {
-                    tally.errors += 1;
-                    command(&mut conn, b"RSET\r\n", load.reply_timeout).await == Some(250)
-                }
-                Sent::Lost => {
-                    tally.timeouts += 1;
-                    false
-                }
+            let keep = match tally_sent(&mut tally, outcome, at, sent, now) {
+                After::Keep => true,
+                After::Reset => command(&mut conn, b"RSET\r\n", load.reply_timeout).await == Some(250),
+                After::Close => false,
             };
             if keep {
                 idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);

@@ -213,18 +213,19 @@ fn message_key(n: u64) -> String {
 
 impl DeliveryLog {
     pub fn open(store: &Store) -> Result<DeliveryLog, StoreError> {
+        let messages = store.tree("messages")?;
         Ok(DeliveryLog {
             store: store.clone(),
-            messages: store.tree("messages")?,
             index: store.tree("message_index")?,
             locks: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
             observers: Arc::new(std::sync::RwLock::new(Vec::new())),
             changed: Arc::new(tokio::sync::Notify::new()),
             retention: Arc::new(Retention {
                 keep: AtomicUsize::new(DEFAULT_RETENTION),
-                count: AtomicUsize::new(store.tree("messages")?.len()),
+                count: AtomicUsize::new(messages.len()),
                 removing: tokio::sync::Mutex::new(()),
             }),
+            messages,
         })
     }
 
