@@ -214,6 +214,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         CORE_SYSTEM_ID.into(),
     )
     .map_err(|e| data(&e))?;
+    network.keep(config.log_retention);
 
     // A crash can leave messages open that nothing will move forward: an
     // OTP whose send was cut off (the plain code is gone, so it cannot be

@@ -16,7 +16,12 @@ use crate::config::Config;
 use crate::delivery::log::{DeliveryLog, Event, NewMessage, State};
 use crate::member::{self, Channel, Member, MemberError, Phone};
 use crate::otp::{self, HashKey, Otp, OtpStatus, SendLimits, Verdict};
+use crate::store::retention::{self, Retention};
 use crate::store::{Store, StoreError, Tree};
+
+/// Refusals kept per member, newest; a client that keeps asking while
+/// refused does not grow the store.
+const REFUSALS_KEPT: usize = 100;
 
 pub const PHONE_VERIFICATION: &str = "phone_verification";
 
@@ -87,6 +92,11 @@ pub struct OtpService {
     otps: Tree,
     /// `member\0{member}\0{otp}` and `current\0{member}\0{purpose}` → otp id.
     otp_index: Tree,
+    /// Issue order (`{n:015}` → otp id), oldest first, for the retention.
+    otp_order: Tree,
+    /// How many OTP records are kept (`log_retention`): past it the oldest
+    /// finished ones go; a code that can still be used never does.
+    retention: Arc<Retention>,
     /// destination → recent send times.
     sends: Tree,
     refusals: Tree,
@@ -124,6 +134,7 @@ impl OtpService {
         config: &Config,
         sender: Arc<dyn Sender>,
     ) -> Result<OtpService, StoreError> {
+        let otp_order = store.tree("otp_order")?;
         Ok(OtpService {
             store: store.clone(),
             clock,
@@ -132,6 +143,8 @@ impl OtpService {
             members: store.tree("members")?,
             otps: store.tree("otps")?,
             otp_index: store.tree("otp_index")?,
+            retention: Arc::new(Retention::new(config.log_retention, otp_order.len())),
+            otp_order,
             sends: store.tree("sends")?,
             refusals: store.tree("refusals")?,
             limits: Arc::new(SendLimits {
@@ -364,6 +377,10 @@ impl OtpService {
             };
             self.refusals
                 .put(&format!("{}\0{:015}", member.id, self.store.next_id()?), &refusal)?;
+            let kept = self.refusals.keys_with_prefix(&format!("{}\0", member.id))?;
+            for key in kept.iter().take(kept.len().saturating_sub(REFUSALS_KEPT)) {
+                self.refusals.remove(key)?;
+            }
             return Err(ServiceError::RateLimited { retry_after });
         }
         Ok(())
@@ -427,10 +444,13 @@ impl OtpService {
         otp.message_id = Some(log_id.clone());
 
         // Supersede the member's current OTP for this purpose, then record the new one.
+        // The old one's lock is held until the batch is in, so neither a
+        // verify nor the retention comes between the read and the write.
         let current_key = format!("current\0{}\0{purpose}", member.id);
         let mut batch = self.store.batch();
+        let mut _old_guard = None;
         if let Some(old_id) = self.otp_index.get::<String>(&current_key)? {
-            let _old_guard = self.lock(Lock::Otp, &old_id).lock().await;
+            _old_guard = Some(self.lock(Lock::Otp, &old_id).lock().await);
             if let Some(mut old) = self.otps.get::<Otp>(&old_id)? {
                 if old.status == OtpStatus::Pending {
                     old.status = OtpStatus::Superseded;
@@ -446,7 +466,10 @@ impl OtpService {
         batch.put(&self.otps, &id, &otp)?;
         batch.put(&self.otp_index, &current_key, &id)?;
         batch.put(&self.otp_index, &format!("member\0{}\0{id}", member.id), &id)?;
+        batch.put(&self.otp_order, &format!("{:015}", self.store.next_id()?), &id)?;
         self.store.apply(batch)?;
+        self.retention.added();
+        drop(_old_guard);
         self.log.publish(logged).await?;
 
         self.sender
@@ -462,7 +485,49 @@ impl OtpService {
                 valid_minutes,
             })
             .await;
+        drop(_dest_guard);
+        if let Err(error) = self.enforce_retention() {
+            tracing::warn!(%error, "OTP retention could not remove old records");
+        }
         Ok(otp)
+    }
+
+    /// Removes the oldest finished OTP records past the retention, with
+    /// their index entries (see [`Retention`]). A pending code that has not
+    /// expired stays, whatever its age. A member's `current` entry may then
+    /// name a removed OTP, which reads as none.
+    fn enforce_retention(&self) -> Result<(), StoreError> {
+        let Some(_turn) = self.retention.turn() else {
+            return Ok(());
+        };
+        let now = self.now();
+        let mut removed = 0;
+        for key in self.otp_order.first_keys(retention::SCAN)? {
+            if removed == retention::BATCH || !self.retention.over() {
+                break;
+            }
+            let Some(id) = self.otp_order.get::<String>(&key)? else {
+                continue;
+            };
+            // Not waited for: a verify or an issue holding the stripe is
+            // working on a code, which is not one to remove.
+            let Ok(_guard) = self.lock(Lock::Otp, &id).try_lock() else {
+                continue;
+            };
+            let mut batch = self.store.batch();
+            if let Some(otp) = self.otps.get::<Otp>(&id)? {
+                if otp.status == OtpStatus::Pending && now < otp.expires_at {
+                    continue;
+                }
+                batch.remove(&self.otps, &id);
+                batch.remove(&self.otp_index, &format!("member\0{}\0{id}", otp.member_id));
+            }
+            batch.remove(&self.otp_order, &key);
+            self.store.apply(batch)?;
+            self.retention.removed();
+            removed += 1;
+        }
+        Ok(())
     }
 
     pub fn otp(&self, id: &str) -> Result<Otp, ServiceError> {

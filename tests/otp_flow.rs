@@ -310,3 +310,62 @@ async fn beyond_loopback_the_simulation_routes_need_the_admin_token() {
     assert_eq!(s, 200);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_log_retention_old_records_go_and_codes_that_can_be_used_stay() {
+    let server = TestServer::start_with(|c| {
+        c.log_retention = 3;
+        c.otp.sends_per_window = 100;
+    })
+    .await;
+    let mut last = server.sms_member("M1", DOCOMO, "docomo").await;
+    let mut otps = Vec::new();
+    for _ in 0..5 {
+        otps.push(issue(&server, "M1", "login").await);
+        last = server.code_on_handset(DOCOMO, Some(&last)).await;
+        // Also waits for the delivery job, retention included, to finish.
+        server.advance(61).await;
+    }
+    let id = |otp: &serde_json::Value| otp["id"].as_str().unwrap().to_string();
+    // Six OTPs (the phone's verification and five logins) and six SMS:
+    // the newest three of each stay.
+    for old in &otps[..2] {
+        assert_eq!(server.get(&format!("/v1/otps/{}", id(old))).await.0, 404, "{old}");
+    }
+    for kept in &otps[2..] {
+        assert_eq!(server.get(&format!("/v1/otps/{}", id(kept))).await.0, 200, "{kept}");
+    }
+    let (_, inbox) = server.get(&format!("/v1/sim/handsets/{}/messages", enc(DOCOMO))).await;
+    let items = inbox["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{inbox:#}");
+    assert_eq!(items[0]["received_at"], last["received_at"], "newest first: {inbox:#}");
+
+    // Codes that can still be used are never removed, however many there
+    // are: four members with a pending code each, past a cap of three.
+    let mut pending = vec![otps[4].clone()];
+    for i in 0..4 {
+        let member = format!("E{i}");
+        let (s, b) = server
+            .post(
+                "/v1/members",
+                json!({"id": member, "email": format!("e{i}@example.com")}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        pending.push(issue(&server, &member, "login").await);
+    }
+    server.advance(1).await;
+    for otp in &pending {
+        let (s, state) = server.get(&format!("/v1/otps/{}", id(otp))).await;
+        assert_eq!((s, &state["status"]), (200, &json!("pending")), "{state}");
+    }
+    // The newest SMS code still verifies.
+    let (s, b) = server
+        .post(
+            &format!("/v1/otps/{}/verify", id(&otps[4])),
+            json!({"code": last["code"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    server.stop().await;
+}

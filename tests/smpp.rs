@@ -677,3 +677,40 @@ async fn status_callbacks_report_each_event_so_a_suite_waits_without_polling() {
     esme.unbind().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_log_retention_the_oldest_final_records_go_and_pending_ones_stay() {
+    let server = TestServer::start_with(|c| c.log_retention = 2).await;
+    let off = "09011110002";
+    server
+        .handset(off, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+
+    // The oldest record stays pending: the phone is off.
+    let waiting = esme.send(&sms(off, "waiting for the phone")).await;
+    let mut delivered = Vec::new();
+    for i in 0..4 {
+        delivered.push(esme.send(&sms(PHONE, &format!("message {i}"))).await);
+        server.advance(RUN).await;
+        assert_eq!(esme.receipt().await.id, delivered[i]);
+    }
+    // Five records past a cap of two: the pending one and the newest
+    // delivered one stay; query_sm no longer finds the others.
+    assert_eq!(esme.query(&waiting).await, Ok((1, 0, String::new())), "ENROUTE");
+    assert_eq!(esme.query(&delivered[3]).await.map(|q| q.0), Ok(2), "DELIVERED");
+    for gone in &delivered[..3] {
+        assert_eq!(esme.query(gone).await, Err(0x67), "ESME_RQUERYFAIL for {gone}");
+    }
+    // The inbox keeps the messages whose records stay.
+    let texts: Vec<String> = server.inbox(PHONE).await.into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, ["message 3"]);
+    // The pending message is still delivered when the phone comes back.
+    server.handset(off, json!({"powered_on": true})).await;
+    server.advance(RUN).await;
+    assert_eq!(esme.receipt().await.id, waiting);
+    assert_eq!(server.inbox(off).await.len(), 1);
+    esme.unbind().await;
+    server.stop().await;
+}

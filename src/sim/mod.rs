@@ -133,11 +133,17 @@ impl World {
         Ok((handset, created))
     }
 
-    /// Puts a message in a handset's inbox; written, not synced: the
-    /// caller syncs it with the delivery it belongs to.
-    pub fn push_inbox(&self, number: &str, message: InboxMessage) -> Result<(), StoreError> {
+    /// Puts a message in a handset's inbox and returns its key; written,
+    /// not synced: the caller syncs it with the delivery it belongs to.
+    pub fn push_inbox(&self, number: &str, message: InboxMessage) -> Result<String, StoreError> {
         let key = format!("{number}\0{:015}", self.store.next_id()?);
-        self.inbox.put(&key, &message)
+        self.inbox.put(&key, &message)?;
+        Ok(key)
+    }
+
+    /// Takes a message out of an inbox (retention); not synced.
+    pub fn remove_inbox(&self, key: &str) -> Result<(), StoreError> {
+        self.inbox.remove(key)
     }
 
     /// The inbox oldest first.

@@ -21,6 +21,7 @@ use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State};
 use crate::member::{self, Channel};
 use crate::sim::{InboxMessage, World};
 use crate::smsc::{MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, SubmitRefusal};
+use crate::store::retention::{self, Retention};
 use crate::store::{Store, StoreError, Tree};
 
 /// One message in the SMSC's store-and-forward queue.
@@ -50,6 +51,10 @@ pub struct SmsRecord {
     /// chains.
     #[serde(default)]
     pub next_attempt_at: Option<Millis>,
+    /// The handset inbox entry this message became, removed with the
+    /// record when the retention lets the record go.
+    #[serde(default)]
+    pub inbox_key: Option<String>,
 }
 
 /// Why a delivery attempt runs.
@@ -87,6 +92,9 @@ struct Inner {
     /// clock advance answers after the delivery log has them.
     internal_system_id: String,
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// How many records are kept (the log's `log_retention`): past it the
+    /// oldest final ones go, with the inbox messages they became.
+    retention: Retention,
 }
 
 fn stable_hash(s: &str) -> u64 {
@@ -137,10 +145,12 @@ impl SmsNetwork {
         seed: u64,
         internal_system_id: String,
     ) -> Result<SmsNetwork, StoreError> {
+        let records = store.tree("sms_records")?;
         Ok(SmsNetwork {
             inner: Arc::new(Inner {
                 store: store.clone(),
-                records: store.tree("sms_records")?,
+                retention: Retention::new(crate::delivery::log::DEFAULT_RETENTION, records.len()),
+                records,
                 pending: store.tree("sms_pending")?,
                 world,
                 log,
@@ -151,6 +161,59 @@ impl SmsNetwork {
                 locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             }),
         })
+    }
+
+    /// Keeps at most `records` SMS records (at least one).
+    pub fn keep(&self, records: usize) {
+        self.inner.retention.keep(records);
+    }
+
+    fn lock_for(&self, id: &str) -> &tokio::sync::Mutex<()> {
+        let locks = &self.inner.locks;
+        &locks[(stable_hash(id) % locks.len() as u64) as usize]
+    }
+
+    /// Runs the retention after a record is added (past the cap) or made
+    /// final (removable); a failure to remove is logged, not answered.
+    fn keep_within_retention(&self) {
+        if let Err(error) = self.enforce_retention() {
+            tracing::warn!(%error, "SMS record retention could not remove old records");
+        }
+    }
+
+    /// Removes the oldest final records past the retention, with the inbox
+    /// messages they became; pending ones stay (see [`Retention`]).
+    fn enforce_retention(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let Some(_turn) = inner.retention.turn() else {
+            return Ok(());
+        };
+        let mut removed = 0;
+        for id in inner.records.first_keys(retention::SCAN)? {
+            if removed == retention::BATCH || !inner.retention.over() {
+                break;
+            }
+            // Under the record's lock, so an attempt cannot write it back.
+            // Not waited for: the caller may hold that lock itself (the
+            // stripes are shared), and a record being worked on is not
+            // one to remove.
+            let Ok(_guard) = self.lock_for(&id).try_lock() else {
+                continue;
+            };
+            let Some(rec) = inner.records.get::<SmsRecord>(&id)? else {
+                continue;
+            };
+            if !rec.is_final() {
+                continue;
+            }
+            if let Some(key) = &rec.inbox_key {
+                inner.world.remove_inbox(key)?;
+            }
+            inner.records.remove(&id)?;
+            inner.retention.removed();
+            removed += 1;
+        }
+        Ok(())
     }
 
     fn rng(&self, id: &str, attempt: u32, salt: u64) -> ChaCha8Rng {
@@ -344,6 +407,7 @@ impl SmsNetwork {
             message_state: 1,
             log_id,
             next_attempt_at: Some(first_attempt_at),
+            inbox_key: None,
         };
         // The queue entry first: a crash between the two writes leaves an
         // entry without a record, which `resume` drops; the other order
@@ -351,8 +415,10 @@ impl SmsNetwork {
         // transaction: sled's halved the SMSC's throughput.)
         inner.pending.put(&format!("{to}\0{id}"), &id).map_err(sys)?;
         inner.records.put(&id, &record).map_err(sys)?;
+        inner.retention.added();
         inner.log.publish(written).await.map_err(sys)?;
         self.schedule(id.clone(), first_attempt_at, Trigger::Planned(first_attempt_at));
+        self.keep_within_retention();
         Ok(id)
     }
 
@@ -365,9 +431,7 @@ impl SmsNetwork {
 
     async fn try_attempt(&self, id: &str, now: Millis, trigger: Trigger) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let _guard = inner.locks[(stable_hash(id) % inner.locks.len() as u64) as usize]
-            .lock()
-            .await;
+        let _guard = self.lock_for(id).lock().await;
         let Some(mut rec) = inner.records.get::<SmsRecord>(id)? else {
             return Ok(());
         };
@@ -403,7 +467,7 @@ impl SmsNetwork {
         rec.attempts += 1;
         match outcome {
             Outcome::Delivered { shown_sender } => {
-                inner.world.push_inbox(
+                rec.inbox_key = Some(inner.world.push_inbox(
                     &rec.to,
                     InboxMessage {
                         from: shown_sender.clone(),
@@ -411,7 +475,7 @@ impl SmsNetwork {
                         received_at: now,
                         message_id: rec.id.clone(),
                     },
-                )?;
+                )?);
                 let event = Event::new("delivered", now)
                     .state(State::Delivered)
                     .detail(format!("shown on the handset from {shown_sender}"));
@@ -480,6 +544,7 @@ impl SmsNetwork {
         } else {
             inner.store.flush().await?;
         }
+        self.keep_within_retention();
         let wanted = match rec.registered_delivery & 0x03 {
             1 => true,
             2 => codes.stat != "DELIVRD",
@@ -541,9 +606,7 @@ impl SmscBackend for SmsNetwork {
         let message_id = message_id.to_string();
         Box::pin(async move {
             let inner = &self.inner;
-            let _guard = inner.locks[(stable_hash(&message_id) % inner.locks.len() as u64) as usize]
-                .lock()
-                .await;
+            let _guard = self.lock_for(&message_id).lock().await;
             let mut rec = match inner.records.get::<SmsRecord>(&message_id) {
                 Ok(Some(r)) if r.system_id == system_id && !r.is_final() => r,
                 _ => return Err(SubmitRefusal::System("no pending message with that id".into())),

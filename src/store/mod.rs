@@ -10,6 +10,7 @@
 //! trip through its I/O thread pool per commit) and its `flush_async`
 //! deadlocks when many callers flush at once (sled issue #1308).
 
+pub mod retention;
 mod wal;
 
 use std::path::Path;
@@ -313,10 +314,16 @@ impl Tree {
 
     /// The first key in key order, for retention (oldest first).
     pub fn first_key(&self) -> Result<Option<String>> {
-        Ok(self
-            .tree
-            .first()?
-            .map(|(k, _)| String::from_utf8_lossy(&k).into_owned()))
+        Ok(self.first_keys(1)?.pop())
+    }
+
+    /// The first `limit` keys in key order (values not read).
+    pub fn first_keys(&self, limit: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for item in self.tree.iter().keys().take(limit) {
+            out.push(String::from_utf8_lossy(&item?).into_owned());
+        }
+        Ok(out)
     }
 
     pub fn clear(&self) -> Result<()> {

@@ -1,0 +1,90 @@
+//! A cap on how many records of one kind are kept: past it the oldest go,
+//! a few at a time, as new ones come. The delivery log, the SMS network's
+//! records and the OTP core's finished OTPs each keep one.
+//!
+//! Removals are not synced on their own: a removal a crash undoes is made
+//! again by a later one. Whoever finds another caller removing goes on
+//! without waiting: waiting for the one remover queued every answer behind
+//! it (the benchmark soak's p99 rose from 0.2 to 2.7 s).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Most records one turn removes: more than one, so removal catches up
+/// with creation even when some callers find the remover busy.
+pub const BATCH: usize = 16;
+
+/// How far into the oldest records one turn looks when some of them must
+/// stay (a message still pending, a code that can still be used).
+pub const SCAN: usize = 64;
+
+pub struct Retention {
+    keep: AtomicUsize,
+    count: AtomicUsize,
+    /// One remover at a time.
+    removing: tokio::sync::Mutex<()>,
+}
+
+impl Retention {
+    /// Keeps `keep` (at least one) of the `count` records there are now.
+    pub fn new(keep: usize, count: usize) -> Retention {
+        Retention {
+            keep: AtomicUsize::new(keep.max(1)),
+            count: AtomicUsize::new(count),
+            removing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn keep(&self, keep: usize) {
+        self.keep.store(keep.max(1), Ordering::SeqCst);
+    }
+
+    pub fn added(&self) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn removed(&self) {
+        let _ = self
+            .count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(1)));
+    }
+
+    /// Nothing is left to remove, whatever the count said.
+    pub fn emptied(&self) {
+        self.count.store(0, Ordering::SeqCst);
+    }
+
+    /// More records than the cap.
+    pub fn over(&self) -> bool {
+        self.count.load(Ordering::SeqCst) > self.keep.load(Ordering::SeqCst)
+    }
+
+    /// The remover's turn: `Some` when removal is due and nobody else is
+    /// removing; the turn lasts as long as the guard.
+    pub fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if !self.over() {
+            return None;
+        }
+        self.removing.try_lock().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_only_past_the_cap_and_one_at_a_time() {
+        let r = Retention::new(2, 2);
+        assert!(r.turn().is_none(), "at the cap nothing is due");
+        r.added();
+        let turn = r.turn();
+        assert!(turn.is_some());
+        assert!(r.turn().is_none(), "a second remover does not get a turn");
+        r.removed();
+        drop(turn);
+        assert!(r.turn().is_none());
+        r.emptied();
+        r.removed();
+        assert!(!r.over(), "the count never wraps below zero");
+    }
+}
