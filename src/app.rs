@@ -309,6 +309,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 max_message_bytes: config.max_message_bytes,
                 max_connections: config.smtp_max_connections,
                 max_messages_per_sec: config.smtp_max_messages_per_sec,
+                max_in_flight: config.smtp_max_in_flight,
                 auth: config
                     .smtp_auth
                     .iter()

@@ -30,6 +30,10 @@ pub struct Config {
     /// max_messages_per_sec`); above it MAIL is answered `451 4.3.2`.
     /// `None` means no limit.
     pub smtp_max_messages_per_sec: Option<u32>,
+    /// SMTP transactions in progress at once, from MAIL to the answer
+    /// after DATA (`[smtp] max_in_flight`); past it MAIL is answered
+    /// `451 4.3.2`. `None` means no limit.
+    pub smtp_max_in_flight: Option<usize>,
     /// SMTP sessions served at once (`[smtp] max_connections`, default
     /// 1,024); one more is answered `421 4.7.0` at connect and closed.
     pub smtp_max_connections: usize,
@@ -191,6 +195,7 @@ struct SmtpTable {
     tls_key: Option<PathBuf>,
     max_messages_per_sec: Option<u32>,
     max_connections: Option<usize>,
+    max_in_flight: Option<usize>,
 }
 
 const NO_LIMIT: &str = "; leave it out for no limit";
@@ -456,6 +461,7 @@ impl Config {
         let (smtp_auth, smtp_tls) = smtp_security(&smtp_table, config_dir)?;
         not_zero(smtp_table.max_messages_per_sec, "smtp.max_messages_per_sec", NO_LIMIT)?;
         not_zero(smtp_table.max_connections, "smtp.max_connections", "")?;
+        not_zero(smtp_table.max_in_flight, "smtp.max_in_flight", NO_LIMIT)?;
         let clock_start = match flags.clock_start.or(file.clock_start) {
             Some(text) => clock::parse_rfc3339(&text).ok_or(ConfigError::Invalid {
                 field: "clock_start",
@@ -487,6 +493,7 @@ impl Config {
             smtp_tls,
             smtp_max_messages_per_sec: smtp_table.max_messages_per_sec,
             smtp_max_connections: smtp_table.max_connections.unwrap_or(1024),
+            smtp_max_in_flight: smtp_table.max_in_flight,
             data_dir: flags
                 .data
                 .or(file.data)
@@ -552,6 +559,7 @@ mod tests {
         assert_eq!(c.http_admission.max_in_flight, 512);
         assert_eq!(c.http_admission.max_requests_per_sec, None);
         assert_eq!(c.smtp_max_messages_per_sec, None);
+        assert_eq!(c.smtp_max_in_flight, None);
         assert!(c
             .smsc
             .accounts
@@ -648,9 +656,12 @@ mod tests {
         assert!(err.starts_with("smtp.max_messages_per_sec:"), "{err}");
         let err = load_file("[http]\nmax_inflight = 3\n").unwrap_err().to_string();
         assert!(err.contains("max_inflight"), "{err}");
-        let c = load_file("[smtp]\nmax_messages_per_sec = 50\nmax_connections = 64\n").unwrap();
+        let c = load_file("[smtp]\nmax_messages_per_sec = 50\nmax_connections = 64\nmax_in_flight = 16\n").unwrap();
         assert_eq!(c.smtp_max_messages_per_sec, Some(50));
         assert_eq!(c.smtp_max_connections, 64);
+        assert_eq!(c.smtp_max_in_flight, Some(16));
+        let err = load_file("[smtp]\nmax_in_flight = 0\n").unwrap_err().to_string();
+        assert!(err.starts_with("smtp.max_in_flight:"), "{err}");
         let err = load_file("[smtp]\nmax_connections = 0\n").unwrap_err().to_string();
         assert!(err.starts_with("smtp.max_connections:"), "{err}");
     }

@@ -497,24 +497,27 @@ impl OtpService {
     /// expired stays, whatever its age. A member's `current` entry may then
     /// name a removed OTP, which reads as none.
     fn enforce_retention(&self) -> Result<(), StoreError> {
-        let Some(_turn) = self.retention.turn() else {
+        let r = &self.retention;
+        let Some(_turn) = r.turn() else {
             return Ok(());
         };
+        let due = r.excess().min(retention::BATCH);
         let now = self.now();
-        let mut removed = 0;
-        for key in self.otp_order.first_keys(retention::SCAN)? {
-            if removed == retention::BATCH || !self.retention.over() {
+        let mut batch = self.store.batch();
+        // Each OTP under its lock until the batch is in. Not waited for: a
+        // verify or an issue holding the stripe is working on a code, which
+        // is not one to remove.
+        let mut guards = Vec::new();
+        for key in self.otp_order.first_keys(due + retention::SCAN)? {
+            if guards.len() == due {
                 break;
             }
             let Some(id) = self.otp_order.get::<String>(&key)? else {
                 continue;
             };
-            // Not waited for: a verify or an issue holding the stripe is
-            // working on a code, which is not one to remove.
-            let Ok(_guard) = self.lock(Lock::Otp, &id).try_lock() else {
+            let Ok(guard) = self.lock(Lock::Otp, &id).try_lock() else {
                 continue;
             };
-            let mut batch = self.store.batch();
             if let Some(otp) = self.otps.get::<Otp>(&id)? {
                 if otp.status == OtpStatus::Pending && now < otp.expires_at {
                     continue;
@@ -523,9 +526,11 @@ impl OtpService {
                 batch.remove(&self.otp_index, &format!("member\0{}\0{id}", otp.member_id));
             }
             batch.remove(&self.otp_order, &key);
-            self.store.apply(batch)?;
-            self.retention.removed();
-            removed += 1;
+            guards.push(guard);
+        }
+        self.store.apply(batch)?;
+        for _ in &guards {
+            r.removed();
         }
         Ok(())
     }

@@ -37,12 +37,21 @@ struct Args {
     /// Short runs (a few minutes in all) for a quick look.
     #[arg(long)]
     quick: bool,
-    /// Also run the 10-minute memory soak at half the maximum issue rate.
+    /// Also run the 10-minute memory soak at half the sustained maximum
+    /// issue rate.
     #[arg(long)]
     soak: bool,
     /// Soak length in seconds (default 600).
     #[arg(long, default_value_t = 600)]
     soak_seconds: u64,
+    /// Soak at this many OTPs a second instead of half the measured
+    /// maximum (skips the HTTP workload when it is not asked for).
+    #[arg(long)]
+    soak_rate: Option<f64>,
+    /// A top-level config line for the soak's server, e.g.
+    /// `log_retention = 5000`, to reach a cap sooner.
+    #[arg(long)]
+    soak_setting: Option<String>,
     /// Only these workloads: smpp, smtp, http, durability, overload.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -92,7 +101,11 @@ fn main() -> std::process::ExitCode {
         None => {
             let settings = workloads::Settings {
                 quick: args.quick,
-                soak: args.soak.then(|| std::time::Duration::from_secs(args.soak_seconds)),
+                soak: args.soak.then(|| workloads::Soak {
+                    length: std::time::Duration::from_secs(args.soak_seconds),
+                    rate: args.soak_rate,
+                    setting: args.soak_setting.unwrap_or_default(),
+                }),
                 only: args.only,
                 otpgate: args.otpgate,
             };

@@ -17,10 +17,18 @@ use crate::{smpp, smtp};
 
 pub struct Settings {
     pub quick: bool,
-    pub soak: Option<Duration>,
+    pub soak: Option<Soak>,
     pub only: Vec<String>,
     pub otpgate: Option<PathBuf>,
 }
+/// The memory soak: how long, at what rate (half the HTTP maximum when
+/// `None`), with which extra config line.
+pub struct Soak {
+    pub length: Duration,
+    pub rate: Option<f64>,
+    pub setting: String,
+}
+
 /// What every workload needs: the binary, a scratch directory, the config.
 pub(crate) struct Env {
     pub(crate) bin: PathBuf,
@@ -153,14 +161,17 @@ pub async fn run_all(settings: Settings) -> ExitCode {
     if wanted("smtp") {
         smtp_workload(&env, &mut report).await;
     }
-    if wanted("http") || settings.soak.is_some() {
+    let soak_needs_max = settings.soak.as_ref().is_some_and(|s| s.rate.is_none());
+    if wanted("http") || soak_needs_max {
         http_max = Some(http_workload(&env, &mut report, wanted("http")).await);
     }
     if wanted("overload") {
         overload(&env, &mut report).await;
     }
-    if let (Some(length), Some(max)) = (settings.soak, http_max) {
-        soak(&env, &mut report, length, max).await;
+    if let Some(settings) = &settings.soak {
+        if let Some(rate) = settings.rate.or(http_max.map(|max| max / 2.0)) {
+            soak(&env, &mut report, settings, rate).await;
+        }
     }
     report.note(format!(
         "run took {:.0} s; load average at the end {}",

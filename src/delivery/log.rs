@@ -225,29 +225,28 @@ impl DeliveryLog {
         let Some(_turn) = r.turn() else {
             return Ok(());
         };
-        for _ in 0..retention::BATCH {
-            if !r.over() {
-                break;
-            }
-            let Some(oldest) = self.messages.first_key()? else {
-                r.emptied();
-                break;
-            };
+        let oldest = self.messages.first_keys(r.excess().min(retention::BATCH))?;
+        if oldest.is_empty() {
+            r.emptied();
+        }
+        for id in oldest {
             // Under the message's lock, so an append cannot write it back.
-            let _guard = self.lock_for(&oldest).lock().await;
-            if let Some(message) = self.messages.get::<Message>(&oldest)? {
-                self.index.remove(&format!("to\0{}\0{oldest}", message.to))?;
+            let _guard = self.lock_for(&id).lock().await;
+            let mut batch = self.store.batch();
+            if let Some(message) = self.messages.get::<Message>(&id)? {
+                batch.remove(&self.index, &format!("to\0{}\0{id}", message.to));
                 if let Some(m) = &message.member_id {
-                    self.index.remove(&format!("member\0{m}\0{oldest}"))?;
+                    batch.remove(&self.index, &format!("member\0{m}\0{id}"));
                 }
                 if let Some(o) = &message.otp_id {
-                    self.index.remove(&format!("otp\0{o}\0{oldest}"))?;
+                    batch.remove(&self.index, &format!("otp\0{o}\0{id}"));
                 }
                 if let Some(s) = &message.smsc_message_id {
-                    self.index.remove(&format!("smsc\0{s}"))?;
+                    batch.remove(&self.index, &format!("smsc\0{s}"));
                 }
             }
-            self.messages.remove(&oldest)?;
+            batch.remove(&self.messages, &id);
+            self.store.apply(batch)?;
             r.removed();
         }
         Ok(())

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::carrier::{CarrierSet, HandsetState, SenderProfile};
 use crate::clock::Millis;
-use crate::store::{Store, StoreError, Tree};
+use crate::store::{Batch, Store, StoreError, Tree};
 
 /// One SMS as the phone shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,9 +141,9 @@ impl World {
         Ok(key)
     }
 
-    /// Takes a message out of an inbox (retention); not synced.
-    pub fn remove_inbox(&self, key: &str) -> Result<(), StoreError> {
-        self.inbox.remove(key)
+    /// Takes a message out of an inbox (retention), as part of `batch`.
+    pub fn remove_inbox(&self, batch: &mut Batch, key: &str) {
+        batch.remove(&self.inbox, key);
     }
 
     /// The inbox oldest first.

@@ -185,19 +185,22 @@ impl SmsNetwork {
     /// messages they became; pending ones stay (see [`Retention`]).
     fn enforce_retention(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let Some(_turn) = inner.retention.turn() else {
+        let r = &inner.retention;
+        let Some(_turn) = r.turn() else {
             return Ok(());
         };
-        let mut removed = 0;
-        for id in inner.records.first_keys(retention::SCAN)? {
-            if removed == retention::BATCH || !inner.retention.over() {
+        let due = r.excess().min(retention::BATCH);
+        let mut batch = inner.store.batch();
+        // Each record under its lock until the batch is in, so an attempt
+        // cannot write it back. Not waited for: the caller may hold one of
+        // the (shared) stripes itself, and a record being worked on is not
+        // one to remove.
+        let mut guards = Vec::new();
+        for id in inner.records.first_keys(due + retention::SCAN)? {
+            if guards.len() == due {
                 break;
             }
-            // Under the record's lock, so an attempt cannot write it back.
-            // Not waited for: the caller may hold that lock itself (the
-            // stripes are shared), and a record being worked on is not
-            // one to remove.
-            let Ok(_guard) = self.lock_for(&id).try_lock() else {
+            let Ok(guard) = self.lock_for(&id).try_lock() else {
                 continue;
             };
             let Some(rec) = inner.records.get::<SmsRecord>(&id)? else {
@@ -207,11 +210,14 @@ impl SmsNetwork {
                 continue;
             }
             if let Some(key) = &rec.inbox_key {
-                inner.world.remove_inbox(key)?;
+                inner.world.remove_inbox(&mut batch, key);
             }
-            inner.records.remove(&id)?;
-            inner.retention.removed();
-            removed += 1;
+            batch.remove(&inner.records, &id);
+            guards.push(guard);
+        }
+        inner.store.apply(batch)?;
+        for _ in &guards {
+            r.removed();
         }
         Ok(())
     }

@@ -9,8 +9,9 @@
 //! durably, never buffer more than the advertised SIZE, never let one
 //! connection's failure reach the listener, and never log message bodies or
 //! AUTH lines (they can carry OTP codes and passwords). Over its message
-//! rate (`max_messages_per_sec`) it answers MAIL with `451 4.3.2` at once,
-//! a transient refusal the client retries, never a wait. With a [`TlsIdentity`]
+//! rate (`max_messages_per_sec`) or with `max_in_flight` transactions in
+//! progress it answers MAIL with `451 4.3.2` at once, a transient refusal
+//! the client retries, never a wait. With a [`TlsIdentity`]
 //! it offers STARTTLS (RFC 3207): plaintext pipelined behind the command is
 //! thrown away, and the session starts over on the encrypted stream.
 
@@ -52,6 +53,10 @@ pub struct SmtpConfig {
     /// Transactions a second, across all connections; above it MAIL is
     /// answered `451 4.3.2` (try again later). `None` means no limit.
     pub max_messages_per_sec: Option<u32>,
+    /// Transactions in progress at once (from MAIL to the answer after
+    /// DATA), across all connections; past it MAIL is answered `451 4.3.2`.
+    /// `None` means no limit.
+    pub max_in_flight: Option<usize>,
     /// Accounts for AUTH PLAIN and LOGIN; empty means no AUTH at all.
     pub auth: Vec<(String, String)>,
 }
@@ -63,6 +68,7 @@ impl Default for SmtpConfig {
             max_message_bytes: 10 * 1024 * 1024,
             max_connections: 64,
             max_messages_per_sec: None,
+            max_in_flight: None,
             auth: Vec::new(),
         }
     }

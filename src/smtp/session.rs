@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use mailin::{Action, AuthMechanism, Handler, Response};
 use subtle::ConstantTimeEq;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use crate::admission::RateLimit;
 
 use super::command::{self, Command};
@@ -35,6 +37,8 @@ pub(crate) struct Server {
     accounts: Arc<[(String, String)]>,
     /// `max_messages_per_sec`, taken at MAIL.
     messages: RateLimit,
+    /// `max_in_flight`: a permit from MAIL to the end of the transaction.
+    transactions: Option<Arc<Semaphore>>,
 }
 
 impl Server {
@@ -65,6 +69,9 @@ impl Server {
             .into();
         Server {
             messages: RateLimit::new(config.max_messages_per_sec),
+            transactions: config
+                .max_in_flight
+                .map(|n| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)))),
             config,
             tls,
             limits,
@@ -86,9 +93,18 @@ impl Server {
         !self.config.auth.is_empty()
     }
 
-    /// Whether one more transaction may start now.
-    fn admit_message(&self) -> bool {
-        self.messages.admit(self.limits.ticker.now())
+    /// Whether one more transaction may start now: within the message
+    /// rate and with a slot free. `Err` means no; `Ok(None)` yes, with no
+    /// slot to hold (no `max_in_flight`).
+    fn admit_message(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        let slot = match &self.transactions {
+            Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| ())?),
+            None => None,
+        };
+        if !self.messages.admit(self.limits.ticker.now()) {
+            return Err(());
+        }
+        Ok(slot)
     }
 }
 
@@ -238,6 +254,8 @@ pub(crate) struct Session {
     helo: Option<String>,
     /// The reverse path of the open transaction ("" for the null sender).
     from: Option<String>,
+    /// The open transaction's `max_in_flight` slot, given back when it ends.
+    slot: Option<OwnedSemaphorePermit>,
     rcpts: Vec<String>,
     authenticated: bool,
     errors: u32,
@@ -257,6 +275,7 @@ impl Session {
             tls_active: false,
             helo: None,
             from: None,
+            slot: None,
             rcpts: Vec::new(),
             authenticated: false,
             errors: 0,
@@ -287,6 +306,7 @@ impl Session {
         self.phase = Phase::Command;
         self.helo = None;
         self.from = None;
+        self.slot = None;
         self.rcpts.clear();
         self.authenticated = false;
         self.tls_active = true;
@@ -372,18 +392,20 @@ impl Session {
                 if size.is_some_and(|s| s > self.server.config.max_message_bytes as u64) {
                     return Step::reply(552, "5.3.4", "Message size exceeds fixed maximum message size");
                 }
-                // Over the message rate: a transient refusal, before
-                // anything of the transaction is kept. It is the server's
-                // state, not the client's mistake, so it counts no error.
-                if !self.server.admit_message() {
+                // Over the message rate or with every slot taken: a
+                // transient refusal, before anything of the transaction is
+                // kept. It is the server's state, not the client's mistake,
+                // so it counts no error.
+                let Ok(slot) = self.server.admit_message() else {
                     return Step::reply(451, "4.3.2", "Too many messages right now, try again later");
-                }
+                };
                 let response = self.machine.process(&canonical);
                 if response.code != 250 {
                     return self.machine_error(response);
                 }
                 let text = format!("Sender <{path}> OK");
                 self.from = Some(path);
+                self.slot = slot;
                 self.rcpts.clear();
                 Step::reply(250, "2.1.0", &text)
             }
@@ -546,6 +568,8 @@ impl Session {
             rcpts: std::mem::take(&mut self.rcpts),
             peer: self.peer.clone(),
         };
+        // The slot is given back once the answer is decided.
+        let _slot = self.slot.take();
         if oversize {
             return Step::reply(552, "5.3.4", "Message size exceeds fixed maximum message size");
         }
@@ -636,6 +660,7 @@ impl Session {
 
     fn reset_transaction(&mut self) {
         self.from = None;
+        self.slot = None;
         self.rcpts.clear();
         lock(&self.shared).start_data();
     }

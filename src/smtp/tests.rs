@@ -569,6 +569,56 @@ async fn connections_beyond_the_cap_are_told_to_come_back() {
 }
 
 #[tokio::test]
+async fn past_max_in_flight_mail_is_told_to_come_back_until_a_transaction_ends() {
+    let w = start(SmtpConfig {
+        max_in_flight: Some(1),
+        ..SmtpConfig::default()
+    })
+    .await;
+    let (mut first, _) = Dialogue::open(w.addr).await;
+    let (mut second, _) = Dialogue::open(w.addr).await;
+    first.check("EHLO one", 250).await;
+    second.check("EHLO two", 250).await;
+    // The first holds the one slot from MAIL on; the second is refused at
+    // once, as often as it asks, and no error is counted against it.
+    first.check("MAIL FROM:<a@example.com>", 250).await;
+    for _ in 0..12 {
+        let refusal = second.check("MAIL FROM:<b@example.com>", 451).await;
+        assert!(refusal.starts_with("451 4.3.2 "), "{refusal}");
+    }
+    // RSET gives the slot back.
+    first.check("RSET", 250).await;
+    let answer = second
+        .mail("b@example.com", "r@example.com", b"Subject: two\r\n\r\nbody")
+        .await;
+    assert!(answer.starts_with("250 "), "{answer}");
+    // So does the answer after DATA, and a connection that goes away.
+    let answer = first
+        .mail("a@example.com", "r@example.com", b"Subject: one\r\n\r\nbody")
+        .await;
+    assert!(answer.starts_with("250 "), "{answer}");
+    second.check("MAIL FROM:<b@example.com>", 250).await;
+    first.check("MAIL FROM:<a@example.com>", 451).await;
+    drop(second);
+    let mut answer = String::new();
+    for _ in 0..100 {
+        first.send(b"MAIL FROM:<a@example.com>\r\n").await;
+        answer = first.reply().await;
+        if answer.starts_with("250") {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        answer.starts_with("250 "),
+        "the closed session's slot came back: {answer}"
+    );
+    first.check("QUIT", 221).await;
+    assert_eq!(w.world.list(None, None, 10).unwrap().items.len(), 2);
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn overlong_commands_are_refused_and_the_session_goes_on() {
     let w = start(SmtpConfig::default()).await;
     let (mut d, _) = Dialogue::open(w.addr).await;

@@ -166,6 +166,9 @@ impl Store {
     /// them or none. Readers may see some before the rest. (A sled
     /// transaction gave readers that too, at half the throughput.)
     pub fn apply(&self, batch: Batch) -> Result<()> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
         let names: Vec<sled::IVec> = batch.ops.iter().map(|(tree, _, _)| tree.name()).collect();
         let ops: Vec<Op<'_>> = batch
             .ops

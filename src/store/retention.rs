@@ -9,9 +9,14 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Most records one turn removes: more than one, so removal catches up
-/// with creation even when some callers find the remover busy.
-pub const BATCH: usize = 16;
+/// How far past its cap a kind may go before a turn comes: one turn then
+/// removes them together, so finding the oldest (a scan from the start of
+/// a tree) is paid once for many. A sixty-fourth of the cap, at most this.
+pub const SLACK: usize = 16;
+
+/// Most records one turn removes: more than the slack, so removal catches
+/// up with creation even when some callers find the remover busy.
+pub const BATCH: usize = 4 * SLACK;
 
 /// How far into the oldest records one turn looks when some of them must
 /// stay (a message still pending, a code that can still be used).
@@ -58,10 +63,20 @@ impl Retention {
         self.count.load(Ordering::SeqCst) > self.keep.load(Ordering::SeqCst)
     }
 
-    /// The remover's turn: `Some` when removal is due and nobody else is
-    /// removing; the turn lasts as long as the guard.
+    /// How many more records there are than the cap.
+    pub fn excess(&self) -> usize {
+        self.count
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.keep.load(Ordering::SeqCst))
+    }
+
+    /// The remover's turn: `Some` when the count is past the cap by more
+    /// than the slack and nobody else is removing; the turn lasts as long
+    /// as the guard and should remove [`Retention::excess`] records (at
+    /// most [`BATCH`]).
     pub fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        if !self.over() {
+        let slack = (self.keep.load(Ordering::SeqCst) / 64).min(SLACK);
+        if self.excess() <= slack {
             return None;
         }
         self.removing.try_lock().ok()
@@ -71,6 +86,15 @@ impl Retention {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_cap_waits_for_its_slack_then_removes_it_all() {
+        let r = Retention::new(6400, 6400 + SLACK);
+        assert!(r.turn().is_none(), "within the slack");
+        r.added();
+        assert!(r.turn().is_some());
+        assert_eq!(r.excess(), SLACK + 1);
+    }
 
     #[test]
     fn a_turn_only_past_the_cap_and_one_at_a_time() {
