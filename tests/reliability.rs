@@ -644,10 +644,15 @@ async fn issue_and_read(api: &Api, member: &str, address: &str) -> (String, Stri
     (id, code)
 }
 
+/// A server whose send limits never refuse, and whose HTTP admission lets
+/// 200 requests in at once: these tests are about the OTP core under
+/// concurrency, not about the 503s past `max_in_flight` (32 per core by
+/// default), which `tests/overload.rs` covers.
 async fn fast_limits_server() -> TestServer {
     TestServer::start_with(|c| {
         c.otp.cooldown_seconds = 0;
         c.otp.sends_per_window = 1_000_000;
+        c.http_admission.max_in_flight = 1024;
     })
     .await
 }

@@ -253,7 +253,9 @@ pub(crate) async fn http_workload(env: &Env, report: &mut Report, measure: bool)
         0.0
     };
     let count = if env.quick { 3_000 } else { 20_000 };
-    let server = env.otpgate("http", "").await;
+    // Throughput, not admission: 64 connections must never meet the
+    // default in-flight cap (32 per core).
+    let server = env.otpgate("http", "[http]\nmax_in_flight = 1024\n").await;
     let addr = server.http.expect("http address");
     eprintln!("http: setting up {count} members with verified phones (not measured)...");
     let t = Instant::now();
