@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::delivery::log::{DeliveryLog, Event, NewMessage, State};
 use crate::member::{self, Channel, Member, MemberError, Phone};
 use crate::otp::{self, HashKey, Otp, OtpStatus, SendLimits, Verdict};
-use crate::store::retention::{self, Retention};
+use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
 
 /// Refusals kept per member, newest; a client that keeps asking while
@@ -497,42 +497,27 @@ impl OtpService {
     /// expired stays, whatever its age. A member's `current` entry may then
     /// name a removed OTP, which reads as none.
     fn enforce_retention(&self) -> Result<(), StoreError> {
-        let r = &self.retention;
-        let Some(_turn) = r.turn() else {
-            return Ok(());
-        };
-        let due = r.excess().min(retention::BATCH);
         let now = self.now();
-        let mut batch = self.store.batch();
-        // Each OTP under its lock until the batch is in. Not waited for: a
-        // verify or an issue holding the stripe is working on a code, which
-        // is not one to remove.
-        let mut guards = Vec::new();
-        for key in self.otp_order.first_keys(due + retention::SCAN)? {
-            if guards.len() == due {
-                break;
-            }
-            let Some(id) = self.otp_order.get::<String>(&key)? else {
-                continue;
-            };
-            let Ok(guard) = self.lock(Lock::Otp, &id).try_lock() else {
-                continue;
-            };
-            if let Some(otp) = self.otps.get::<Otp>(&id)? {
-                if otp.status == OtpStatus::Pending && now < otp.expires_at {
-                    continue;
+        self.retention
+            .remove_oldest(&self.store, &self.otp_order, |key, batch| {
+                let Some(id) = self.otp_order.get::<String>(key)? else {
+                    return Ok(None);
+                };
+                // Not waited for: a verify or an issue holding the stripe is
+                // working on a code, which is not one to remove.
+                let Ok(guard) = self.lock(Lock::Otp, &id).try_lock() else {
+                    return Ok(None);
+                };
+                if let Some(otp) = self.otps.get::<Otp>(&id)? {
+                    if otp.status == OtpStatus::Pending && now < otp.expires_at {
+                        return Ok(None);
+                    }
+                    batch.remove(&self.otps, &id);
+                    batch.remove(&self.otp_index, &format!("member\0{}\0{id}", otp.member_id));
                 }
-                batch.remove(&self.otps, &id);
-                batch.remove(&self.otp_index, &format!("member\0{}\0{id}", otp.member_id));
-            }
-            batch.remove(&self.otp_order, &key);
-            guards.push(guard);
-        }
-        self.store.apply(batch)?;
-        for _ in &guards {
-            r.removed();
-        }
-        Ok(())
+                batch.remove(&self.otp_order, key);
+                Ok(Some(guard))
+            })
     }
 
     pub fn otp(&self, id: &str) -> Result<Otp, ServiceError> {

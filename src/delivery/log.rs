@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 use crate::member::Channel;
-use crate::store::retention::{self, Retention};
+use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,21 +219,16 @@ impl DeliveryLog {
     }
 
     /// Removes the oldest messages past the retention, with their index
-    /// entries, a few at a time (see [`Retention`]).
-    async fn enforce_retention(&self) -> Result<(), StoreError> {
-        let r = &self.retention;
-        let Some(_turn) = r.turn() else {
-            return Ok(());
-        };
-        let oldest = self.messages.first_keys(r.excess().min(retention::BATCH))?;
-        if oldest.is_empty() {
-            r.emptied();
-        }
-        for id in oldest {
+    /// entries (see [`Retention`]).
+    fn enforce_retention(&self) -> Result<(), StoreError> {
+        self.retention.remove_oldest(&self.store, &self.messages, |id, batch| {
             // Under the message's lock, so an append cannot write it back.
-            let _guard = self.lock_for(&id).lock().await;
-            let mut batch = self.store.batch();
-            if let Some(message) = self.messages.get::<Message>(&id)? {
+            // Not waited for: one being appended to now waits for the next
+            // turn.
+            let Ok(guard) = self.lock_for(id).try_lock() else {
+                return Ok(None);
+            };
+            if let Some(message) = self.messages.get::<Message>(id)? {
                 batch.remove(&self.index, &format!("to\0{}\0{id}", message.to));
                 if let Some(m) = &message.member_id {
                     batch.remove(&self.index, &format!("member\0{m}\0{id}"));
@@ -245,11 +240,9 @@ impl DeliveryLog {
                     batch.remove(&self.index, &format!("smsc\0{s}"));
                 }
             }
-            batch.remove(&self.messages, &id);
-            self.store.apply(batch)?;
-            r.removed();
-        }
-        Ok(())
+            batch.remove(&self.messages, id);
+            Ok(Some(guard))
+        })
     }
 
     pub fn observe(&self, observer: Observer) {
@@ -364,7 +357,7 @@ impl DeliveryLog {
     pub async fn publish(&self, written: Written) -> Result<(), StoreError> {
         self.store.flush().await?;
         self.notify(&written.message, &written.event);
-        self.enforce_retention().await
+        self.enforce_retention()
     }
 
     /// Waits until `done` holds for the message or `timeout` (real time)

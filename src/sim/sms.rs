@@ -21,7 +21,7 @@ use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State};
 use crate::member::{self, Channel};
 use crate::sim::{InboxMessage, World};
 use crate::smsc::{MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, SubmitRefusal};
-use crate::store::retention::{self, Retention};
+use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
 
 /// One message in the SMSC's store-and-forward queue.
@@ -185,41 +185,26 @@ impl SmsNetwork {
     /// messages they became; pending ones stay (see [`Retention`]).
     fn enforce_retention(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let r = &inner.retention;
-        let Some(_turn) = r.turn() else {
-            return Ok(());
-        };
-        let due = r.excess().min(retention::BATCH);
-        let mut batch = inner.store.batch();
-        // Each record under its lock until the batch is in, so an attempt
-        // cannot write it back. Not waited for: the caller may hold one of
-        // the (shared) stripes itself, and a record being worked on is not
-        // one to remove.
-        let mut guards = Vec::new();
-        for id in inner.records.first_keys(due + retention::SCAN)? {
-            if guards.len() == due {
-                break;
-            }
-            let Ok(guard) = self.lock_for(&id).try_lock() else {
-                continue;
-            };
-            let Some(rec) = inner.records.get::<SmsRecord>(&id)? else {
-                continue;
-            };
-            if !rec.is_final() {
-                continue;
-            }
-            if let Some(key) = &rec.inbox_key {
-                inner.world.remove_inbox(&mut batch, key);
-            }
-            batch.remove(&inner.records, &id);
-            guards.push(guard);
-        }
-        inner.store.apply(batch)?;
-        for _ in &guards {
-            r.removed();
-        }
-        Ok(())
+        inner
+            .retention
+            .remove_oldest(&inner.store, &inner.records, |id, batch| {
+                // Not waited for: the caller may hold one of the (shared)
+                // stripes itself, and a record being worked on is not one to
+                // remove.
+                let Ok(guard) = self.lock_for(id).try_lock() else {
+                    return Ok(None);
+                };
+                match inner.records.get::<SmsRecord>(id)? {
+                    Some(rec) if rec.is_final() => {
+                        if let Some(key) = &rec.inbox_key {
+                            inner.world.remove_inbox(batch, key);
+                        }
+                        batch.remove(&inner.records, id);
+                        Ok(Some(guard))
+                    }
+                    _ => Ok(None),
+                }
+            })
     }
 
     fn rng(&self, id: &str, attempt: u32, salt: u64) -> ChaCha8Rng {

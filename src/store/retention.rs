@@ -9,6 +9,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use super::{Batch, Result, Store, Tree};
+
 /// How far past its cap a kind may go before a turn comes: one turn then
 /// removes them together, so finding the oldest (a scan from the start of
 /// a tree) is paid once for many. A sixty-fourth of the cap, at most this.
@@ -80,6 +82,43 @@ impl Retention {
             return None;
         }
         self.removing.try_lock().ok()
+    }
+}
+
+impl Retention {
+    /// One turn over the oldest keys of `tree`, when one is due: `pick`
+    /// adds a key's removals to the batch and answers a guard that keeps
+    /// the record as it is until the batch is in, or `None` to pass the
+    /// key over (still in use, or busy). The removals go in as one write.
+    pub fn remove_oldest<G>(
+        &self,
+        store: &Store,
+        tree: &Tree,
+        mut pick: impl FnMut(&str, &mut Batch) -> Result<Option<G>>,
+    ) -> Result<()> {
+        let Some(_turn) = self.turn() else {
+            return Ok(());
+        };
+        let due = self.excess().min(BATCH);
+        let mut batch = store.batch();
+        let mut held = Vec::new();
+        let oldest = tree.first_keys(due + SCAN)?;
+        if oldest.is_empty() {
+            self.emptied();
+        }
+        for key in oldest {
+            if held.len() == due {
+                break;
+            }
+            if let Some(guard) = pick(&key, &mut batch)? {
+                held.push(guard);
+            }
+        }
+        store.apply(batch)?;
+        for _ in &held {
+            self.removed();
+        }
+        Ok(())
     }
 }
 
