@@ -486,9 +486,7 @@ impl OtpService {
             })
             .await;
         drop(_dest_guard);
-        if let Err(error) = self.enforce_retention() {
-            tracing::warn!(%error, "OTP retention could not remove old records");
-        }
+        self.enforce_retention();
         Ok(otp)
     }
 
@@ -496,10 +494,10 @@ impl OtpService {
     /// their index entries (see [`Retention`]). A pending code that has not
     /// expired stays, whatever its age. A member's `current` entry may then
     /// name a removed OTP, which reads as none.
-    fn enforce_retention(&self) -> Result<(), StoreError> {
+    fn enforce_retention(&self) {
         let now = self.now();
         self.retention
-            .remove_oldest(&self.store, &self.otp_order, |key, batch| {
+            .remove_oldest("OTP records", &self.store, &self.otp_order, |key, batch| {
                 let Some(id) = self.otp_order.get::<String>(key)? else {
                     return Ok(None);
                 };

@@ -25,6 +25,19 @@ const PHONE: &str = "09011110001";
 /// Seconds that take any reachable phone past its carrier's longest delay.
 const RUN: u64 = 180;
 
+/// A docomo phone that is switched off.
+const OFF_PHONE: &str = "09011110002";
+
+/// [`OFF_PHONE`] switched off and [`PHONE`] on, both on docomo, and a
+/// transceiver bound to the SMSC.
+async fn one_phone_off_one_on(server: &TestServer) -> Esme {
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    Esme::bind(server.smpp, Bind::Transceiver).await
+}
+
 /// Binds as `kind` with these credentials and expects `Ok` or the refusal's
 /// command_status.
 async fn check_bind(server: &TestServer, kind: Bind, system_id: &str, password: &str, expect: Result<(), u32>) {
@@ -209,12 +222,8 @@ async fn query_sm_reports_the_state_and_cancel_sm_stops_a_pending_message() {
         })
     })
     .await;
-    let off = "09011110002";
-    server
-        .handset(off, json!({"carrier": "docomo", "powered_on": false}))
-        .await;
-    server.handset(PHONE, json!({"carrier": "docomo"})).await;
-    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let off = OFF_PHONE;
+    let mut esme = one_phone_off_one_on(&server).await;
 
     let pending = esme.send(&sms(off, "to a phone that is off")).await;
     server.advance(RUN).await;
@@ -681,12 +690,8 @@ async fn status_callbacks_report_each_event_so_a_suite_waits_without_polling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_log_retention_the_oldest_final_records_go_and_pending_ones_stay() {
     let server = TestServer::start_with(|c| c.log_retention = 2).await;
-    let off = "09011110002";
-    server
-        .handset(off, json!({"carrier": "docomo", "powered_on": false}))
-        .await;
-    server.handset(PHONE, json!({"carrier": "docomo"})).await;
-    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let off = OFF_PHONE;
+    let mut esme = one_phone_off_one_on(&server).await;
 
     // The oldest record stays pending: the phone is off.
     let waiting = esme.send(&sms(off, "waiting for the phone")).await;

@@ -220,29 +220,30 @@ impl DeliveryLog {
 
     /// Removes the oldest messages past the retention, with their index
     /// entries (see [`Retention`]).
-    fn enforce_retention(&self) -> Result<(), StoreError> {
-        self.retention.remove_oldest(&self.store, &self.messages, |id, batch| {
-            // Under the message's lock, so an append cannot write it back.
-            // Not waited for: one being appended to now waits for the next
-            // turn.
-            let Ok(guard) = self.lock_for(id).try_lock() else {
-                return Ok(None);
-            };
-            if let Some(message) = self.messages.get::<Message>(id)? {
-                batch.remove(&self.index, &format!("to\0{}\0{id}", message.to));
-                if let Some(m) = &message.member_id {
-                    batch.remove(&self.index, &format!("member\0{m}\0{id}"));
+    fn enforce_retention(&self) {
+        self.retention
+            .remove_oldest("delivery log", &self.store, &self.messages, |id, batch| {
+                // Under the message's lock, so an append cannot write it back.
+                // Not waited for: one being appended to now waits for the next
+                // turn.
+                let Ok(guard) = self.lock_for(id).try_lock() else {
+                    return Ok(None);
+                };
+                if let Some(message) = self.messages.get::<Message>(id)? {
+                    batch.remove(&self.index, &format!("to\0{}\0{id}", message.to));
+                    if let Some(m) = &message.member_id {
+                        batch.remove(&self.index, &format!("member\0{m}\0{id}"));
+                    }
+                    if let Some(o) = &message.otp_id {
+                        batch.remove(&self.index, &format!("otp\0{o}\0{id}"));
+                    }
+                    if let Some(s) = &message.smsc_message_id {
+                        batch.remove(&self.index, &format!("smsc\0{s}"));
+                    }
                 }
-                if let Some(o) = &message.otp_id {
-                    batch.remove(&self.index, &format!("otp\0{o}\0{id}"));
-                }
-                if let Some(s) = &message.smsc_message_id {
-                    batch.remove(&self.index, &format!("smsc\0{s}"));
-                }
-            }
-            batch.remove(&self.messages, id);
-            Ok(Some(guard))
-        })
+                batch.remove(&self.messages, id);
+                Ok(Some(guard))
+            })
     }
 
     pub fn observe(&self, observer: Observer) {
@@ -357,7 +358,8 @@ impl DeliveryLog {
     pub async fn publish(&self, written: Written) -> Result<(), StoreError> {
         self.store.flush().await?;
         self.notify(&written.message, &written.event);
-        self.enforce_retention()
+        self.enforce_retention();
+        Ok(())
     }
 
     /// Waits until `done` holds for the message or `timeout` (real time)

@@ -173,21 +173,15 @@ impl SmsNetwork {
         &locks[(stable_hash(id) % locks.len() as u64) as usize]
     }
 
-    /// Runs the retention after a record is added (past the cap) or made
-    /// final (removable); a failure to remove is logged, not answered.
-    fn keep_within_retention(&self) {
-        if let Err(error) = self.enforce_retention() {
-            tracing::warn!(%error, "SMS record retention could not remove old records");
-        }
-    }
-
     /// Removes the oldest final records past the retention, with the inbox
     /// messages they became; pending ones stay (see [`Retention`]).
-    fn enforce_retention(&self) -> Result<(), StoreError> {
+    /// Runs after a record is added (past the cap) or made final
+    /// (removable).
+    fn enforce_retention(&self) {
         let inner = &self.inner;
         inner
             .retention
-            .remove_oldest(&inner.store, &inner.records, |id, batch| {
+            .remove_oldest("SMS records", &inner.store, &inner.records, |id, batch| {
                 // Not waited for: the caller may hold one of the (shared)
                 // stripes itself, and a record being worked on is not one to
                 // remove.
@@ -409,7 +403,7 @@ impl SmsNetwork {
         inner.retention.added();
         inner.log.publish(written).await.map_err(sys)?;
         self.schedule(id.clone(), first_attempt_at, Trigger::Planned(first_attempt_at));
-        self.keep_within_retention();
+        self.enforce_retention();
         Ok(id)
     }
 
@@ -535,7 +529,7 @@ impl SmsNetwork {
         } else {
             inner.store.flush().await?;
         }
-        self.keep_within_retention();
+        self.enforce_retention();
         let wanted = match rec.registered_delivery & 0x03 {
             1 => true,
             2 => codes.stat != "DELIVRD",

@@ -10,7 +10,6 @@
 //! the system time (only the injected [`Clock`]), never lose a message
 //! because its MIME does not parse, and never log a message's content.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::future::BoxFuture;
@@ -23,7 +22,8 @@ use super::mailbox::{
 };
 use super::{DataVerdict, Envelope, MailBackend, RcptVerdict};
 use crate::clock::{rfc3339, Clock, Millis};
-use crate::store::{Store, StoreError, Tree};
+use crate::store::retention::Retention;
+use crate::store::{Batch, Store, StoreError, Tree};
 
 /// Separates the address from the rest of a composite key; it cannot occur
 /// in an address the SMTP server accepts.
@@ -372,8 +372,8 @@ pub struct MailWorld {
 struct Inner {
     store: Store,
     clock: Arc<Clock>,
-    /// The most messages kept; the oldest go first.
-    retention: usize,
+    /// The most messages kept (`mail_retention`); the oldest go first.
+    retention: Retention,
     /// Message id -> [`StoredMail`].
     messages: Tree,
     /// Message id -> [`RawSource`].
@@ -384,9 +384,7 @@ struct Inner {
     mailboxes: Tree,
     /// `recipient \x1f sender` -> when the pair was first seen.
     greylist: Tree,
-    /// Messages stored, kept here because counting a sled tree scans it.
-    count: AtomicUsize,
-    /// Serialises removals so that `count` stays exact.
+    /// Serialises explicit deletes.
     removing: Mutex<()>,
     observer: RwLock<Option<MailObserver>>,
 }
@@ -394,18 +392,16 @@ struct Inner {
 impl MailWorld {
     pub fn new(store: &Store, clock: Arc<Clock>, retention: usize) -> Result<MailWorld, StoreError> {
         let messages = store.tree("mail_messages")?;
-        let count = AtomicUsize::new(messages.len());
         Ok(MailWorld {
             inner: Arc::new(Inner {
                 store: store.clone(),
                 clock,
-                retention: retention.max(1),
+                retention: Retention::new(retention, messages.len()),
                 messages,
                 raw: store.tree("mail_raw")?,
                 entries: store.tree("mail_mailbox_entries")?,
                 mailboxes: store.tree("mail_mailboxes")?,
                 greylist: store.tree("mail_greylist")?,
-                count,
                 removing: Mutex::new(()),
                 observer: RwLock::new(None),
             }),
@@ -576,7 +572,7 @@ impl MailWorld {
             self.inner.messages.clear()?;
             self.inner.raw.clear()?;
             self.inner.entries.clear()?;
-            self.inner.count.store(0, Ordering::SeqCst);
+            self.inner.retention.emptied();
         }
         self.inner.store.flush().await?;
         Ok(())
@@ -598,34 +594,38 @@ impl MailWorld {
     /// Removes a message, its raw bytes and its mailbox entries; the caller
     /// holds `removing`.
     fn remove_message(&self, id: &str) -> Result<bool, StoreError> {
+        let mut batch = self.inner.store.batch();
+        if !self.removals(id, &mut batch)? {
+            return Ok(false);
+        }
+        self.inner.store.apply(batch)?;
+        self.inner.retention.removed();
+        Ok(true)
+    }
+
+    /// Adds to `batch` the removal of a message, its raw bytes and its
+    /// mailbox entries; false when there is no such message.
+    fn removals(&self, id: &str, batch: &mut Batch) -> Result<bool, StoreError> {
         let inner = &self.inner;
         let Some(mail) = inner.messages.get::<StoredMail>(id)? else {
             return Ok(false);
         };
-        let mut batch = inner.store.batch();
         batch.remove(&inner.messages, id);
         batch.remove(&inner.raw, id);
         for delivery in &mail.deliveries {
             batch.remove(&inner.entries, &format!("{}{id}", entry_prefix(&delivery.recipient)));
         }
-        inner.store.apply(batch)?;
-        let _ = inner
-            .count
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(1)));
         Ok(true)
     }
 
-    /// Removes the oldest messages beyond the retention.
-    fn enforce_retention(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.inner.removing.lock().unwrap_or_else(|e| e.into_inner());
-        while self.inner.count.load(Ordering::SeqCst) > self.inner.retention {
-            let Some(oldest) = self.inner.messages.first_key()? else {
-                self.inner.count.store(0, Ordering::SeqCst);
-                break;
-            };
-            self.remove_message(&oldest)?;
-        }
-        Ok(())
+    /// Removes the oldest messages past the retention (see [`Retention`]).
+    fn enforce_retention(&self) {
+        let inner = &self.inner;
+        inner
+            .retention
+            .remove_oldest("mail capture", &inner.store, &inner.messages, |id, batch| {
+                Ok(self.removals(id, batch)?.then_some(()))
+            });
     }
 
     async fn emit(&self, event: MailEvent) {
@@ -812,7 +812,7 @@ impl MailWorld {
         // delivery log's for the first event below (the store's log
         // replays a prefix), or the one at the end.
         inner.store.apply(batch)?;
-        inner.count.fetch_add(1, Ordering::SeqCst);
+        inner.retention.added();
 
         let queued = format!("Ok: queued as {id}");
         for delivery in &deliveries {
@@ -838,9 +838,7 @@ impl MailWorld {
         }
         inner.store.flush().await?;
         tracing::info!(id = %id, size, recipients = deliveries.len(), "mail captured");
-        if let Err(error) = self.enforce_retention() {
-            tracing::warn!(%error, "mail retention could not remove old messages");
-        }
+        self.enforce_retention();
         Ok(DataVerdict::Accepted { id })
     }
 }

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use mailin::{Action, AuthMechanism, Handler, Response};
 use subtle::ConstantTimeEq;
-
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::admission::RateLimit;

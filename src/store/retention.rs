@@ -1,6 +1,7 @@
 //! A cap on how many records of one kind are kept: past it the oldest go,
 //! a few at a time, as new ones come. The delivery log, the SMS network's
-//! records and the OTP core's finished OTPs each keep one.
+//! records, the OTP core's finished OTPs and the mail capture each keep
+//! one.
 //!
 //! Removals are not synced on their own: a removal a crash undoes is made
 //! again by a later one. Whoever finds another caller removing goes on
@@ -49,24 +50,20 @@ impl Retention {
         self.count.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// One record went some other way (an explicit delete).
     pub fn removed(&self) {
         let _ = self
             .count
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(1)));
     }
 
-    /// Nothing is left to remove, whatever the count said.
+    /// Nothing is left, whatever the count said.
     pub fn emptied(&self) {
         self.count.store(0, Ordering::SeqCst);
     }
 
-    /// More records than the cap.
-    pub fn over(&self) -> bool {
-        self.count.load(Ordering::SeqCst) > self.keep.load(Ordering::SeqCst)
-    }
-
     /// How many more records there are than the cap.
-    pub fn excess(&self) -> usize {
+    fn excess(&self) -> usize {
         self.count
             .load(Ordering::SeqCst)
             .saturating_sub(self.keep.load(Ordering::SeqCst))
@@ -76,21 +73,33 @@ impl Retention {
     /// than the slack and nobody else is removing; the turn lasts as long
     /// as the guard and should remove [`Retention::excess`] records (at
     /// most [`BATCH`]).
-    pub fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    fn turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         let slack = (self.keep.load(Ordering::SeqCst) / 64).min(SLACK);
         if self.excess() <= slack {
             return None;
         }
         self.removing.try_lock().ok()
     }
-}
 
-impl Retention {
     /// One turn over the oldest keys of `tree`, when one is due: `pick`
     /// adds a key's removals to the batch and answers a guard that keeps
     /// the record as it is until the batch is in, or `None` to pass the
     /// key over (still in use, or busy). The removals go in as one write.
+    /// A failure is logged, naming `what`: the write that called this has
+    /// already succeeded, and a later turn tries again.
     pub fn remove_oldest<G>(
+        &self,
+        what: &'static str,
+        store: &Store,
+        tree: &Tree,
+        pick: impl FnMut(&str, &mut Batch) -> Result<Option<G>>,
+    ) {
+        if let Err(error) = self.try_remove_oldest(store, tree, pick) {
+            tracing::warn!(%error, what, "retention could not remove old records");
+        }
+    }
+
+    fn try_remove_oldest<G>(
         &self,
         store: &Store,
         tree: &Tree,
@@ -148,6 +157,6 @@ mod tests {
         assert!(r.turn().is_none());
         r.emptied();
         r.removed();
-        assert!(!r.over(), "the count never wraps below zero");
+        assert_eq!(r.excess(), 0, "the count never wraps below zero");
     }
 }
