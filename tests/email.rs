@@ -201,6 +201,11 @@ async fn check_otp_email(api: &Api, member: &str, locale: &str, address: &str, s
     assert_eq!(s, 200);
     let raw = raw.as_str().expect("raw source as text");
     assert!(raw.contains("Subject: "), "{raw}");
+    // Dated by the server's (virtual) clock, not the machine's.
+    let (_, clock) = api.get("/v1/sim/clock").await;
+    let instant = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or("")).ok();
+    assert_eq!(instant(&detail["date"]), instant(&clock["now"]), "{raw}");
+    assert!(instant(&clock["now"]).is_some(), "{clock}");
     assert!(raw.is_ascii(), "the OTP mail is 7-bit clean for carrier mail");
 
     // The delivery log: delivered, the code masked, the SMTP reply kept.

@@ -369,3 +369,42 @@ async fn past_log_retention_old_records_go_and_codes_that_can_be_used_stay() {
     assert_eq!(s, 200, "{b}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receipt_quoting_the_start_of_a_short_branded_text_leaves_no_digit_of_the_code_in_the_log() {
+    // 【AB】ワンタイムパスワード: and a space are 16 characters, so the
+    // 20 the receipt quotes end with the code's first four digits.
+    let server = TestServer::start_with(|c| c.sender.brand = "AB".into()).await;
+    let verification = server.sms_member("M-BRAND", DOCOMO, "docomo").await;
+    let otp = issue(&server, "M-BRAND", "login").await;
+    let got = server.code_on_handset(DOCOMO, Some(&verification)).await;
+    let code = got["code"].as_str().unwrap();
+    let (_, inbox) = server.get(&format!("/v1/sim/handsets/{}/messages", enc(DOCOMO))).await;
+    let text = inbox["items"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with(&format!("【AB】ワンタイムパスワード: {code}")),
+        "{text}"
+    );
+
+    let (_, log) = server
+        .get(&format!("/v1/messages?otp_id={}", otp["id"].as_str().unwrap()))
+        .await;
+    let events = log["items"][0]["events"].as_array().unwrap().clone();
+    let receipt = events
+        .iter()
+        .find(|e| e["kind"] == "receipt")
+        .unwrap_or_else(|| panic!("a receipt event: {events:?}"));
+    let detail = receipt["detail"].as_str().unwrap();
+    let quoted = &detail[detail.find("text:").expect("the quoted text") + 5..];
+    assert!(quoted.ends_with("****"), "the code's start is masked: {detail}");
+    assert!(!quoted.contains(&code[..4]), "{detail}");
+    assert!(
+        detail.contains("stat:DELIVRD"),
+        "the receipt's own fields stay: {detail}"
+    );
+    let (_, report) = server.get("/v1/diagnostics/members/M-BRAND").await;
+    for answer in [log.to_string(), report.to_string()] {
+        assert!(!answer.contains(&format!(": {}", &code[..4])), "{answer}");
+    }
+    server.stop().await;
+}

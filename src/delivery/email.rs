@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use crate::clock::Millis;
+use mail_send::mail_builder::headers::date::Date;
 use mail_send::mail_builder::MessageBuilder;
 use mail_send::smtp::AssertReply;
 use mail_send::{Credentials, SmtpClient, SmtpClientBuilder};
@@ -43,6 +45,9 @@ pub struct OutgoingEmail {
     pub purpose: String,
     /// The name the member knows the sender by, in the subject and From.
     pub brand: String,
+    /// The Date header, from otpgate's clock (the virtual one in tests),
+    /// not the machine's.
+    pub sent_at: Millis,
 }
 
 /// What the relay made of the message.
@@ -234,6 +239,7 @@ fn build_message(config: &EmailClientConfig, mail: &OutgoingEmail) -> std::io::R
         .from((mail.brand.as_str(), config.from.as_str()))
         .to(mail.to.as_str())
         .subject(template.subject())
+        .date(Date::new(mail.sent_at.div_euclid(1000)))
         .text_body(template.text(&mail.code))
         .write_to_vec()
 }
@@ -333,6 +339,7 @@ mod tests {
             valid_minutes: 10,
             purpose: "login".into(),
             brand: "otpgate".into(),
+            sent_at: crate::clock::DEFAULT_VIRTUAL_START,
         }
     }
 

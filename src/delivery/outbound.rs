@@ -104,6 +104,7 @@ impl Outbound {
             valid_minutes: job.valid_minutes,
             purpose: job.purpose.clone(),
             brand: self.brand.clone(),
+            sent_at: self.clock.now(),
         };
         if let Some(link) = &self.mail_link {
             link.expect(&job.destination, &log_id);

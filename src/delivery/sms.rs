@@ -84,12 +84,14 @@ pub struct IncomingReceipt {
     pub network_error_code: Option<(u8, u16)>,
     /// The text's `done date:` field, raw (YYMMDDhhmm).
     pub done_date: Option<String>,
-    /// The raw receipt text.
+    /// The receipt text with the quoted message's digits masked
+    /// ([`receipt_text::mask_quoted`]): the code's first digits can be
+    /// among the 20 characters it quotes.
     pub text: String,
 }
 
-/// IncomingReceipt's Debug leaves the raw text out: its `text:` field quotes
-/// the message, OTP code included.
+/// IncomingReceipt's Debug leaves the text out: even masked, a log line has
+/// no use for the quoted message.
 impl std::fmt::Debug for IncomingReceipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IncomingReceipt")
@@ -528,7 +530,7 @@ fn read_receipt(deliver: &DeliverSm) -> Option<IncomingReceipt> {
         message_state,
         network_error_code,
         done_date: (!fields.done_date.is_empty()).then_some(fields.done_date),
-        text: raw,
+        text: receipt_text::mask_quoted(&raw),
     })
 }
 

@@ -78,6 +78,20 @@ pub fn parse(text: &str) -> Option<ReceiptFields> {
     })
 }
 
+/// The receipt text as otpgate may keep it: every digit of the quoted
+/// message (after `text:`) shown as `*`, since those 20 characters can end
+/// in the first digits of a code (`【AB】ワンタイムパスワード: 1234`), which
+/// no masking by runs of digits would catch. The receipt's own fields stay.
+/// A text that does not read as a receipt at all gets every digit masked.
+pub fn mask_quoted(text: &str) -> String {
+    let star = |s: &str| -> String { s.chars().map(|c| if c.is_ascii_digit() { '*' } else { c }).collect() };
+    match find_key(&text.to_ascii_lowercase(), "text:") {
+        Some(at) => format!("{}{}", &text[..at + 5], star(&text[at + 5..])),
+        None if parse(text).is_some() => text.to_string(),
+        None => star(text),
+    }
+}
+
 /// Where `key` starts as a whole word (at the start or after a space).
 fn find_key(haystack: &str, key: &str) -> Option<usize> {
     let mut from = 0;
@@ -104,6 +118,34 @@ pub fn smpp_absolute_time(at: Millis) -> String {
 mod tests {
     use super::*;
     use crate::clock::DEFAULT_VIRTUAL_START;
+
+    #[test]
+    fn masking_keeps_the_fields_and_hides_every_digit_of_the_quote() {
+        let text = format(
+            "0000000007",
+            "DELIVRD",
+            0,
+            DEFAULT_VIRTUAL_START,
+            DEFAULT_VIRTUAL_START,
+            "【AB】ワンタイムパスワード: 171766",
+        );
+        assert!(text.ends_with("text:?AB???????????: 1717"), "{text}");
+        let masked = mask_quoted(&text);
+        assert!(masked.ends_with("text:?AB???????????: ****"), "{masked}");
+        assert_eq!(
+            parse(&masked).unwrap(),
+            ReceiptFields {
+                text: "?AB???????????: ****".into(),
+                ..parse(&text).unwrap()
+            }
+        );
+        assert_eq!(
+            mask_quoted("ID:9 STAT:UNDELIV TEXT:Code 12"),
+            "ID:9 STAT:UNDELIV TEXT:Code **"
+        );
+        assert_eq!(mask_quoted("id:9 stat:DELIVRD err:000"), "id:9 stat:DELIVRD err:000");
+        assert_eq!(mask_quoted("your code 123456"), "your code ******");
+    }
 
     #[test]
     fn writes_the_appendix_b_format() {

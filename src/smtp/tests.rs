@@ -75,6 +75,7 @@ fn otp(to: &str, locale: &str, code: &str) -> OutgoingEmail {
         valid_minutes: 10,
         purpose: "login".into(),
         brand: "otpgate".into(),
+        sent_at: crate::clock::DEFAULT_VIRTUAL_START,
     }
 }
 
