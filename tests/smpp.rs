@@ -405,6 +405,46 @@ async fn a_receipt_for_a_transmitter_goes_to_a_receiver_or_waits_until_one_binds
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_waiting_for_a_bind_survives_a_crash_and_a_restart_and_is_sent_once() {
+    let mut server = common::BinServer::start(None).await;
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    let transmitter = Esme::bind(server.smpp, Bind::Transmitter).await;
+    let first = transmitter.send(&sms(PHONE, "Your code is 482913")).await;
+    let second = transmitter.send(&sms(PHONE, "kept across two restarts")).await;
+    server.advance(RUN).await;
+    let (state, _, _) = transmitter.query(&first).await.expect("query_sm");
+    assert_eq!(state, 2, "delivered before the crash");
+    transmitter.hang_up().await;
+
+    server.crash_and_restart().await;
+    let mut receiver = Esme::bind(server.smpp, Bind::Receiver).await;
+    let got = [receiver.receipt().await, receiver.receipt().await];
+    let mut ids: Vec<&str> = got.iter().map(|r| r.id.as_str()).collect();
+    ids.sort();
+    let mut sent = [first.as_str(), second.as_str()];
+    sent.sort();
+    assert_eq!(ids, sent);
+    for receipt in &got {
+        assert_eq!(receipt.stat, "DELIVRD", "{}", receipt.text);
+        assert_eq!(receipt.receipted_message_id.as_deref(), Some(receipt.id.as_str()));
+    }
+    // Kept on disk with the quoted digits masked: only the inbox keeps a code.
+    let quote = got.iter().find(|r| r.id == first).unwrap();
+    assert!(quote.text.ends_with("text:Your code is ******"), "{}", quote.text);
+    receiver.unbind().await;
+
+    // Taken: a clean restart does not send them again. The first receipt the
+    // next bind gets is for a message submitted after it.
+    server.restart().await;
+    let mut transceiver = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let third = transceiver.send(&sms(PHONE, "after the restarts")).await;
+    server.advance(RUN).await;
+    assert_eq!(transceiver.receipt().await.id, third);
+    transceiver.unbind().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_character_japanese_message_arrives_whole_and_in_order() {
     let server = TestServer::start().await;
     server.handset(PHONE, json!({"carrier": "au"})).await;

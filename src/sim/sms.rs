@@ -83,6 +83,10 @@ struct Inner {
     records: Tree,
     /// `{to}\0{id}` for messages not yet final.
     pending: Tree,
+    /// Receipts not yet taken by an ESME, by message id: written with the
+    /// final record, removed once the hub is done with them, handed to the
+    /// hub again by `resume` after a restart.
+    receipts: Tree,
     world: World,
     log: DeliveryLog,
     clock: Arc<Clock>,
@@ -152,6 +156,7 @@ impl SmsNetwork {
                 retention: Retention::new(crate::delivery::log::DEFAULT_RETENTION, records.len()),
                 records,
                 pending: store.tree("sms_pending")?,
+                receipts: store.tree("sms_receipts")?,
                 world,
                 log,
                 clock,
@@ -242,8 +247,40 @@ impl SmsNetwork {
         );
     }
 
-    /// Re-schedules every message still pending, after a restart.
+    /// Hands a receipt to the hub; its stored copy goes once the hub is done
+    /// with it (the ESME answered, or the hub gave it up: too many waiting,
+    /// or refused). When the server stops first the copy stays, and the next
+    /// start sends it again: an ESME may see a receipt twice, never none.
+    /// The returned receiver fires when the hub is done.
+    fn send_receipt(&self, receipt: Receipt) -> tokio::sync::oneshot::Receiver<()> {
+        let id = receipt.message_id.clone();
+        let acked = self.inner.hub.deliver(receipt);
+        let receipts = self.inner.receipts.clone();
+        let (done, finished) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            if acked.await.is_ok() {
+                if let Err(e) = receipts.remove(&id) {
+                    tracing::warn!(message_id = %id, error = %e, "forgetting a sent receipt");
+                }
+                let _ = done.send(());
+            }
+        });
+        finished
+    }
+
+    /// Re-schedules every message still pending, after a restart, and hands
+    /// the hub the receipts no ESME took before it.
     pub fn resume(&self) -> Result<usize, StoreError> {
+        let waiting = self.inner.receipts.scan_prefix::<Receipt>("")?;
+        if !waiting.is_empty() {
+            tracing::info!(
+                receipts = waiting.len(),
+                "receipts from before the restart wait for their ESMEs"
+            );
+        }
+        for (_, receipt) in waiting {
+            drop(self.send_receipt(receipt));
+        }
         let now = self.inner.clock.now();
         let mut resumed = 0;
         for (key, id) in self.inner.pending.scan_prefix::<String>("")? {
@@ -523,37 +560,52 @@ impl SmsNetwork {
         // final only the handset's inbox has it.
         let quoted: String = rec.text.chars().take(20).collect();
         rec.text = crate::otp::mask_digits(&rec.text);
+        let wanted = match rec.registered_delivery & 0x03 {
+            1 => true,
+            2 => codes.stat != "DELIVRD",
+            _ => false,
+        };
+        let receipt = wanted.then(|| Receipt {
+            system_id: rec.system_id.clone(),
+            message_id: rec.id.clone(),
+            source_addr: rec.to.trim_start_matches('+').to_string(),
+            dest_addr: rec.source.clone(),
+            stat: codes.stat.clone(),
+            err: codes.err,
+            message_state: codes.message_state,
+            network_error_code: codes.network_error_code,
+            submit_date: rec.submitted_at,
+            done_date: now,
+            text: quoted,
+        });
         self.store_final(&rec)?;
+        // Durable with the final record: a crash before an ESME takes the
+        // receipt leaves it for the next start. The stored copy quotes the
+        // text with its digits masked, since only the handset's inbox may
+        // keep a code; a receipt sent again after a restart shows that.
+        if let Some(receipt) = &receipt {
+            let stored = Receipt {
+                text: receipt
+                    .text
+                    .chars()
+                    .map(|c| if c.is_ascii_digit() { '*' } else { c })
+                    .collect(),
+                ..receipt.clone()
+            };
+            inner.receipts.put(&rec.id, &stored)?;
+        }
         if let Some(written) = inner.log.write_append(&rec.log_id, event, |_| {}).await? {
             inner.log.publish(written).await?;
         } else {
             inner.store.flush().await?;
         }
         self.enforce_retention();
-        let wanted = match rec.registered_delivery & 0x03 {
-            1 => true,
-            2 => codes.stat != "DELIVRD",
-            _ => false,
-        };
-        if wanted {
-            let receipt = Receipt {
-                system_id: rec.system_id.clone(),
-                message_id: rec.id.clone(),
-                source_addr: rec.to.trim_start_matches('+').to_string(),
-                dest_addr: rec.source.clone(),
-                stat: codes.stat.clone(),
-                err: codes.err,
-                message_state: codes.message_state,
-                network_error_code: codes.network_error_code,
-                submit_date: rec.submitted_at,
-                done_date: now,
-                text: quoted,
-            };
-            let acked = inner.hub.deliver(receipt);
+        if let Some(receipt) = receipt {
+            let finished = self.send_receipt(receipt);
             if rec.system_id == inner.internal_system_id {
                 // The OTP core records the receipt before it answers; waiting
                 // here makes a clock advance answer after the log has it.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), acked).await;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), finished).await;
             }
         }
         Ok(())

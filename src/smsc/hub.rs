@@ -7,7 +7,8 @@
 //!
 //! The hub holds no socket and never awaits while holding its lock; it never
 //! logs a receipt's quoted text. Receipts kept here live in memory only: the
-//! backend that calls [`ReceiptHub::deliver`] owns their durability.
+//! backend that calls [`ReceiptHub::deliver`] owns their durability (the
+//! simulated network stores each until the hub says it is done with it).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};

@@ -207,7 +207,7 @@ pub trait SmscBackend: Send + Sync + 'static {
 }
 
 /// A delivery receipt to send to the ESME that submitted the message.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Receipt {
     /// The account that submitted.
     pub system_id: String,

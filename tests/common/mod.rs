@@ -174,6 +174,18 @@ impl BinServer {
         self.smtp = smtp;
     }
 
+    /// SIGKILL, then start again on the same data: a crash.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("SIGKILL");
+        }
+        let (child, http, smpp, smtp) = spawn_binary(&self.dir.path().join("data"), &self.extra).await;
+        self.child = Some(child);
+        self.api = Api { http };
+        self.smpp = smpp;
+        self.smtp = smtp;
+    }
+
     /// Sends SIGTERM and asserts a clean exit.
     pub async fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
