@@ -5,6 +5,13 @@
 //! `max_messages_per_sec`). Each protocol turns a "no" into its own answer
 //! (ESME_RTHROTTLED, HTTP 429, SMTP 451).
 //!
+//! A [`Backlog`] needs no number from the operator: it watches how long the
+//! server takes to finish work it has admitted, and says no while even the
+//! quickest of the last tenth of a second took longer than its target (a
+//! queue that does not drain, the test of CoDel, RFC 8289). The SMTP server
+//! uses it by default, so that a server pushed past what it can do refuses
+//! new transactions at once instead of letting every one of them wait.
+//!
 //! A bucket refills at its rate over real (monotonic) time and holds at
 //! most one second's worth, so a client may burst up to the rate and is
 //! then refused until tokens come back. It takes the time as an argument
@@ -104,6 +111,81 @@ impl Throttle {
     }
 }
 
+/// How long a [`Backlog`] watches before it decides again.
+const BACKLOG_WINDOW: Duration = Duration::from_millis(100);
+/// Fewer finished in a window than this and the window says nothing: one
+/// slow message on an idle server is not a queue.
+const BACKLOG_MIN_SAMPLES: u32 = 8;
+
+/// Load shedding on the time admitted work takes. Each finished unit of
+/// work reports how long the server took over it ([`Backlog::finished`]);
+/// when, in a window of 100 ms with enough of them, even the quickest
+/// took longer than the target, work is waiting in a queue that does not
+/// drain, and [`Backlog::admit`] says no for the next window. The work
+/// already admitted finishes meanwhile; a window whose quickest is under
+/// the target, or one in which nothing finished, admits again. Clients
+/// that stall cost no server time and do not count, unlike a cap on work
+/// in progress.
+#[derive(Debug)]
+pub struct Backlog {
+    target: Option<Duration>,
+    state: Mutex<BacklogState>,
+}
+
+#[derive(Debug, Default)]
+struct BacklogState {
+    window_start: Option<Instant>,
+    quickest: Option<Duration>,
+    samples: u32,
+    shedding: bool,
+}
+
+impl Backlog {
+    /// `None` or a zero target: never refuses.
+    pub fn new(target: Option<Duration>) -> Backlog {
+        Backlog {
+            target: target.filter(|t| !t.is_zero()),
+            state: Mutex::default(),
+        }
+    }
+
+    /// One unit of admitted work finished at `now`, after `took` of the
+    /// server's time.
+    pub fn finished(&self, took: Duration, now: Instant) {
+        let Some(target) = self.target else { return };
+        let mut state = lock(&self.state);
+        state.roll(now, target);
+        state.quickest = Some(state.quickest.map_or(took, |q| q.min(took)));
+        state.samples += 1;
+    }
+
+    /// Whether new work may come in at `now`.
+    pub fn admit(&self, now: Instant) -> bool {
+        let Some(target) = self.target else { return true };
+        let mut state = lock(&self.state);
+        state.roll(now, target);
+        !state.shedding
+    }
+}
+
+impl BacklogState {
+    /// Closes the window once it is over: it decides the next one. A
+    /// window that ended more than a window ago saw nothing after it, so
+    /// the server is idle and admits.
+    fn roll(&mut self, now: Instant, target: Duration) {
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < BACKLOG_WINDOW {
+            return;
+        }
+        let standing = self.samples >= BACKLOG_MIN_SAMPLES && self.quickest.is_some_and(|q| q > target);
+        self.shedding = standing && elapsed < 2 * BACKLOG_WINDOW;
+        self.window_start = Some(now);
+        self.quickest = None;
+        self.samples = 0;
+    }
+}
+
 /// Where a server's admission control reads the time: tokio's monotonic
 /// clock, or, in tests, one that moves only when told to, so a refill is
 /// tested without waiting a second.
@@ -168,6 +250,45 @@ mod tests {
         assert!((0..1000).all(|_| off.admit(t0)));
         let zero = RateLimit::new(Some(0));
         assert!((0..1000).all(|_| zero.admit(t0)));
+    }
+
+    #[test]
+    fn a_backlog_refuses_for_a_window_after_one_whose_quickest_was_slow() {
+        let ms = Duration::from_millis;
+        let backlog = Backlog::new(Some(ms(50)));
+        let t0 = Instant::now();
+        // Slow work but too little of it to say anything.
+        for i in 0..BACKLOG_MIN_SAMPLES - 1 {
+            backlog.finished(ms(400), t0 + ms(u64::from(i)));
+        }
+        assert!(backlog.admit(t0 + ms(100)));
+        // A window in which everything took over the target: the next one refuses.
+        for i in 0..20 {
+            backlog.finished(ms(60 + i), t0 + ms(100 + i));
+        }
+        assert!(backlog.admit(t0 + ms(150)), "the window is still open");
+        assert!(!backlog.admit(t0 + ms(200)));
+        assert!(!backlog.admit(t0 + ms(250)));
+        // One quick finish among slow ones: the queue drained, admit again.
+        for i in 0..20 {
+            backlog.finished(if i == 7 { ms(10) } else { ms(300) }, t0 + ms(210 + i));
+        }
+        assert!(backlog.admit(t0 + ms(300)));
+        // Slow again, then nothing finishes for a while: idle admits.
+        for i in 0..20 {
+            backlog.finished(ms(80), t0 + ms(310 + i));
+        }
+        assert!(!backlog.admit(t0 + ms(400)));
+        assert!(backlog.admit(t0 + ms(700)));
+
+        let off = Backlog::new(None);
+        let zero = Backlog::new(Some(Duration::ZERO));
+        for b in [&off, &zero] {
+            for i in 0..100 {
+                b.finished(ms(5_000), t0 + ms(i));
+            }
+            assert!(b.admit(t0 + ms(150)));
+        }
     }
 
     #[test]

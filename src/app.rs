@@ -310,6 +310,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 max_connections: config.smtp_max_connections,
                 max_messages_per_sec: config.smtp_max_messages_per_sec,
                 max_in_flight: config.smtp_max_in_flight,
+                shed_after: config.smtp_shed_after,
                 auth: config
                     .smtp_auth
                     .iter()

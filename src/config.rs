@@ -34,6 +34,10 @@ pub struct Config {
     /// after DATA (`[smtp] max_in_flight`); past it MAIL is answered
     /// `451 4.3.2`. `None` means no limit.
     pub smtp_max_in_flight: Option<usize>,
+    /// While even the quickest transaction of the last 100 ms (MAIL to the
+    /// answer after DATA) took longer than this, MAIL is answered `451 4.3.2` (`[smtp]
+    /// shed_after_ms`, default 50; 0 turns it off).
+    pub smtp_shed_after: Option<std::time::Duration>,
     /// SMTP sessions served at once (`[smtp] max_connections`, default
     /// 1,024); one more is answered `421 4.7.0` at connect and closed.
     pub smtp_max_connections: usize,
@@ -208,6 +212,7 @@ struct SmtpTable {
     max_messages_per_sec: Option<u32>,
     max_connections: Option<usize>,
     max_in_flight: Option<usize>,
+    shed_after_ms: Option<u64>,
 }
 
 const NO_LIMIT: &str = "; leave it out for no limit";
@@ -506,6 +511,10 @@ impl Config {
             smtp_max_messages_per_sec: smtp_table.max_messages_per_sec,
             smtp_max_connections: smtp_table.max_connections.unwrap_or(1024),
             smtp_max_in_flight: smtp_table.max_in_flight,
+            smtp_shed_after: Some(std::time::Duration::from_millis(
+                smtp_table.shed_after_ms.unwrap_or(crate::smtp::DEFAULT_SHED_AFTER_MS),
+            ))
+            .filter(|d| !d.is_zero()),
             data_dir: flags
                 .data
                 .or(file.data)
@@ -573,6 +582,7 @@ mod tests {
         assert_eq!(c.http_admission.max_requests_per_sec, None);
         assert_eq!(c.smtp_max_messages_per_sec, None);
         assert_eq!(c.smtp_max_in_flight, None);
+        assert_eq!(c.smtp_shed_after, Some(std::time::Duration::from_millis(50)));
         assert!(c
             .smsc
             .accounts
@@ -673,6 +683,9 @@ mod tests {
         assert_eq!(c.smtp_max_messages_per_sec, Some(50));
         assert_eq!(c.smtp_max_connections, 64);
         assert_eq!(c.smtp_max_in_flight, Some(16));
+        assert_eq!(load_file("[smtp]\nshed_after_ms = 0\n").unwrap().smtp_shed_after, None);
+        let c = load_file("[smtp]\nshed_after_ms = 200\n").unwrap();
+        assert_eq!(c.smtp_shed_after, Some(std::time::Duration::from_millis(200)));
         let err = load_file("[smtp]\nmax_in_flight = 0\n").unwrap_err().to_string();
         assert!(err.starts_with("smtp.max_in_flight:"), "{err}");
         let err = load_file("[smtp]\nmax_connections = 0\n").unwrap_err().to_string();

@@ -52,7 +52,8 @@ struct Args {
     /// `log_retention = 5000`, to reach a cap sooner.
     #[arg(long)]
     soak_setting: Option<String>,
-    /// Only these workloads: smpp, smtp, http, durability, overload.
+    /// Only these workloads: smpp, smtp, http, durability, overload (or
+    /// one protocol's part of it: overload-smpp, overload-smtp, overload-http).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// The otpgate binary; by default the harness builds and uses

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::child::Server;
 use crate::otp_flow::http_workload;
-use crate::overload::{overload, soak};
+use crate::overload::{overload, soak, Protocols};
 use crate::report::{load_average, Report, Row};
 use crate::{smpp, smtp};
 
@@ -165,8 +165,14 @@ pub async fn run_all(settings: Settings) -> ExitCode {
     if wanted("http") || soak_needs_max {
         http_max = Some(http_workload(&env, &mut report, wanted("http")).await);
     }
-    if wanted("overload") {
-        overload(&env, &mut report).await;
+    let part = |protocol: &str| wanted("overload") || wanted(&format!("overload-{protocol}"));
+    let protocols = Protocols {
+        smpp: part("smpp"),
+        smtp: part("smtp"),
+        http: part("http"),
+    };
+    if protocols.smpp || protocols.smtp || protocols.http {
+        overload(&env, &mut report, &protocols).await;
     }
     if let Some(settings) = &settings.soak {
         if let Some(rate) = settings.rate.or(http_max.map(|max| max / 2.0)) {

@@ -57,9 +57,18 @@ pub struct SmtpConfig {
     /// DATA), across all connections; past it MAIL is answered `451 4.3.2`.
     /// `None` means no limit.
     pub max_in_flight: Option<usize>,
+    /// While even the quickest transaction (MAIL to the answer after DATA)
+    /// of the last 100 ms took longer than this, MAIL is answered
+    /// `451 4.3.2` ([`crate::admission::Backlog`]).
+    /// `None` never refuses on that ground.
+    pub shed_after: Option<std::time::Duration>,
     /// Accounts for AUTH PLAIN and LOGIN; empty means no AUTH at all.
     pub auth: Vec<(String, String)>,
 }
+
+/// `[smtp] shed_after_ms` when the config file does not say: at the
+/// sustained maximum a transaction takes a few milliseconds.
+pub const DEFAULT_SHED_AFTER_MS: u64 = 50;
 
 impl Default for SmtpConfig {
     fn default() -> Self {
@@ -69,6 +78,7 @@ impl Default for SmtpConfig {
             max_connections: 64,
             max_messages_per_sec: None,
             max_in_flight: None,
+            shed_after: Some(std::time::Duration::from_millis(DEFAULT_SHED_AFTER_MS)),
             auth: Vec::new(),
         }
     }

@@ -20,7 +20,7 @@ use mailin::{Action, AuthMechanism, Handler, Response};
 use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::admission::RateLimit;
+use crate::admission::{Backlog, RateLimit};
 
 use super::command::{self, Command};
 use super::{DataVerdict, Envelope, Limits, MailBackend, RcptVerdict, SmtpConfig, TlsIdentity};
@@ -38,6 +38,8 @@ pub(crate) struct Server {
     messages: RateLimit,
     /// `max_in_flight`: a permit from MAIL to the end of the transaction.
     transactions: Option<Arc<Semaphore>>,
+    /// `shed_after`: how long captures take, asked at MAIL.
+    backlog: Backlog,
 }
 
 impl Server {
@@ -68,6 +70,7 @@ impl Server {
             .into();
         Server {
             messages: RateLimit::new(config.max_messages_per_sec),
+            backlog: Backlog::new(config.shed_after),
             transactions: config
                 .max_in_flight
                 .map(|n| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)))),
@@ -92,10 +95,13 @@ impl Server {
         !self.config.auth.is_empty()
     }
 
-    /// Whether one more transaction may start now: within the message
-    /// rate and with a slot free. `Err` means no; `Ok(None)` yes, with no
+    /// Whether one more transaction may start now: captures keep up,
+    /// within the message rate and with a slot free. `Err` means no; `Ok(None)` yes, with no
     /// slot to hold (no `max_in_flight`).
     fn admit_message(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        if !self.backlog.admit(self.limits.ticker.now()) {
+            return Err(());
+        }
         let slot = match &self.transactions {
             Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| ())?),
             None => None,
@@ -255,6 +261,9 @@ pub(crate) struct Session {
     from: Option<String>,
     /// The open transaction's `max_in_flight` slot, given back when it ends.
     slot: Option<OwnedSemaphorePermit>,
+    /// When the open transaction's MAIL was admitted, on the admission
+    /// ticker: the answer after DATA reports the time to the backlog.
+    mail_at: Option<tokio::time::Instant>,
     rcpts: Vec<String>,
     authenticated: bool,
     errors: u32,
@@ -275,6 +284,7 @@ impl Session {
             helo: None,
             from: None,
             slot: None,
+            mail_at: None,
             rcpts: Vec::new(),
             authenticated: false,
             errors: 0,
@@ -306,6 +316,7 @@ impl Session {
         self.helo = None;
         self.from = None;
         self.slot = None;
+        self.mail_at = None;
         self.rcpts.clear();
         self.authenticated = false;
         self.tls_active = true;
@@ -405,6 +416,7 @@ impl Session {
                 let text = format!("Sender <{path}> OK");
                 self.from = Some(path);
                 self.slot = slot;
+                self.mail_at = Some(self.server.limits.ticker.now());
                 self.rcpts.clear();
                 Step::reply(250, "2.1.0", &text)
             }
@@ -572,7 +584,13 @@ impl Session {
         if oversize {
             return Step::reply(552, "5.3.4", "Message size exceeds fixed maximum message size");
         }
-        match self.server.backend.data(envelope, raw).await {
+        let started = self.server.limits.ticker.now();
+        let verdict = self.server.backend.data(envelope, raw).await;
+        let now = self.server.limits.ticker.now();
+        self.server
+            .backlog
+            .finished(now.saturating_duration_since(started), now);
+        match verdict {
             DataVerdict::Accepted { id } => Step::reply(250, "2.0.0", &format!("Ok: queued as {id}")),
             DataVerdict::Reject { code, enhanced, text } => {
                 let code = if (400..600).contains(&code) { code } else { 554 };
@@ -660,6 +678,7 @@ impl Session {
     fn reset_transaction(&mut self) {
         self.from = None;
         self.slot = None;
+        self.mail_at = None;
         self.rcpts.clear();
         lock(&self.shared).start_data();
     }

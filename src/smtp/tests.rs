@@ -739,3 +739,95 @@ async fn over_the_message_rate_mail_is_deferred_with_451_until_the_bucket_refill
     trigger.fire();
     server.await.unwrap();
 }
+
+/// The mail world behind a gate: each capture waits for a permit, so a
+/// test holds several at once while it moves the admission ticker, as a
+/// server that has fallen behind would.
+struct Gated {
+    world: MailWorld,
+    gate: Arc<tokio::sync::Semaphore>,
+    arrived: tokio::sync::watch::Sender<usize>,
+}
+
+impl MailBackend for Gated {
+    fn rcpt(&self, from: &str, to: &str) -> BoxFuture<'_, RcptVerdict> {
+        self.world.rcpt(from, to)
+    }
+
+    fn data(&self, envelope: Envelope, raw: Vec<u8>) -> BoxFuture<'_, DataVerdict> {
+        Box::pin(async move {
+            self.arrived.send_modify(|n| *n += 1);
+            self.gate.acquire().await.expect("gate open").forget();
+            self.world.data(envelope, raw).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn while_transactions_lag_past_shed_after_mail_gets_451_until_they_catch_up() {
+    let store = Store::temporary().unwrap();
+    let world = MailWorld::new(&store, Clock::virtual_at(0), 100).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let ticker = crate::admission::Ticker::manual();
+    let (arrived, mut arrivals) = tokio::sync::watch::channel(0);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let backend = Gated {
+        world: world.clone(),
+        gate: gate.clone(),
+        arrived,
+    };
+    let config = SmtpConfig {
+        shed_after: Some(Duration::from_millis(50)),
+        ..SmtpConfig::default()
+    };
+    let limits = Limits {
+        ticker: ticker.clone(),
+        ..Limits::default()
+    };
+    let server = tokio::spawn(serve_with(listener, config, None, limits, Arc::new(backend), shutdown));
+
+    // Eight messages reach the end of DATA and wait for their capture until
+    // 60 ms of the ticker's time after their MAIL: a queue.
+    let mut senders = Vec::new();
+    for n in 0..8 {
+        let (mut d, _) = Dialogue::open(addr).await;
+        d.check("EHLO tester", 250).await;
+        d.check("MAIL FROM:<qa@example.com>", 250).await;
+        d.check("RCPT TO:<r@example.com>", 250).await;
+        d.check("DATA", 354).await;
+        d.send(format!("Subject: {n}\r\n\r\nbody\r\n.\r\n").as_bytes()).await;
+        senders.push(d);
+    }
+    arrivals.wait_for(|n| *n == 8).await.unwrap();
+    ticker.advance(Duration::from_millis(60));
+    gate.add_permits(8);
+    for d in &mut senders {
+        let answer = d.reply().await;
+        assert!(answer.starts_with("250 "), "{answer}");
+    }
+    // The window they finished in is still open: admitted.
+    let (mut client, _) = Dialogue::open(addr).await;
+    client.check("EHLO tester", 250).await;
+    client.check("MAIL FROM:<qa@example.com>", 250).await;
+    client.check("RSET", 250).await;
+    // Once it closes, even its quickest took longer than 50 ms: the next
+    // window refuses at once, without counting errors against anyone.
+    ticker.advance(Duration::from_millis(40));
+    for _ in 0..12 {
+        let refusal = client.check("MAIL FROM:<qa@example.com>", 451).await;
+        assert!(refusal.starts_with("451 4.3.2 "), "{refusal}");
+    }
+    // A window with nothing waiting: admitted again.
+    ticker.advance(Duration::from_millis(100));
+    gate.add_permits(1);
+    let answer = client
+        .mail("qa@example.com", "r@example.com", b"Subject: after\r\n\r\nbody")
+        .await;
+    assert!(answer.starts_with("250 "), "{answer}");
+    client.check("QUIT", 221).await;
+    assert_eq!(world.list(None, None, 20).unwrap().items.len(), 9);
+    trigger.fire();
+    server.await.unwrap();
+}
