@@ -120,7 +120,6 @@ async fn overload_smpp(env: &Env, report: &mut Report) {
         u.cpu_seconds - cpu0,
         "ESME_RTHROTTLED",
     );
-
 }
 
 async fn overload_smtp(env: &Env, report: &mut Report) {
@@ -197,7 +196,6 @@ async fn overload_smtp(env: &Env, report: &mut Report) {
             "421/451",
         );
     }
-
 }
 
 async fn overload_http(env: &Env, report: &mut Report) {

@@ -431,24 +431,25 @@ impl DeliveryLog {
         let filter = [("member", &q.member_id), ("to", &q.to), ("otp", &q.otp_id)]
             .into_iter()
             .find_map(|(kind, v)| v.as_ref().map(|v| (kind, v.clone())));
-        let mut ids: Vec<String> = match &filter {
+        // Newest first, read only as far as the page needs: message ids
+        // sort by age, and so do the index entries under one value.
+        let (prefix, strip) = match &filter {
             Some((kind, value)) => {
                 let prefix = format!("{kind}\0{value}\0");
-                self.index
-                    .keys_with_prefix(&prefix)?
-                    .into_iter()
-                    .map(|k| k[prefix.len()..].to_string())
-                    .collect()
+                let strip = prefix.len();
+                (prefix, strip)
             }
-            None => self.messages.keys_with_prefix("m")?,
+            None => ("m".to_string(), 0),
         };
-        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let before = q.before.as_ref().map(|b| format!("{}{b}", &prefix[..strip]));
+        let source = match &filter {
+            Some(_) => &self.index,
+            None => &self.messages,
+        };
         let mut out = Vec::new();
-        for id in ids {
-            if q.before.as_ref().is_some_and(|b| id.as_str() >= b.as_str()) {
-                continue;
-            }
-            let Some(m) = self.get(&id)? else { continue };
+        for key in source.keys_rev(&prefix, before.as_deref()) {
+            let key = key?;
+            let Some(m) = self.get(&key[strip..])? else { continue };
             let keep = q.member_id.as_ref().is_none_or(|v| m.member_id.as_ref() == Some(v))
                 && q.to.as_ref().is_none_or(|v| &m.to == v)
                 && q.otp_id.as_ref().is_none_or(|v| m.otp_id.as_ref() == Some(v));

@@ -195,6 +195,19 @@ impl Store {
     }
 }
 
+/// The least key greater than every key that starts with `prefix`; `None`
+/// when there is none (the prefix is all 0xFF bytes, or empty).
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < 0xFF {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
 /// Writes gathered for [`Store::apply`].
 pub struct Batch {
     ops: Vec<(sled::Tree, Vec<u8>, Option<Vec<u8>>)>,
@@ -288,6 +301,29 @@ impl Tree {
             out.push(String::from_utf8_lossy(&k).into_owned());
         }
         Ok(out)
+    }
+
+    /// Keys starting with `prefix`, greatest first, below `before` (a
+    /// whole key) when given; read as the caller goes, so a page costs
+    /// what it reads, not the size of the tree.
+    pub fn keys_rev(&self, prefix: &str, before: Option<&str>) -> impl Iterator<Item = Result<String>> {
+        use std::ops::Bound;
+        let start = prefix.as_bytes().to_vec();
+        let past_prefix = prefix_successor(prefix.as_bytes());
+        let end = match (before.map(|b| b.as_bytes().to_vec()), past_prefix) {
+            (Some(b), Some(p)) => Some(b.min(p)),
+            (b, p) => b.or(p),
+        };
+        let empty = end.as_ref().is_some_and(|e| *e <= start);
+        let range = match end {
+            _ if empty => None,
+            Some(e) => Some(self.tree.range((Bound::Included(start), Bound::Excluded(e)))),
+            None => Some(self.tree.range((Bound::Included(start), Bound::Unbounded))),
+        };
+        range
+            .into_iter()
+            .flat_map(|r| r.rev())
+            .map(|item| Ok(String::from_utf8_lossy(&item?.0).into_owned()))
     }
 
     /// Values in reverse key order, starting below `before` when given.
@@ -449,5 +485,29 @@ mod tests {
         assert!(tree.compare_and_swap("a:1", Some(&5u32), &6u32).is_err());
         tree.compare_and_swap("a:1", Some(&1u32), &6u32).unwrap();
         assert_eq!(tree.get::<u32>("a:1").unwrap(), Some(6));
+    }
+
+    #[test]
+    fn keys_rev_reads_one_prefix_backwards_from_a_bound() {
+        let store = Store::temporary().unwrap();
+        let tree = store.tree("t").unwrap();
+        for key in ["a", "m1", "m2", "m3", "n", "x\u{0}1", "x\u{0}2", "x\u{1}"] {
+            tree.put(key, &0u8).unwrap();
+        }
+        let keys = |prefix: &str, before: Option<&str>| -> Vec<String> {
+            tree.keys_rev(prefix, before).collect::<Result<_>>().unwrap()
+        };
+        assert_eq!(keys("m", None), ["m3", "m2", "m1"]);
+        assert_eq!(keys("m", Some("m3")), ["m2", "m1"]);
+        assert_eq!(keys("m", Some("zz")), ["m3", "m2", "m1"], "a bound past the prefix");
+        assert!(keys("m", Some("m1")).is_empty());
+        assert!(keys("m", Some("a")).is_empty(), "a bound before the prefix");
+        assert_eq!(keys("x\u{0}", None), ["x\u{0}2", "x\u{0}1"]);
+        assert_eq!(keys("", Some("b")), ["a"]);
+        assert_eq!(keys("", None).len(), 8);
+        // Lazily: taking two reads two.
+        assert_eq!(tree.keys_rev("", None).take(2).count(), 2);
+        assert_eq!(prefix_successor(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_successor(b"\xff\xff"), None);
     }
 }
