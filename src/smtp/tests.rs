@@ -682,30 +682,50 @@ async fn retention_removes_the_oldest_messages() {
     assert_eq!(world.newest_code("r@example.com").unwrap().unwrap().code, "200000");
 }
 
-#[tokio::test]
-async fn over_the_message_rate_mail_is_deferred_with_451_until_the_bucket_refills() {
-    let store = Store::temporary().unwrap();
-    let world = MailWorld::new(&store, Clock::virtual_at(0), 10).unwrap();
+/// A server whose admission control reads a manual ticker, so that a test
+/// moves time instead of waiting for it.
+struct Ticked {
+    addr: SocketAddr,
+    ticker: crate::admission::Ticker,
+    trigger: crate::shutdown::Trigger,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn start_ticked(config: SmtpConfig, backend: Arc<dyn MailBackend>) -> Ticked {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (trigger, shutdown) = crate::shutdown::channel();
     let ticker = crate::admission::Ticker::manual();
-    let config = SmtpConfig {
-        max_messages_per_sec: Some(2),
-        ..SmtpConfig::default()
-    };
     let limits = Limits {
         ticker: ticker.clone(),
         ..Limits::default()
     };
-    let server = tokio::spawn(serve_with(
-        listener,
-        config,
-        None,
-        limits,
-        Arc::new(world.clone()),
-        shutdown,
-    ));
+    let server = tokio::spawn(serve_with(listener, config, None, limits, backend, shutdown));
+    Ticked {
+        addr,
+        ticker,
+        trigger,
+        server,
+    }
+}
+
+impl Ticked {
+    async fn stop(self) {
+        self.trigger.fire();
+        self.server.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn over_the_message_rate_mail_is_deferred_with_451_until_the_bucket_refills() {
+    let store = Store::temporary().unwrap();
+    let world = MailWorld::new(&store, Clock::virtual_at(0), 10).unwrap();
+    let config = SmtpConfig {
+        max_messages_per_sec: Some(2),
+        ..SmtpConfig::default()
+    };
+    let t = start_ticked(config, Arc::new(world.clone())).await;
+    let (addr, ticker) = (t.addr, t.ticker.clone());
     let (mut d, _) = Dialogue::open(addr).await;
     d.check("EHLO tester", 250).await;
     for n in 0..2 {
@@ -736,8 +756,7 @@ async fn over_the_message_rate_mail_is_deferred_with_451_until_the_bucket_refill
     d.check("MAIL FROM:<qa@example.com>", 451).await;
     d.check("QUIT", 221).await;
     assert_eq!(world.list(None, None, 10).unwrap().items.len(), 3);
-    trigger.fire();
-    server.await.unwrap();
+    t.stop().await;
 }
 
 /// The mail world behind a gate: each capture waits for a permit, so a
@@ -767,10 +786,6 @@ impl MailBackend for Gated {
 async fn while_transactions_lag_past_shed_after_mail_gets_451_until_they_catch_up() {
     let store = Store::temporary().unwrap();
     let world = MailWorld::new(&store, Clock::virtual_at(0), 100).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (trigger, shutdown) = crate::shutdown::channel();
-    let ticker = crate::admission::Ticker::manual();
     let (arrived, mut arrivals) = tokio::sync::watch::channel(0);
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let backend = Gated {
@@ -782,11 +797,8 @@ async fn while_transactions_lag_past_shed_after_mail_gets_451_until_they_catch_u
         shed_after: Some(Duration::from_millis(50)),
         ..SmtpConfig::default()
     };
-    let limits = Limits {
-        ticker: ticker.clone(),
-        ..Limits::default()
-    };
-    let server = tokio::spawn(serve_with(listener, config, None, limits, Arc::new(backend), shutdown));
+    let t = start_ticked(config, Arc::new(backend)).await;
+    let (addr, ticker) = (t.addr, t.ticker.clone());
 
     // Eight messages reach the end of DATA and wait for their capture until
     // 60 ms of the ticker's time after their MAIL: a queue.
@@ -828,6 +840,5 @@ async fn while_transactions_lag_past_shed_after_mail_gets_451_until_they_catch_u
     assert!(answer.starts_with("250 "), "{answer}");
     client.check("QUIT", 221).await;
     assert_eq!(world.list(None, None, 20).unwrap().items.len(), 9);
-    trigger.fire();
-    server.await.unwrap();
+    t.stop().await;
 }
