@@ -528,12 +528,18 @@ impl SmsNetwork {
         }
     }
 
-    /// Stores a final record, then takes it off the pending queue: a crash
-    /// between leaves a final record queued, which `resume` drops.
-    fn store_final(&self, rec: &SmsRecord) -> Result<(), StoreError> {
+    /// Stores a final record, takes it off the pending queue and keeps the
+    /// receipt it asked for until an ESME takes it, in one write: a crash
+    /// keeps all of it or none.
+    fn store_final(&self, rec: &SmsRecord, receipt: Option<&Receipt>) -> Result<(), StoreError> {
         let inner = &self.inner;
-        inner.records.put(&rec.id, rec)?;
-        inner.pending.remove(&format!("{}\0{}", rec.to, rec.id))
+        let mut batch = inner.store.batch();
+        batch.put(&inner.records, &rec.id, rec)?;
+        batch.remove(&inner.pending, &format!("{}\0{}", rec.to, rec.id));
+        if let Some(receipt) = receipt {
+            batch.put(&inner.receipts, &rec.id, receipt)?;
+        }
+        inner.store.apply(batch)
     }
 
     /// Makes a message final, logs it and sends the receipt it asked for.
@@ -578,22 +584,15 @@ impl SmsNetwork {
             done_date: now,
             text: quoted,
         });
-        self.store_final(&rec)?;
-        // Durable with the final record: a crash before an ESME takes the
-        // receipt leaves it for the next start. The stored copy quotes the
-        // text with its digits masked, since only the handset's inbox may
-        // keep a code; a receipt sent again after a restart shows that.
-        if let Some(receipt) = &receipt {
-            let stored = Receipt {
-                text: receipt
-                    .text
-                    .chars()
-                    .map(|c| if c.is_ascii_digit() { '*' } else { c })
-                    .collect(),
-                ..receipt.clone()
-            };
-            inner.receipts.put(&rec.id, &stored)?;
-        }
+        // The receipt is stored with the final record: a crash before an
+        // ESME takes it leaves it for the next start. The stored copy quotes
+        // the text with its digits masked, since only the handset's inbox
+        // may keep a code; a receipt sent again after a restart shows that.
+        let stored = receipt.as_ref().map(|r| Receipt {
+            text: crate::smsc::receipt_text::star_digits(&r.text),
+            ..r.clone()
+        });
+        self.store_final(&rec, stored.as_ref())?;
         if let Some(written) = inner.log.write_append(&rec.log_id, event, |_| {}).await? {
             inner.log.publish(written).await?;
         } else {
@@ -653,7 +652,7 @@ impl SmscBackend for SmsNetwork {
             rec.message_state = 4;
             rec.final_at = Some(now);
             rec.next_attempt_at = None;
-            self.store_final(&rec).map_err(sys)?;
+            self.store_final(&rec, None).map_err(sys)?;
             let event = Event::new("cancelled", now).state(State::Failed).reason("cancel_sm");
             inner.log.append(&rec.log_id, event).await.map_err(sys)?;
             Ok(())

@@ -84,12 +84,17 @@ pub fn parse(text: &str) -> Option<ReceiptFields> {
 /// no masking by runs of digits would catch. The receipt's own fields stay.
 /// A text that does not read as a receipt at all gets every digit masked.
 pub fn mask_quoted(text: &str) -> String {
-    let star = |s: &str| -> String { s.chars().map(|c| if c.is_ascii_digit() { '*' } else { c }).collect() };
     match find_key(&text.to_ascii_lowercase(), "text:") {
-        Some(at) => format!("{}{}", &text[..at + 5], star(&text[at + 5..])),
+        Some(at) => format!("{}{}", &text[..at + 5], star_digits(&text[at + 5..])),
         None if parse(text).is_some() => text.to_string(),
-        None => star(text),
+        None => star_digits(text),
     }
+}
+
+/// Every ASCII digit of `text` shown as `*`: what may be kept of the
+/// characters a receipt quotes.
+pub fn star_digits(text: &str) -> String {
+    text.chars().map(|c| if c.is_ascii_digit() { '*' } else { c }).collect()
 }
 
 /// Where `key` starts as a whole word (at the start or after a space).

@@ -95,18 +95,19 @@ impl Server {
         !self.config.auth.is_empty()
     }
 
-    /// Whether one more transaction may start now: captures keep up,
-    /// within the message rate and with a slot free. `Err` means no; `Ok(None)` yes, with no
-    /// slot to hold (no `max_in_flight`).
+    /// Whether one more transaction may start now: transactions keep up,
+    /// within the message rate and with a slot free. `Err` means no;
+    /// `Ok(None)` yes, with no slot to hold (no `max_in_flight`).
     fn admit_message(&self) -> Result<Option<OwnedSemaphorePermit>, ()> {
-        if !self.backlog.admit(self.limits.ticker.now()) {
+        let now = self.limits.ticker.now();
+        if !self.backlog.admit(now) {
             return Err(());
         }
         let slot = match &self.transactions {
             Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| ())?),
             None => None,
         };
-        if !self.messages.admit(self.limits.ticker.now()) {
+        if !self.messages.admit(now) {
             return Err(());
         }
         Ok(slot)
