@@ -552,12 +552,13 @@ impl OtpService {
     pub async fn verify(&self, otp_id: &str, code: &str) -> Result<Otp, ServiceError> {
         let _guard = self.lock(Lock::Otp, otp_id).lock().await;
         let mut otp = self.otp(otp_id)?;
-        let older: Vec<Otp> = self
-            .otps_of(&otp.member_id)?
-            .into_iter()
-            .filter(|o| o.purpose == otp.purpose && o.issued_at <= otp.issued_at && o.id != otp.id)
-            .collect();
-        let verdict = otp::verify(&self.key, &mut otp, code, &older, self.now());
+        let (member_id, purpose, issued_at) = (otp.member_id.clone(), otp.purpose.clone(), otp.issued_at);
+        let older = || -> Result<Vec<Otp>, ServiceError> {
+            let mut all = self.otps_of(&member_id)?;
+            all.retain(|o| o.purpose == purpose && o.issued_at <= issued_at && o.id != otp_id);
+            Ok(all)
+        };
+        let verdict = otp::verify(&self.key, &mut otp, code, older, self.now())?;
         self.otps.put(otp_id, &otp)?;
         self.store.flush().await?;
         match verdict {

@@ -728,7 +728,7 @@ async fn status_callbacks_report_each_event_so_a_suite_waits_without_polling() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_log_retention_the_oldest_final_records_go_and_pending_ones_stay() {
+async fn past_log_retention_the_oldest_final_records_go_and_pending_ones_stay_with_their_log() {
     let server = TestServer::start_with(|c| c.log_retention = 2).await;
     let off = OFF_PHONE;
     let mut esme = one_phone_off_one_on(&server).await;
@@ -756,6 +756,12 @@ async fn past_log_retention_the_oldest_final_records_go_and_pending_ones_stay() 
     server.advance(RUN).await;
     assert_eq!(esme.receipt().await.id, waiting);
     assert_eq!(server.inbox(off).await.len(), 1);
+    // Its delivery log message stayed past the cap as well, so the
+    // delivery is logged, not lost.
+    let (_, log) = server.get("/v1/messages?to=%2B819011110002").await;
+    let message = &log["items"][0];
+    assert_eq!(message["smsc_message_id"], waiting.as_str(), "{log}");
+    assert_eq!(message["state"], "delivered", "{message}");
     esme.unbind().await;
     server.stop().await;
 }

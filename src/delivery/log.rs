@@ -195,6 +195,13 @@ pub struct DeliveryLog {
 /// Messages kept unless [`DeliveryLog::keep`] says otherwise.
 pub const DEFAULT_RETENTION: usize = 100_000;
 
+/// How long after its last event a message that is not final yet is kept
+/// past the retention: the longest validity period of the shipped carrier
+/// models, so a message the SMSC still holds keeps its log until its last
+/// attempt can tell it. One that never hears again (an external SMSC that
+/// sends no receipt) goes after that.
+pub const OPEN_KEPT_MS: Millis = 72 * 3_600_000;
+
 fn message_key(n: u64) -> String {
     format!("m{n:012}")
 }
@@ -219,8 +226,10 @@ impl DeliveryLog {
     }
 
     /// Removes the oldest messages past the retention, with their index
-    /// entries (see [`Retention`]).
-    fn enforce_retention(&self) {
+    /// entries (see [`Retention`]); `now` is the time of the event just
+    /// written. A message that is not final stays while it may still move
+    /// ([`OPEN_KEPT_MS`]).
+    fn enforce_retention(&self, now: Millis) {
         self.retention
             .remove_oldest("delivery log", &self.store, &self.messages, |id, batch| {
                 // Under the message's lock, so an append cannot write it back.
@@ -229,7 +238,14 @@ impl DeliveryLog {
                 let Ok(guard) = self.lock_for(id).try_lock() else {
                     return Ok(None);
                 };
-                if let Some(message) = self.messages.get::<Message>(id)? {
+                let message = self.messages.get::<Message>(id)?;
+                if message
+                    .as_ref()
+                    .is_some_and(|m| !m.state.is_final() && now - m.updated_at < OPEN_KEPT_MS)
+                {
+                    return Ok(None);
+                }
+                if let Some(message) = message {
                     batch.remove(&self.index, &format!("to\0{}\0{id}", message.to));
                     if let Some(m) = &message.member_id {
                         batch.remove(&self.index, &format!("member\0{m}\0{id}"));
@@ -358,7 +374,7 @@ impl DeliveryLog {
     pub async fn publish(&self, written: Written) -> Result<(), StoreError> {
         self.store.flush().await?;
         self.notify(&written.message, &written.event);
-        self.enforce_retention();
+        self.enforce_retention(written.event.at);
         Ok(())
     }
 
@@ -475,9 +491,9 @@ mod tests {
         log.keep(2);
         let mut ids = Vec::new();
         for n in 0..4 {
-            let mut accepted = Event::new("smsc_accepted", n).state(State::Submitted);
-            accepted.smsc_message_id = Some(format!("s{n}"));
-            ids.push(log.create(new(&format!("+81901111000{n}")), accepted).await.unwrap().id);
+            let mut finished = Event::new("delivered", n).state(State::Delivered);
+            finished.smsc_message_id = Some(format!("s{n}"));
+            ids.push(log.create(new(&format!("+81901111000{n}")), finished).await.unwrap().id);
         }
         assert!(log.get(&ids[0]).unwrap().is_none() && log.get(&ids[1]).unwrap().is_none());
         assert!(log.by_smsc_id("s1").unwrap().is_none());
@@ -498,6 +514,47 @@ mod tests {
             "to, member, otp and smsc entries of the two kept"
         );
         assert!(log.append(&ids[0], Event::new("late", 9)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_message_not_final_stays_past_the_retention_while_it_may_still_move() {
+        let log = DeliveryLog::open(&Store::temporary().unwrap()).unwrap();
+        log.keep(1);
+        let submit = |n: u32, at: Millis| {
+            let log = log.clone();
+            async move {
+                let new = NewMessage {
+                    at,
+                    ..new(&format!("+81901111000{n}"))
+                };
+                let accepted = Event::new("smsc_accepted", at).state(State::Submitted);
+                log.create(new, accepted).await.unwrap().id
+            }
+        };
+        let open = submit(0, 0).await;
+        let done = submit(1, 1).await;
+        log.append(&done, Event::new("delivered", 2).state(State::Delivered))
+            .await
+            .unwrap();
+        submit(2, 3).await;
+        assert!(log.get(&open).unwrap().is_some(), "still pending: kept");
+        assert!(log.get(&done).unwrap().is_none(), "final: removed");
+        let delivered = log
+            .append(&open, Event::new("delivered", 4).state(State::Delivered))
+            .await
+            .unwrap();
+        assert!(delivered.is_some(), "its late delivery is logged");
+        submit(3, 5).await;
+        assert!(log.get(&open).unwrap().is_none(), "final now: removed");
+
+        let silent = submit(4, 6).await;
+        submit(5, 6 + OPEN_KEPT_MS - 1).await;
+        assert!(log.get(&silent).unwrap().is_some());
+        submit(6, 6 + OPEN_KEPT_MS).await;
+        assert!(
+            log.get(&silent).unwrap().is_none(),
+            "never heard of again: removed in the end"
+        );
     }
 
     fn new(to: &str) -> NewMessage {

@@ -177,9 +177,18 @@ impl Otp {
 /// Checks an entered code against `otp`, in the pinned order: locked,
 /// already used, superseded, expired, then the code. `older` are the OTPs
 /// this one superseded: a wrong code that matches one of them answers
-/// `superseded` and still counts as an attempt. Mutates `otp` and returns
-/// the verdict; the caller stores `otp` before answering.
-pub fn verify(key: &HashKey, otp: &mut Otp, entered: &str, older: &[Otp], now: Millis) -> Verdict {
+/// `superseded` and still counts as an attempt. They are loaded only for a
+/// wrong code on a pending OTP, the one case that looks at them, so a
+/// right code costs one record read. Mutates `otp` and returns the
+/// verdict (or the loader's error, with `otp` unchanged); the caller
+/// stores `otp` before answering.
+pub fn verify<E>(
+    key: &HashKey,
+    otp: &mut Otp,
+    entered: &str,
+    older: impl FnOnce() -> Result<Vec<Otp>, E>,
+    now: Millis,
+) -> Result<Verdict, E> {
     let verdict = match otp.status {
         OtpStatus::Locked => Verdict::Locked,
         OtpStatus::Verified => Verdict::AlreadyUsed,
@@ -191,6 +200,7 @@ pub fn verify(key: &HashKey, otp: &mut Otp, entered: &str, older: &[Otp], now: M
                 otp.verified_at = Some(now);
                 Verdict::Verified
             } else {
+                let older = older()?;
                 otp.attempts += 1;
                 if otp.attempts >= otp.max_attempts {
                     otp.status = OtpStatus::Locked;
@@ -219,7 +229,7 @@ pub fn verify(key: &HashKey, otp: &mut Otp, entered: &str, older: &[Otp], now: M
     if otp.entries.len() > 50 {
         otp.entries.drain(..otp.entries.len() - 50);
     }
-    verdict
+    Ok(verdict)
 }
 
 /// Send limits: a cooldown between sends to one destination and a cap per
@@ -330,6 +340,11 @@ mod tests {
         format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000)
     }
 
+    /// `verify` with the older OTPs at hand.
+    fn check(otp: &mut Otp, entered: &str, older: &[Otp], now: Millis) -> Verdict {
+        verify(&key(), otp, entered, || Ok::<_, ()>(older.to_vec()), now).unwrap()
+    }
+
     #[test]
     fn codes_are_six_digits_and_never_stored_plain() {
         for _ in 0..200 {
@@ -343,14 +358,14 @@ mod tests {
     #[test]
     fn right_code_verifies_once() {
         let (mut otp, code) = fresh("o1", 0);
-        assert_eq!(verify(&key(), &mut otp, &code, &[], 1000), Verdict::Verified);
-        assert_eq!(verify(&key(), &mut otp, &code, &[], 2000), Verdict::AlreadyUsed);
+        assert_eq!(check(&mut otp, &code, &[], 1000), Verdict::Verified);
+        assert_eq!(check(&mut otp, &code, &[], 2000), Verdict::AlreadyUsed);
     }
 
     #[test]
     fn expiry_is_checked_before_the_code() {
         let (mut otp, code) = fresh("o1", 0);
-        assert_eq!(verify(&key(), &mut otp, &code, &[], 601_000), Verdict::Expired);
+        assert_eq!(check(&mut otp, &code, &[], 601_000), Verdict::Expired);
         assert_eq!(otp.shown_status(601_000), "expired");
     }
 
@@ -359,11 +374,11 @@ mod tests {
         let (mut otp, code) = fresh("o1", 0);
         for left in (0..5).rev() {
             assert_eq!(
-                verify(&key(), &mut otp, &wrong(&code), &[], 1),
+                check(&mut otp, &wrong(&code), &[], 1),
                 Verdict::InvalidCode { attempts_left: left }
             );
         }
-        assert_eq!(verify(&key(), &mut otp, &code, &[], 1), Verdict::Locked);
+        assert_eq!(check(&mut otp, &code, &[], 1), Verdict::Locked);
     }
 
     #[test]
@@ -372,7 +387,7 @@ mod tests {
         let (mut new, _) = fresh("o2", 1);
         old.status = OtpStatus::Superseded;
         old.superseded_by = Some("o2".into());
-        let v = verify(&key(), &mut new, &old_code, std::slice::from_ref(&old), 2);
+        let v = check(&mut new, &old_code, std::slice::from_ref(&old), 2);
         assert_eq!(
             v,
             Verdict::Superseded {
@@ -381,8 +396,29 @@ mod tests {
         );
         assert_eq!(new.attempts, 1);
         assert_eq!(
-            verify(&key(), &mut old, &old_code, &[], 3),
+            check(&mut old, &old_code, &[], 3),
             Verdict::Superseded { matched_older: None }
+        );
+    }
+
+    #[test]
+    fn older_otps_are_read_only_for_a_wrong_code_on_a_pending_otp() {
+        let (mut otp, code) = fresh("o1", 0);
+        let untouched = || -> Result<Vec<Otp>, ()> { panic!("older OTPs read") };
+        assert_eq!(verify(&key(), &mut otp, &code, untouched, 1), Ok(Verdict::Verified));
+        assert_eq!(
+            verify(&key(), &mut otp, &wrong(&code), untouched, 2),
+            Ok(Verdict::AlreadyUsed)
+        );
+        let (mut otp, code) = fresh("o2", 0);
+        assert_eq!(
+            verify(&key(), &mut otp, &wrong(&code), || Err("store down"), 1),
+            Err("store down")
+        );
+        assert_eq!(
+            (otp.attempts, otp.entries.len()),
+            (0, 0),
+            "a failed read leaves the OTP as it was"
         );
     }
 
