@@ -89,6 +89,10 @@ pub struct OtpService {
     log: DeliveryLog,
     key: HashKey,
     members: Tree,
+    /// `phone\0{e164}\0{member}` and `email\0{lower case}\0{member}` →
+    /// member id: who has a number or an address, without reading every
+    /// member.
+    member_index: Tree,
     otps: Tree,
     /// `member\0{member}\0{otp}` and `current\0{member}\0{purpose}` → otp id.
     otp_index: Tree,
@@ -135,12 +139,24 @@ impl OtpService {
         sender: Arc<dyn Sender>,
     ) -> Result<OtpService, StoreError> {
         let otp_order = store.tree("otp_order")?;
+        let (members, member_index) = (store.tree("members")?, store.tree("member_index")?);
+        if member_index.is_empty() && !members.is_empty() {
+            // A data directory from before the index.
+            let mut batch = store.batch();
+            for (id, member) in members.scan_prefix::<Member>("")? {
+                for key in member_keys(&member) {
+                    batch.put(&member_index, &key, &id)?;
+                }
+            }
+            store.apply(batch)?;
+        }
         Ok(OtpService {
             store: store.clone(),
             clock,
             log,
             key,
-            members: store.tree("members")?,
+            members,
+            member_index,
             otps: store.tree("otps")?,
             otp_index: store.tree("otp_index")?,
             retention: Arc::new(Retention::new(config.log_retention, otp_order.len())),
@@ -206,9 +222,27 @@ impl OtpService {
             phone: None,
             created_at: self.now(),
         };
-        self.members.put(&id, &member)?;
+        self.write_member(None, &member)?;
         self.store.flush().await?;
         Ok(member)
+    }
+
+    /// Writes a member and its index entries in one batch; `old` is the
+    /// member as stored before, whose entries go. Under the member's lock.
+    fn write_member(&self, old: Option<&Member>, member: &Member) -> Result<(), ServiceError> {
+        let mut batch = self.store.batch();
+        batch.put(&self.members, &member.id, member)?;
+        let keys = member_keys(member);
+        for gone in old.map(member_keys).unwrap_or_default() {
+            if !keys.contains(&gone) {
+                batch.remove(&self.member_index, &gone);
+            }
+        }
+        for key in &keys {
+            batch.put(&self.member_index, key, &member.id)?;
+        }
+        self.store.apply(batch)?;
+        Ok(())
     }
 
     /// Stores a member as given (demo data and scenarios); checks the destination rules.
@@ -216,7 +250,9 @@ impl OtpService {
         if let Some(channel) = member.notification {
             member.check_destination(channel)?;
         }
-        self.members.put(&member.id, member)?;
+        let _guard = self.lock(Lock::Member, &member.id).lock().await;
+        let old = self.members.get::<Member>(&member.id)?;
+        self.write_member(old.as_ref(), member)?;
         self.store.flush().await?;
         Ok(())
     }
@@ -240,18 +276,28 @@ impl OtpService {
             .and_then(member::national_number)
             .map(|n| format!("+81{}", &n[1..]));
         let email = email.map(|e| e.trim().to_ascii_lowercase());
-        Ok(self
-            .all_members()?
-            .into_iter()
-            .filter(|m| {
-                phone
-                    .as_ref()
-                    .is_some_and(|p| m.phone.as_ref().is_some_and(|ph| &ph.number == p))
-                    || email
-                        .as_ref()
-                        .is_some_and(|e| m.email.as_ref().is_some_and(|me| me.to_ascii_lowercase() == *e))
-            })
-            .collect())
+        let mut ids = Vec::new();
+        for prefix in [
+            phone.map(|p| format!("phone\0{p}\0")),
+            email.map(|e| format!("email\0{e}\0")),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            ids.extend(
+                self.member_index
+                    .scan_prefix::<String>(&prefix)?
+                    .into_iter()
+                    .map(|(_, id)| id),
+            );
+        }
+        ids.sort();
+        ids.dedup();
+        let mut found = Vec::new();
+        for id in ids {
+            found.extend(self.members.get::<Member>(&id)?);
+        }
+        Ok(found)
     }
 
     async fn update_member(
@@ -260,9 +306,10 @@ impl OtpService {
         change: impl FnOnce(&mut Member) -> Result<(), ServiceError>,
     ) -> Result<Member, ServiceError> {
         let _guard = self.lock(Lock::Member, id).lock().await;
-        let mut member = self.member(id)?;
+        let old = self.member(id)?;
+        let mut member = old.clone();
         change(&mut member)?;
-        self.members.put(id, &member)?;
+        self.write_member(Some(&old), &member)?;
         self.store.flush().await?;
         Ok(member)
     }
@@ -570,6 +617,18 @@ impl OtpService {
     pub fn log(&self) -> &DeliveryLog {
         &self.log
     }
+}
+
+/// A member's keys in the member index: its number and its address.
+fn member_keys(member: &Member) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(phone) = &member.phone {
+        keys.push(format!("phone\0{}\0{}", phone.number, member.id));
+    }
+    if let Some(email) = &member.email {
+        keys.push(format!("email\0{}\0{}", email.to_ascii_lowercase(), member.id));
+    }
+    keys
 }
 
 /// Reads the server secret from the data directory, creating it on first start.

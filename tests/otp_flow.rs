@@ -408,3 +408,68 @@ async fn the_receipt_quoting_the_start_of_a_short_branded_text_leaves_no_digit_o
     }
     server.stop().await;
 }
+
+/// Ids of the members `GET /v1/members?{query}` finds.
+async fn found(server: &common::Api, query: &str) -> Vec<String> {
+    let (s, body) = server.get(&format!("/v1/members?{query}")).await;
+    assert_eq!(s, 200, "{body}");
+    let mut ids: Vec<String> = body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| m["id"].as_str().expect("id").to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_found_by_number_and_address_through_changes_and_restarts() {
+    let mut server = common::BinServer::start(None).await;
+    server.sms_member("FIND-1", DOCOMO, "docomo").await;
+    let (s, b) = server
+        .post(
+            "/v1/members",
+            json!({"id": "FIND-2", "email": "Aki.Tanaka@Example.com"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+
+    assert_eq!(found(&server, "phone=%2B81%2090%201111%200001").await, ["FIND-1"]);
+    assert_eq!(found(&server, "phone=09011110001").await, ["FIND-1"], "any spelling");
+    assert_eq!(
+        found(&server, "email=aki.tanaka%40example.com").await,
+        ["FIND-2"],
+        "any case"
+    );
+    assert_eq!(
+        found(&server, "phone=090-1111-0001&email=find-1%40example.com").await,
+        ["FIND-1"],
+        "once, though both match"
+    );
+    assert_eq!(
+        found(&server, "phone=090-1111-0001&email=aki.tanaka%40example.com").await,
+        ["FIND-1", "FIND-2"]
+    );
+
+    // A changed address finds the member; the old one no longer does.
+    let (s, b) = server
+        .put("/v1/members/FIND-2/email", json!({"email": "aki@example.net"}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(found(&server, "email=aki.tanaka%40example.com").await.is_empty());
+    assert_eq!(found(&server, "email=aki%40example.net").await, ["FIND-2"]);
+    assert!(found(&server, "phone=08099998888").await.is_empty());
+
+    // A data directory from before the index: it is built at start-up.
+    server.terminate().await;
+    {
+        let db = sled::open(server.dir.path().join("data").join("db")).expect("open sled");
+        assert!(db.drop_tree("member_index").expect("drop the index"));
+        db.flush().expect("flush");
+    }
+    server.restart().await;
+    assert_eq!(found(&server, "phone=09011110001").await, ["FIND-1"]);
+    assert_eq!(found(&server, "email=AKI%40example.net").await, ["FIND-2"]);
+    server.stop().await;
+}
