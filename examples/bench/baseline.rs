@@ -142,33 +142,42 @@ async fn smtp_connection(stream: TcpStream) {
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
     let mut queued = 0u64;
-    if write.write_all(b"220 sink.local ESMTP baseline\r\n").await.is_err() {
-        return;
-    }
+    // Replies to a pipelined group go out in one write, once no whole
+    // command is left unread (RFC 2920), as otpgate does.
+    let mut out: Vec<u8> = b"220 sink.local ESMTP baseline\r\n".to_vec();
     loop {
+        if !reader.buffer().contains(&b'\n') && !out.is_empty() {
+            if write.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
         line.clear();
         match reader.read_until(b'\n', &mut line).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
         let verb: Vec<u8> = line.iter().take(4).map(u8::to_ascii_uppercase).collect();
-        let reply: &[u8] = match verb.as_slice() {
-            b"EHLO" => b"250-sink.local\r\n250-SIZE 10485760\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n",
-            b"HELO" => b"250 sink.local\r\n",
-            b"MAIL" => b"250 2.1.0 OK\r\n",
-            b"RCPT" => b"250 2.1.5 OK\r\n",
-            b"RSET" | b"NOOP" => b"250 2.0.0 OK\r\n",
+        match verb.as_slice() {
+            b"EHLO" => out.extend_from_slice(
+                b"250-sink.local\r\n250-SIZE 10485760\r\n250-8BITMIME\r\n250-PIPELINING\r\n250 ENHANCEDSTATUSCODES\r\n",
+            ),
+            b"HELO" => out.extend_from_slice(b"250 sink.local\r\n"),
+            b"MAIL" => out.extend_from_slice(b"250 2.1.0 OK\r\n"),
+            b"RCPT" => out.extend_from_slice(b"250 2.1.5 OK\r\n"),
+            b"RSET" | b"NOOP" => out.extend_from_slice(b"250 2.0.0 OK\r\n"),
             b"QUIT" => {
-                let _ = write.write_all(b"221 2.0.0 Bye\r\n").await;
+                out.extend_from_slice(b"221 2.0.0 Bye\r\n");
+                let _ = write.write_all(&out).await;
                 return;
             }
             b"DATA" => {
-                if write
-                    .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                    .await
-                    .is_err()
-                {
-                    return;
+                out.extend_from_slice(b"354 End data with <CR><LF>.<CR><LF>\r\n");
+                if !reader.buffer().contains(&b'\n') {
+                    if write.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    out.clear();
                 }
                 // Read and discard up to the lone dot.
                 loop {
@@ -180,16 +189,9 @@ async fn smtp_connection(stream: TcpStream) {
                     }
                 }
                 queued += 1;
-                let reply = format!("250 2.0.0 Ok: queued as {queued}\r\n");
-                if write.write_all(reply.as_bytes()).await.is_err() {
-                    return;
-                }
-                continue;
+                out.extend_from_slice(format!("250 2.0.0 Ok: queued as {queued}\r\n").as_bytes());
             }
-            _ => b"500 5.5.2 Command not recognized\r\n",
-        };
-        if write.write_all(reply).await.is_err() {
-            return;
+            _ => out.extend_from_slice(b"500 5.5.2 Command not recognized\r\n"),
         }
     }
 }

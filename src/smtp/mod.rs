@@ -11,7 +11,9 @@
 //! AUTH lines (they can carry OTP codes and passwords). Over its message
 //! rate (`max_messages_per_sec`) or with `max_in_flight` transactions in
 //! progress it answers MAIL with `451 4.3.2` at once, a transient refusal
-//! the client retries, never a wait. With a [`TlsIdentity`]
+//! the client retries, never a wait. It offers PIPELINING (RFC 2920): the
+//! replies to commands sent together leave together, once no whole command
+//! is left unread. With a [`TlsIdentity`]
 //! it offers STARTTLS (RFC 3207): plaintext pipelined behind the command is
 //! thrown away, and the session starts over on the encrypted stream.
 
@@ -235,6 +237,10 @@ pub(crate) async fn serve_with(
     let _all_closed = permits.acquire_many(max_connections as u32).await;
 }
 
+/// Bytes of replies held for a pipelined group before they are written
+/// anyway.
+const MAX_HELD_REPLIES: usize = 16 * 1024;
+
 /// One connection: greeting, then lines in and replies out until QUIT, an
 /// error, the idle timeout or shutdown; after STARTTLS the same again on the
 /// encrypted stream. Errors end here, logged at debug.
@@ -311,6 +317,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
         write_reply(&mut writer, greeting, idle).await?;
     }
     let mut line = Vec::new();
+    // Replies not written yet: a pipelined group's go out together (RFC
+    // 2920), once no whole command of the group is left unread.
+    let mut replies = String::new();
     loop {
         let limit = session.line_limit();
         let read = tokio::select! {
@@ -344,7 +353,12 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         if let Some(reply) = &step.reply {
-            write_reply(&mut writer, reply, idle).await?;
+            replies.push_str(reply);
+        }
+        let more = reader.buffer().contains(&b'\n') && !step.start_tls && !step.close;
+        if !replies.is_empty() && (!more || replies.len() >= MAX_HELD_REPLIES) {
+            write_reply(&mut writer, &replies, idle).await?;
+            replies.clear();
         }
         if step.start_tls {
             if !reader.buffer().is_empty() {

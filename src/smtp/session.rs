@@ -269,6 +269,9 @@ pub(crate) struct Session {
     authenticated: bool,
     errors: u32,
     junk: u32,
+    /// The last MAIL was refused by admission control (451): RCPT and DATA
+    /// pipelined behind it are expected, not the client's mistake.
+    mail_refused: bool,
 }
 
 impl Session {
@@ -290,6 +293,7 @@ impl Session {
             authenticated: false,
             errors: 0,
             junk: 0,
+            mail_refused: false,
         }
     }
 
@@ -391,6 +395,7 @@ impl Session {
                 }
             }
             Command::Mail { path, size, canonical } => {
+                self.mail_refused = false;
                 if self.helo.is_none() {
                     return self.client_error(503, "5.5.1", "Error: send HELO/EHLO first");
                 }
@@ -408,6 +413,7 @@ impl Session {
                 // kept. It is the server's state, not the client's mistake,
                 // so it counts no error.
                 let Ok(slot) = self.server.admit_message() else {
+                    self.mail_refused = true;
                     return Step::reply(451, "4.3.2", "Too many messages right now, try again later");
                 };
                 let response = self.machine.process(&canonical);
@@ -424,7 +430,7 @@ impl Session {
             Command::Rcpt { path, canonical } => self.rcpt(path, canonical).await,
             Command::Data => {
                 if self.from.is_none() {
-                    return self.client_error(503, "5.5.1", "Error: need MAIL command");
+                    return self.need_mail();
                 }
                 if self.rcpts.is_empty() {
                     return self.client_error(554, "5.5.1", "Error: no valid recipients");
@@ -507,7 +513,7 @@ impl Session {
 
     async fn rcpt(&mut self, path: String, canonical: Vec<u8>) -> Step {
         let Some(from) = self.from.clone() else {
-            return self.client_error(503, "5.5.1", "Error: need MAIL command");
+            return self.need_mail();
         };
         if self.rcpts.len() >= self.server.limits.max_recipients {
             return Step::reply(452, "4.5.3", "Error: too many recipients");
@@ -660,6 +666,7 @@ impl Session {
             format!("SIZE {}", self.server.config.max_message_bytes),
             "8BITMIME".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            "PIPELINING".to_string(),
         ];
         if self.server.tls.is_some() && !self.tls_active {
             lines.push("STARTTLS".to_string());
@@ -685,6 +692,19 @@ impl Session {
     }
 
     /// A reply to a client mistake; too many of them end the connection.
+    /// RCPT or DATA outside a transaction: the client's mistake, unless
+    /// they were pipelined behind a MAIL this server refused for load (RFC
+    /// 2920 groups go on after a refusal); those count as junk commands,
+    /// so a client that keeps sending them is still cut off.
+    fn need_mail(&mut self) -> Step {
+        if self.mail_refused {
+            return self
+                .junk_limit()
+                .unwrap_or_else(|| Step::reply(503, "5.5.1", "Error: need MAIL command"));
+        }
+        self.client_error(503, "5.5.1", "Error: need MAIL command")
+    }
+
     fn client_error(&mut self, code: u16, enhanced: &str, text: &str) -> Step {
         self.errors += 1;
         if self.errors > self.server.limits.max_errors {

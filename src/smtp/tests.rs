@@ -754,6 +754,16 @@ body"
     }
     // No transaction was opened by a refused MAIL.
     d.check("RCPT TO:<r@example.com>", 503).await;
+    // A pipelining client sends RCPT and DATA behind its MAIL: after the
+    // refusal they are answered 503 and, being the server's doing, count
+    // no error either (six groups hold twelve 503s, past the limit of 10).
+    for _ in 0..6 {
+        d.send(b"MAIL FROM:<qa@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n")
+            .await;
+        for code in [451, 503, 503] {
+            expect_code(&mut d, code).await;
+        }
+    }
     // Half a second brings one token back.
     ticker.advance(Duration::from_millis(500));
     d.deliver("qa@example.com", "r@example.com", b"Subject: 2\r\n\r\nbody")
@@ -845,4 +855,159 @@ async fn while_transactions_lag_past_shed_after_mail_gets_451_until_they_catch_u
     client.check("QUIT", 221).await;
     assert_eq!(world.list(None, None, 20).unwrap().items.len(), 9);
     t.stop().await;
+}
+
+/// Reads one reply of a group and checks its code.
+async fn expect_code(d: &mut Dialogue, code: u16) -> String {
+    let reply = d.reply().await;
+    assert!(reply.starts_with(&code.to_string()), "{reply:?} (want {code})");
+    reply
+}
+
+#[tokio::test]
+async fn pipelined_commands_are_answered_in_order_and_a_refusal_stops_the_data() {
+    let w = start(SmtpConfig::default()).await;
+    w.world
+        .put_mailbox(
+            "typo@docomo.ne.jp",
+            MailboxPatch {
+                exists: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    let ehlo = d.check("EHLO tester", 250).await;
+    assert!(ehlo.contains("250-PIPELINING\r\n"), "{ehlo}");
+
+    // One group: the envelope with a refused recipient, then DATA.
+    d.send(b"MAIL FROM:<qa@example.com>\r\nRCPT TO:<typo@docomo.ne.jp>\r\nRCPT TO:<a@example.net>\r\nDATA\r\n")
+        .await;
+    for code in [250, 550, 250, 354] {
+        expect_code(&mut d, code).await;
+    }
+    // The message, its end and QUIT in one write.
+    d.send(b"Subject: pipelined\r\n\r\nhello\r\n.\r\nQUIT\r\n").await;
+    expect_code(&mut d, 250).await;
+    expect_code(&mut d, 221).await;
+    let listed = w.world.list(None, None, 10).unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].subject, "pipelined");
+
+    // Every recipient refused: DATA is refused too, so the lines after it
+    // are read as commands, not as a message.
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    d.check("EHLO tester", 250).await;
+    d.send(b"MAIL FROM:<qa@example.com>\r\nRCPT TO:<typo@docomo.ne.jp>\r\nDATA\r\nNOOP\r\n")
+        .await;
+    for code in [250, 550, 554, 250] {
+        expect_code(&mut d, code).await;
+    }
+    d.check("QUIT", 221).await;
+    assert_eq!(w.world.list(None, None, 10).unwrap().items.len(), 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn replies_are_written_once_no_whole_command_is_left_unread() {
+    let w = start(SmtpConfig::default()).await;
+    let (mut d, _) = Dialogue::open(w.addr).await;
+    d.check("EHLO tester", 250).await;
+    // Two whole commands and the start of a third: the two are answered
+    // without waiting for the rest of the third.
+    d.send(b"MAIL FROM:<qa@example.com>\r\nRCPT TO:<a@example.net>\r\nDA")
+        .await;
+    expect_code(&mut d, 250).await;
+    expect_code(&mut d, 250).await;
+    d.send(b"TA\r\n").await;
+    expect_code(&mut d, 354).await;
+    d.send(b"Subject: split\r\n\r\nhi\r\n.\r\n").await;
+    expect_code(&mut d, 250).await;
+    w.stop().await;
+}
+
+/// A stream that plays `input` and records each write separately.
+struct Recorded {
+    input: std::io::Cursor<Vec<u8>>,
+    writes: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl tokio::io::AsyncRead for Recorded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let at = self.input.position() as usize;
+        let rest = &self.input.get_ref()[at..];
+        let n = rest.len().min(buf.remaining());
+        buf.put_slice(&rest[..n]);
+        self.input.set_position((at + n) as u64);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Recorded {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.writes.lock().unwrap().push(buf.to_vec());
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn the_replies_to_a_pipelined_group_leave_in_one_write() {
+    let store = Store::temporary().unwrap();
+    let world = MailWorld::new(&store, Clock::virtual_at(0), 100).unwrap();
+    let server = Arc::new(session::Server::new(
+        SmtpConfig::default(),
+        None,
+        Limits::default(),
+        Arc::new(world.clone()),
+    ));
+    let mut session = session::Session::new(server, [127, 0, 0, 1].into(), "127.0.0.1:1".into());
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let stream = Recorded {
+        input: std::io::Cursor::new(
+            b"EHLO tester\r\nMAIL FROM:<qa@example.com>\r\nRCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n\
+              Subject: one write\r\n\r\nhi\r\n.\r\nQUIT\r\n"
+                .to_vec(),
+        ),
+        writes: writes.clone(),
+    };
+    let (_trigger, mut shutdown) = crate::shutdown::channel();
+    let ending = converse(stream, &mut session, None, &mut shutdown).await.unwrap();
+    assert!(matches!(ending, Ending::Closed));
+    let writes: Vec<String> = writes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    let codes: Vec<&str> = writes[0]
+        .split("\r\n")
+        .filter(|l| l.len() >= 4 && l.as_bytes()[3] == b' ')
+        .map(|l| &l[..3])
+        .collect();
+    assert_eq!(codes, ["250", "250", "250", "250", "354", "250", "221"]);
+    assert_eq!(world.list(None, None, 10).unwrap().items.len(), 1);
 }
