@@ -269,9 +269,10 @@ pub(crate) struct Session {
     authenticated: bool,
     errors: u32,
     junk: u32,
-    /// The last MAIL was refused by admission control (451): RCPT and DATA
-    /// pipelined behind it are expected, not the client's mistake.
-    mail_refused: bool,
+    /// After a MAIL that admission control refused (451), how many RCPT
+    /// and DATA commands pipelined behind it may still be answered 503
+    /// without counting as the client's mistakes.
+    excused: usize,
 }
 
 impl Session {
@@ -293,7 +294,7 @@ impl Session {
             authenticated: false,
             errors: 0,
             junk: 0,
-            mail_refused: false,
+            excused: 0,
         }
     }
 
@@ -395,7 +396,7 @@ impl Session {
                 }
             }
             Command::Mail { path, size, canonical } => {
-                self.mail_refused = false;
+                self.excused = 0;
                 if self.helo.is_none() {
                     return self.client_error(503, "5.5.1", "Error: send HELO/EHLO first");
                 }
@@ -413,7 +414,8 @@ impl Session {
                 // kept. It is the server's state, not the client's mistake,
                 // so it counts no error.
                 let Ok(slot) = self.server.admit_message() else {
-                    self.mail_refused = true;
+                    // Its group's recipients and DATA.
+                    self.excused = self.server.limits.max_recipients + 1;
                     return Step::reply(451, "4.3.2", "Too many messages right now, try again later");
                 };
                 let response = self.machine.process(&canonical);
@@ -693,14 +695,13 @@ impl Session {
 
     /// A reply to a client mistake; too many of them end the connection.
     /// RCPT or DATA outside a transaction: the client's mistake, unless
-    /// they were pipelined behind a MAIL this server refused for load (RFC
-    /// 2920 groups go on after a refusal); those count as junk commands,
-    /// so a client that keeps sending them is still cut off.
+    /// they were pipelined behind a MAIL this server refused for load (an
+    /// RFC 2920 group goes on after a refusal), as many as one group can
+    /// hold.
     fn need_mail(&mut self) -> Step {
-        if self.mail_refused {
-            return self
-                .junk_limit()
-                .unwrap_or_else(|| Step::reply(503, "5.5.1", "Error: need MAIL command"));
+        if self.excused > 0 {
+            self.excused -= 1;
+            return Step::reply(503, "5.5.1", "Error: need MAIL command");
         }
         self.client_error(503, "5.5.1", "Error: need MAIL command")
     }
