@@ -371,7 +371,12 @@ impl OtpService {
             .otp_index
             .get::<String>(&format!("current\0{id}\0{PHONE_VERIFICATION}"))?
             .ok_or(ServiceError::NotFound("phone verification code"))?;
-        let otp = self.verify(&otp_id, code).await?;
+        // The code the member was sent may be gone with the retention
+        // (used or expired long ago): then there is no code to verify.
+        let otp = match self.verify(&otp_id, code).await {
+            Err(ServiceError::NotFound(_)) => return Err(ServiceError::NotFound("phone verification code")),
+            other => other?,
+        };
         if otp.destination != number {
             return Err(ServiceError::Verify(Verdict::Superseded { matched_older: None }));
         }

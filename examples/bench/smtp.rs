@@ -77,6 +77,9 @@ async fn reply(conn: &mut Conn, timeout: Duration) -> Option<u16> {
                 Ok(0) | Err(_) => return None,
                 Ok(_) => {}
             }
+            // An EHLO line naming the extension.
+            let keyword = conn.line.get(4..).map(|k| k.trim_ascii_end());
+            conn.pipelining |= keyword.is_some_and(|k| k.eq_ignore_ascii_case(b"PIPELINING"));
             if conn.line.len() < 4 || conn.line[3] != b'-' {
                 return std::str::from_utf8(conn.line.get(..3)?).ok()?.parse().ok();
             }
@@ -108,25 +111,7 @@ async fn connect(load: &Load) -> Result<Conn, Option<u16>> {
         Some(220) => {}
         other => return Err(other),
     }
-    conn.writer
-        .write_all(b"EHLO bench.example\r\n")
-        .await
-        .map_err(|_| None)?;
-    let ehlo = async {
-        loop {
-            conn.line.clear();
-            match conn.reader.read_until(b'\n', &mut conn.line).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-            let text = String::from_utf8_lossy(&conn.line).to_ascii_uppercase();
-            conn.pipelining |= text.get(4..).is_some_and(|t| t.trim_end() == "PIPELINING");
-            if text.len() < 4 || text.as_bytes()[3] != b'-' {
-                return text.get(..3)?.parse::<u16>().ok();
-            }
-        }
-    };
-    match tokio::time::timeout(load.reply_timeout, ehlo).await.ok().flatten() {
+    match command(&mut conn, b"EHLO bench.example\r\n", load.reply_timeout).await {
         Some(250) => Ok(conn),
         other => Err(other),
     }

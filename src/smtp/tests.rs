@@ -51,6 +51,15 @@ async fn start_with_tls(config: SmtpConfig, tls: Option<TlsIdentity>) -> World {
 }
 
 impl World {
+    /// Makes `address` a mailbox that does not exist (a mistyped address).
+    async fn unknown_user(&self, address: &str) -> Mailbox {
+        let patch = MailboxPatch {
+            exists: Some(false),
+            ..Default::default()
+        };
+        self.world.put_mailbox(address, patch).await.unwrap()
+    }
+
     fn client(&self) -> EmailClientConfig {
         EmailClientConfig {
             relay: self.addr.to_string(),
@@ -233,18 +242,7 @@ async fn a_raw_dialogue_is_captured_and_paged() {
 #[tokio::test]
 async fn an_unknown_user_is_refused_at_rcpt() {
     let w = start(SmtpConfig::default()).await;
-    let mailbox = w
-        .world
-        .put_mailbox(
-            "typo@docomo.ne.jp",
-            MailboxPatch {
-                exists: Some(false),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert!(!mailbox.exists);
+    assert!(!w.unknown_user("typo@docomo.ne.jp").await.exists);
     let outcome = send_otp(&w.client(), &otp("typo@docomo.ne.jp", "ja", "111111")).await;
     assert_eq!(
         outcome,
@@ -867,16 +865,7 @@ async fn expect_code(d: &mut Dialogue, code: u16) -> String {
 #[tokio::test]
 async fn pipelined_commands_are_answered_in_order_and_a_refusal_stops_the_data() {
     let w = start(SmtpConfig::default()).await;
-    w.world
-        .put_mailbox(
-            "typo@docomo.ne.jp",
-            MailboxPatch {
-                exists: Some(false),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    w.unknown_user("typo@docomo.ne.jp").await;
     let (mut d, _) = Dialogue::open(w.addr).await;
     let ehlo = d.check("EHLO tester", 250).await;
     assert!(ehlo.contains("250-PIPELINING\r\n"), "{ehlo}");
