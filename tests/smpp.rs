@@ -445,6 +445,38 @@ async fn a_receipt_waiting_for_a_bind_survives_a_crash_and_a_restart_and_is_sent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_message_is_known_by_each_parts_id_across_a_crash_and_each_gets_its_receipt() {
+    let mut server = common::BinServer::start(None).await;
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    let esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let text = "Your one-time password is 482913. ".repeat(6);
+    let mut ids = esme.submit_parts(&sms(OFF_PHONE, &text)).await.expect("parts accepted");
+    assert_eq!(ids.len(), 2, "two parts of 153 characters at most");
+    esme.hang_up().await;
+
+    // The phone is off: after a crash the message is still pending, and
+    // the earlier part's id still names it.
+    server.crash_and_restart().await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    for id in &ids {
+        assert_eq!(esme.query(id).await.map(|q| q.0), Ok(1), "ENROUTE by {id}");
+    }
+    server.handset(OFF_PHONE, json!({"powered_on": true})).await;
+    server.advance(RUN).await;
+    let mut receipted = vec![esme.receipt().await.id, esme.receipt().await.id];
+    receipted.sort();
+    ids.sort();
+    assert_eq!(receipted, ids, "a receipt for each part's id");
+    for id in &ids {
+        assert_eq!(esme.query(id).await.map(|q| q.0), Ok(2), "DELIVERED by {id}");
+    }
+    esme.unbind().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_character_japanese_message_arrives_whole_and_in_order() {
     let server = TestServer::start().await;
     server.handset(PHONE, json!({"carrier": "au"})).await;

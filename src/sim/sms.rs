@@ -55,6 +55,9 @@ pub struct SmsRecord {
     /// record when the retention lets the record go.
     #[serde(default)]
     pub inbox_key: Option<String>,
+    /// The ids of a long message's earlier parts (see `Inner::parts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_ids: Vec<String>,
 }
 
 /// Why a delivery attempt runs.
@@ -87,6 +90,10 @@ struct Inner {
     /// final record, removed once the hub is done with them, handed to the
     /// hub again by `resume` after a restart.
     receipts: Tree,
+    /// An earlier part's id of a long message → the whole message's id,
+    /// so query_sm and cancel_sm by a part's id work after a restart too;
+    /// removed with the record.
+    parts: Tree,
     world: World,
     log: DeliveryLog,
     clock: Arc<Clock>,
@@ -157,6 +164,7 @@ impl SmsNetwork {
                 records,
                 pending: store.tree("sms_pending")?,
                 receipts: store.tree("sms_receipts")?,
+                parts: store.tree("sms_parts")?,
                 world,
                 log,
                 clock,
@@ -197,6 +205,9 @@ impl SmsNetwork {
                     Some(rec) if rec.is_final() => {
                         if let Some(key) = &rec.inbox_key {
                             inner.world.remove_inbox(batch, key);
+                        }
+                        for part in &rec.part_ids {
+                            batch.remove(&inner.parts, part);
                         }
                         batch.remove(&inner.records, id);
                         Ok(Some(guard))
@@ -345,6 +356,16 @@ impl SmsNetwork {
         self.inner.records.get(id)
     }
 
+    /// The whole message's id for an earlier part's id; any other id as is.
+    fn whole_id(&self, id: &str) -> Result<String, StoreError> {
+        Ok(self.inner.parts.get::<String>(id)?.unwrap_or_else(|| id.to_string()))
+    }
+
+    /// The record of a message by its id or one of its parts' ids.
+    fn record_named(&self, id: &str) -> Result<Option<SmsRecord>, StoreError> {
+        self.record(&self.whole_id(id)?)
+    }
+
     async fn accept(&self, sub: Submission) -> Result<String, SubmitRefusal> {
         let inner = &self.inner;
         let to = destination_e164(&sub.dest_addr, sub.dest_ton)?;
@@ -430,12 +451,16 @@ impl SmsNetwork {
             log_id,
             next_attempt_at: Some(first_attempt_at),
             inbox_key: None,
+            part_ids: sub.part_ids,
         };
         // The queue entry first: a crash between the two writes leaves an
         // entry without a record, which `resume` drops; the other order
         // would leave a record that nothing resumes. (Not a multi-tree
         // transaction: sled's halved the SMSC's throughput.)
         inner.pending.put(&format!("{to}\0{id}"), &id).map_err(sys)?;
+        for part in &record.part_ids {
+            inner.parts.put(part, &id).map_err(sys)?;
+        }
         inner.records.put(&id, &record).map_err(sys)?;
         inner.retention.added();
         inner.log.publish(written).await.map_err(sys)?;
@@ -583,6 +608,7 @@ impl SmsNetwork {
             submit_date: rec.submitted_at,
             done_date: now,
             text: quoted,
+            part_ids: rec.part_ids.clone(),
         });
         // The receipt is stored with the final record: a crash before an
         // ESME takes it leaves it for the next start. The stored copy quotes
@@ -622,9 +648,7 @@ impl SmscBackend for SmsNetwork {
 
     fn query(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>> {
         let found = self
-            .inner
-            .records
-            .get::<SmsRecord>(message_id)
+            .record_named(message_id)
             .ok()
             .flatten()
             .filter(|r| r.system_id == system_id);
@@ -642,6 +666,7 @@ impl SmscBackend for SmsNetwork {
         let message_id = message_id.to_string();
         Box::pin(async move {
             let inner = &self.inner;
+            let message_id = self.whole_id(&message_id).map_err(sys)?;
             let _guard = self.lock_for(&message_id).lock().await;
             let mut rec = match inner.records.get::<SmsRecord>(&message_id) {
                 Ok(Some(r)) if r.system_id == system_id && !r.is_final() => r,

@@ -8,7 +8,10 @@
 //! The hub holds no socket and never awaits while holding its lock; it never
 //! logs a receipt's quoted text. Receipts kept here live in memory only: the
 //! backend that calls [`ReceiptHub::deliver`] owns their durability (the
-//! simulated network stores each until the hub says it is done with it).
+//! simulated network stores each until the hub says it is done with it,
+//! with the part ids it names). What the hub notes of sessions and parts is
+//! a fast path for this run: after a restart a receipt goes to any
+//! receiving bind of its account, and the backend resolves part ids.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -101,28 +104,28 @@ impl ReceiptHub {
     /// or too many receipts waiting for the account). A receipt outstanding
     /// on a session that closes goes back to the hub and is sent again, so
     /// an ESME may see it twice. When the message was submitted in parts,
-    /// each earlier part's id gets a copy of the receipt too.
+    /// each earlier part's id gets a copy of the receipt too: the ids the
+    /// receipt names (the backend keeps them, across restarts), else those
+    /// the submitting session noted.
     pub fn deliver(&self, receipt: Receipt) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.lock();
         let key = (receipt.system_id.clone(), receipt.message_id.clone());
-        let copies: Vec<Queued> = state
-            .origins
-            .get(&key)
-            .map(|origin| {
-                origin
-                    .part_ids
-                    .iter()
-                    .map(|id| Queued {
-                        receipt: Receipt {
-                            message_id: id.clone(),
-                            ..receipt.clone()
-                        },
-                        done: None,
-                    })
-                    .collect()
+        let part_ids = match (&receipt.part_ids[..], state.origins.get(&key)) {
+            ([], Some(origin)) => origin.part_ids.clone(),
+            (named, _) => named.to_vec(),
+        };
+        let copies: Vec<Queued> = part_ids
+            .into_iter()
+            .map(|id| Queued {
+                receipt: Receipt {
+                    message_id: id,
+                    part_ids: Vec::new(),
+                    ..receipt.clone()
+                },
+                done: None,
             })
-            .unwrap_or_default();
+            .collect();
         for copy in copies {
             state.dispatch(copy);
         }
@@ -276,6 +279,7 @@ mod tests {
             submit_date: 0,
             done_date: 0,
             text: "hello".into(),
+            part_ids: Vec::new(),
         }
     }
 

@@ -120,6 +120,10 @@ pub struct Submission {
     /// Vendor TLV 0x1401 (ASCII): the reference otpgate's own client puts on
     /// each part so the delivery log can match the submission to its message.
     pub message_ref: Option<String>,
+    /// The ids the SMSC gave the earlier parts of a long message (empty for
+    /// a short one): they stand for the whole in query_sm and cancel_sm,
+    /// and each gets a copy of its receipt.
+    pub part_ids: Vec<String>,
 }
 
 /// Submission's Debug leaves the text out: it carries OTP codes.
@@ -228,6 +232,9 @@ pub struct Receipt {
     pub done_date: Millis,
     /// The message's first 20 characters for the text: field.
     pub text: String,
+    /// The earlier parts' ids of a long message: each gets a copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub part_ids: Vec<String>,
 }
 
 /// Receipt's Debug leaves the quoted text out: it can carry an OTP code.

@@ -867,6 +867,7 @@ fn submission(
         registered_delivery: meta.registered_delivery,
         validity_period: meta.validity_period,
         message_ref: meta.message_ref,
+        part_ids: Vec::new(),
     }
 }
 
@@ -878,14 +879,17 @@ fn whole_submission(system_id: &str, complete: &Complete<PartMeta>) -> Submissio
     if meta.message_ref.is_none() {
         meta.message_ref = complete.parts.iter().find_map(|p| p.meta.message_ref.clone());
     }
-    submission(
-        system_id,
-        complete.key.source.clone(),
-        complete.key.dest.clone(),
-        &complete.user_data(),
-        meta,
-        complete.total,
-    )
+    Submission {
+        part_ids: complete.earlier_ids(),
+        ..submission(
+            system_id,
+            complete.key.source.clone(),
+            complete.key.dest.clone(),
+            &complete.user_data(),
+            meta,
+            complete.total,
+        )
+    }
 }
 
 /// TON and NPI for a receipt address, which [`Receipt`] gives as a string:

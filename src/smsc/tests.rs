@@ -189,6 +189,7 @@ fn receipt(system_id: &str, message_id: &str) -> Receipt {
         submit_date: crate::clock::DEFAULT_VIRTUAL_START,
         done_date: crate::clock::DEFAULT_VIRTUAL_START + 60_000,
         text: "Your code is 482913".into(),
+        part_ids: Vec::new(),
     }
 }
 
