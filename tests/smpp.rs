@@ -797,3 +797,56 @@ async fn past_log_retention_the_oldest_final_records_go_and_pending_ones_stay_wi
     esme.unbind().await;
     server.stop().await;
 }
+
+/// The kinds of the delivery log's events for the message sent to `number`.
+async fn logged_events(server: &TestServer, number: &str) -> Vec<String> {
+    let (_, log) = server
+        .get(&format!(
+            "/v1/messages?to={}",
+            common::enc(&format!("+81{}", &number[1..]))
+        ))
+        .await;
+    log["items"][0]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a logged message: {log}"))
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_phone_that_becomes_reachable_triggers_the_networks_alert() {
+    let server = TestServer::start().await;
+    let mut esme = one_phone_off_one_on(&server).await;
+    let id = esme.send(&sms(OFF_PHONE, "waiting for the phone")).await;
+    // Up to the first attempt (after the carrier's delay), which finds the
+    // phone off; the next retry is 60 s after it.
+    let mut before = Vec::new();
+    for _ in 0..30 {
+        server.advance(2).await;
+        before = logged_events(&server, OFF_PHONE).await;
+        if before.last().map(String::as_str) == Some("retry_scheduled") {
+            break;
+        }
+    }
+    assert_eq!(before, ["smsc_accepted", "retry_scheduled"]);
+
+    // Other changes while the phone is off try nothing before the retry
+    // the carrier planned (60 s on docomo).
+    server
+        .handset(OFF_PHONE, json!({"filters": {"blocked_senders": ["0120000000"]}}))
+        .await;
+    server.handset(OFF_PHONE, json!({"roaming": true})).await;
+    server.advance(1).await;
+    assert_eq!(logged_events(&server, OFF_PHONE).await, before);
+    assert_eq!(esme.query(&id).await.map(|q| q.0), Ok(1), "ENROUTE");
+
+    // Switched on: the alert tries at once, well before the next retry.
+    server.handset(OFF_PHONE, json!({"powered_on": true})).await;
+    server.advance(1).await;
+    assert_eq!(esme.receipt().await.id, id);
+    let after = logged_events(&server, OFF_PHONE).await;
+    assert_eq!(after.last().map(String::as_str), Some("delivered"), "{after:?}");
+    esme.unbind().await;
+    server.stop().await;
+}

@@ -46,6 +46,22 @@ pub struct HandsetState {
     pub in_service: bool,
 }
 
+impl HandsetState {
+    /// Why the network cannot reach the handset now, if it cannot: off, out
+    /// of coverage, or abroad without roaming. Messages to it wait.
+    pub fn absent(&self) -> Option<AbsentCause> {
+        if !self.powered_on {
+            Some(AbsentCause::PoweredOff)
+        } else if !self.in_coverage {
+            Some(AbsentCause::NoCoverage)
+        } else if self.abroad && !self.roaming {
+            Some(AbsentCause::AbroadNoRoaming)
+        } else {
+            None
+        }
+    }
+}
+
 impl Default for HandsetState {
     /// A docomo phone, on, in coverage, with an SMS plan and nothing set.
     fn default() -> Self {
@@ -210,15 +226,8 @@ impl Carrier {
                 receipt: self.receipt(FailureCause::UnknownSubscriber.mode()),
             };
         }
-        let absent = |cause| Outcome::Absent { cause };
-        if !handset.powered_on {
-            return absent(AbsentCause::PoweredOff);
-        }
-        if !handset.in_coverage {
-            return absent(AbsentCause::NoCoverage);
-        }
-        if handset.abroad && !handset.roaming {
-            return absent(AbsentCause::AbroadNoRoaming);
+        if let Some(cause) = handset.absent() {
+            return Outcome::Absent { cause };
         }
         let fail = |cause: FailureCause| Outcome::Failed {
             cause,

@@ -337,8 +337,8 @@ impl SmsNetwork {
         }
     }
 
-    /// The network's alert: a handset became reachable, so pending messages
-    /// to it are tried at once.
+    /// The network's alert: a handset that was absent became reachable, so
+    /// pending messages to it are tried at once.
     pub async fn handset_changed(&self, number: &str) {
         let ids = match self.inner.pending.scan_prefix::<String>(&format!("{number}\0")) {
             Ok(ids) => ids,
