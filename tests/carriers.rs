@@ -467,3 +467,37 @@ async fn changing_an_absent_phones_settings_does_not_start_a_second_retry_chain(
     assert_eq!(planned_ahead, 1, "one next attempt, not one per chain: {log}");
     bench.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handset_changes_made_at_once_are_all_kept() {
+    let server = TestServer::start().await;
+    let path = "/v1/sim/handsets/090-5555-0001";
+    let (s, b) = server.put(path, json!({"carrier": "au"})).await;
+    assert_eq!(s, 201, "{b}");
+    let patches = [
+        json!({"powered_on": false}),
+        json!({"in_coverage": false}),
+        json!({"abroad": true}),
+        json!({"roaming": true}),
+        json!({"storage_full": true}),
+        json!({"sms_plan": false}),
+        json!({"call_restriction": true}),
+        json!({"filters": {"reject_all": true}}),
+    ];
+    let answers = futures::future::join_all(patches.iter().map(|p| server.put(path, p.clone()))).await;
+    for (s, b) in answers {
+        assert_eq!(s, 200, "{b}");
+    }
+    let (_, handset) = server.get(path).await;
+    let kept = |field: &str, want: bool| assert_eq!(handset[field], json!(want), "{field} was lost: {handset}");
+    kept("powered_on", false);
+    kept("in_coverage", false);
+    kept("abroad", true);
+    kept("roaming", true);
+    kept("storage_full", true);
+    kept("sms_plan", false);
+    kept("call_restriction", true);
+    assert_eq!(handset["filters"]["reject_all"], json!(true), "{handset}");
+    assert_eq!(handset["carrier"], "au");
+    server.stop().await;
+}

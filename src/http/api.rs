@@ -391,16 +391,19 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
             if !body.is_object() {
                 return Err(ApiError::invalid("the handset must be a JSON object"));
             }
-            let before = ctx.world.handset(&number)?;
-            let (handset, was_new) = ctx.world.put_handset(&number, &body).await?;
+            let (handset, before) = ctx.world.put_handset(&number, &body).await?;
             // The network's alert (as a phone that attaches again, or
             // comes back into coverage, triggers one): only a handset that
             // was absent and now is not gets its waiting messages at once.
             // Any other change waits for the next planned attempt.
-            if before.is_some_and(|h| h.absent().is_some()) && handset.absent().is_none() {
+            if before.as_ref().is_some_and(|h| h.absent().is_some()) && handset.absent().is_none() {
                 ctx.network.handset_changed(&number).await;
             }
-            let status = if was_new { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if before.is_none() {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(json_response(status, &handset_json(&number, &handset)))
         }
         (&Method::GET, ["v1", "sim", "handsets", number]) => {

@@ -65,6 +65,8 @@ pub struct World {
     pub profile: SenderProfile,
     pub default_carrier: String,
     chaos: Arc<RwLock<Chaos>>,
+    /// One handset edit at a time, so no patch is lost to another.
+    edits: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl World {
@@ -86,6 +88,7 @@ impl World {
                 enabled: chaos,
                 ..Chaos::default()
             })),
+            edits: Arc::default(),
         })
     }
 
@@ -97,6 +100,8 @@ impl World {
     /// exists. The creation is written, not synced: the caller's next sync
     /// covers it, and a default handset lost to a crash is the same one
     /// made again.
+    /// Created only where none exists, so a handset put at the same moment
+    /// is never overwritten by the default.
     pub fn handset_or_default(&self, number: &str) -> Result<HandsetState, StoreError> {
         if let Some(h) = self.handsets.get(number)? {
             return Ok(h);
@@ -105,20 +110,23 @@ impl World {
             carrier: self.default_carrier.clone(),
             ..HandsetState::default()
         };
-        self.handsets.put(number, &handset)?;
-        Ok(handset)
+        match self.handsets.compare_and_swap(number, None::<&HandsetState>, &handset) {
+            Err(StoreError::Conflict) => Ok(self.handsets.get(number)?.unwrap_or(handset)),
+            other => other.map(|()| handset),
+        }
     }
 
     /// Applies a JSON merge patch to a handset (omitted fields keep their
-    /// value or default). Returns the new state and whether it was created.
+    /// value or default). Returns the new state and the one it replaced
+    /// (`None` when it was created).
     pub async fn put_handset(
         &self,
         number: &str,
         patch: &serde_json::Value,
-    ) -> Result<(HandsetState, bool), WorldError> {
+    ) -> Result<(HandsetState, Option<HandsetState>), WorldError> {
+        let _edit = self.edits.lock().await;
         let existing = self.handsets.get::<HandsetState>(number)?;
-        let created = existing.is_none();
-        let base = existing.unwrap_or_else(|| HandsetState {
+        let base = existing.clone().unwrap_or_else(|| HandsetState {
             carrier: self.default_carrier.clone(),
             ..HandsetState::default()
         });
@@ -130,7 +138,7 @@ impl World {
         }
         self.handsets.put(number, &handset)?;
         self.store.flush().await?;
-        Ok((handset, created))
+        Ok((handset, existing))
     }
 
     /// Puts a message in a handset's inbox and returns its key; written,
