@@ -266,22 +266,7 @@ impl HubState {
 mod tests {
     use super::*;
 
-    fn receipt(system_id: &str, message_id: &str) -> Receipt {
-        Receipt {
-            system_id: system_id.into(),
-            message_id: message_id.into(),
-            source_addr: "819012345678".into(),
-            dest_addr: "0354600124".into(),
-            stat: "DELIVRD".into(),
-            err: 0,
-            message_state: 2,
-            network_error_code: None,
-            submit_date: 0,
-            done_date: 0,
-            text: "hello".into(),
-            part_ids: Vec::new(),
-        }
-    }
+    use crate::smsc::tests::receipt;
 
     #[test]
     fn keeps_receipts_until_a_bind_and_prefers_the_submitter() {

@@ -176,7 +176,8 @@ fn submit_sm(dest: &str, data_coding: u8, esm_class: u8, short_message: Vec<u8>)
         .build()
 }
 
-fn receipt(system_id: &str, message_id: &str) -> Receipt {
+/// A DELIVRD receipt quoting a code, as the network sends one.
+pub(crate) fn receipt(system_id: &str, message_id: &str) -> Receipt {
     Receipt {
         system_id: system_id.into(),
         message_id: message_id.into(),
