@@ -97,22 +97,26 @@ impl World {
     }
 
     /// The handset for a number, created on the default carrier if none
-    /// exists. The creation is written, not synced: the caller's next sync
-    /// covers it, and a default handset lost to a crash is the same one
-    /// made again.
-    /// Created only where none exists, so a handset put at the same moment
-    /// is never overwritten by the default.
+    /// exists (by compare-and-swap, so a handset put at the same moment is
+    /// never overwritten by the default). The creation is written, not
+    /// synced: the caller's next sync covers it, and a default handset lost
+    /// to a crash is the same one made again.
     pub fn handset_or_default(&self, number: &str) -> Result<HandsetState, StoreError> {
         if let Some(h) = self.handsets.get(number)? {
             return Ok(h);
         }
-        let handset = HandsetState {
-            carrier: self.default_carrier.clone(),
-            ..HandsetState::default()
-        };
+        let handset = self.default_handset();
         match self.handsets.compare_and_swap(number, None::<&HandsetState>, &handset) {
             Err(StoreError::Conflict) => Ok(self.handsets.get(number)?.unwrap_or(handset)),
             other => other.map(|()| handset),
+        }
+    }
+
+    /// A new number's handset: on the default carrier, reachable.
+    fn default_handset(&self) -> HandsetState {
+        HandsetState {
+            carrier: self.default_carrier.clone(),
+            ..HandsetState::default()
         }
     }
 
@@ -126,10 +130,7 @@ impl World {
     ) -> Result<(HandsetState, Option<HandsetState>), WorldError> {
         let _edit = self.edits.lock().await;
         let existing = self.handsets.get::<HandsetState>(number)?;
-        let base = existing.clone().unwrap_or_else(|| HandsetState {
-            carrier: self.default_carrier.clone(),
-            ..HandsetState::default()
-        });
+        let base = existing.clone().unwrap_or_else(|| self.default_handset());
         let mut value = serde_json::to_value(&base).map_err(|e| WorldError::Invalid(e.to_string()))?;
         merge(&mut value, patch);
         let handset: HandsetState = serde_json::from_value(value).map_err(|e| WorldError::Invalid(e.to_string()))?;

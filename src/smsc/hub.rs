@@ -1,17 +1,17 @@
 //! The receipt hub: where delivery receipts wait for an ESME that can take
-//! them. It knows which sessions are bound to receive for each system_id,
-//! which session submitted which message, and which part ids stand for a
-//! long message, and it routes each receipt to the submitting session if it
-//! can receive, else to another receiving bind of the account, else keeps it
-//! in memory until one binds.
+//! them. It knows which sessions are bound to receive for each system_id
+//! and which session submitted which message, and it routes each receipt
+//! (and its copies for a long message's earlier parts, which the receipt
+//! names) to the submitting session if it can receive, else to another
+//! receiving bind of the account, else keeps it in memory until one binds.
 //!
 //! The hub holds no socket and never awaits while holding its lock; it never
 //! logs a receipt's quoted text. Receipts kept here live in memory only: the
 //! backend that calls [`ReceiptHub::deliver`] owns their durability (the
 //! simulated network stores each until the hub says it is done with it,
-//! with the part ids it names). What the hub notes of sessions and parts is
-//! a fast path for this run: after a restart a receipt goes to any
-//! receiving bind of its account, and the backend resolves part ids.
+//! with the part ids it names). Which session submitted a message is known
+//! for this run only: after a restart a receipt goes to any receiving bind
+//! of its account.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use super::Receipt;
 /// Receipts kept per system_id while no session can take them; the oldest
 /// is dropped (its sender told `false`) beyond this.
 const MAX_PENDING_PER_ACCOUNT: usize = 10_000;
-/// How many submissions the hub remembers the origin and part ids of.
+/// How many submissions the hub remembers the origin of.
 const MAX_ORIGINS: usize = 100_000;
 
 /// A receipt on its way, with the promise to tell the backend whether the
@@ -47,13 +47,6 @@ struct Attached {
     tx: mpsc::UnboundedSender<Queued>,
 }
 
-struct Origin {
-    session: u64,
-    /// Ids given to the earlier parts of a long message; each gets a copy of
-    /// the message's receipt, as a network that receipts every part would.
-    part_ids: Vec<String>,
-}
-
 type MessageKey = (String, String);
 
 #[derive(Default)]
@@ -61,9 +54,8 @@ struct HubState {
     /// Receiver and transceiver sessions by system_id.
     sessions: HashMap<String, Vec<Attached>>,
     pending: HashMap<String, VecDeque<Queued>>,
-    origins: HashMap<MessageKey, Origin>,
-    /// Part id → the whole message's id, per system_id.
-    aliases: HashMap<MessageKey, String>,
+    /// The session that submitted each message.
+    origins: HashMap<MessageKey, u64>,
     /// Insertion order of `origins`, to forget the oldest.
     order: VecDeque<MessageKey>,
     round_robin: usize,
@@ -104,35 +96,33 @@ impl ReceiptHub {
     /// or too many receipts waiting for the account). A receipt outstanding
     /// on a session that closes goes back to the hub and is sent again, so
     /// an ESME may see it twice. When the message was submitted in parts,
-    /// each earlier part's id gets a copy of the receipt too: the ids the
-    /// receipt names (the backend keeps them, across restarts), else those
-    /// the submitting session noted.
+    /// each earlier part's id the receipt names gets a copy of it too, as a
+    /// network that receipts every part would.
     pub fn deliver(&self, receipt: Receipt) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.lock();
-        let key = (receipt.system_id.clone(), receipt.message_id.clone());
-        let part_ids = match (&receipt.part_ids[..], state.origins.get(&key)) {
-            ([], Some(origin)) => origin.part_ids.clone(),
-            (named, _) => named.to_vec(),
-        };
-        let copies: Vec<Queued> = part_ids
-            .into_iter()
-            .map(|id| Queued {
+        let origin = state
+            .origins
+            .get(&(receipt.system_id.clone(), receipt.message_id.clone()))
+            .copied();
+        for id in &receipt.part_ids {
+            let copy = Queued {
                 receipt: Receipt {
-                    message_id: id,
+                    message_id: id.clone(),
                     part_ids: Vec::new(),
                     ..receipt.clone()
                 },
                 done: None,
-            })
-            .collect();
-        for copy in copies {
-            state.dispatch(copy);
+            };
+            state.dispatch(copy, origin);
         }
-        state.dispatch(Queued {
-            receipt,
-            done: Some(tx),
-        });
+        state.dispatch(
+            Queued {
+                receipt,
+                done: Some(tx),
+            },
+            origin,
+        );
         rx
     }
 
@@ -183,53 +173,39 @@ impl ReceiptHub {
             again.push(queued);
         }
         for queued in again {
-            state.dispatch(queued);
+            let origin = state.origin_of(&queued);
+            state.dispatch(queued, origin);
         }
     }
 
-    /// Remembers which session submitted `message_id` and the ids given to
-    /// the earlier parts of a long message.
-    pub(crate) fn note_submitted(&self, system_id: &str, message_id: &str, session: u64, part_ids: Vec<String>) {
+    /// Remembers which session submitted `message_id`.
+    pub(crate) fn note_submitted(&self, system_id: &str, message_id: &str, session: u64) {
         let mut state = self.lock();
-        for part in &part_ids {
-            state
-                .aliases
-                .insert((system_id.to_string(), part.clone()), message_id.to_string());
-        }
         let key = (system_id.to_string(), message_id.to_string());
-        state.origins.insert(key.clone(), Origin { session, part_ids });
+        state.origins.insert(key.clone(), session);
         state.order.push_back(key);
         while state.order.len() > MAX_ORIGINS {
             let Some(old) = state.order.pop_front() else {
                 break;
             };
-            if let Some(origin) = state.origins.remove(&old) {
-                for part in origin.part_ids {
-                    state.aliases.remove(&(old.0.clone(), part));
-                }
-            }
+            state.origins.remove(&old);
         }
-    }
-
-    /// The whole message's id for an earlier part's id; any other id as is.
-    pub(crate) fn resolve(&self, system_id: &str, message_id: &str) -> String {
-        self.lock()
-            .aliases
-            .get(&(system_id.to_string(), message_id.to_string()))
-            .cloned()
-            .unwrap_or_else(|| message_id.to_string())
     }
 }
 
 impl HubState {
-    fn dispatch(&mut self, mut queued: Queued) {
+    /// The session that submitted the message a receipt is for, if known.
+    fn origin_of(&self, queued: &Queued) -> Option<u64> {
+        let receipt = &queued.receipt;
+        self.origins
+            .get(&(receipt.system_id.clone(), receipt.message_id.clone()))
+            .copied()
+    }
+
+    /// Sends to `origin`'s session when it can receive, else to another
+    /// receiving bind of the account, else keeps the receipt waiting.
+    fn dispatch(&mut self, mut queued: Queued, origin: Option<u64>) {
         let system_id = queued.receipt.system_id.clone();
-        let whole_id = self
-            .aliases
-            .get(&(system_id.clone(), queued.receipt.message_id.clone()))
-            .cloned()
-            .unwrap_or_else(|| queued.receipt.message_id.clone());
-        let origin = self.origins.get(&(system_id.clone(), whole_id)).map(|o| o.session);
         let round_robin = self.round_robin;
         self.round_robin = self.round_robin.wrapping_add(1);
         if let Some(list) = self.sessions.get_mut(&system_id) {
@@ -276,7 +252,7 @@ mod tests {
         let mut first = hub.attach("esme", 1);
         assert_eq!(first.try_recv().map(|q| q.receipt.message_id).ok(), Some("m1".into()));
         let mut second = hub.attach("esme", 2);
-        hub.note_submitted("esme", "m2", 2, vec![]);
+        hub.note_submitted("esme", "m2", 2);
         let _r = hub.deliver(receipt("esme", "m2"));
         assert!(first.try_recv().is_err());
         assert_eq!(second.try_recv().map(|q| q.receipt.message_id).ok(), Some("m2".into()));
@@ -295,13 +271,14 @@ mod tests {
     }
 
     #[test]
-    fn earlier_parts_get_copies_and_resolve_to_the_whole() {
+    fn earlier_parts_get_copies() {
         let hub = ReceiptHub::new();
         let mut rx = hub.attach("esme", 1);
-        hub.note_submitted("esme", "whole", 1, vec!["p1".into(), "p2".into()]);
-        assert_eq!(hub.resolve("esme", "p2"), "whole");
-        assert_eq!(hub.resolve("esme", "other"), "other");
-        let _r = hub.deliver(receipt("esme", "whole"));
+        hub.note_submitted("esme", "whole", 1);
+        let _r = hub.deliver(Receipt {
+            part_ids: vec!["p1".into(), "p2".into()],
+            ..receipt("esme", "whole")
+        });
         let ids: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
             .map(|q| q.receipt.message_id)
             .collect();

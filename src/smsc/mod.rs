@@ -206,6 +206,9 @@ pub trait SmscBackend: Send + Sync + 'static {
     /// Stores the message durably and returns the SMSC message id; the SMSC
     /// answers submit_sm_resp only after this returns Ok.
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<String, SubmitRefusal>>;
+    /// `message_id` may be an earlier part's id of a long message
+    /// ([`Submission::part_ids`]); it stands for the whole, here and in
+    /// `cancel`.
     fn query(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>>;
     fn cancel(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>>;
 }

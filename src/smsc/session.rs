@@ -527,7 +527,6 @@ impl Session {
                 .reject(CommandId::QuerySmResp, CommandStatus::EsmeRthrottled, seq)
                 .await;
         }
-        let whole = self.shared.hub.resolve(&system_id, &message_id);
         let backend = self.shared.backend.clone();
         let failed = Finished::Query {
             seq,
@@ -535,7 +534,7 @@ impl Session {
             result: None,
         };
         self.run(failed, async move {
-            let result = backend.query(&system_id, &whole).await;
+            let result = backend.query(&system_id, &message_id).await;
             Finished::Query {
                 seq,
                 message_id,
@@ -562,14 +561,13 @@ impl Session {
                 .reject(CommandId::CancelSmResp, CommandStatus::EsmeRcancelfail, seq)
                 .await;
         }
-        let whole = self.shared.hub.resolve(&system_id, &message_id);
         let backend = self.shared.backend.clone();
         let failed = Finished::Cancel {
             seq,
             result: Err(SubmitRefusal::System("the cancel stopped unexpectedly".into())),
         };
         self.run(failed, async move {
-            let result = backend.cancel(&system_id, &whole).await;
+            let result = backend.cancel(&system_id, &message_id).await;
             Finished::Cancel { seq, result }
         });
         Ok(())
@@ -596,12 +594,9 @@ impl Session {
                 seq,
                 system_id,
                 result: Ok(message_id),
-                whole,
+                ..
             } => {
-                let part_ids = whole.as_ref().map(Complete::earlier_ids).unwrap_or_default();
-                self.shared
-                    .hub
-                    .note_submitted(&system_id, &message_id, self.id, part_ids);
+                self.shared.hub.note_submitted(&system_id, &message_id, self.id);
                 tracing::debug!(%message_id, "submitted");
                 self.answer_submit(seq, &message_id).await
             }

@@ -37,6 +37,8 @@ async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
 pub(crate) struct FakeBackend {
     next: AtomicU64,
     stored: Mutex<HashMap<String, Submission>>,
+    /// An earlier part's id → the whole message's id.
+    parts: Mutex<HashMap<String, String>>,
     seen: mpsc::UnboundedSender<Submission>,
 }
 
@@ -46,9 +48,19 @@ impl FakeBackend {
         let backend = FakeBackend {
             next: AtomicU64::new(1),
             stored: Mutex::new(HashMap::new()),
+            parts: Mutex::new(HashMap::new()),
             seen,
         };
         (Arc::new(backend), rx)
+    }
+
+    fn whole_id(&self, id: &str) -> String {
+        self.parts
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
     }
 }
 
@@ -59,6 +71,8 @@ impl SmscBackend for FakeBackend {
                 return Err(SubmitRefusal::InvalidDestination);
             }
             let id = format!("m{}", self.next.fetch_add(1, Ordering::SeqCst));
+            let mut parts = self.parts.lock().unwrap();
+            parts.extend(sub.part_ids.iter().map(|part| (part.clone(), id.clone())));
             self.stored.lock().unwrap().insert(id.clone(), sub.clone());
             let _ = self.seen.send(sub);
             Ok(id)
@@ -66,7 +80,7 @@ impl SmscBackend for FakeBackend {
     }
 
     fn query(&self, _system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>> {
-        let known = self.stored.lock().unwrap().contains_key(message_id);
+        let known = self.stored.lock().unwrap().contains_key(&self.whole_id(message_id));
         Box::pin(async move {
             known.then_some(MessageStatus {
                 final_date: None,
@@ -77,7 +91,7 @@ impl SmscBackend for FakeBackend {
     }
 
     fn cancel(&self, _system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
-        let known = self.stored.lock().unwrap().remove(message_id).is_some();
+        let known = self.stored.lock().unwrap().remove(&self.whole_id(message_id)).is_some();
         Box::pin(async move {
             if known {
                 Ok(())
