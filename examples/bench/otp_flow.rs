@@ -32,11 +32,13 @@ pub(crate) async fn setup_members(addr: SocketAddr, count: usize, prefix: &str) 
     let members = Arc::new(members);
     let mut tasks = Vec::new();
     let workers = 32;
+    let started = Instant::now();
     for w in 0..workers {
         let members = members.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::new(addr);
             for m in members.iter().skip(w).step_by(workers) {
+                let step = Instant::now();
                 let (s, v) = conn
                     .json(
                         "POST",
@@ -45,16 +47,25 @@ pub(crate) async fn setup_members(addr: SocketAddr, count: usize, prefix: &str) 
                     )
                     .await;
                 assert_eq!(s, 201, "create member: {v}");
+                slow_step(addr, "create member", &m.id, step, started).await;
+                let step = Instant::now();
                 let path = format!("/v1/members/{}/phone", m.id);
                 let (s, v) = conn.json("POST", &path, Some(&json!({"number": m.number}))).await;
                 assert_eq!(s, 202, "register phone: {v}");
+                slow_step(addr, "register phone", &m.id, step, started).await;
+                let step = Instant::now();
                 let code = read_code(&mut conn, &m.number, None).await;
+                slow_step(addr, "code on the handset", &m.id, step, started).await;
+                let step = Instant::now();
                 let path = format!("/v1/members/{}/phone/verify", m.id);
                 let (s, v) = conn.json("POST", &path, Some(&json!({"code": code}))).await;
                 assert_eq!(s, 200, "verify phone: {v}");
+                slow_step(addr, "verify phone", &m.id, step, started).await;
+                let step = Instant::now();
                 let path = format!("/v1/members/{}/notification", m.id);
                 let (s, v) = conn.json("PUT", &path, Some(&json!({"channel": "sms"}))).await;
                 assert_eq!(s, 200, "notification: {v}");
+                slow_step(addr, "notification", &m.id, step, started).await;
             }
         }));
     }
@@ -62,6 +73,37 @@ pub(crate) async fn setup_members(addr: SocketAddr, count: usize, prefix: &str) 
         t.await.expect("a setup worker");
     }
     Arc::try_unwrap(members).unwrap_or_else(|m| (*m).clone())
+}
+
+/// Setup is not measured, but a step that takes long is worth seeing: it
+/// names the member so that its delivery log can be read.
+async fn slow_step(addr: SocketAddr, what: &str, member: &str, step: Instant, started: Instant) {
+    let took = step.elapsed();
+    if took < Duration::from_secs(1) {
+        return;
+    }
+    let (_, log) = Conn::new(addr)
+        .json("GET", &format!("/v1/messages?member_id={member}"), None)
+        .await;
+    let events: Vec<String> = log["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|m| m["events"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["at"].as_str().unwrap_or("?"),
+                e["kind"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    eprintln!(
+        "  slow setup step: {what} for {member} took {:.1} s (at {:.1} s); its log: {}",
+        took.as_secs_f64(),
+        (step - started).as_secs_f64(),
+        events.join(", ")
+    );
 }
 
 /// The newest code on a handset (waiting for delivery), other than `not`.

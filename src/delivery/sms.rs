@@ -682,6 +682,67 @@ mod tests {
         again.stop().await;
     }
 
+    /// Holds each receipt until the test lets it through, so that their
+    /// deliver_sm_resp go out together.
+    struct GatedSink {
+        arrived: mpsc::UnboundedSender<()>,
+        gate: tokio::sync::Semaphore,
+    }
+
+    impl ReceiptSink for GatedSink {
+        fn on_receipt(&self, _receipt: IncomingReceipt) -> BoxFuture<'_, ()> {
+            let _ = self.arrived.send(());
+            Box::pin(async move {
+                if let Ok(permit) = self.gate.acquire().await {
+                    permit.forget();
+                }
+            })
+        }
+    }
+
+    /// rusmppc 0.4.0 takes at most five requests from its queue per
+    /// wake-up and then waits for the next PDU from the SMSC. A deliver_sm_resp
+    /// brings none back, so after a batch of them whatever came behind sat
+    /// unsent until the enquire_link timer (30 s) woke the connection: a
+    /// burst of receipts stalled every OTP for up to 30 s. vendor/rusmppc
+    /// has the fix.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submit_behind_a_batch_of_receipt_answers_goes_out_at_once() {
+        let smsc = TestSmsc::start_with("127.0.0.1:0".parse().unwrap(), 16).await;
+        let (arrived, mut arrivals) = mpsc::unbounded_channel();
+        let sink = Arc::new(GatedSink {
+            arrived,
+            gate: tokio::sync::Semaphore::new(0),
+        });
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let client = within("start", SmsClient::start(config(smsc.addr), sink.clone(), shutdown))
+            .await
+            .unwrap();
+        let sms = |n: usize| OutgoingSms {
+            from: "0354600124".into(),
+            to_e164: "+819012345678".into(),
+            text: "code 111111".into(),
+            message_ref: format!("r{n}"),
+        };
+        let mut ids = Vec::new();
+        for n in 0..12 {
+            ids.push(within("submit", client.submit(sms(n))).await.unwrap());
+        }
+        let acked = futures::future::join_all(ids.iter().map(|id| smsc.hub.deliver(receipt_for(id))));
+        let acked = tokio::spawn(acked);
+        for _ in &ids {
+            within("a receipt to reach the sink", arrivals.recv()).await;
+        }
+        sink.gate.add_permits(ids.len());
+        let late = within("the submit behind the answers", client.submit(sms(99))).await;
+        assert!(late.is_ok(), "{late:?}");
+        let acked = within("the receipts' answers", acked).await.unwrap();
+        assert!(acked.iter().all(|a| *a == Ok(true)), "{acked:?}");
+        trigger.fire();
+        within("client to stop", client.stopped()).await;
+        smsc.stop().await;
+    }
+
     #[test]
     fn reads_receipts_without_tlvs_and_skips_other_messages() {
         let mut deliver = DeliverSm::builder()

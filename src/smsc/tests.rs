@@ -118,6 +118,11 @@ impl TestSmsc {
 
     /// Starts on a given address (a restart on the same port).
     pub(crate) async fn start_on(addr: std::net::SocketAddr) -> TestSmsc {
+        TestSmsc::start_with(addr, 2).await
+    }
+
+    /// Starts with room for `window` receipts unanswered at once.
+    pub(crate) async fn start_with(addr: std::net::SocketAddr, window: usize) -> TestSmsc {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (backend, submissions) = FakeBackend::new();
@@ -127,7 +132,7 @@ impl TestSmsc {
         slow.throughput_per_sec = Some(1);
         let config = SmscConfig {
             accounts: vec![Account::new("otpgate", "otpgate"), Account::new("esme", "secret"), slow],
-            window: 2,
+            window,
             ..SmscConfig::default()
         };
         let task = tokio::spawn(serve(listener, config, backend, hub.clone(), shutdown));
