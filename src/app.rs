@@ -30,6 +30,8 @@ use crate::store::Store;
 
 /// The OTP core's own SMPP account on the embedded SMSC.
 pub const CORE_SYSTEM_ID: &str = "otpgate-core";
+/// Receipts the embedded SMSC sends the OTP core before it waits for answers.
+const CORE_RECEIPT_WINDOW: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -261,12 +263,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             system_id: a.system_id.clone(),
             password: a.password.clone(),
             throughput_per_sec: a.throughput_per_sec,
+            window: a.window.map(|w| w.max(1)),
         })
         .collect();
     accounts.push(Account {
         system_id: CORE_SYSTEM_ID.into(),
         password: core_password.clone(),
         throughput_per_sec: None,
+        // The core answers receipts concurrently, each once it is logged
+        // durably; with 10 at a time its receipts fell seconds behind.
+        window: Some(CORE_RECEIPT_WINDOW),
     });
     let smpp_addr = match config.smpp {
         Some(addr) => {

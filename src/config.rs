@@ -103,6 +103,9 @@ pub struct SmscAccount {
     pub password: String,
     #[serde(default)]
     pub throughput_per_sec: Option<u32>,
+    /// Unacknowledged deliver_sm per session of this account (default: `window`).
+    #[serde(default)]
+    pub window: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -499,6 +502,7 @@ impl Config {
                 system_id: "otpgate".into(),
                 password: "otpgate".into(),
                 throughput_per_sec: None,
+                window: None,
             });
         }
         Ok(Config {
@@ -724,7 +728,7 @@ mod example_file {
             .smsc
             .accounts
             .iter()
-            .any(|a| a.system_id == "qa-app" && a.throughput_per_sec == Some(100)));
+            .any(|a| a.system_id == "qa-app" && a.throughput_per_sec == Some(100) && a.window == Some(10)));
         assert!(c.smsc.accounts.iter().any(|a| a.system_id == "otpgate"));
         assert_eq!(c.smtp.map(|a| a.to_string()), Some("127.0.0.1:2525".into()));
         assert_eq!(c.http.to_string(), "127.0.0.1:8080");

@@ -219,6 +219,7 @@ async fn query_sm_reports_the_state_and_cancel_sm_stops_a_pending_message() {
             system_id: "other".into(),
             password: "other".into(),
             throughput_per_sec: None,
+            window: None,
         })
     })
     .await;
@@ -535,6 +536,7 @@ async fn over_the_accounts_limit_or_under_carrier_chaos_submits_get_esme_rthrott
             system_id: "slow".into(),
             password: "slow".into(),
             throughput_per_sec: Some(1),
+            window: None,
         })
     })
     .await;

@@ -164,6 +164,7 @@ pub(crate) async fn receipts_logged(addr: SocketAddr, message_ids: Vec<String>) 
     let mut pending = message_ids;
     let mut times = Vec::new();
     let mut latency = Latencies::default();
+    let mut by_stage: [Latencies; STAGES.len()] = Default::default();
     while !pending.is_empty() && Instant::now() < deadline {
         let chunk = Arc::new(std::mem::take(&mut pending));
         let workers = 16;
@@ -186,7 +187,10 @@ pub(crate) async fn receipts_logged(addr: SocketAddr, message_ids: Vec<String>) 
                             .map(|t| t.timestamp_millis())
                     };
                     match (at("queued"), at("receipt")) {
-                        (Some(q), Some(r)) => found.push((q, r)),
+                        (Some(q), Some(r)) => {
+                            let stages = STAGES.map(|(from, to)| at(from).zip(at(to)).map(|(a, b)| b - a));
+                            found.push((q, r, stages))
+                        }
                         _ => missing.push(id.clone()),
                     }
                 }
@@ -195,9 +199,14 @@ pub(crate) async fn receipts_logged(addr: SocketAddr, message_ids: Vec<String>) 
         }
         for t in tasks {
             let (found, missing) = t.await.expect("a receipt reader");
-            for (q, r) in found {
+            for (q, r, stages) in found {
                 times.push(r);
                 latency.record(Duration::from_millis((r - q).max(0) as u64));
+                for (stage, took) in by_stage.iter_mut().zip(stages) {
+                    if let Some(took) = took {
+                        stage.record(Duration::from_millis(took.max(0) as u64));
+                    }
+                }
             }
             pending.extend(missing);
         }
@@ -205,8 +214,29 @@ pub(crate) async fn receipts_logged(addr: SocketAddr, message_ids: Vec<String>) 
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+    let stages: Vec<String> = STAGES
+        .iter()
+        .zip(by_stage.iter_mut())
+        .map(|((from, to), l)| {
+            let (p50, p99) = (l.percentile_ms(50.0), l.percentile_ms(99.0));
+            format!(
+                "{from} → {to} p50 {:.0} p99 {:.0}",
+                p50.unwrap_or(0.0),
+                p99.unwrap_or(0.0)
+            )
+        })
+        .collect();
+    eprintln!("  where a receipt's time goes (ms): {}", stages.join("; "));
     (times, latency, pending.len())
 }
+
+/// The delivery log's steps between an OTP's `queued` and its `receipt`.
+const STAGES: [(&str, &str); 4] = [
+    ("queued", "smsc_accepted"),
+    ("smsc_accepted", "submitted"),
+    ("smsc_accepted", "delivered"),
+    ("delivered", "receipt"),
+];
 
 fn verify_requests(otps: Arc<Vec<(String, String)>>) -> http::Requests {
     Arc::new(move |i| {

@@ -24,6 +24,9 @@ use crate::smsc::{MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, S
 use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
 
+/// Resolves once the ESME answered a receipt (dropped if it never did).
+type ReceiptAnswered = tokio::sync::oneshot::Receiver<()>;
+
 /// One message in the SMSC's store-and-forward queue.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SmsRecord {
@@ -263,7 +266,7 @@ impl SmsNetwork {
     /// or refused). When the server stops first the copy stays, and the next
     /// start sends it again: an ESME may see a receipt twice, never none.
     /// The returned receiver fires when the hub is done.
-    fn send_receipt(&self, receipt: Receipt) -> tokio::sync::oneshot::Receiver<()> {
+    fn send_receipt(&self, receipt: Receipt) -> ReceiptAnswered {
         let id = receipt.message_id.clone();
         let acked = self.inner.hub.deliver(receipt);
         let receipts = self.inner.receipts.clone();
@@ -471,29 +474,43 @@ impl SmsNetwork {
 
     /// One delivery attempt, when it falls due.
     async fn attempt(&self, id: &str, now: Millis, trigger: Trigger) {
-        if let Err(e) = self.try_attempt(id, now, trigger).await {
-            tracing::error!(message_id = id, error = %e, "delivery attempt failed");
+        match self.try_attempt(id, now, trigger).await {
+            // The OTP core records the receipt before it answers; waiting
+            // here (the message's lock released) makes a clock advance
+            // answer after the log has it.
+            Ok(Some(answered)) => {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answered).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(message_id = id, error = %e, "delivery attempt failed"),
         }
     }
 
-    async fn try_attempt(&self, id: &str, now: Millis, trigger: Trigger) -> Result<(), StoreError> {
+    /// Returns, when the attempt sent the OTP core a receipt, what tells
+    /// that the core answered it.
+    async fn try_attempt(
+        &self,
+        id: &str,
+        now: Millis,
+        trigger: Trigger,
+    ) -> Result<Option<ReceiptAnswered>, StoreError> {
         let inner = &self.inner;
         let _guard = self.lock_for(id).lock().await;
         let Some(mut rec) = inner.records.get::<SmsRecord>(id)? else {
-            return Ok(());
+            return Ok(None);
         };
         if rec.is_final() {
-            return Ok(());
+            return Ok(None);
         }
         if let Trigger::Planned(due) = trigger {
             if rec.next_attempt_at.is_some_and(|planned| planned != due) {
                 // An alert tried earlier and planned another retry.
-                return Ok(());
+                return Ok(None);
             }
         }
         let handset = inner.world.handset_or_default(&rec.to)?;
         let Some(carrier) = self.carrier_for(&handset.carrier) else {
-            return Ok(());
+            return Ok(None);
         };
         if now >= rec.expires_at {
             let codes = carrier.expired_receipt();
@@ -542,7 +559,7 @@ impl SmsNetwork {
                 inner.records.put(id, &rec)?;
                 inner.log.append(&rec.log_id, event).await?;
                 self.schedule(id.to_string(), next, Trigger::Planned(next));
-                Ok(())
+                Ok(None)
             }
             Outcome::Failed { cause, receipt } => {
                 let state = State::from_stat(&receipt.stat).unwrap_or(State::Failed);
@@ -574,7 +591,7 @@ impl SmsNetwork {
         codes: ReceiptCodes,
         mut event: Event,
         now: Millis,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<ReceiptAnswered>, StoreError> {
         let inner = &self.inner;
         rec.stat = codes.stat.clone();
         rec.err = codes.err;
@@ -625,15 +642,11 @@ impl SmsNetwork {
             inner.store.flush().await?;
         }
         self.enforce_retention();
-        if let Some(receipt) = receipt {
-            let finished = self.send_receipt(receipt);
-            if rec.system_id == inner.internal_system_id {
-                // The OTP core records the receipt before it answers; waiting
-                // here makes a clock advance answer after the log has it.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), finished).await;
-            }
-        }
-        Ok(())
+        let Some(receipt) = receipt else {
+            return Ok(None);
+        };
+        let answered = self.send_receipt(receipt);
+        Ok((rec.system_id == inner.internal_system_id).then_some(answered))
     }
 }
 

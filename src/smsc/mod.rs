@@ -46,6 +46,9 @@ pub struct Account {
     /// submit_sm PDUs per second before ESME_RTHROTTLED; `None` (or 0) for
     /// no limit.
     pub throughput_per_sec: Option<u32>,
+    /// deliver_sm unanswered at once on a session of this account; `None`
+    /// for the SMSC's [`SmscConfig::window`].
+    pub window: Option<usize>,
 }
 
 impl Account {
@@ -54,6 +57,7 @@ impl Account {
             system_id: system_id.into(),
             password: password.into(),
             throughput_per_sec: None,
+            window: None,
         }
     }
 }
@@ -64,6 +68,7 @@ impl std::fmt::Debug for Account {
             .field("system_id", &self.system_id)
             .field("password", &"<hidden>")
             .field("throughput_per_sec", &self.throughput_per_sec)
+            .field("window", &self.window)
             .finish()
     }
 }

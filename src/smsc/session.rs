@@ -169,6 +169,8 @@ struct Session {
     waiting: VecDeque<Queued>,
     /// deliver_sm sent and not answered yet, by sequence number.
     outstanding: BTreeMap<u32, (Queued, Instant)>,
+    /// How many may be outstanding: the account's window, else the SMSC's.
+    window: usize,
     next_seq: u32,
     write_timeout: Duration,
     /// When the connection opened, for [`BIND_TIMEOUT`].
@@ -184,6 +186,7 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
     let span = tracing::info_span!("smpp", session = id, %peer);
     async move {
         let codec = SmppCodec::new(shared.config.max_pdu_len);
+        let window = shared.config.window;
         let mut session = Session {
             id,
             shared,
@@ -193,6 +196,7 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             receipts: None,
             waiting: VecDeque::new(),
             outstanding: BTreeMap::new(),
+            window,
             next_seq: 1,
             write_timeout: WRITE_TIMEOUT,
             opened: Instant::now(),
@@ -412,6 +416,9 @@ impl Session {
         };
         self.send(Outbound::command(seq, pdu)).await?;
         tracing::info!(system_id, ?kind, "bound");
+        if let Some(window) = self.account(system_id).and_then(|a| a.window) {
+            self.window = window;
+        }
         self.enter(State::Bound {
             kind,
             system_id: system_id.to_string(),
@@ -419,8 +426,12 @@ impl Session {
         Ok(())
     }
 
+    fn account(&self, system_id: &str) -> Option<&super::Account> {
+        self.shared.config.accounts.iter().find(|a| a.system_id == system_id)
+    }
+
     fn authenticate(&self, system_id: &str, password: &str) -> CommandStatus {
-        match self.shared.config.accounts.iter().find(|a| a.system_id == system_id) {
+        match self.account(system_id) {
             None => CommandStatus::EsmeRinvsysid,
             Some(account) if bool::from(account.password.as_bytes().ct_eq(password.as_bytes())) => {
                 CommandStatus::EsmeRok
@@ -445,13 +456,7 @@ impl Session {
                 .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRthrottled, seq)
                 .await;
         }
-        let per_sec = self
-            .shared
-            .config
-            .accounts
-            .iter()
-            .find(|a| a.system_id == system_id)
-            .and_then(|a| a.throughput_per_sec);
+        let per_sec = self.account(&system_id).and_then(|a| a.throughput_per_sec);
         if !self.shared.throttle.admit(&system_id, per_sec, Instant::now()) {
             return self
                 .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRthrottled, seq)
@@ -679,7 +684,7 @@ impl Session {
 
     /// Sends receipts while the window has room.
     async fn send_receipts(&mut self) -> Result<(), SessionError> {
-        while self.outstanding.len() < self.shared.config.window.max(1) {
+        while self.outstanding.len() < self.window.max(1) {
             let Some(queued) = self.waiting.pop_front() else {
                 break;
             };

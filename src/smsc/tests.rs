@@ -130,8 +130,15 @@ impl TestSmsc {
         let (trigger, shutdown) = crate::shutdown::channel();
         let mut slow = Account::new("slow", "slow");
         slow.throughput_per_sec = Some(1);
+        let mut wide = Account::new("wide", "wide");
+        wide.window = Some(4);
         let config = SmscConfig {
-            accounts: vec![Account::new("otpgate", "otpgate"), Account::new("esme", "secret"), slow],
+            accounts: vec![
+                Account::new("otpgate", "otpgate"),
+                Account::new("esme", "secret"),
+                slow,
+                wide,
+            ],
             window,
             ..SmscConfig::default()
         };
@@ -395,6 +402,47 @@ async fn receipts_reach_the_bound_transceiver() {
     assert_eq!(within("ack", live).await, Ok(true));
     hang_up(client).await;
     smsc.stop().await;
+}
+
+/// The session drains the hub's queue before it reads a PDU, so when the
+/// answer to an enquire_link comes before another deliver_sm, the window
+/// held that one back.
+#[tokio::test]
+async fn each_account_gets_its_own_receipt_window() {
+    for (system_id, password, window) in [("esme", "secret", 2), ("wide", "wide", 4)] {
+        let smsc = TestSmsc::start().await;
+        let mut conn = raw(smsc.addr).await;
+        let bound = raw_call(&mut conn, 1, bind_transceiver(system_id, password)).await;
+        assert_eq!(bound.status(), CommandStatus::EsmeRok);
+        let acks: Vec<_> = (0..window + 1)
+            .map(|n| smsc.hub.deliver(receipt(system_id, &format!("m{n}"))))
+            .collect();
+        let mut sent = Vec::new();
+        for _ in 0..window {
+            match within("a deliver_sm", conn.next()).await {
+                Some(Ok(Inbound::Command(c))) if c.id() == CommandId::DeliverSm => sent.push(c.sequence_number()),
+                other => panic!("{system_id}: expected a deliver_sm, got {other:?}"),
+            }
+        }
+        let answer = raw_call(&mut conn, 2, Pdu::EnquireLink).await;
+        assert_eq!(
+            answer.id(),
+            CommandId::EnquireLinkResp,
+            "{system_id}: the window is {window}"
+        );
+        let resp = DeliverSmResp::new(COctetString::empty(), vec![]);
+        conn.send(Outbound::command(sent[0], resp)).await.unwrap();
+        match within("the last deliver_sm", conn.next()).await {
+            Some(Ok(Inbound::Command(c))) if c.id() == CommandId::DeliverSm => {}
+            other => panic!("{system_id}: expected a deliver_sm, got {other:?}"),
+        }
+        assert_eq!(
+            within("the first ack", acks.into_iter().next().unwrap()).await,
+            Ok(true)
+        );
+        drop(conn);
+        smsc.stop().await;
+    }
 }
 
 #[tokio::test]
