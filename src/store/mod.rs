@@ -365,6 +365,16 @@ impl Tree {
         Ok(out)
     }
 
+    /// Up to `limit` keys after `after`, in order.
+    pub fn keys_after(&self, after: &str, limit: usize) -> Result<Vec<String>> {
+        let range = (std::ops::Bound::Excluded(after.as_bytes()), std::ops::Bound::Unbounded);
+        let mut out = Vec::new();
+        for item in self.tree.range::<&[u8], _>(range).keys().take(limit) {
+            out.push(String::from_utf8_lossy(&item?).into_owned());
+        }
+        Ok(out)
+    }
+
     pub fn clear(&self) -> Result<()> {
         logged(
             &self.wal,

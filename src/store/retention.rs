@@ -22,14 +22,23 @@ pub const SLACK: usize = 16;
 pub const BATCH: usize = 4 * SLACK;
 
 /// How far into the oldest records one turn looks when some of them must
-/// stay (a message still pending, a code that can still be used).
+/// stay (a message still pending, a code that can still be used); as far
+/// again past them when that did not find enough (see [`Retention`]).
 pub const SCAN: usize = 64;
 
+/// Each turn looks at the oldest records first. When too many of those
+/// must stay (a phone off for days holds every message sent to it), it
+/// goes on past them from where the previous such walk stopped, back to
+/// the start once it reaches the newest: over a few turns it reaches
+/// whatever can go, however long the run of records that stay, and each
+/// turn still reads a bounded number of keys.
 pub struct Retention {
     keep: AtomicUsize,
     count: AtomicUsize,
     /// One remover at a time.
     removing: tokio::sync::Mutex<()>,
+    /// Where the walk past the oldest records stopped last.
+    walked_to: std::sync::Mutex<Option<String>>,
 }
 
 impl Retention {
@@ -39,6 +48,7 @@ impl Retention {
             keep: AtomicUsize::new(keep.max(1)),
             count: AtomicUsize::new(count),
             removing: tokio::sync::Mutex::new(()),
+            walked_to: std::sync::Mutex::new(None),
         }
     }
 
@@ -115,12 +125,34 @@ impl Retention {
         if oldest.is_empty() {
             self.emptied();
         }
+        let head_end = oldest.last().cloned();
         for key in oldest {
             if held.len() == due {
                 break;
             }
             if let Some(guard) = pick(&key, &mut batch)? {
                 held.push(guard);
+            }
+        }
+        if held.len() < due {
+            if let Some(head_end) = head_end {
+                let mut walked_to = self.walked_to.lock().unwrap_or_else(|e| e.into_inner());
+                let from = match walked_to.take() {
+                    Some(key) if key > head_end => key,
+                    _ => head_end,
+                };
+                let further = tree.keys_after(&from, SCAN)?;
+                if further.len() == SCAN {
+                    *walked_to = further.last().cloned();
+                }
+                for key in further {
+                    if held.len() == due {
+                        break;
+                    }
+                    if let Some(guard) = pick(&key, &mut batch)? {
+                        held.push(guard);
+                    }
+                }
             }
         }
         store.apply(batch)?;
@@ -142,6 +174,36 @@ mod tests {
         r.added();
         assert!(r.turn().is_some());
         assert_eq!(r.excess(), SLACK + 1);
+    }
+
+    /// The oldest 200 records stay (still in use): the turns reach the 100
+    /// after them anyway, and never remove one that stays.
+    #[test]
+    fn records_past_a_long_run_that_stays_still_go() {
+        let store = Store::temporary().unwrap();
+        let tree = store.tree("t").unwrap();
+        for i in 0..300 {
+            tree.put(&format!("{i:05}"), &i).unwrap();
+        }
+        let r = Retention::new(10, 300);
+        for _ in 0..10 {
+            r.remove_oldest("test records", &store, &tree, |key, batch| {
+                if key < "00200" {
+                    return Ok(None);
+                }
+                batch.remove(&tree, key);
+                Ok(Some(()))
+            });
+        }
+        assert_eq!(tree.len(), 200);
+        assert_eq!(tree.first_keys(1).unwrap(), vec!["00000".to_string()]);
+        assert_eq!(tree.keys_after("00199", 1).unwrap(), Vec::<String>::new());
+        // Once they may go, the oldest go first again.
+        r.remove_oldest("test records", &store, &tree, |key, batch| {
+            batch.remove(&tree, key);
+            Ok(Some(()))
+        });
+        assert_eq!(tree.first_keys(1).unwrap(), vec![format!("{:05}", BATCH)]);
     }
 
     #[test]
