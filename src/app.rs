@@ -32,6 +32,9 @@ use crate::store::Store;
 pub const CORE_SYSTEM_ID: &str = "otpgate-core";
 /// Receipts the embedded SMSC sends the OTP core before it waits for answers.
 const CORE_RECEIPT_WINDOW: usize = 64;
+/// Messages the OTP core submits at once to an external SMSC, unless
+/// `[sms_out] window` says otherwise: SMPP's customary window.
+const SMPP_CLIENT_WINDOW: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -348,11 +351,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             addr: out.addr.clone(),
             system_id: out.system_id.clone(),
             password: out.password.clone(),
+            window: out.window.unwrap_or(SMPP_CLIENT_WINDOW),
         }),
         (None, Some(local)) => Some(SmsClientConfig {
             addr: local.to_string(),
             system_id: CORE_SYSTEM_ID.into(),
             password: core_password,
+            // As many as the embedded SMSC takes at once from one session.
+            window: config.smsc.submit_window,
         }),
         (None, None) => None,
     };

@@ -124,6 +124,9 @@ pub struct SmsOut {
     pub addr: String,
     pub system_id: String,
     pub password: String,
+    /// Messages submitted at once (default 10); more wait their turn.
+    #[serde(default)]
+    pub window: Option<usize>,
 }
 
 /// An external SMTP relay for the OTP core instead of the embedded server.

@@ -37,6 +37,10 @@ pub struct SmsClientConfig {
     pub addr: String,
     pub system_id: String,
     pub password: String,
+    /// Messages being submitted at once; the rest wait their turn. An SMSC
+    /// answers ESME_RTHROTTLED past its own window, which would fail the
+    /// OTP.
+    pub window: usize,
 }
 
 impl std::fmt::Debug for SmsClientConfig {
@@ -45,6 +49,7 @@ impl std::fmt::Debug for SmsClientConfig {
             .field("addr", &self.addr)
             .field("system_id", &self.system_id)
             .field("password", &"<hidden>")
+            .field("window", &self.window)
             .finish()
     }
 }
@@ -154,6 +159,8 @@ struct Link {
 
 struct Inner {
     link: watch::Sender<Link>,
+    /// One permit per message being submitted ([`SmsClientConfig::window`]).
+    window: tokio::sync::Semaphore,
     next_reference: AtomicU8,
     /// Ids the SMSC gave to parts of a long message other than the last.
     /// The SMSC receipts them too (one receipt per part, as networks do);
@@ -203,6 +210,7 @@ impl SmsClient {
         });
         let inner = Arc::new(Inner {
             link,
+            window: tokio::sync::Semaphore::new(config.window.max(1)),
             next_reference: AtomicU8::new(rand::random()),
             part_ids: Mutex::new(PartIds::default()),
         });
@@ -230,6 +238,7 @@ impl SmsClient {
     /// part. Returns the SMSC message id (of the last part) or an error
     /// carrying the command_status.
     pub async fn submit(&self, sms: OutgoingSms) -> Result<String, SmsError> {
+        let _turn = self.inner.window.acquire().await.map_err(|_| SmsError::NotConnected)?;
         let client = self.inner.link.borrow().client.clone().ok_or(SmsError::NotConnected)?;
         let encoded = text::encode_for_sms(&sms.text).map_err(|e| SmsError::Invalid(e.to_string()))?;
         let dest: String = sms.to_e164.chars().filter(char::is_ascii_digit).collect();
@@ -563,6 +572,7 @@ mod tests {
             addr: addr.to_string(),
             system_id: "otpgate".into(),
             password: "otpgate".into(),
+            window: 10,
         }
     }
 
@@ -708,7 +718,7 @@ mod tests {
     /// has the fix.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_submit_behind_a_batch_of_receipt_answers_goes_out_at_once() {
-        let smsc = TestSmsc::start_with("127.0.0.1:0".parse().unwrap(), 16).await;
+        let smsc = TestSmsc::start_with("127.0.0.1:0".parse().unwrap(), |c| c.window = 16).await;
         let (arrived, mut arrivals) = mpsc::unbounded_channel();
         let sink = Arc::new(GatedSink {
             arrived,
@@ -738,6 +748,36 @@ mod tests {
         assert!(late.is_ok(), "{late:?}");
         let acked = within("the receipts' answers", acked).await.unwrap();
         assert!(acked.iter().all(|a| *a == Ok(true)), "{acked:?}");
+        trigger.fire();
+        within("client to stop", client.stopped()).await;
+        smsc.stop().await;
+    }
+
+    /// An SMSC that takes one submission at a time answers the rest of a
+    /// burst ESME_RTHROTTLED: the client's window keeps them waiting
+    /// instead, so no OTP fails for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_waits_for_the_window_instead_of_being_throttled() {
+        let smsc = TestSmsc::start_with("127.0.0.1:0".parse().unwrap(), |c| c.submit_window = 1).await;
+        let (tx, _receipts) = mpsc::unbounded_channel();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let narrow = SmsClientConfig {
+            window: 1,
+            ..config(smsc.addr)
+        };
+        let client = within("start", SmsClient::start(narrow, Arc::new(ChannelSink(tx)), shutdown))
+            .await
+            .unwrap();
+        let burst = (0..32).map(|n| {
+            client.submit(OutgoingSms {
+                from: "0354600124".into(),
+                to_e164: "+819012345678".into(),
+                text: "code 111111".into(),
+                message_ref: format!("r{n}"),
+            })
+        });
+        let answers = within("the burst", futures::future::join_all(burst)).await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
         trigger.fire();
         within("client to stop", client.stopped()).await;
         smsc.stop().await;

@@ -118,11 +118,11 @@ impl TestSmsc {
 
     /// Starts on a given address (a restart on the same port).
     pub(crate) async fn start_on(addr: std::net::SocketAddr) -> TestSmsc {
-        TestSmsc::start_with(addr, 2).await
+        TestSmsc::start_with(addr, |_| {}).await
     }
 
-    /// Starts with room for `window` receipts unanswered at once.
-    pub(crate) async fn start_with(addr: std::net::SocketAddr, window: usize) -> TestSmsc {
+    /// Starts with a receipt window of 2 and whatever `adjust` changes.
+    pub(crate) async fn start_with(addr: std::net::SocketAddr, adjust: impl FnOnce(&mut SmscConfig)) -> TestSmsc {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (backend, submissions) = FakeBackend::new();
@@ -132,16 +132,17 @@ impl TestSmsc {
         slow.throughput_per_sec = Some(1);
         let mut wide = Account::new("wide", "wide");
         wide.window = Some(4);
-        let config = SmscConfig {
+        let mut config = SmscConfig {
             accounts: vec![
                 Account::new("otpgate", "otpgate"),
                 Account::new("esme", "secret"),
                 slow,
                 wide,
             ],
-            window,
+            window: 2,
             ..SmscConfig::default()
         };
+        adjust(&mut config);
         let task = tokio::spawn(serve(listener, config, backend, hub.clone(), shutdown));
         TestSmsc {
             addr,
