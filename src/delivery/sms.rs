@@ -576,6 +576,16 @@ mod tests {
         }
     }
 
+    /// A short code message to the usual test number.
+    fn code_sms(message_ref: &str) -> OutgoingSms {
+        OutgoingSms {
+            from: "0354600124".into(),
+            to_e164: "+819012345678".into(),
+            text: "code 111111".into(),
+            message_ref: message_ref.into(),
+        }
+    }
+
     fn receipt_for(message_id: &str) -> Receipt {
         Receipt {
             system_id: "otpgate".into(),
@@ -679,13 +689,7 @@ mod tests {
         smsc.stop().await;
         let again = TestSmsc::start_on(addr).await;
         within("reconnect", client.until_binds(2)).await;
-        let sms = OutgoingSms {
-            from: "0354600124".into(),
-            to_e164: "+819012345678".into(),
-            text: "code 111111".into(),
-            message_ref: "r".into(),
-        };
-        assert!(within("submit", client.submit(sms)).await.is_ok());
+        assert!(within("submit", client.submit(code_sms("r"))).await.is_ok());
         trigger.fire();
         within("client to stop", client.stopped()).await;
         assert!(!client.is_connected());
@@ -728,15 +732,13 @@ mod tests {
         let client = within("start", SmsClient::start(config(smsc.addr), sink.clone(), shutdown))
             .await
             .unwrap();
-        let sms = |n: usize| OutgoingSms {
-            from: "0354600124".into(),
-            to_e164: "+819012345678".into(),
-            text: "code 111111".into(),
-            message_ref: format!("r{n}"),
-        };
         let mut ids = Vec::new();
         for n in 0..12 {
-            ids.push(within("submit", client.submit(sms(n))).await.unwrap());
+            ids.push(
+                within("submit", client.submit(code_sms(&format!("r{n}"))))
+                    .await
+                    .unwrap(),
+            );
         }
         let acked = futures::future::join_all(ids.iter().map(|id| smsc.hub.deliver(receipt_for(id))));
         let acked = tokio::spawn(acked);
@@ -744,7 +746,7 @@ mod tests {
             within("a receipt to reach the sink", arrivals.recv()).await;
         }
         sink.gate.add_permits(ids.len());
-        let late = within("the submit behind the answers", client.submit(sms(99))).await;
+        let late = within("the submit behind the answers", client.submit(code_sms("r99"))).await;
         assert!(late.is_ok(), "{late:?}");
         let acked = within("the receipts' answers", acked).await.unwrap();
         assert!(acked.iter().all(|a| *a == Ok(true)), "{acked:?}");
@@ -768,14 +770,7 @@ mod tests {
         let client = within("start", SmsClient::start(narrow, Arc::new(ChannelSink(tx)), shutdown))
             .await
             .unwrap();
-        let burst = (0..32).map(|n| {
-            client.submit(OutgoingSms {
-                from: "0354600124".into(),
-                to_e164: "+819012345678".into(),
-                text: "code 111111".into(),
-                message_ref: format!("r{n}"),
-            })
-        });
+        let burst = (0..32).map(|n| client.submit(code_sms(&format!("r{n}"))));
         let answers = within("the burst", futures::future::join_all(burst)).await;
         assert!(answers.iter().all(Result::is_ok), "{answers:?}");
         trigger.fire();

@@ -101,10 +101,7 @@ impl ReceiptHub {
     pub fn deliver(&self, receipt: Receipt) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.lock();
-        let origin = state
-            .origins
-            .get(&(receipt.system_id.clone(), receipt.message_id.clone()))
-            .copied();
+        let origin = state.origin_of(&receipt);
         for id in &receipt.part_ids {
             let copy = Queued {
                 receipt: Receipt {
@@ -173,7 +170,7 @@ impl ReceiptHub {
             again.push(queued);
         }
         for queued in again {
-            let origin = state.origin_of(&queued);
+            let origin = state.origin_of(&queued.receipt);
             state.dispatch(queued, origin);
         }
     }
@@ -195,8 +192,7 @@ impl ReceiptHub {
 
 impl HubState {
     /// The session that submitted the message a receipt is for, if known.
-    fn origin_of(&self, queued: &Queued) -> Option<u64> {
-        let receipt = &queued.receipt;
+    fn origin_of(&self, receipt: &Receipt) -> Option<u64> {
         self.origins
             .get(&(receipt.system_id.clone(), receipt.message_id.clone()))
             .copied()

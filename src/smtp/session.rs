@@ -693,7 +693,6 @@ impl Session {
         lock(&self.shared).start_data();
     }
 
-    /// A reply to a client mistake; too many of them end the connection.
     /// RCPT or DATA outside a transaction: the client's mistake, unless
     /// they were pipelined behind a MAIL this server refused for load (an
     /// RFC 2920 group goes on after a refusal), as many as one group can
@@ -706,6 +705,7 @@ impl Session {
         self.client_error(503, "5.5.1", "Error: need MAIL command")
     }
 
+    /// A reply to a client mistake; too many of them end the connection.
     fn client_error(&mut self, code: u16, enhanced: &str, text: &str) -> Step {
         self.errors += 1;
         if self.errors > self.server.limits.max_errors {

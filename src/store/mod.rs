@@ -64,6 +64,12 @@ pub struct Store {
 
 /// Runs one write against sled under the log's lock and records it when
 /// `apply` says it happened; without a log (a temporary store) just runs it.
+/// sled keys as the strings otpgate wrote them.
+fn key_strings(keys: impl Iterator<Item = sled::Result<sled::IVec>>) -> Result<Vec<String>> {
+    keys.map(|key| Ok(String::from_utf8_lossy(&key?).into_owned()))
+        .collect()
+}
+
 fn logged<R>(wal: &Option<Arc<Wal>>, ops: &[Op<'_>], apply: impl FnOnce() -> Result<(R, bool)>) -> Result<R> {
     let Some(wal) = wal else {
         return apply().map(|(r, _)| r);
@@ -295,12 +301,7 @@ impl Tree {
 
     /// Every key starting with `prefix`, in key order (values not read).
     pub fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix.as_bytes()) {
-            let (k, _) = item?;
-            out.push(String::from_utf8_lossy(&k).into_owned());
-        }
-        Ok(out)
+        key_strings(self.tree.scan_prefix(prefix.as_bytes()).keys())
     }
 
     /// Keys starting with `prefix`, greatest first, below `before` (a
@@ -358,21 +359,13 @@ impl Tree {
 
     /// The first `limit` keys in key order (values not read).
     pub fn first_keys(&self, limit: usize) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for item in self.tree.iter().keys().take(limit) {
-            out.push(String::from_utf8_lossy(&item?).into_owned());
-        }
-        Ok(out)
+        key_strings(self.tree.iter().keys().take(limit))
     }
 
     /// Up to `limit` keys after `after`, in order.
     pub fn keys_after(&self, after: &str, limit: usize) -> Result<Vec<String>> {
         let range = (std::ops::Bound::Excluded(after.as_bytes()), std::ops::Bound::Unbounded);
-        let mut out = Vec::new();
-        for item in self.tree.range::<&[u8], _>(range).keys().take(limit) {
-            out.push(String::from_utf8_lossy(&item?).into_owned());
-        }
-        Ok(out)
+        key_strings(self.tree.range::<&[u8], _>(range).keys().take(limit))
     }
 
     pub fn clear(&self) -> Result<()> {

@@ -126,33 +126,11 @@ impl Retention {
             self.emptied();
         }
         let head_end = oldest.last().cloned();
-        for key in oldest {
-            if held.len() == due {
-                break;
-            }
-            if let Some(guard) = pick(&key, &mut batch)? {
-                held.push(guard);
-            }
-        }
+        pick_until(due, oldest, &mut held, &mut batch, &mut pick)?;
         if held.len() < due {
             if let Some(head_end) = head_end {
-                let mut walked_to = self.walked_to.lock().unwrap_or_else(|e| e.into_inner());
-                let from = match walked_to.take() {
-                    Some(key) if key > head_end => key,
-                    _ => head_end,
-                };
-                let further = tree.keys_after(&from, SCAN)?;
-                if further.len() == SCAN {
-                    *walked_to = further.last().cloned();
-                }
-                for key in further {
-                    if held.len() == due {
-                        break;
-                    }
-                    if let Some(guard) = pick(&key, &mut batch)? {
-                        held.push(guard);
-                    }
-                }
+                let further = self.walk_on(tree, &head_end)?;
+                pick_until(due, further, &mut held, &mut batch, &mut pick)?;
             }
         }
         store.apply(batch)?;
@@ -161,6 +139,41 @@ impl Retention {
         }
         Ok(())
     }
+
+    /// The next [`SCAN`] keys past the oldest ones (which end at
+    /// `head_end`), from where the last walk stopped; back to the start
+    /// once it reached the newest.
+    fn walk_on(&self, tree: &Tree, head_end: &str) -> Result<Vec<String>> {
+        let mut walked_to = self.walked_to.lock().unwrap_or_else(|e| e.into_inner());
+        let from = match walked_to.take() {
+            Some(key) if key.as_str() > head_end => key,
+            _ => head_end.to_string(),
+        };
+        let further = tree.keys_after(&from, SCAN)?;
+        if further.len() == SCAN {
+            *walked_to = further.last().cloned();
+        }
+        Ok(further)
+    }
+}
+
+/// Offers `keys` to `pick` in order until `held` has `due` guards.
+fn pick_until<G>(
+    due: usize,
+    keys: Vec<String>,
+    held: &mut Vec<G>,
+    batch: &mut Batch,
+    pick: &mut impl FnMut(&str, &mut Batch) -> Result<Option<G>>,
+) -> Result<()> {
+    for key in keys {
+        if held.len() == due {
+            break;
+        }
+        if let Some(guard) = pick(&key, batch)? {
+            held.push(guard);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
