@@ -5,22 +5,38 @@
 //! writer thread takes the whole buffer, writes it to the current log file
 //! and calls `fdatasync`: one sync acknowledges every write buffered before
 //! it (group commit). sled itself is flushed only at checkpoints, on a
-//! thread of their own: the writer starts a new file, the checkpoint
-//! flushes sled (which now holds everything the old files hold) and
-//! deletes them. At start-up the files left over are replayed into sled in
-//! order; replaying a write sled already has is harmless, because records
-//! carry whole values.
+//! thread of their own: the writer moves on to the next file, the
+//! checkpoint flushes sled (which now holds everything the old files hold)
+//! and recycles them. At start-up the files left over are replayed into
+//! sled in order; replaying a write sled already has is harmless, because
+//! records carry whole values.
 //!
-//! A file is a sequence of records: `len: u32 LE`, `crc32(payload): u32
-//! LE`, payload. A payload is one or more operations written together (a
-//! batch is one record, so it replays all or nothing): `op: u8` (1 put,
-//! 2 remove, 3 clear), the tree name and the key (each `u32 LE` length then
-//! bytes) and, for a put, the value likewise. Replay stops at the first
-//! record that is short or fails its checksum: the write the crash cut off,
-//! never acknowledged.
+//! Files are written over, not grown: a checkpointed file is kept as a
+//! spare (`N.spare`, at most [`SPARES`]) and becomes the next log file by a
+//! rename. Overwriting blocks a file already has is a data-only
+//! `fdatasync`; growing a file makes every sync commit the file system's
+//! journal too, which took twice as long here (0.45 against 0.22 ms at the
+//! median, 4 KiB writes). Each write is one frame that starts on a page
+//! boundary and is padded to the next, so the kernel never reads back a
+//! page it must only partly overwrite (a spare's pages may have left the
+//! cache).
+//!
+//! A frame is `len: u32 LE`, the file's number `u64 LE`, `crc32(records):
+//! u32 LE`, the records, zeros to the page's end. The number tells this
+//! file's frames from what a spare held before (older numbers, since a
+//! file's number is always above every number on disk) and from zeros;
+//! replay stops at the first frame that is short, of another number or
+//! fails its checksum: the write the crash cut off, never acknowledged. A
+//! record is one or more operations written together (a batch is one
+//! record, so it replays all or nothing): `len: u32 LE`, `crc32(payload):
+//! u32 LE`, then for each operation `op: u8` (1 put, 2 remove, 3 clear),
+//! the tree name and the key (each `u32 LE` length then bytes) and, for a
+//! put, the value likewise. Files of the older format (`N.wal`: records
+//! without frames, appended) are replayed at start-up too.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -31,6 +47,12 @@ use std::time::{Duration, Instant};
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
 /// A log file this large is cut at once.
 const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// Frames start on a page boundary and fill whole pages.
+const PAGE: usize = 4096;
+/// A frame's length, file number and checksum.
+const FRAME_HEADER: usize = 16;
+/// How many checkpointed files are kept to be written over.
+const SPARES: usize = 2;
 
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
@@ -66,6 +88,8 @@ struct Shared {
     /// The sequence number of the last durable write (`u64::MAX` once the
     /// log failed); callers of [`Wal::flush`] wait here.
     durable: tokio::sync::watch::Sender<u64>,
+    /// Checkpointed files waiting to be written over, by path.
+    spares: Mutex<Vec<PathBuf>>,
 }
 
 #[derive(Default)]
@@ -112,36 +136,63 @@ impl Guard<'_> {
 }
 
 impl Wal {
-    /// Replays the log files in `dir` into `db`, flushes sled, removes
-    /// them, and starts a new log.
+    /// Replays the log files in `dir` into `db`, flushes sled, keeps them
+    /// as spares, and starts a new log.
     pub(super) fn open(dir: &Path, db: &sled::Db) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
-        let files = log_files(dir)?;
+        let legacy = numbered_files(dir, "wal")?;
+        let files = numbered_files(dir, "log")?;
+        let mut spares = numbered_files(dir, "spare")?;
         let mut replayed = 0usize;
-        for (_, path) in &files {
-            replayed += replay(&fs::read(path)?, db).map_err(io::Error::other)?;
+        for (_, path) in &legacy {
+            replayed += replay_records(&fs::read(path)?, db).map_err(io::Error::other)?;
         }
-        if !files.is_empty() {
+        for (number, path) in &files {
+            replayed += replay(&fs::read(path)?, *number, db).map_err(io::Error::other)?;
+        }
+        // Above every number on disk, so no frame a spare still holds can
+        // pass for one of the new file's.
+        let number = [&legacy, &files, &spares]
+            .iter()
+            .filter_map(|found| found.last().map(|(n, _)| n + 1))
+            .max()
+            .unwrap_or(1);
+        let replayed_files = legacy.len() + files.len();
+        if replayed_files > 0 {
             db.flush().map_err(io::Error::other)?;
-            for (_, path) in &files {
+            for (_, path) in &legacy {
                 fs::remove_file(path)?;
             }
-            tracing::info!(records = replayed, files = files.len(), "replayed the write-ahead log");
+            for (n, path) in files {
+                let spare = dir.join(format!("{n:016}.spare"));
+                fs::rename(&path, &spare)?;
+                spares.push((n, spare));
+            }
+            tracing::info!(
+                records = replayed,
+                files = replayed_files,
+                "replayed the write-ahead log"
+            );
         }
-        let number = files.last().map_or(1, |(n, _)| n + 1);
-        let file = create_log(dir, number)?;
+        spares.sort();
+        while spares.len() > SPARES {
+            let (_, oldest) = spares.remove(0);
+            fs::remove_file(oldest)?;
+        }
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             durable: tokio::sync::watch::channel(0).0,
+            spares: Mutex::new(spares.into_iter().map(|(_, path)| path).collect()),
         });
+        let segment = Segment::open(&shared, dir, number)?;
         let (cut_tx, cut_rx) = mpsc::channel::<u64>();
         let writer = {
             let (shared, dir) = (shared.clone(), dir.to_path_buf());
             std::thread::Builder::new()
                 .name("otpgate-wal".into())
-                .spawn(move || write_loop(&shared, &dir, file, number, &cut_tx))?
+                .spawn(move || write_loop(&shared, &dir, segment, &cut_tx))?
         };
         let checkpointer = {
             let (shared, dir, db) = (shared.clone(), dir.to_path_buf(), db.clone());
@@ -205,11 +256,60 @@ impl Shared {
     }
 }
 
+/// The log file being written.
+struct Segment {
+    file: File,
+    number: u64,
+    /// Where the next frame goes: a page boundary.
+    end: u64,
+}
+
+impl Segment {
+    /// Log file `number`: a spare renamed, or a new file when there is
+    /// none; its directory entry synced so it survives a crash.
+    fn open(shared: &Shared, dir: &Path, number: u64) -> io::Result<Segment> {
+        let path = dir.join(format!("{number:016}.log"));
+        let spare = shared.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(spare) = spare {
+            if let Err(e) = fs::rename(&spare, &path) {
+                tracing::warn!(file = %spare.display(), error = %e, "could not reuse a spare log file");
+            }
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(Segment { file, number, end: 0 })
+    }
+
+    /// Writes `records` as one frame and syncs them.
+    fn write(&mut self, records: &[u8]) -> io::Result<()> {
+        let frame = frame(self.number, records);
+        self.file.write_all_at(&frame, self.end)?;
+        self.file.sync_data()?;
+        self.end += frame.len() as u64;
+        Ok(())
+    }
+}
+
+/// `records` framed for file `number`, padded to whole pages.
+fn frame(number: u64, records: &[u8]) -> Vec<u8> {
+    let len = (FRAME_HEADER + records.len()).next_multiple_of(PAGE);
+    let mut frame = Vec::with_capacity(len);
+    frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&number.to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(records).to_le_bytes());
+    frame.extend_from_slice(records);
+    frame.resize(len, 0);
+    frame
+}
+
 /// The writer thread: takes the buffer, writes and syncs it, answers the
 /// waiters; cuts the file when a checkpoint is due.
-fn write_loop(shared: &Shared, dir: &Path, mut file: File, mut number: u64, cut: &mpsc::Sender<u64>) {
+fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sender<u64>) {
     let mut cut_at = Instant::now() + CHECKPOINT_EVERY;
-    let mut size = 0u64;
     loop {
         let (bytes, upto) = {
             let mut state = shared.lock();
@@ -222,24 +322,21 @@ fn write_loop(shared: &Shared, dir: &Path, mut file: File, mut number: u64, cut:
             if state.buffer.is_empty() {
                 // Closing with everything written: a last checkpoint, so a
                 // clean stop leaves no log to replay.
-                let _ = cut.send(number);
+                let _ = cut.send(segment.number);
                 return;
             }
             (std::mem::take(&mut state.buffer), state.appended)
         };
-        if let Err(e) = file.write_all(&bytes).and_then(|()| file.sync_data()) {
+        if let Err(e) = segment.write(&bytes) {
             shared.fail(&e);
             return;
         }
         shared.durable.send_replace(upto);
-        size += bytes.len() as u64;
-        if size >= CHECKPOINT_BYTES || Instant::now() >= cut_at {
-            match create_log(dir, number + 1) {
+        if segment.end >= CHECKPOINT_BYTES || Instant::now() >= cut_at {
+            match Segment::open(shared, dir, segment.number + 1) {
                 Ok(next) => {
-                    file = next;
-                    let _ = cut.send(number);
-                    number += 1;
-                    size = 0;
+                    let _ = cut.send(segment.number);
+                    segment = next;
                     cut_at = Instant::now() + CHECKPOINT_EVERY;
                 }
                 Err(e) => {
@@ -252,7 +349,7 @@ fn write_loop(shared: &Shared, dir: &Path, mut file: File, mut number: u64, cut:
 }
 
 /// The checkpoint thread: once the writer has moved past a file, sled
-/// holds every write in it; flush sled and the file can go.
+/// holds every write in it; flush sled and the file can be written over.
 fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, cuts: &mpsc::Receiver<u64>) {
     while let Ok(mut upto) = cuts.recv() {
         // Files cut while the last flush ran are covered by this one too.
@@ -263,9 +360,20 @@ fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, cuts: &mpsc::Rece
             shared.fail(&io::Error::other(e));
             return;
         }
-        let Ok(files) = log_files(dir) else { continue };
-        for (n, path) in files {
-            if n <= upto {
+        let Ok(files) = numbered_files(dir, "log") else {
+            continue;
+        };
+        for (n, path) in files.into_iter().filter(|(n, _)| *n <= upto) {
+            let mut spares = shared.spares.lock().unwrap_or_else(|e| e.into_inner());
+            let kept = spares.len() < SPARES && {
+                let spare = dir.join(format!("{n:016}.spare"));
+                let renamed = fs::rename(&path, &spare).is_ok();
+                if renamed {
+                    spares.push(spare);
+                }
+                renamed
+            };
+            if !kept {
                 if let Err(e) = fs::remove_file(&path) {
                     tracing::warn!(file = %path.display(), error = %e, "could not remove a checkpointed log file");
                 }
@@ -274,15 +382,15 @@ fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, cuts: &mpsc::Rece
     }
 }
 
-/// The log files in `dir`, oldest first.
-fn log_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+/// The files in `dir` named `NUMBER.extension`, by number.
+fn numbered_files(dir: &Path, extension: &str) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
         let number = path
             .file_name()
             .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".wal"))
+            .and_then(|n| n.strip_suffix(extension)?.strip_suffix('.'))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(n) = number {
             files.push((n, path));
@@ -292,18 +400,30 @@ fn log_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(files)
 }
 
-/// A new, empty log file, its directory entry synced so it survives a crash.
-fn create_log(dir: &Path, number: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{number:016}.wal")))?;
-    File::open(dir)?.sync_all()?;
-    Ok(file)
+/// Applies the frames of log file `number` to sled, up to the first one
+/// that is short, of another number or fails its checksum; returns how
+/// many records they held.
+fn replay(bytes: &[u8], number: u64, db: &sled::Db) -> Result<usize, String> {
+    let mut records = 0;
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
+        let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
+        let file = u64::from_le_bytes(header[4..12].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
+        let Some(body) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
+            break;
+        };
+        if file != number || crc32fast::hash(body) != crc {
+            break;
+        }
+        records += replay_records(body, db)?;
+        at = (at + FRAME_HEADER + len).next_multiple_of(PAGE);
+    }
+    Ok(records)
 }
 
-/// Applies the whole records of one file to sled; returns how many.
-fn replay(mut bytes: &[u8], db: &sled::Db) -> Result<usize, String> {
+/// Applies whole records to sled; returns how many.
+fn replay_records(mut bytes: &[u8], db: &sled::Db) -> Result<usize, String> {
     let mut records = 0;
     while bytes.len() >= 8 {
         let len = u32::from_le_bytes(bytes[0..4].try_into().unwrap_or_default()) as usize;
@@ -385,7 +505,7 @@ mod tests {
         // The crash cut the last record short.
         log.extend(record(&[Op::Clear { tree: b"t" }]));
         log.truncate(whole + 6);
-        assert_eq!(replay(&log, &db), Ok(3));
+        assert_eq!(replay_records(&log, &db), Ok(3));
         let t = db.open_tree("t").unwrap();
         assert_eq!(t.get("a").unwrap().as_deref(), Some(&b"2"[..]));
         assert!(db.open_tree("u").unwrap().is_empty());
@@ -406,7 +526,78 @@ mod tests {
             value: b"2",
         }]));
         log[second + 9] ^= 0xff;
-        assert_eq!(replay(&log, &db), Ok(1));
+        assert_eq!(replay_records(&log, &db), Ok(1));
         assert!(db.open_tree("t").unwrap().get("b").unwrap().is_none());
+    }
+
+    fn put(key: &[u8], value: &[u8]) -> Vec<u8> {
+        record(&[Op::Put { tree: b"t", key, value }])
+    }
+
+    fn value(db: &sled::Db, key: &str) -> Option<Vec<u8>> {
+        db.open_tree("t").unwrap().get(key).unwrap().map(|v| v.to_vec())
+    }
+
+    #[test]
+    fn frames_fill_whole_pages_and_replay_in_order() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let first = frame(4, &[put(b"a", b"1"), put(b"b", b"1")].concat());
+        let second = frame(4, &put(b"a", b"2"));
+        assert_eq!((first.len(), second.len()), (PAGE, PAGE));
+        let big = frame(4, &put(b"c", &[7; 5000]));
+        assert_eq!(big.len(), 2 * PAGE);
+        let log = [first, second, big].concat();
+        assert_eq!(replay(&log, 4, &db), Ok(4));
+        assert_eq!(value(&db, "a").as_deref(), Some(&b"2"[..]));
+        assert_eq!(value(&db, "c").map(|v| v.len()), Some(5000));
+    }
+
+    /// A spare written over under a new number still holds the frames of
+    /// its last use after the new ones: they end the replay, as the zeros
+    /// of a new file do, and a frame the crash cut short does too.
+    #[test]
+    fn a_written_over_spare_replays_only_its_new_frames() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut log = [
+            frame(3, &put(b"a", b"old")),
+            frame(3, &put(b"b", b"old")),
+            frame(3, &put(b"c", b"old")),
+        ]
+        .concat();
+        let new = frame(7, &put(b"a", b"new"));
+        log[..new.len()].copy_from_slice(&new);
+        assert_eq!(replay(&log, 7, &db), Ok(1));
+        assert_eq!(value(&db, "a").as_deref(), Some(&b"new"[..]));
+        assert_eq!(value(&db, "b"), None, "a frame of the spare's last use is not replayed");
+
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let log = [frame(7, &put(b"a", b"1")), vec![0; PAGE], frame(7, &put(b"b", b"1"))].concat();
+        assert_eq!(replay(&log, 7, &db), Ok(1), "zeros end the replay");
+        let torn = frame(7, &put(b"b", &[1; 100]));
+        let log = [&frame(7, &put(b"a", b"1"))[..], &torn[..FRAME_HEADER + 50]].concat();
+        assert_eq!(replay(&log, 7, &db), Ok(1), "a frame cut short ends the replay");
+        let mut bad = [frame(7, &put(b"a", b"1")), frame(7, &put(b"b", b"2"))].concat();
+        bad[PAGE + FRAME_HEADER + 3] ^= 0xff;
+        assert_eq!(replay(&bad, 7, &db), Ok(1), "a bad checksum ends the replay");
+    }
+
+    /// A log of the older format (records appended, no frames) left by a
+    /// crash is replayed too, and the new log is numbered after it.
+    #[test]
+    fn a_log_of_the_older_format_is_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        fs::write(
+            dir.path().join("0000000000000003.wal"),
+            [put(b"a", b"1"), put(b"b", b"2")].concat(),
+        )
+        .unwrap();
+        drop(Wal::open(dir.path(), &db).unwrap());
+        assert_eq!(value(&db, "b").as_deref(), Some(&b"2"[..]));
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["0000000000000004.spare"]);
     }
 }
