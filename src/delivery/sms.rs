@@ -755,6 +755,54 @@ mod tests {
         smsc.stop().await;
     }
 
+    /// rusmppc 0.4.0, told to close while the SMSC read nothing, polled
+    /// the blocked socket in a loop instead of waiting for it: an OTP core
+    /// stopping in front of a stalled SMSC spun a CPU, and on a one-thread
+    /// runtime nothing else ran again. vendor/rusmppc has the fix. The
+    /// client runs on a one-thread runtime of its own, so that a spin shows
+    /// as a step that never comes.
+    #[test]
+    fn closing_in_front_of_an_smsc_that_reads_nothing_waits_instead_of_spinning() {
+        let (steps, progress) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                // 64 bytes of room: the submit below fills it.
+                let (ours, mut smsc) = tokio::io::duplex(64);
+                let (client, _events) = ConnectionBuilder::new().no_enquire_link_interval().connected(ours);
+                let sender = client.clone();
+                let submit = SubmitSm::builder()
+                    .short_message(OctetString::from_vec(vec![b'x'; 200]).unwrap())
+                    .build();
+                tokio::spawn(async move { sender.no_wait().submit_sm(submit).await });
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+                client.close().await.unwrap();
+                tokio::task::yield_now().await;
+                let _ = steps.send("the runtime runs other tasks while the connection closes");
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 256];
+                    while tokio::io::AsyncReadExt::read(&mut smsc, &mut buf)
+                        .await
+                        .is_ok_and(|n| n > 0)
+                    {}
+                });
+                client.closed().await;
+                let _ = steps.send("closed once the SMSC read");
+            });
+        });
+        for step in [
+            "the runtime runs other tasks while the connection closes",
+            "closed once the SMSC read",
+        ] {
+            assert_eq!(progress.recv_timeout(Duration::from_secs(10)), Ok(step));
+        }
+    }
+
     /// An SMSC that takes one submission at a time answers the rest of a
     /// burst ESME_RTHROTTLED: the client's window keeps them waiting
     /// instead, so no OTP fails for it.

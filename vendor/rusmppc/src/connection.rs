@@ -288,6 +288,10 @@ where
                 }
             }
 
+            // otpgate: whether the socket could not take more; its waker is
+            // registered.
+            let mut sink_blocked = false;
+
             if matches!(self.state, State::Active | State::Closing) {
                 let mut i: u8 = 0;
 
@@ -444,6 +448,8 @@ where
 
                                     tracing::trace!(target: CONN, "Sink poll flush pending");
 
+                                    sink_blocked = true;
+
                                     break 'sink;
                                 }
                             }
@@ -518,6 +524,8 @@ where
 
                                     tracing::trace!(target: CONN, "Sink poll ready pending");
 
+                                    sink_blocked = true;
+
                                     break 'sink;
                                 }
                             }
@@ -540,6 +548,14 @@ where
                         }
                     }
                 }
+            }
+
+            // otpgate: while closing the stream is not read, so nothing
+            // below returns: waiting for a socket that cannot take more
+            // looped here at once, spinning until the peer read (forever on
+            // a one-thread runtime, where the peer could not run).
+            if matches!(self.state, State::Closing) && sink_blocked {
+                return Poll::Pending;
             }
 
             if matches!(self.state, State::Active) {
