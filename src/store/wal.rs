@@ -142,7 +142,7 @@ impl Wal {
         fs::create_dir_all(dir)?;
         let legacy = numbered_files(dir, "wal")?;
         let files = numbered_files(dir, "log")?;
-        let mut spares = numbered_files(dir, "spare")?;
+        let spares = numbered_files(dir, "spare")?;
         let mut replayed = 0usize;
         for (_, path) in &legacy {
             replayed += replay_records(&fs::read(path)?, db).map_err(io::Error::other)?;
@@ -163,29 +163,22 @@ impl Wal {
             for (_, path) in &legacy {
                 fs::remove_file(path)?;
             }
-            for (n, path) in files {
-                let spare = dir.join(format!("{n:016}.spare"));
-                fs::rename(&path, &spare)?;
-                spares.push((n, spare));
-            }
             tracing::info!(
                 records = replayed,
                 files = replayed_files,
                 "replayed the write-ahead log"
             );
         }
-        spares.sort();
-        while spares.len() > SPARES {
-            let (_, oldest) = spares.remove(0);
-            fs::remove_file(oldest)?;
-        }
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),
             durable: tokio::sync::watch::channel(0).0,
-            spares: Mutex::new(spares.into_iter().map(|(_, path)| path).collect()),
+            spares: Mutex::new(Vec::new()),
         });
+        for (n, path) in spares.into_iter().chain(files) {
+            shared.retire(dir, n, &path);
+        }
         let segment = Segment::open(&shared, dir, number)?;
         let (cut_tx, cut_rx) = mpsc::channel::<u64>();
         let writer = {
@@ -247,6 +240,21 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A log file sled no longer needs: kept as a spare while there is
+    /// room, removed otherwise.
+    fn retire(&self, dir: &Path, number: u64, path: &Path) {
+        let spare = file_named(dir, number, "spare");
+        let mut spares = self.spares.lock().unwrap_or_else(|e| e.into_inner());
+        if spares.len() < SPARES && fs::rename(path, &spare).is_ok() {
+            spares.push(spare);
+            return;
+        }
+        drop(spares);
+        if let Err(e) = fs::remove_file(path) {
+            tracing::warn!(file = %path.display(), error = %e, "could not remove a checkpointed log file");
+        }
+    }
+
     fn fail(&self, e: &io::Error) {
         tracing::error!(error = %e, "the write-ahead log failed; nothing more is acknowledged");
         self.lock()
@@ -268,7 +276,7 @@ impl Segment {
     /// Log file `number`: a spare renamed, or a new file when there is
     /// none; its directory entry synced so it survives a crash.
     fn open(shared: &Shared, dir: &Path, number: u64) -> io::Result<Segment> {
-        let path = dir.join(format!("{number:016}.log"));
+        let path = file_named(dir, number, "log");
         let spare = shared.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some(spare) = spare {
             if let Err(e) = fs::rename(&spare, &path) {
@@ -364,22 +372,14 @@ fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, cuts: &mpsc::Rece
             continue;
         };
         for (n, path) in files.into_iter().filter(|(n, _)| *n <= upto) {
-            let mut spares = shared.spares.lock().unwrap_or_else(|e| e.into_inner());
-            let kept = spares.len() < SPARES && {
-                let spare = dir.join(format!("{n:016}.spare"));
-                let renamed = fs::rename(&path, &spare).is_ok();
-                if renamed {
-                    spares.push(spare);
-                }
-                renamed
-            };
-            if !kept {
-                if let Err(e) = fs::remove_file(&path) {
-                    tracing::warn!(file = %path.display(), error = %e, "could not remove a checkpointed log file");
-                }
-            }
+            shared.retire(dir, n, &path);
         }
     }
+}
+
+/// `dir/NUMBER.extension`, as [`numbered_files`] reads it.
+fn file_named(dir: &Path, number: u64, extension: &str) -> PathBuf {
+    dir.join(format!("{number:016}.{extension}"))
 }
 
 /// The files in `dir` named `NUMBER.extension`, by number.
