@@ -505,6 +505,42 @@ async fn a_message_over_the_size_limit_gets_552_and_nothing_is_stored() {
     server.stop().await;
 }
 
+/// A pooled client keeps one connection for many messages and sends RSET
+/// (and often NOOP) between them, as Nodemailer's pool does. The limits on
+/// junk commands (100) and errors (10) are per stretch between messages
+/// taken, as in Postfix: past the hundredth message such a client is still
+/// served, and a session that sends only junk is still cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_is_served_past_the_junk_and_error_limits() {
+    let server = TestServer::start().await;
+    let to = "pooled@example.com";
+    let mut client = RawSmtp::connect(server.smtp).await;
+    for n in 0..120 {
+        if n % 40 == 0 {
+            // A few unknown commands now and then: 3 × 5 errors in all.
+            for _ in 0..5 {
+                client.expect("XPING", 500).await;
+            }
+        }
+        let subject = format!("pooled {n}");
+        let tx = client
+            .transaction(APP_SENDER, &[to], &plain_message(APP_SENDER, to, &subject, "hi"))
+            .await;
+        assert_eq!(tx.outcome().1, 250, "message {n}: {tx:#?}");
+        client.expect("RSET", 250).await;
+        client.expect("NOOP", 250).await;
+    }
+    // Only junk since the last message (its RSET and NOOP, then 98 more):
+    // the hundred and first is refused and the session ends.
+    for _ in 0..98 {
+        client.expect("NOOP", 250).await;
+    }
+    let cut = client.cmd("NOOP").await;
+    assert_eq!((cut.code, cut.enhanced()), (421, "4.7.0"), "{cut:?}");
+    assert_eq!(mailbox_messages(&server, to).await.len(), 120);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_with_a_broken_mime_body_is_still_captured_raw() {
     let server = TestServer::start().await;

@@ -600,7 +600,15 @@ impl Session {
             .backlog
             .finished(now.saturating_duration_since(started), now);
         match verdict {
-            DataVerdict::Accepted { id } => Step::reply(250, "2.0.0", &format!("Ok: queued as {id}")),
+            DataVerdict::Accepted { id } => {
+                // As Postfix does: a message taken forgives the session's
+                // earlier errors and junk commands, so a pooled connection
+                // that sends RSET or NOOP between messages is never cut off
+                // however many messages it carries.
+                self.errors = 0;
+                self.junk = 0;
+                Step::reply(250, "2.0.0", &format!("Ok: queued as {id}"))
+            }
             DataVerdict::Reject { code, enhanced, text } => {
                 let code = if (400..600).contains(&code) { code } else { 554 };
                 Step::reply(code, &enhanced, &text)
