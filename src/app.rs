@@ -223,16 +223,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     // A crash can leave messages open that nothing will move forward: an
     // OTP whose send was cut off (the plain code is gone, so it cannot be
-    // sent again), an email retry that lived in memory, a submit the SMSC
-    // logged but never stored. They fail as interrupted, so the log says
-    // what happened. SMS handed to an external SMSC keep waiting for its
-    // receipts. This runs before any listener opens, so no new message
-    // can be mistaken for an interrupted one.
+    // sent again), an email or SMS retry that lived in memory, a submit the
+    // SMSC logged but never stored. They fail as interrupted, so the log
+    // says what happened. SMS an external SMSC took (it gave a message id)
+    // keep waiting for their receipts. This runs before any listener opens,
+    // so no new message can be mistaken for an interrupted one.
     let now = clock.now();
     let external_smsc = config.sms_out.is_some();
     let settled = log
         .settle_after_restart(|m| {
-            let submitted_outside = external_smsc && m.origin == "otpgate" && m.state != State::Queued;
+            let submitted_outside = external_smsc && m.origin == "otpgate" && m.smsc_message_id.is_some();
             match m.channel {
                 Channel::Sms if submitted_outside => None,
                 Channel::Sms => network.settle_after_restart(m, now),
@@ -399,6 +399,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let shown_world = world.clone();
     let email_from = config.sender.email_from.clone();
+    let sms_link = sms.clone();
     let outbound = Arc::new(Outbound {
         log: log.clone(),
         clock: clock.clone(),
@@ -444,6 +445,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_token: config.admin_token.clone(),
         loopback: config.http_is_loopback(),
         metrics: Default::default(),
+        sms_link,
     });
     let http_limits = crate::http::Limits {
         max_connections: config.http_admission.max_connections,

@@ -60,12 +60,7 @@ async fn the_four_steps_then_an_otp_shows_the_carriers_sender() {
         .await;
     let message = &log["items"][0];
     assert_eq!(message["state"], "delivered", "{message}");
-    let kinds: Vec<&str> = message["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = kinds(message);
     assert!(kinds.starts_with(&["queued"]), "{kinds:?}");
     assert!(kinds.contains(&"delivered") && kinds.contains(&"receipt"), "{kinds:?}");
     assert!(message["text"].as_str().unwrap().contains("******"));
@@ -479,4 +474,190 @@ async fn members_are_found_by_number_and_address_through_changes_and_restarts() 
     assert_eq!(found(&server, "phone=09011110001").await, ["FIND-1"]);
     assert_eq!(found(&server, "email=AKI%40example.net").await, ["FIND-2"]);
     server.stop().await;
+}
+
+/// The kinds of a logged message's events, in order.
+fn kinds(message: &serde_json::Value) -> Vec<&str> {
+    let events = message["events"].as_array().unwrap();
+    events.iter().map(|e| e["kind"].as_str().unwrap()).collect()
+}
+
+/// The message of an OTP in the delivery log.
+async fn logged(server: &common::Api, otp: &serde_json::Value) -> serde_json::Value {
+    let (s, log) = server
+        .get(&format!("/v1/messages?otp_id={}", otp["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(s, 200, "{log}");
+    log["items"][0].clone()
+}
+
+/// Verifies the code a handset got (`/otp` of the handset), insisting on 200.
+async fn verify_ok(server: &common::Api, otp: &serde_json::Value, got: &serde_json::Value) {
+    let path = format!("/v1/otps/{}/verify", otp["id"].as_str().unwrap());
+    let (s, b) = server.post(&path, json!({"code": got["code"]})).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// How long after an event its next try is set.
+fn after_ms(event: &serde_json::Value) -> i64 {
+    let time = |k: &str| otpgate::clock::parse_rfc3339(event[k].as_str().unwrap()).unwrap();
+    time("next_attempt_at") - time("at")
+}
+
+/// The member's findings, as (code, severity, explanation).
+async fn findings(server: &common::Api, member: &str) -> Vec<(String, String, String)> {
+    let (s, report) = server.get(&format!("/v1/diagnostics/members/{member}?lang=en")).await;
+    assert_eq!(s, 200, "{report}");
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let text = |k: &str| f[k].as_str().unwrap_or("").to_string();
+            (text("code"), text("severity"), text("explanation"))
+        })
+        .collect()
+}
+
+/// ESME_RTHROTTLED is the SMSC saying "not now": the core tries the
+/// submit again after 2, 4, 8 and 16 s (while the code is valid) instead
+/// of failing the OTP, and the desk says a retry is coming. Once the SMSC
+/// takes it, the code arrives and verifies, and the desk has nothing to
+/// say about the throttling any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_submit_is_tried_again_and_the_code_arrives() {
+    let server = TestServer::start().await;
+    let registration = server.sms_member("M-DOCOMO", DOCOMO, "docomo").await;
+    let chaos = json!({"enabled": true, "carriers": {"docomo": {"throttle": 1.0, "failure": 0.0, "long_delay": 0.0}}});
+    let (s, b) = server.put("/v1/sim/chaos", chaos).await;
+    assert_eq!(s, 200, "{b}");
+
+    let otp = issue(&server, "M-DOCOMO", "login").await;
+    let message = logged(&server, &otp).await;
+    assert_eq!(message["state"], "enroute", "{message:#}");
+    let refused = message["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(refused["kind"], "submit_refused", "{message:#}");
+    assert_eq!(refused["reason"], "throttled");
+    assert_eq!(refused["command_status"], "0x00000058");
+    assert_eq!(refused["attempt"], 1);
+    assert_eq!(after_ms(&refused), 2_000, "{message:#}");
+    let gateway = findings(&server, "M-DOCOMO").await;
+    let gateway = gateway.iter().find(|f| f.0 == "gateway_error").expect("gateway_error");
+    assert_eq!(gateway.1, "warning", "{gateway:?}");
+    assert!(gateway.2.contains("We try again at"), "{gateway:?}");
+
+    // Still throttled at the second try: the next wait is twice as long.
+    server.advance(2).await;
+    let message = logged(&server, &otp).await;
+    let second = message["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (second["attempt"].clone(), second["reason"].clone()),
+        (json!(2), json!("throttled"))
+    );
+    assert_eq!(after_ms(&second), 4_000, "{message:#}");
+
+    let (s, b) = server.put("/v1/sim/chaos", json!({"enabled": false})).await;
+    assert_eq!(s, 200, "{b}");
+    server.advance(3).await;
+    assert_eq!(logged(&server, &otp).await["state"], "enroute");
+    server.advance(1).await;
+    let got = server.code_on_handset(DOCOMO, Some(&registration)).await;
+    verify_ok(&server, &otp, &got).await;
+    let message = logged(&server, &otp).await;
+    assert_eq!(message["state"], "delivered", "{message:#}");
+    let kinds = kinds(&message);
+    assert!(
+        kinds.starts_with(&["queued", "submit_refused", "submit_refused"]),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.iter().filter(|k| **k == "submitted").count(), 1, "{kinds:?}");
+    let after = findings(&server, "M-DOCOMO").await;
+    assert!(after.iter().all(|f| f.0 != "gateway_error"), "{after:?}");
+    server.stop().await;
+}
+
+/// Whether the core's SMPP client is bound, from `/metrics`.
+async fn sms_link_bound(server: &common::Api) -> Option<bool> {
+    let (s, text) = server.get("/metrics").await;
+    assert_eq!(s, 200, "{text}");
+    let line = text
+        .as_str()?
+        .lines()
+        .find(|l| l.starts_with("otpgate_smpp_client_bound "))?;
+    Some(line.ends_with(" 1"))
+}
+
+/// Waits (each probe a round trip, no sleeping) until the core's link is
+/// `bound` or not.
+async fn until_link(server: &common::Api, bound: bool) {
+    for _ in 0..20_000 {
+        if sms_link_bound(server).await == Some(bound) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("the SMPP link never became {}", if bound { "bound" } else { "unbound" });
+}
+
+/// With the core on an external SMSC (a second otpgate), an OTP issued
+/// while the SMSC is restarting finds no bind: nothing went out, so the
+/// core tries again instead of failing it, and once the link is back the
+/// code arrives and verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_otp_issued_while_the_smsc_is_down_goes_out_once_the_link_is_back() {
+    let smsc = TestServer::start().await;
+    let smsc_addr = smsc.smpp;
+    let core = TestServer::start_with(|c| {
+        c.sms_out = Some(otpgate::config::SmsOut {
+            addr: smsc_addr.to_string(),
+            system_id: "otpgate".into(),
+            password: "otpgate".into(),
+            window: None,
+        })
+    })
+    .await;
+    let (s, b) = core
+        .post(
+            "/v1/members",
+            json!({"id": "M-EXT", "locale": "en", "residence": "JP", "email": "m-ext@example.com"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = core.post("/v1/members/M-EXT/phone", json!({"number": DOCOMO})).await;
+    assert_eq!(s, 202, "{b}");
+    let registration = smsc.code_on_handset(DOCOMO, None).await;
+    let (s, b) = core
+        .post("/v1/members/M-EXT/phone/verify", json!({"code": registration["code"]}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = core
+        .put("/v1/members/M-EXT/notification", json!({"channel": "sms"}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    core.advance(61).await; // past the cooldown the verification SMS started
+    assert_eq!(sms_link_bound(&core).await, Some(true));
+
+    smsc.stop().await;
+    until_link(&core, false).await;
+    let otp = issue(&core, "M-EXT", "login").await;
+    let message = logged(&core, &otp).await;
+    assert_eq!(message["state"], "enroute", "{message:#}");
+    let failed = message["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(failed["kind"], "submit_failed", "{message:#}");
+    assert_eq!(failed["reason"], "gateway_unreachable");
+    assert_eq!(after_ms(&failed), 2_000, "{message:#}");
+
+    // The SMSC comes back on the same address; the client binds again.
+    let smsc = TestServer::start_with(|c| c.smpp = Some(smsc_addr)).await;
+    until_link(&core, true).await;
+    core.advance(2).await;
+    let got = smsc.code_on_handset(DOCOMO, None).await;
+    verify_ok(&core, &otp, &got).await;
+    let message = logged(&core, &otp).await;
+    assert!(
+        matches!(message["state"].as_str(), Some("submitted" | "delivered")),
+        "{message:#}"
+    );
+    core.stop().await;
+    smsc.stop().await;
 }

@@ -18,6 +18,34 @@ use crate::service::{sms_text, SendJob, Sender};
 
 /// How long a greylisted or deferred email waits before the next try.
 const EMAIL_RETRY_MS: Millis = 300_000;
+/// Tries of one email in all.
+const EMAIL_TRIES: u32 = 5;
+
+/// How long an SMS the SMSC turned away for now (ESME_RTHROTTLED,
+/// ESME_RMSGQFUL, or no bind up while the client reconnects) waits before
+/// its second try; each later wait is twice the one before.
+const SMS_RETRY_FIRST_MS: Millis = 2_000;
+/// Tries of one SMS in all: the waits are 2, 4, 8 and 16 s.
+const SMS_TRIES: u32 = 5;
+
+/// When the try after try `attempt` (from 1) of an SMS goes, or `None` when
+/// it would be one too many or the code would have expired by then.
+fn sms_retry_at(now: Millis, attempt: u32, expires_at: Millis) -> Option<Millis> {
+    if attempt >= SMS_TRIES {
+        return None;
+    }
+    let next = now + (SMS_RETRY_FIRST_MS << (attempt - 1).min(16));
+    (next < expires_at).then_some(next)
+}
+
+/// Why a message that could have been retried fails instead.
+fn no_more_retries(attempt: u32, tries: u32) -> String {
+    if attempt >= tries {
+        format!("no more retries: {attempt} tries made")
+    } else {
+        "no more retries: the code would have expired".into()
+    }
+}
 
 /// Who the member will see as the sender, per channel and destination.
 pub type ShownSender = Arc<dyn Fn(Channel, &str) -> String + Send + Sync>;
@@ -37,7 +65,13 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    async fn send_sms(self: Arc<Self>, job: SendJob) {
+    /// Boxed, because a submit the SMSC turned away for now schedules this
+    /// again.
+    fn send_sms(self: Arc<Self>, job: SendJob, attempt: u32) -> BoxFuture<'static, ()> {
+        Box::pin(self.try_sms(job, attempt))
+    }
+
+    async fn try_sms(self: Arc<Self>, job: SendJob, attempt: u32) {
         let now = self.clock.now();
         let Some(client) = &self.sms else {
             self.record(
@@ -55,7 +89,7 @@ impl Outbound {
             text: sms_text(&job.locale, &self.brand, &job.code, job.valid_minutes),
             message_ref: job.log_id.clone(),
         };
-        let event = match client.submit(sms).await {
+        let mut event = match client.submit(sms).await {
             Ok(smsc_id) => {
                 let mut e = Event::new("submitted", self.clock.now())
                     .state(State::Submitted)
@@ -65,18 +99,48 @@ impl Outbound {
                 e
             }
             Err(SmsError::Status(status)) => {
-                let reason = if status == 0x58 { "throttled" } else { "smsc_refused" };
+                let (reason, state) = match status {
+                    0x58 => ("throttled", State::Enroute),
+                    0x14 => ("smsc_queue_full", State::Enroute),
+                    _ => ("smsc_refused", State::Failed),
+                };
                 let mut e = Event::new("submit_refused", self.clock.now())
-                    .state(State::Failed)
+                    .state(state)
                     .reason(reason);
                 e.command_status = Some(format!("0x{status:08X}"));
                 e
             }
+            // No bind was up: nothing went out, so trying again cannot
+            // send the code twice.
+            Err(SmsError::NotConnected) => Event::new("submit_failed", self.clock.now())
+                .state(State::Enroute)
+                .reason("gateway_unreachable")
+                .detail(SmsError::NotConnected.to_string()),
+            // The submission may have arrived: not sent again.
             Err(other) => Event::new("submit_failed", self.clock.now())
                 .state(State::Failed)
                 .reason("gateway_unreachable")
                 .detail(other.to_string()),
         };
+        if event.state == Some(State::Enroute) {
+            let now = self.clock.now();
+            match sms_retry_at(now, attempt, job.expires_at) {
+                Some(next) => {
+                    event.attempt = Some(attempt);
+                    event.next_attempt_at = Some(next);
+                    let me = self.clone();
+                    let log_id = job.log_id.clone();
+                    self.clock
+                        .schedule(next, Box::new(move |_| me.send_sms(job, attempt + 1)));
+                    self.record(&log_id, event).await;
+                    return;
+                }
+                None => {
+                    event.state = Some(State::Failed);
+                    event.detail = Some(no_more_retries(attempt, SMS_TRIES));
+                }
+            }
+        }
         self.record(&job.log_id, event).await;
     }
 
@@ -166,9 +230,9 @@ impl Outbound {
         let retry = event.state == Some(State::Enroute);
         if retry {
             let next = now + EMAIL_RETRY_MS;
-            if next >= job.expires_at || attempt >= 5 {
+            if next >= job.expires_at || attempt >= EMAIL_TRIES {
                 event.state = Some(State::Failed);
-                event.detail = Some("no more retries: the code would have expired".into());
+                event.detail = Some(no_more_retries(attempt, EMAIL_TRIES));
             } else {
                 event.attempt = Some(attempt);
                 event.next_attempt_at = Some(next);
@@ -204,7 +268,7 @@ pub fn email_reason(code: u16, enhanced: &str) -> &'static str {
 impl Sender for Outbound {
     fn send(self: Arc<Self>, job: SendJob) -> BoxFuture<'static, ()> {
         match job.channel {
-            Channel::Sms => Box::pin(self.send_sms(job)),
+            Channel::Sms => self.send_sms(job, 1),
             Channel::Email => self.send_email(job, 1),
         }
     }

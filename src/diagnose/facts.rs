@@ -570,10 +570,11 @@ fn classify(msg: &Message, ev: &Event, carrier: Option<&Carrier>, case: &Case) -
             if status.as_deref() == Some("0x0000000b") {
                 Problem::UnknownNumber
             } else {
-                Problem::Gateway { done: true }
+                Problem::Gateway { done }
             }
         }
-        "submit_failed" | "send_failed" => Problem::Gateway { done: true },
+        // Not done while a retry is pending (throttled, no bind up).
+        "submit_failed" | "send_failed" => Problem::Gateway { done },
         "smtp_unreachable" => Problem::Gateway { done },
         "delivered" if ev.reason.as_deref() == Some("spam_folder") => Problem::EmailSpam,
         "delivered" => Problem::Delivered,
@@ -723,6 +724,7 @@ pub(crate) fn reason_words(lang: Lang, reason: &str) -> String {
         "call_restriction" => ("送信元番号の着信拒否", "calls from the sender's number are blocked"),
         "chaos_failure" => ("ネットワークのシステム障害", "a network system failure"),
         "throttled" => ("送信量の制限（スロットリング）", "throttled"),
+        "smsc_queue_full" => ("SMSCの送信待ちがいっぱい", "the SMSC's queue was full"),
         "smsc_refused" => ("SMSCが受け付けなかった", "the SMSC refused it"),
         "gateway_unreachable" => ("SMSゲートウェイに接続できない", "the SMS gateway could not be reached"),
         "no_smsc_configured" => ("SMSゲートウェイが未設定", "no SMS gateway is configured"),

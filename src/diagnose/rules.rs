@@ -1643,7 +1643,15 @@ fn retried_at(o: &Observation) -> Option<Millis> {
 
 /// Throttling, an unreachable gateway or relay, system failures: our side.
 pub(crate) fn gateway_error(f: &Facts) -> Option<Finding> {
-    let observed = f.observed(|p| matches!(p, Problem::Gateway { .. }));
+    let mut observed = f.observed(|p| matches!(p, Problem::Gateway { .. }));
+    // A send turned away for now whose retry got through (the SMSC or the
+    // relay took it) is not a problem the member meets.
+    observed.retain(|o| {
+        matches!(o.problem, Problem::Gateway { done: true })
+            || !o.msg.events[o.index + 1..]
+                .iter()
+                .any(|e| matches!(e.kind.as_str(), "submitted" | "smtp_accepted"))
+    });
     let o = *newest(&observed)?;
     let l = f.lang;
     let evidence: Vec<EvidenceRef> = observed.iter().map(|o| f.event_evidence(o)).collect();
@@ -1662,6 +1670,14 @@ pub(crate) fn gateway_error(f: &Facts) -> Option<Finding> {
     } else {
         f.failure_severity(o.msg.channel, &done).1
     };
+    let retry = match (o.problem, o.ev.next_attempt_at) {
+        (Problem::Gateway { done: false }, Some(t)) => l.pick(
+            format!("{} に再送します。", f.when(t)),
+            format!(" We try again at {}.", f.when(t)),
+        ),
+        _ => String::new(),
+    };
+    let note = note + &retry;
     let reason = reason_words(l, o.ev.reason.as_deref().unwrap_or("smsc_refused"));
     let codes = super::facts::protocol_codes(o.ev);
     let codes_ja = if codes.is_empty() {

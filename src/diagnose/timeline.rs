@@ -169,6 +169,15 @@ fn channel_words(lang: Lang, channel: Channel) -> String {
     }
 }
 
+/// When the next try is, in an event's summary.
+fn retry_ja(next: &Option<String>) -> String {
+    next.as_deref().map(|t| format!("、{t} に再送")).unwrap_or_default()
+}
+
+fn retry_en(next: &Option<String>) -> String {
+    next.as_deref().map(|t| format!("; retry at {t}")).unwrap_or_default()
+}
+
 fn is_failure(ev: &Event) -> bool {
     let kind_fails = matches!(
         ev.kind.as_str(),
@@ -234,12 +243,16 @@ fn event_summary(f: &Facts, msg: &Message, ev: &Event) -> String {
             format!("Submitted to the SMSC{}", paren(false)),
         ),
         "submit_refused" => l.pick(
-            format!("SMSCが送信を拒否：{reason}{}", paren(true)),
-            format!("The SMSC refused the submission: {reason}{}", paren(false)),
+            format!("SMSCが送信を拒否：{reason}{}{}", paren(true), retry_ja(&next)),
+            format!(
+                "The SMSC refused the submission: {reason}{}{}",
+                paren(false),
+                retry_en(&next)
+            ),
         ),
         "submit_failed" | "send_failed" => l.pick(
-            format!("送信できませんでした：{reason}"),
-            format!("Could not be sent: {reason}"),
+            format!("送信できませんでした：{reason}{}", retry_ja(&next)),
+            format!("Could not be sent: {reason}{}", retry_en(&next)),
         ),
         "retry_scheduled" => {
             let n = ev.attempt.map(|a| a.to_string()).unwrap_or_default();
@@ -293,15 +306,11 @@ fn event_summary(f: &Facts, msg: &Message, ev: &Event) -> String {
             format!("Refused by the mail server: {reason}{}", paren(false)),
         ),
         "smtp_deferred" | "deferred" => l.pick(
-            format!(
-                "メールサーバーが一時拒否：{reason}{}{}",
-                paren(true),
-                next.as_deref().map(|t| format!("、{t} に再送")).unwrap_or_default()
-            ),
+            format!("メールサーバーが一時拒否：{reason}{}{}", paren(true), retry_ja(&next)),
             format!(
                 "Deferred by the mail server: {reason}{}{}",
                 paren(false),
-                next.as_deref().map(|t| format!("; retry at {t}")).unwrap_or_default()
+                retry_en(&next)
             ),
         ),
         "dropped" => l.pick(

@@ -27,6 +27,8 @@ pub struct Ctx {
     pub admin_token: Option<String>,
     pub loopback: bool,
     pub metrics: Metrics,
+    /// The OTP core's SMPP client, for `/metrics` to say whether it is bound.
+    pub sms_link: Option<crate::delivery::sms::SmsClient>,
 }
 
 /// Counters for `/metrics`.
@@ -681,5 +683,13 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         m.refused_in_flight.load(Relaxed),
         m.refused_rate.load(Relaxed),
     );
+    // Without an SMS channel there is no link to report.
+    let text = match &ctx.sms_link {
+        Some(link) => format!(
+            "{text}# TYPE otpgate_smpp_client_bound gauge\notpgate_smpp_client_bound {}\n",
+            u8::from(link.is_connected())
+        ),
+        None => text,
+    };
     Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", text))
 }
