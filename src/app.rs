@@ -370,7 +370,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(c) => match SmsClient::start(c, recorder, shutdown.clone()).await {
             Ok(client) => Some(client),
             Err(e) => {
-                tracing::error!(error = %e, "the SMS channel could not start; SMS OTPs will fail");
+                tracing::error!(error = %e, "the OTP core could not bind to the SMSC (refused, or a bad system_id or password); SMS OTPs will fail");
                 None
             }
         },

@@ -599,14 +599,17 @@ async fn until_link(server: &common::Api, bound: bool) {
     panic!("the SMPP link never became {}", if bound { "bound" } else { "unbound" });
 }
 
-/// With the core on an external SMSC (a second otpgate), an OTP issued
-/// while the SMSC is restarting finds no bind: nothing went out, so the
-/// core tries again instead of failing it, and once the link is back the
-/// code arrives and verifies.
+/// With the core on an external SMSC (a second otpgate), an SMS sent while
+/// the SMSC is not up (not started yet, or restarting) finds no bind:
+/// nothing went out, so the core tries again instead of failing it, and
+/// once the link is (back) up the code arrives and verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_otp_issued_while_the_smsc_is_down_goes_out_once_the_link_is_back() {
-    let smsc = TestServer::start().await;
-    let smsc_addr = smsc.smpp;
+async fn an_otp_sent_while_the_smsc_is_down_goes_out_once_the_link_is_up() {
+    let smsc_addr = {
+        let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        spare.local_addr().unwrap()
+    };
+    // The core starts first, and does not give up on its SMSC.
     let core = TestServer::start_with(|c| {
         c.sms_out = Some(otpgate::config::SmsOut {
             addr: smsc_addr.to_string(),
@@ -623,8 +626,12 @@ async fn an_otp_issued_while_the_smsc_is_down_goes_out_once_the_link_is_back() {
         )
         .await;
     assert_eq!(s, 201, "{b}");
+    assert_eq!(sms_link_bound(&core).await, Some(false));
     let (s, b) = core.post("/v1/members/M-EXT/phone", json!({"number": DOCOMO})).await;
     assert_eq!(s, 202, "{b}");
+    let smsc = TestServer::start_with(|c| c.smpp = Some(smsc_addr)).await;
+    until_link(&core, true).await;
+    core.advance(2).await;
     let registration = smsc.code_on_handset(DOCOMO, None).await;
     let (s, b) = core
         .post("/v1/members/M-EXT/phone/verify", json!({"code": registration["code"]}))

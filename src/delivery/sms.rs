@@ -194,18 +194,27 @@ type Events = BoxStream<'static, Event>;
 
 impl SmsClient {
     /// Binds as a transceiver; reconnects (with backoff) when the connection
-    /// drops; stops on shutdown (unbind first). Fails if the first bind
-    /// fails (SMSC unreachable, credentials refused), so that a wrong
-    /// configuration shows at start.
+    /// drops; stops on shutdown (unbind first). Fails if the SMSC refuses
+    /// the first bind (credentials, a bad system_id), so that a wrong
+    /// configuration shows at start. An SMSC that cannot be reached yet
+    /// (not started, restarting) is only logged: the client keeps trying
+    /// as after a drop, and submits meanwhile get [`SmsError::NotConnected`].
     pub async fn start(
         config: SmsClientConfig,
         sink: Arc<dyn ReceiptSink>,
         shutdown: Shutdown,
     ) -> Result<SmsClient, SmsError> {
-        let (client, events) = connect_and_bind(&config).await?;
+        let first = match connect_and_bind(&config).await {
+            Ok(bound) => Some(bound),
+            Err(error @ (SmsError::Io(_) | SmsError::Timeout)) => {
+                tracing::error!(addr = %config.addr, %error, "the SMSC cannot be reached; retrying until it can");
+                None
+            }
+            Err(refused) => return Err(refused),
+        };
         let (link, _) = watch::channel(Link {
-            client: Some(client.clone()),
-            binds: 1,
+            client: first.as_ref().map(|(client, _)| client.clone()),
+            binds: u64::from(first.is_some()),
             stopped: false,
         });
         let inner = Arc::new(Inner {
@@ -214,10 +223,12 @@ impl SmsClient {
             next_reference: AtomicU8::new(rand::random()),
             part_ids: Mutex::new(PartIds::default()),
         });
-        tracing::info!(addr = %config.addr, system_id = %config.system_id, "SMPP client bound");
+        if first.is_some() {
+            tracing::info!(addr = %config.addr, system_id = %config.system_id, "SMPP client bound");
+        }
         let task = inner.clone();
         tokio::spawn(async move {
-            supervise(&task, config, sink, shutdown, client, events).await;
+            supervise(&task, config, sink, shutdown, first).await;
             task.link.send_modify(|link| {
                 link.client = None;
                 link.stopped = true;
@@ -384,16 +395,27 @@ enum End {
 }
 
 /// Keeps the link up until shutdown: serves each connection's incoming
-/// PDUs, and after a drop reconnects with a doubling pause.
+/// PDUs, and binds again, with a doubling pause, after a drop or when
+/// there was no first bind.
 async fn supervise(
     inner: &Inner,
     config: SmsClientConfig,
     sink: Arc<dyn ReceiptSink>,
     mut shutdown: Shutdown,
-    mut client: rusmppc::Client,
-    mut events: Events,
+    mut bound: Option<(rusmppc::Client, Events)>,
 ) {
     loop {
+        let (client, mut events) = match bound.take() {
+            Some(link) => link,
+            None => match bind_again(&config, &mut shutdown).await {
+                Some(link) => {
+                    inner.set_client(Some(link.0.clone()));
+                    tracing::info!(addr = %config.addr, "SMPP client bound");
+                    link
+                }
+                None => return,
+            },
+        };
         let end = serve_connection(inner, &client, &mut events, sink.as_ref(), &mut shutdown).await;
         inner.set_client(None);
         if let End::Shutdown = end {
@@ -404,24 +426,23 @@ async fn supervise(
         }
         let _ = client.close().await;
         tracing::warn!(addr = %config.addr, "SMPP link dropped; reconnecting");
-        let mut pause = RECONNECT_MIN;
-        loop {
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = tokio::time::sleep(pause) => {}
-            }
-            match connect_and_bind(&config).await {
-                Ok((new_client, new_events)) => {
-                    client = new_client;
-                    events = new_events;
-                    inner.set_client(Some(client.clone()));
-                    tracing::info!(addr = %config.addr, "SMPP client bound again");
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, retry_in = ?pause, "SMPP reconnect failed");
-                    pause = (pause * 2).min(RECONNECT_MAX);
-                }
+    }
+}
+
+/// Connects and binds until it works, pausing 0.1 s, then twice as long
+/// each time up to 30 s; `None` at shutdown.
+async fn bind_again(config: &SmsClientConfig, shutdown: &mut Shutdown) -> Option<(rusmppc::Client, Events)> {
+    let mut pause = RECONNECT_MIN;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return None,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        match connect_and_bind(config).await {
+            Ok(link) => return Some(link),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?pause, "SMPP reconnect failed");
+                pause = (pause * 2).min(RECONNECT_MAX);
             }
         }
     }
@@ -694,6 +715,30 @@ mod tests {
         within("client to stop", client.stopped()).await;
         assert!(!client.is_connected());
         again.stop().await;
+    }
+
+    #[tokio::test]
+    async fn starts_before_the_smsc_and_binds_once_it_is_up() {
+        let addr = {
+            let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            spare.local_addr().unwrap()
+        };
+        let (tx, _receipts) = mpsc::unbounded_channel();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let client = within(
+            "start",
+            SmsClient::start(config(addr), Arc::new(ChannelSink(tx)), shutdown),
+        )
+        .await
+        .expect("an SMSC that is not up yet is no reason to fail");
+        assert!(!client.is_connected());
+        assert_eq!(client.submit(code_sms("early")).await, Err(SmsError::NotConnected));
+        let smsc = TestSmsc::start_on(addr).await;
+        within("first bind", client.until_binds(1)).await;
+        assert!(within("submit", client.submit(code_sms("late"))).await.is_ok());
+        trigger.fire();
+        within("client to stop", client.stopped()).await;
+        smsc.stop().await;
     }
 
     /// Holds each receipt until the test lets it through, so that their
