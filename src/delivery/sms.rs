@@ -695,18 +695,24 @@ mod tests {
         smsc.stop().await;
     }
 
-    #[tokio::test]
-    async fn reconnects_after_the_smsc_comes_back() {
-        let smsc = TestSmsc::start().await;
-        let addr = smsc.addr;
+    /// A client to `addr` whose receipts go nowhere, with its shutdown.
+    async fn start_client(addr: std::net::SocketAddr) -> (Result<SmsClient, SmsError>, crate::shutdown::Trigger) {
         let (tx, _receipts) = mpsc::unbounded_channel();
         let (trigger, shutdown) = crate::shutdown::channel();
         let client = within(
             "start",
             SmsClient::start(config(addr), Arc::new(ChannelSink(tx)), shutdown),
         )
-        .await
-        .unwrap();
+        .await;
+        (client, trigger)
+    }
+
+    #[tokio::test]
+    async fn reconnects_after_the_smsc_comes_back() {
+        let smsc = TestSmsc::start().await;
+        let addr = smsc.addr;
+        let (client, trigger) = start_client(addr).await;
+        let client = client.unwrap();
         smsc.stop().await;
         let again = TestSmsc::start_on(addr).await;
         within("reconnect", client.until_binds(2)).await;
@@ -723,14 +729,8 @@ mod tests {
             let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             spare.local_addr().unwrap()
         };
-        let (tx, _receipts) = mpsc::unbounded_channel();
-        let (trigger, shutdown) = crate::shutdown::channel();
-        let client = within(
-            "start",
-            SmsClient::start(config(addr), Arc::new(ChannelSink(tx)), shutdown),
-        )
-        .await
-        .expect("an SMSC that is not up yet is no reason to fail");
+        let (client, trigger) = start_client(addr).await;
+        let client = client.expect("an SMSC that is not up yet is no reason to fail");
         assert!(!client.is_connected());
         assert_eq!(client.submit(code_sms("early")).await, Err(SmsError::NotConnected));
         let smsc = TestSmsc::start_on(addr).await;
