@@ -91,12 +91,13 @@ pub struct Tree {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
+        let sled_dir = dir.join("db");
         let db = sled::Config::new()
-            .path(dir.join("db"))
+            .path(&sled_dir)
             .cache_capacity(CACHE_BYTES)
             .flush_every_ms(None)
             .open()?;
-        let wal = Wal::open(&dir.join("wal"), &db).map_err(|e| StoreError::Log(e.to_string()))?;
+        let wal = Wal::open(&dir.join("wal"), &db, &sled_dir).map_err(|e| StoreError::Log(e.to_string()))?;
         Store::with(db, Some(Arc::new(wal)))
     }
 

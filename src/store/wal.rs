@@ -6,8 +6,9 @@
 //! and calls `fdatasync`: one sync acknowledges every write buffered before
 //! it (group commit). sled itself is flushed only at checkpoints, on a
 //! thread of their own: the writer moves on to the next file, the
-//! checkpoint flushes sled (which now holds everything the old files hold)
-//! and recycles them. At start-up the files left over are replayed into
+//! checkpoint flushes sled (which now holds everything the old files hold),
+//! `fsync`s sled's files ([`SledFiles`]: sled's flush alone would not
+//! survive a power cut) and recycles the old log files. At start-up the files left over are replayed into
 //! sled in order; replaying a write sled already has is harmless, because
 //! records carry whole values.
 //!
@@ -138,7 +139,7 @@ impl Guard<'_> {
 impl Wal {
     /// Replays the log files in `dir` into `db`, flushes sled, keeps them
     /// as spares, and starts a new log.
-    pub(super) fn open(dir: &Path, db: &sled::Db) -> io::Result<Wal> {
+    pub(super) fn open(dir: &Path, db: &sled::Db, sled_dir: &Path) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
         let legacy = numbered_files(dir, "wal")?;
         let files = numbered_files(dir, "log")?;
@@ -158,8 +159,9 @@ impl Wal {
             .max()
             .unwrap_or(1);
         let replayed_files = legacy.len() + files.len();
+        let mut sled_files = SledFiles::new(sled_dir);
         if replayed_files > 0 {
-            db.flush().map_err(io::Error::other)?;
+            sled_files.persist(db)?;
             for (_, path) in &legacy {
                 fs::remove_file(path)?;
             }
@@ -191,7 +193,7 @@ impl Wal {
             let (shared, dir, db) = (shared.clone(), dir.to_path_buf(), db.clone());
             std::thread::Builder::new()
                 .name("otpgate-checkpoint".into())
-                .spawn(move || checkpoint_loop(&shared, &dir, &db, &cut_rx))?
+                .spawn(move || checkpoint_loop(&shared, &dir, &db, sled_files, &cut_rx))?
         };
         Ok(Wal {
             shared,
@@ -357,15 +359,16 @@ fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sen
 }
 
 /// The checkpoint thread: once the writer has moved past a file, sled
-/// holds every write in it; flush sled and the file can be written over.
-fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, cuts: &mpsc::Receiver<u64>) {
+/// holds every write in it; once sled's files are durable, the log file
+/// can be written over.
+fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, mut sled_files: SledFiles, cuts: &mpsc::Receiver<u64>) {
     while let Ok(mut upto) = cuts.recv() {
         // Files cut while the last flush ran are covered by this one too.
         while let Ok(later) = cuts.try_recv() {
             upto = later;
         }
-        if let Err(e) = db.flush() {
-            shared.fail(&io::Error::other(e));
+        if let Err(e) = sled_files.persist(db) {
+            shared.fail(&e);
             return;
         }
         let Ok(files) = numbered_files(dir, "log") else {
@@ -374,6 +377,72 @@ fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, cuts: &mpsc::Rece
         for (n, path) in files.into_iter().filter(|(n, _)| *n <= upto) {
             shared.retire(dir, n, &path);
         }
+    }
+}
+
+/// sled's files, made durable before a log file that holds the same
+/// writes is let go. sled's `flush` writes its buffers with
+/// `sync_file_range`, which neither empties the disk's write cache nor
+/// records the file's new length, and it writes a node too large for its
+/// log (a leaf of large values: raw mail) to a file of its own under
+/// `blobs/` without syncing it at all. A crash of the process loses none
+/// of that (the kernel has it), but a power cut or a crash of the machine
+/// could lose writes already acknowledged, once their log file was
+/// written over. So each checkpoint also `fsync`s sled's file, the blobs
+/// written since the last one (blob files are named by a number that only
+/// grows and never change once written) and both directories.
+struct SledFiles {
+    dir: PathBuf,
+    /// The highest blob number synced so far.
+    blobs_synced: u64,
+}
+
+impl SledFiles {
+    fn new(dir: &Path) -> SledFiles {
+        SledFiles {
+            dir: dir.to_path_buf(),
+            blobs_synced: 0,
+        }
+    }
+
+    /// Flushes sled and syncs its files; answers the paths synced.
+    fn persist(&mut self, db: &sled::Db) -> io::Result<Vec<PathBuf>> {
+        db.flush().map_err(io::Error::other)?;
+        let mut synced = Vec::new();
+        let blobs = self.dir.join("blobs");
+        let mut newest = self.blobs_synced;
+        let mut entries = match fs::read_dir(&blobs) {
+            Ok(entries) => entries.collect::<io::Result<Vec<_>>>()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let Some(number) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            if number <= self.blobs_synced {
+                continue;
+            }
+            match File::open(entry.path()) {
+                Ok(file) => file.sync_all()?,
+                // sled collected it meanwhile: nothing refers to it any more.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            synced.push(entry.path());
+            newest = newest.max(number);
+        }
+        if newest > self.blobs_synced {
+            File::open(&blobs)?.sync_all()?;
+            synced.push(blobs);
+        }
+        for path in [self.dir.join("db"), self.dir.clone()] {
+            File::open(&path)?.sync_all()?;
+            synced.push(path);
+        }
+        self.blobs_synced = newest;
+        Ok(synced)
     }
 }
 
@@ -586,18 +655,45 @@ mod tests {
     #[test]
     fn a_log_of_the_older_format_is_replayed() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().temporary(true).open().unwrap();
+        let sled_dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(sled_dir.path()).open().unwrap();
         fs::write(
             dir.path().join("0000000000000003.wal"),
             [put(b"a", b"1"), put(b"b", b"2")].concat(),
         )
         .unwrap();
-        drop(Wal::open(dir.path(), &db).unwrap());
+        drop(Wal::open(dir.path(), &db, sled_dir.path()).unwrap());
         assert_eq!(value(&db, "b").as_deref(), Some(&b"2"[..]));
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["0000000000000004.spare"]);
+    }
+
+    #[test]
+    fn a_checkpoint_syncs_sleds_file_and_each_new_blob_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let mut files = SledFiles::new(dir.path());
+        let base = vec![dir.path().join("db"), dir.path().to_path_buf()];
+        assert_eq!(files.persist(&db).unwrap(), base);
+
+        // A value too large for sled's log goes to a blob of its own.
+        db.insert(b"raw mail", vec![b'x'; 300 * 1024]).unwrap();
+        let synced = files.persist(&db).unwrap();
+        let blobs: Vec<_> = fs::read_dir(dir.path().join("blobs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(!blobs.is_empty(), "sled wrote no blob");
+        for blob in &blobs {
+            assert!(synced.contains(blob), "{} not synced: {synced:?}", blob.display());
+        }
+        assert!(synced.contains(&dir.path().join("blobs")), "{synced:?}");
+        assert!(synced.ends_with(&base), "{synced:?}");
+
+        // Nothing new: only sled's file and directory again.
+        assert_eq!(files.persist(&db).unwrap(), base);
     }
 }
