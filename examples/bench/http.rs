@@ -16,9 +16,10 @@ use bytes::{Buf, BytesMut};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::stats::{due, Tally};
+use crate::stats::Tally;
 
 /// One connection.
 pub struct Conn {
@@ -75,13 +76,20 @@ impl Conn {
         answer
     }
 
-    async fn exchange(&mut self, req: &[u8]) -> Option<Answer> {
+    /// Opens the connection unless it is open; a failure is left to the
+    /// next call, which tries again.
+    pub async fn connect(&mut self) {
         if self.stream.is_none() {
-            let stream = TcpStream::connect(self.addr).await.ok()?;
-            let _ = stream.set_nodelay(true);
-            self.stream = Some(stream);
-            self.buf.clear();
+            if let Ok(stream) = TcpStream::connect(self.addr).await {
+                let _ = stream.set_nodelay(true);
+                self.stream = Some(stream);
+                self.buf.clear();
+            }
         }
+    }
+
+    async fn exchange(&mut self, req: &[u8]) -> Option<Answer> {
+        self.connect().await;
         let stream = self.stream.as_mut()?;
         stream.write_all(req).await.ok()?;
         // Headers.
@@ -164,11 +172,22 @@ impl Outcome {
 }
 
 pub async fn run(load: Load) -> Outcome {
-    let start = Instant::now() + Duration::from_millis(50);
-    let next = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
+    // Connected before the clock starts, as wrk does: otherwise the first
+    // request on each connection also waits for its handshake.
+    let mut conns = Vec::new();
     for _ in 0..load.connections {
-        tasks.push(tokio::spawn(worker(load.clone(), start, next.clone())));
+        let mut conn = Conn::new(load.addr);
+        conn.connect().await;
+        conns.push(conn);
+    }
+    let start = Instant::now() + Duration::from_millis(50);
+    let next = match load.rate {
+        Some(rate) => Next::Paced(Arc::new(tokio::sync::Mutex::new(pace(start, rate, load.duration)))),
+        None => Next::Counter(Arc::new(AtomicU64::new(0))),
+    };
+    let mut tasks = Vec::new();
+    for conn in conns {
+        tasks.push(tokio::spawn(worker(conn, load.clone(), start, next.clone())));
     }
     let mut tally = Tally::default();
     let mut bodies = Vec::new();
@@ -187,27 +206,60 @@ pub async fn run(load: Load) -> Outcome {
     }
 }
 
-async fn worker(load: Load, start: Instant, next: Arc<AtomicU64>) -> (Tally, Vec<(u64, Vec<u8>)>, Instant) {
-    let mut conn = Conn::new(load.addr);
+/// Where a worker takes its next request from.
+#[derive(Clone)]
+enum Next {
+    /// Closed loop: the next index, at once.
+    Counter(Arc<AtomicU64>),
+    /// Open loop: indexes released by [`pace`] when due, with their due time.
+    Paced(Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(u64, Instant)>>>),
+}
+
+/// Releases request `i` at `i / rate` from `start` until `duration` ends
+/// or nobody takes them any more. A thread that sleeps to each due time
+/// (the kernel's high-resolution timers) rather than tokio's timer, which
+/// rounds every deadline up to its next millisecond tick: with it, each
+/// request went out up to 1 ms after its due time, a lag of the client's
+/// own counted in every latency, and requests left in bursts, one per tick.
+fn pace(start: Instant, rate: f64, duration: Duration) -> mpsc::UnboundedReceiver<(u64, Instant)> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (start, end) = (start.into_std(), start.into_std() + duration);
+    std::thread::spawn(move || {
+        for index in 0.. {
+            let at = start + Duration::from_secs_f64(index as f64 / rate);
+            if at >= end {
+                break;
+            }
+            let now = std::time::Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if tx.send((index, Instant::from_std(at))).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn worker(mut conn: Conn, load: Load, start: Instant, next: Next) -> (Tally, Vec<(u64, Vec<u8>)>, Instant) {
     let mut tally = Tally::default();
     let mut bodies = Vec::new();
     let mut last = start;
     let end = start + load.duration;
     tokio::time::sleep_until(start).await;
     loop {
-        let index = next.fetch_add(1, Ordering::Relaxed);
-        let at = match load.rate {
-            Some(rate) => due(start, rate, index),
-            None => Instant::now(),
+        let (index, at) = match &next {
+            Next::Counter(counter) => (counter.fetch_add(1, Ordering::Relaxed), Instant::now()),
+            Next::Paced(due) => match due.lock().await.recv().await {
+                Some(next) => next,
+                None => break,
+            },
         };
         if at >= end {
             break;
         }
         let Some(req) = (load.requests)(index) else { break };
-        // A timer costs up to a millisecond of tick even when already due.
-        if at > Instant::now() {
-            tokio::time::sleep_until(at).await;
-        }
         let sent = Instant::now();
         let answer = conn.call(&req, load.timeout).await;
         let now = Instant::now();
