@@ -100,6 +100,10 @@ struct State {
     /// The sequence number of the last write buffered.
     appended: u64,
     closing: bool,
+    /// The writer is waiting for work: only then does a write wake it (a
+    /// condvar's notify is a system call even when nobody waits, and under
+    /// load the writer is busy writing and syncing).
+    writer_idle: bool,
     /// Once a write or sync failed, nothing more is acknowledged: the file
     /// may hold a hole, so later writes could not be replayed in order.
     failed: Option<String>,
@@ -132,7 +136,12 @@ impl Guard<'_> {
         buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         buffer.extend_from_slice(&payload);
         self.state.appended += 1;
-        self.wake.notify_one();
+        let idle = self.state.writer_idle;
+        // Woken after the lock is let go, so it does not wake into it.
+        drop(self.state);
+        if idle {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -324,8 +333,10 @@ fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sen
         let (bytes, upto) = {
             let mut state = shared.lock();
             while state.buffer.is_empty() && !state.closing {
+                state.writer_idle = true;
                 state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
             }
+            state.writer_idle = false;
             if state.failed.is_some() {
                 return;
             }
