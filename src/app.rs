@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rand::rngs::OsRng;
 use rand::RngCore;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 
 use crate::carrier::{CarrierSet, SenderProfile};
@@ -159,8 +159,25 @@ impl Running {
     }
 }
 
+/// New connections the kernel holds for an accept loop: as many as it
+/// allows (`net.core.somaxconn` caps it; tokio's `bind` asks for 1,024).
+/// Past a full queue the kernel drops a client's SYN, and the client tries
+/// again only a second later, then three: under a burst of connections a
+/// refusal the server would have answered at once became a timeout.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| StartError::Listen(addr, e))?;
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    let listener = listen().map_err(|e| StartError::Listen(addr, e))?;
     let local = listener.local_addr().map_err(|e| StartError::Listen(addr, e))?;
     Ok((listener, local))
 }
@@ -467,4 +484,34 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tasks,
         store,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_queue_past_tokios_default_backlog() {
+        let (_listener, addr) = listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        // Nobody accepts: the kernel completes and queues each handshake
+        // until the queue is full, then drops the SYNs (tokio's `bind`
+        // queues 1,024).
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        if somaxconn <= 1024 {
+            eprintln!("net.core.somaxconn is {somaxconn}: no queue longer than tokio's to test");
+            return;
+        }
+        let mut queued = Vec::new();
+        for i in 0..somaxconn.min(1500) {
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(std::time::Duration::from_secs(2), connect).await {
+                Ok(Ok(stream)) => queued.push(stream),
+                Ok(Err(e)) => panic!("connection {i}: {e}"),
+                Err(_) => panic!("connection {i} was not queued: its SYN was dropped"),
+            }
+        }
+    }
 }
