@@ -491,6 +491,31 @@ async fn logged(server: &common::Api, otp: &serde_json::Value) -> serde_json::Va
     log["items"][0].clone()
 }
 
+/// A logged message's newest event.
+fn last_event(message: &serde_json::Value) -> serde_json::Value {
+    message["events"].as_array().unwrap().last().unwrap().clone()
+}
+
+/// Issues a login OTP whose SMS the core could not hand over yet: its
+/// message waits `enroute`, its newest event `kind` for `reason`.
+async fn issue_held_back(
+    server: &common::Api,
+    member: &str,
+    kind: &str,
+    reason: &str,
+) -> (serde_json::Value, serde_json::Value, serde_json::Value) {
+    let otp = issue(server, member, "login").await;
+    let message = logged(server, &otp).await;
+    assert_eq!(message["state"], "enroute", "{message:#}");
+    let event = last_event(&message);
+    assert_eq!(
+        (event["kind"].as_str(), event["reason"].as_str()),
+        (Some(kind), Some(reason)),
+        "{message:#}"
+    );
+    (otp, message, event)
+}
+
 /// Verifies the code a handset got (`/otp` of the handset), insisting on 200.
 async fn verify_ok(server: &common::Api, otp: &serde_json::Value, got: &serde_json::Value) {
     let path = format!("/v1/otps/{}/verify", otp["id"].as_str().unwrap());
@@ -532,12 +557,7 @@ async fn a_throttled_submit_is_tried_again_and_the_code_arrives() {
     let (s, b) = server.put("/v1/sim/chaos", chaos).await;
     assert_eq!(s, 200, "{b}");
 
-    let otp = issue(&server, "M-DOCOMO", "login").await;
-    let message = logged(&server, &otp).await;
-    assert_eq!(message["state"], "enroute", "{message:#}");
-    let refused = message["events"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(refused["kind"], "submit_refused", "{message:#}");
-    assert_eq!(refused["reason"], "throttled");
+    let (otp, message, refused) = issue_held_back(&server, "M-DOCOMO", "submit_refused", "throttled").await;
     assert_eq!(refused["command_status"], "0x00000058");
     assert_eq!(refused["attempt"], 1);
     assert_eq!(after_ms(&refused), 2_000, "{message:#}");
@@ -549,7 +569,7 @@ async fn a_throttled_submit_is_tried_again_and_the_code_arrives() {
     // Still throttled at the second try: the next wait is twice as long.
     server.advance(2).await;
     let message = logged(&server, &otp).await;
-    let second = message["events"].as_array().unwrap().last().unwrap().clone();
+    let second = last_event(&message);
     assert_eq!(
         (second["attempt"].clone(), second["reason"].clone()),
         (json!(2), json!("throttled"))
@@ -646,12 +666,7 @@ async fn an_otp_sent_while_the_smsc_is_down_goes_out_once_the_link_is_up() {
 
     smsc.stop().await;
     until_link(&core, false).await;
-    let otp = issue(&core, "M-EXT", "login").await;
-    let message = logged(&core, &otp).await;
-    assert_eq!(message["state"], "enroute", "{message:#}");
-    let failed = message["events"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(failed["kind"], "submit_failed", "{message:#}");
-    assert_eq!(failed["reason"], "gateway_unreachable");
+    let (otp, message, failed) = issue_held_back(&core, "M-EXT", "submit_failed", "gateway_unreachable").await;
     assert_eq!(after_ms(&failed), 2_000, "{message:#}");
 
     // The SMSC comes back on the same address; the client binds again.
