@@ -35,6 +35,7 @@
 //! put, the value likewise. Files of the older format (`N.wal`: records
 //! without frames, appended) are replayed at start-up too.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -400,51 +401,48 @@ fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, mut sled_files: S
 /// of that (the kernel has it), but a power cut or a crash of the machine
 /// could lose writes already acknowledged, once their log file was
 /// written over. So each checkpoint also `fsync`s sled's file, the blobs
-/// written since the last one (blob files are named by a number that only
-/// grows and never change once written) and both directories.
+/// not synced before (a blob never changes once written) and both
+/// directories.
+///
+/// sled writes a blob inside the insert that needs it, so every blob of
+/// the writes a checkpoint covers is there before the checkpoint starts;
+/// the blobs are listed before the flush, which waits for any of them
+/// still being written. A blob that a write made while the checkpoint ran
+/// is left to the next one, although sled's file, synced last, may
+/// already point to it: sled's own order (blob first, then the pointer
+/// in its log) is kept on disk only for what the checkpoint covers.
 struct SledFiles {
     dir: PathBuf,
-    /// The highest blob number synced so far.
-    blobs_synced: u64,
+    /// The blobs synced so far, by number (sled names them by log
+    /// sequence number).
+    blobs_synced: BTreeSet<u64>,
 }
 
 impl SledFiles {
     fn new(dir: &Path) -> SledFiles {
         SledFiles {
             dir: dir.to_path_buf(),
-            blobs_synced: 0,
+            blobs_synced: BTreeSet::new(),
         }
     }
 
     /// Flushes sled and syncs its files; answers the paths synced.
     fn persist(&mut self, db: &sled::Db) -> io::Result<Vec<PathBuf>> {
+        let blobs = self.dir.join("blobs");
+        let listed = blob_numbers(&blobs)?;
         db.flush().map_err(io::Error::other)?;
         let mut synced = Vec::new();
-        let blobs = self.dir.join("blobs");
-        let mut newest = self.blobs_synced;
-        let mut entries = match fs::read_dir(&blobs) {
-            Ok(entries) => entries.collect::<io::Result<Vec<_>>>()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        entries.sort_by_key(|e| e.file_name());
-        for entry in entries {
-            let Some(number) = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
-                continue;
-            };
-            if number <= self.blobs_synced {
-                continue;
-            }
-            match File::open(entry.path()) {
+        for &number in listed.difference(&self.blobs_synced) {
+            let path = blobs.join(number.to_string());
+            match File::open(&path) {
                 Ok(file) => file.sync_all()?,
                 // sled collected it meanwhile: nothing refers to it any more.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             }
-            synced.push(entry.path());
-            newest = newest.max(number);
+            synced.push(path);
         }
-        if newest > self.blobs_synced {
+        if !synced.is_empty() {
             File::open(&blobs)?.sync_all()?;
             synced.push(blobs);
         }
@@ -452,9 +450,27 @@ impl SledFiles {
             File::open(&path)?.sync_all()?;
             synced.push(path);
         }
-        self.blobs_synced = newest;
+        // Blobs sled removed are never listed again: their names only grow.
+        self.blobs_synced = listed;
         Ok(synced)
     }
+}
+
+/// The numbers of the blob files in `dir` (none when sled made no blob
+/// directory).
+fn blob_numbers(dir: &Path) -> io::Result<BTreeSet<u64>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(e),
+    };
+    let mut numbers = BTreeSet::new();
+    for entry in entries {
+        if let Some(number) = entry?.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+            numbers.insert(number);
+        }
+    }
+    Ok(numbers)
 }
 
 /// `dir/NUMBER.extension`, as [`numbered_files`] reads it.
@@ -706,5 +722,12 @@ mod tests {
 
         // Nothing new: only sled's file and directory again.
         assert_eq!(files.persist(&db).unwrap(), base);
+
+        // A blob numbered below those synced (writers that reserved sled's
+        // log in one order and wrote their blobs in the other) is synced.
+        let late = dir.path().join("blobs").join("1");
+        fs::write(&late, b"late").unwrap();
+        let synced = files.persist(&db).unwrap();
+        assert_eq!(synced[..2], [late, dir.path().join("blobs")], "{synced:?}");
     }
 }
