@@ -166,8 +166,8 @@ impl Running {
 /// refusal the server would have answered at once became a timeout.
 const LISTEN_BACKLOG: u32 = 4096;
 
-async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
-    let listen = || -> std::io::Result<TcpListener> {
+fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listen = |addr: SocketAddr| -> std::io::Result<(TcpListener, SocketAddr)> {
         let socket = if addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
@@ -175,11 +175,11 @@ async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartErro
         };
         socket.set_reuseaddr(true)?;
         socket.bind(addr)?;
-        socket.listen(LISTEN_BACKLOG)
+        let listener = socket.listen(LISTEN_BACKLOG)?;
+        let local = listener.local_addr()?;
+        Ok((listener, local))
     };
-    let listener = listen().map_err(|e| StartError::Listen(addr, e))?;
-    let local = listener.local_addr().map_err(|e| StartError::Listen(addr, e))?;
-    Ok((listener, local))
+    listen(addr).map_err(|e| StartError::Listen(addr, e))
 }
 
 pub async fn start(config: Config) -> Result<Running, StartError> {
@@ -296,7 +296,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     let smpp_addr = match config.smpp {
         Some(addr) => {
-            let (listener, local) = listen(addr).await?;
+            let (listener, local) = listen(addr)?;
             let smsc_config = SmscConfig {
                 accounts,
                 max_connections: 1024,
@@ -322,7 +322,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     mail.set_observer(mail_link.observer());
     let smtp_addr = match config.smtp {
         Some(addr) => {
-            let (listener, local) = listen(addr).await?;
+            let (listener, local) = listen(addr)?;
             let smtp_tls = match &config.smtp_tls {
                 Some(files) => Some(
                     crate::smtp::TlsIdentity::load(&files.cert, &files.key)
@@ -438,7 +438,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     }
 
-    let (http_listener, http_addr) = listen(config.http).await?;
+    let (http_listener, http_addr) = listen(config.http)?;
     let desk = crate::desk::Desk {
         service: service.clone(),
         log: log.clone(),
@@ -492,7 +492,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_burst_of_connections_waits_in_the_queue_past_tokios_default_backlog() {
-        let (_listener, addr) = listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let (_listener, addr) = listen("127.0.0.1:0".parse().unwrap()).unwrap();
         // Nobody accepts: the kernel completes and queues each handshake
         // until the queue is full, then drops the SYNs (tokio's `bind`
         // queues 1,024).

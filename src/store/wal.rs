@@ -8,9 +8,9 @@
 //! thread of their own: the writer moves on to the next file, the
 //! checkpoint flushes sled (which now holds everything the old files hold),
 //! `fsync`s sled's files ([`SledFiles`]: sled's flush alone would not
-//! survive a power cut) and recycles the old log files. At start-up the files left over are replayed into
-//! sled in order; replaying a write sled already has is harmless, because
-//! records carry whole values.
+//! survive a power cut) and recycles the old log files. At start-up the
+//! files left over are replayed into sled in order; replaying a write sled
+//! already has is harmless, because records carry whole values.
 //!
 //! Files are written over, not grown: a checkpointed file is kept as a
 //! spare (`N.spare`, at most [`SPARES`]) and becomes the next log file by a
