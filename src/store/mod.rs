@@ -3,22 +3,29 @@
 //! Everything otpgate keeps is a JSON value in a named tree. Writers call
 //! [`Store::flush`] before they acknowledge anything, so an acknowledged
 //! state survives a crash. Durability comes from the store's own
-//! write-ahead log ([`wal`]): each write goes to sled and to the log under
-//! one lock, a writer thread syncs the log with `fdatasync` for every
-//! caller waiting at once (group commit), and sled is flushed only at
-//! checkpoints. sled's own flush was the benchmarks' bottleneck (a round
-//! trip through its I/O thread pool per commit) and its `flush_async`
-//! deadlocks when many callers flush at once (sled issue #1308).
+//! write-ahead log ([`wal`]): each write goes to the log's buffer and to an
+//! in-memory layer ([`layers`]) under one lock, a writer thread syncs the
+//! log with `fdatasync` for every caller waiting at once (group commit),
+//! and the layers are drained into sled every 50 ms by one thread, off the
+//! requests' path, a key written several times reaching sled once. sled is
+//! flushed only at checkpoints. sled's own flush was the benchmarks'
+//! bottleneck (a round trip through its I/O thread pool per commit), its
+//! `flush_async` deadlocks when many callers flush at once (sled issue
+//! #1308), and its inserts, each copying a node, were a third of the
+//! server's time.
 
+mod layers;
 pub mod retention;
 mod wal;
 
+use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use layers::Layers;
 use wal::{Op, Wal};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,41 +59,64 @@ struct Ids {
     ceiling: u64,
 }
 
-/// The database handle; cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    ids: Arc<std::sync::Mutex<Ids>>,
+/// What every handle of one store shares.
+struct Core {
     /// `None` for a temporary store, which keeps nothing anyway. Declared
     /// before `db`: the log's threads finish before sled closes.
     wal: Option<Arc<Wal>>,
+    /// Writes not yet in sled (see [`layers`]); a temporary store keeps
+    /// everything here.
+    layers: Arc<Layers>,
+    /// A temporary store's write lock (a stored one uses the log's).
+    temporary: Mutex<()>,
     db: sled::Db,
 }
 
-/// Runs one write against sled under the log's lock and records it when
-/// `apply` says it happened; without a log (a temporary store) just runs it.
-/// sled keys as the strings otpgate wrote them.
-fn key_strings(keys: impl Iterator<Item = sled::Result<sled::IVec>>) -> Result<Vec<String>> {
-    keys.map(|key| Ok(String::from_utf8_lossy(&key?).into_owned()))
-        .collect()
+impl Core {
+    /// Applies `ops` under the write lock when `check` (given a reader of
+    /// the state under that lock) allows, and logs them; says whether it
+    /// did.
+    fn write(&self, ops: &[Op<'_>], check: impl FnOnce(&Self) -> Result<bool>) -> Result<bool> {
+        let Some(wal) = &self.wal else {
+            let _lock = self.temporary.lock().unwrap_or_else(|e| e.into_inner());
+            if !check(self)? {
+                return Ok(false);
+            }
+            self.layers.write(ops);
+            return Ok(true);
+        };
+        self.layers.wait_for_room();
+        let guard = wal.lock().map_err(StoreError::Log)?;
+        if !check(self)? {
+            return Ok(false);
+        }
+        self.layers.write(ops);
+        guard.record(ops);
+        Ok(true)
+    }
+
+    fn get(&self, tree: &Tree, key: &[u8]) -> Result<Option<sled::IVec>> {
+        Ok(self.layers.get(&tree.name, key, &tree.tree)?)
+    }
 }
 
-fn logged<R>(wal: &Option<Arc<Wal>>, ops: &[Op<'_>], apply: impl FnOnce() -> Result<(R, bool)>) -> Result<R> {
-    let Some(wal) = wal else {
-        return apply().map(|(r, _)| r);
-    };
-    let guard = wal.lock().map_err(StoreError::Log)?;
-    let (result, happened) = apply()?;
-    if happened {
-        guard.record(ops);
-    }
-    Ok(result)
+fn always(_: &Core) -> Result<bool> {
+    Ok(true)
+}
+
+/// The database handle; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    ids: Arc<Mutex<Ids>>,
+    core: Arc<Core>,
 }
 
 /// One named tree of JSON values.
 #[derive(Clone)]
 pub struct Tree {
+    name: sled::IVec,
     tree: sled::Tree,
-    wal: Option<Arc<Wal>>,
+    core: Arc<Core>,
 }
 
 impl Store {
@@ -97,17 +127,19 @@ impl Store {
             .cache_capacity(CACHE_BYTES)
             .flush_every_ms(None)
             .open()?;
-        let wal = Wal::open(&dir.join("wal"), &db, &sled_dir).map_err(|e| StoreError::Log(e.to_string()))?;
-        Store::with(db, Some(Arc::new(wal)))
+        let layers = Arc::new(Layers::new());
+        let wal =
+            Wal::open(&dir.join("wal"), &db, &sled_dir, layers.clone()).map_err(|e| StoreError::Log(e.to_string()))?;
+        Store::with(db, Some(Arc::new(wal)), layers)
     }
 
     /// A throwaway in-memory store for unit tests.
     pub fn temporary() -> Result<Store> {
         let db = sled::Config::new().temporary(true).open()?;
-        Store::with(db, None)
+        Store::with(db, None, Arc::new(Layers::new()))
     }
 
-    fn with(db: sled::Db, wal: Option<Arc<Wal>>) -> Result<Store> {
+    fn with(db: sled::Db, wal: Option<Arc<Wal>>, layers: Arc<Layers>) -> Result<Store> {
         let stored: Option<u64> = match db.open_tree(META_TREE)?.get(ID_CEILING_KEY)? {
             Some(bytes) => Some(serde_json::from_slice(&bytes)?),
             None => None,
@@ -118,19 +150,24 @@ impl Store {
             None => db.generate_id()?,
         };
         Ok(Store {
-            ids: Arc::new(std::sync::Mutex::new(Ids {
+            ids: Arc::new(Mutex::new(Ids {
                 next: start,
                 ceiling: start,
             })),
-            wal,
-            db,
+            core: Arc::new(Core {
+                wal,
+                layers,
+                temporary: Mutex::new(()),
+                db,
+            }),
         })
     }
 
     pub fn tree(&self, name: &str) -> Result<Tree> {
         Ok(Tree {
-            tree: self.db.open_tree(name)?,
-            wal: self.wal.clone(),
+            name: name.as_bytes().into(),
+            tree: self.core.db.open_tree(name)?,
+            core: self.core.clone(),
         })
     }
 
@@ -156,7 +193,7 @@ impl Store {
     /// Makes every write so far durable. Concurrent callers share one
     /// sync of the log.
     pub async fn flush(&self) -> Result<()> {
-        match &self.wal {
+        match &self.core.wal {
             Some(wal) => wal.flush().await.map_err(StoreError::Log),
             None => Ok(()),
         }
@@ -167,7 +204,7 @@ impl Store {
         Batch { ops: Vec::new() }
     }
 
-    /// Every write of the batch is applied under the log's lock, which
+    /// Every write of the batch is applied under the write lock, which
     /// every writer takes, and logged as one record, which replays all or
     /// nothing: no other write comes between them, and a crash keeps all of
     /// them or none. Readers may see some before the rest. (A sled
@@ -176,29 +213,15 @@ impl Store {
         if batch.ops.is_empty() {
             return Ok(());
         }
-        let names: Vec<sled::IVec> = batch.ops.iter().map(|(tree, _, _)| tree.name()).collect();
         let ops: Vec<Op<'_>> = batch
             .ops
             .iter()
-            .zip(&names)
-            .map(|((_, key, value), tree)| match value {
+            .map(|(tree, key, value)| match value {
                 Some(value) => Op::Put { tree, key, value },
                 None => Op::Remove { tree, key },
             })
             .collect();
-        logged(&self.wal, &ops, || {
-            for (tree, key, value) in &batch.ops {
-                match value {
-                    Some(v) => {
-                        tree.insert(key.as_slice(), v.as_slice())?;
-                    }
-                    None => {
-                        tree.remove(key.as_slice())?;
-                    }
-                }
-            }
-            Ok(((), true))
-        })
+        self.core.write(&ops, always).map(drop)
     }
 }
 
@@ -215,15 +238,16 @@ fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
-/// Writes gathered for [`Store::apply`].
+/// Writes gathered for [`Store::apply`]: tree name, key, value (`None`
+/// removes).
 pub struct Batch {
-    ops: Vec<(sled::Tree, Vec<u8>, Option<Vec<u8>>)>,
+    ops: Vec<(sled::IVec, Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Batch {
     pub fn put<T: Serialize>(&mut self, tree: &Tree, key: &str, value: &T) -> Result<()> {
         self.ops.push((
-            tree.tree.clone(),
+            tree.name.clone(),
             key.as_bytes().to_vec(),
             Some(serde_json::to_vec(value)?),
         ));
@@ -231,44 +255,48 @@ impl Batch {
     }
 
     pub fn remove(&mut self, tree: &Tree, key: &str) {
-        self.ops.push((tree.tree.clone(), key.as_bytes().to_vec(), None));
+        self.ops.push((tree.name.clone(), key.as_bytes().to_vec(), None));
     }
+}
+
+/// Range reads' keys as the strings otpgate wrote them.
+fn key_string(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<String> {
+    Ok(String::from_utf8_lossy(&item?.0).into_owned())
+}
+
+fn entry<T: DeserializeOwned>(item: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(String, T)> {
+    let (k, v) = item?;
+    Ok((String::from_utf8_lossy(&k).into_owned(), serde_json::from_slice(&v)?))
 }
 
 impl Tree {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        match self.tree.get(key.as_bytes())? {
+        match self.core.get(self, key.as_bytes())? {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes)?)),
             None => Ok(None),
         }
     }
 
     pub fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
-        let (tree, key, value) = (&self.tree.name(), key.as_bytes(), serde_json::to_vec(value)?);
-        logged(
-            &self.wal,
-            &[Op::Put {
-                tree,
-                key,
-                value: &value,
-            }],
-            || {
-                self.tree.insert(key, value.as_slice())?;
-                Ok(((), true))
-            },
-        )
+        let value = serde_json::to_vec(value)?;
+        let op = Op::Put {
+            tree: &self.name,
+            key: key.as_bytes(),
+            value: &value,
+        };
+        self.core.write(&[op], always).map(drop)
     }
 
     pub fn remove(&self, key: &str) -> Result<()> {
-        let (tree, key) = (&self.tree.name(), key.as_bytes());
-        logged(&self.wal, &[Op::Remove { tree, key }], || {
-            self.tree.remove(key)?;
-            Ok(((), true))
-        })
+        let op = Op::Remove {
+            tree: &self.name,
+            key: key.as_bytes(),
+        };
+        self.core.write(&[op], always).map(drop)
     }
 
     pub fn contains(&self, key: &str) -> Result<bool> {
-        Ok(self.tree.contains_key(key.as_bytes())?)
+        Ok(self.core.get(self, key.as_bytes())?.is_some())
     }
 
     /// Replaces the value at `key` only if it still equals `expected`
@@ -278,79 +306,71 @@ impl Tree {
             Some(v) => Some(serde_json::to_vec(v)?),
             None => None,
         };
-        let (tree, key, new) = (&self.tree.name(), key.as_bytes(), serde_json::to_vec(new)?);
-        let swapped = logged(&self.wal, &[Op::Put { tree, key, value: &new }], || {
-            let swapped = self.tree.compare_and_swap(key, old, Some(new.as_slice()))?.is_ok();
-            Ok((swapped, swapped))
-        })?;
-        if swapped {
+        let new = serde_json::to_vec(new)?;
+        let op = Op::Put {
+            tree: &self.name,
+            key: key.as_bytes(),
+            value: &new,
+        };
+        let unchanged = |core: &Core| Ok(core.get(self, key.as_bytes())?.as_deref() == old.as_deref());
+        if self.core.write(&[op], unchanged)? {
             Ok(())
         } else {
             Err(StoreError::Conflict)
         }
     }
 
+    /// Entries between the bounds, in key order or (`rev`) the reverse.
+    fn range(&self, lower: Bound<Vec<u8>>, upper: Bound<Vec<u8>>, rev: bool) -> layers::Merge {
+        self.core.layers.range(&self.name, &self.tree, lower, upper, rev)
+    }
+
+    /// Entries whose key starts with `prefix`, in key order.
+    fn prefixed(&self, prefix: &str) -> layers::Merge {
+        let upper = prefix_successor(prefix.as_bytes()).map_or(Bound::Unbounded, Bound::Excluded);
+        self.range(Bound::Included(prefix.as_bytes().to_vec()), upper, false)
+    }
+
     /// Every value whose key starts with `prefix`, in key order.
     pub fn scan_prefix<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(prefix.as_bytes()) {
-            let (k, v) = item?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), serde_json::from_slice(&v)?));
-        }
-        Ok(out)
+        self.prefixed(prefix).map(entry).collect()
     }
 
     /// Every key starting with `prefix`, in key order (values not read).
     pub fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
-        key_strings(self.tree.scan_prefix(prefix.as_bytes()).keys())
+        self.prefixed(prefix).map(key_string).collect()
     }
 
     /// Keys starting with `prefix`, greatest first, below `before` (a
     /// whole key) when given; read as the caller goes, so a page costs
     /// what it reads, not the size of the tree.
     pub fn keys_rev(&self, prefix: &str, before: Option<&str>) -> impl Iterator<Item = Result<String>> {
-        use std::ops::Bound;
-        let start = prefix.as_bytes().to_vec();
         let past_prefix = prefix_successor(prefix.as_bytes());
         let end = match (before.map(|b| b.as_bytes().to_vec()), past_prefix) {
             (Some(b), Some(p)) => Some(b.min(p)),
             (b, p) => b.or(p),
         };
-        let empty = end.as_ref().is_some_and(|e| *e <= start);
-        let range = match end {
-            _ if empty => None,
-            Some(e) => Some(self.tree.range((Bound::Included(start), Bound::Excluded(e)))),
-            None => Some(self.tree.range((Bound::Included(start), Bound::Unbounded))),
-        };
-        range
-            .into_iter()
-            .flat_map(|r| r.rev())
-            .map(|item| Ok(String::from_utf8_lossy(&item?.0).into_owned()))
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        self.range(Bound::Included(prefix.as_bytes().to_vec()), upper, true)
+            .map(key_string)
     }
 
     /// Values in reverse key order, starting below `before` when given.
     pub fn iter_rev<T: DeserializeOwned>(&self, before: Option<&str>, limit: usize) -> Result<Vec<(String, T)>> {
-        let mut out = Vec::new();
-        let iter = match before {
-            Some(b) => self.tree.range(..b.as_bytes().to_vec()),
-            None => self.tree.range::<Vec<u8>, _>(..),
-        };
-        for item in iter.rev() {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item?;
-            out.push((String::from_utf8_lossy(&k).into_owned(), serde_json::from_slice(&v)?));
-        }
-        Ok(out)
+        let upper = before.map_or(Bound::Unbounded, |b| Bound::Excluded(b.as_bytes().to_vec()));
+        self.range(Bound::Unbounded, upper, true)
+            .take(limit)
+            .map(entry)
+            .collect()
     }
 
+    /// How many entries the tree holds (it reads every key).
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.range(Bound::Unbounded, Bound::Unbounded, false).count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.range(Bound::Unbounded, Bound::Unbounded, false).next().is_none()
     }
 
     /// The first key in key order, for retention (oldest first).
@@ -360,26 +380,22 @@ impl Tree {
 
     /// The first `limit` keys in key order (values not read).
     pub fn first_keys(&self, limit: usize) -> Result<Vec<String>> {
-        key_strings(self.tree.iter().keys().take(limit))
+        self.range(Bound::Unbounded, Bound::Unbounded, false)
+            .take(limit)
+            .map(key_string)
+            .collect()
     }
 
     /// Up to `limit` keys after `after`, in order.
     pub fn keys_after(&self, after: &str, limit: usize) -> Result<Vec<String>> {
-        let range = (std::ops::Bound::Excluded(after.as_bytes()), std::ops::Bound::Unbounded);
-        key_strings(self.tree.range::<&[u8], _>(range).keys().take(limit))
+        self.range(Bound::Excluded(after.as_bytes().to_vec()), Bound::Unbounded, false)
+            .take(limit)
+            .map(key_string)
+            .collect()
     }
 
     pub fn clear(&self) -> Result<()> {
-        logged(
-            &self.wal,
-            &[Op::Clear {
-                tree: &self.tree.name(),
-            }],
-            || {
-                self.tree.clear()?;
-                Ok(((), true))
-            },
-        )
+        self.core.write(&[Op::Clear { tree: &self.name }], always).map(drop)
     }
 }
 
@@ -520,6 +536,154 @@ mod tests {
         let next = rebuilt.next_id().unwrap();
         assert!(used.iter().all(|&u| u < next), "{next} was handed out before: {used:?}");
         assert_eq!(rebuilt.tree("t").unwrap().len(), 3);
+    }
+
+    /// Moves the active layer into sled as the checkpoint thread does
+    /// (a temporary store's write lock stands in for the log's).
+    fn drain(store: &Store) {
+        let lock = store.core.temporary.lock().unwrap();
+        store.core.layers.freeze();
+        drop(lock);
+        store.core.layers.drain(&store.core.db).unwrap();
+    }
+
+    /// Every read agrees with a plain ordered map, whatever mix of writes
+    /// sits in the active layer, the frozen one and sled: random writes,
+    /// removals, clears and swaps, with freezes and drains between them.
+    #[test]
+    fn reads_through_the_layers_agree_with_a_plain_map() {
+        use rand::{Rng, SeedableRng};
+        use std::collections::BTreeMap;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let store = Store::temporary().unwrap();
+        let trees = [store.tree("t").unwrap(), store.tree("u").unwrap()];
+        let mut model: [BTreeMap<String, u32>; 2] = Default::default();
+        let key = |rng: &mut rand_chacha::ChaCha8Rng| -> String {
+            let len = rng.gen_range(0..4);
+            (0..len)
+                .map(|_| ['a', 'b', 'c', '\u{ff}'][rng.gen_range(0..4)])
+                .collect()
+        };
+        for step in 0..20_000u32 {
+            let t = rng.gen_range(0..2);
+            let (tree, map) = (&trees[t], &mut model[t]);
+            match rng.gen_range(0..100) {
+                0..=49 => {
+                    let k = key(&mut rng);
+                    tree.put(&k, &step).unwrap();
+                    map.insert(k, step);
+                }
+                50..=74 => {
+                    let k = key(&mut rng);
+                    tree.remove(&k).unwrap();
+                    map.remove(&k);
+                }
+                75..=84 => {
+                    let k = key(&mut rng);
+                    let expected = if rng.gen_bool(0.5) {
+                        map.get(&k).copied()
+                    } else {
+                        Some(step)
+                    };
+                    let swapped = tree.compare_and_swap(&k, expected.as_ref(), &step).is_ok();
+                    assert_eq!(swapped, expected == map.get(&k).copied(), "step {step}");
+                    if swapped {
+                        map.insert(k, step);
+                    }
+                }
+                85 => {
+                    tree.clear().unwrap();
+                    map.clear();
+                }
+                86..=92 => drain(&store),
+                _ => {
+                    let lock = store.core.temporary.lock().unwrap();
+                    store.core.layers.freeze();
+                    drop(lock);
+                }
+            }
+            let (k, prefix, limit) = (key(&mut rng), key(&mut rng), rng.gen_range(0..6));
+            assert_eq!(
+                tree.get::<u32>(&k).unwrap(),
+                map.get(&k).copied(),
+                "get {k:?}, step {step}"
+            );
+            assert_eq!(tree.contains(&k).unwrap(), map.contains_key(&k));
+            let prefixed: Vec<(String, u32)> = map
+                .iter()
+                .filter(|(m, _)| m.starts_with(&prefix))
+                .map(|(m, v)| (m.clone(), *v))
+                .collect();
+            assert_eq!(tree.scan_prefix::<u32>(&prefix).unwrap(), prefixed, "step {step}");
+            let rev: Vec<String> = prefixed
+                .iter()
+                .rev()
+                .map(|(m, _)| m.clone())
+                .filter(|m| *m < k)
+                .collect();
+            let got: Vec<String> = tree.keys_rev(&prefix, Some(&k)).collect::<Result<_>>().unwrap();
+            assert_eq!(got, rev, "keys_rev({prefix:?}, {k:?}), step {step}");
+            let below: Vec<(String, u32)> = map
+                .range(..k.clone())
+                .rev()
+                .take(limit)
+                .map(|(m, v)| (m.clone(), *v))
+                .collect();
+            assert_eq!(tree.iter_rev::<u32>(Some(&k), limit).unwrap(), below, "step {step}");
+            let first: Vec<String> = map.keys().take(limit).cloned().collect();
+            assert_eq!(tree.first_keys(limit).unwrap(), first, "step {step}");
+            let after: Vec<String> = map
+                .range::<String, _>((Bound::Excluded(&k), Bound::Unbounded))
+                .take(limit)
+                .map(|(m, _)| m.clone())
+                .collect();
+            assert_eq!(tree.keys_after(&k, limit).unwrap(), after, "step {step}");
+            assert_eq!(tree.len(), map.len(), "step {step}");
+        }
+    }
+
+    /// A writer reads back what it wrote while another thread freezes and
+    /// drains the layers as fast as it can: no value is ever hidden in the
+    /// move from one layer to the next or into sled.
+    #[test]
+    fn a_write_stays_visible_while_the_layers_move_under_it() {
+        let store = Store::temporary().unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drainer = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut drains = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    drain(&store);
+                    drains += 1;
+                }
+                drains
+            })
+        };
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let tree = store.tree("t").unwrap();
+                std::thread::spawn(move || {
+                    for j in 0..3_000u32 {
+                        let key = format!("{w}:{}", j % 7);
+                        tree.put(&key, &j).unwrap();
+                        assert_eq!(tree.get::<u32>(&key).unwrap(), Some(j));
+                        let seen: Vec<(String, u32)> = tree.scan_prefix(&key).unwrap();
+                        assert_eq!(seen, [(key.clone(), j)]);
+                        if j % 5 == 0 {
+                            tree.remove(&key).unwrap();
+                            assert!(!tree.contains(&key).unwrap());
+                            assert!(tree.keys_rev(&format!("{w}:"), None).all(|k| k.unwrap() != key));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(drainer.join().unwrap() > 10, "the layers moved while the writers ran");
     }
 
     #[test]

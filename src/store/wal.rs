@@ -1,16 +1,18 @@
 //! The write-ahead log that makes [`super::Store`] writes durable.
 //!
-//! Every write is applied to sled and appended to an in-memory buffer under
-//! one lock, so the log holds the writes in the order sled saw them. A
-//! writer thread takes the whole buffer, writes it to the current log file
-//! and calls `fdatasync`: one sync acknowledges every write buffered before
-//! it (group commit). sled itself is flushed only at checkpoints, on a
-//! thread of their own: the writer moves on to the next file, the
-//! checkpoint flushes sled (which now holds everything the old files hold),
-//! `fsync`s sled's files ([`SledFiles`]: sled's flush alone would not
-//! survive a power cut) and recycles the old log files. At start-up the
-//! files left over are replayed into sled in order; replaying a write sled
-//! already has is harmless, because records carry whole values.
+//! Every write is applied to the store's active layer ([`super::layers`])
+//! and appended to an in-memory buffer under one lock, so the log holds the
+//! writes in the order readers saw them. A writer thread takes the whole
+//! buffer, writes it to the current log file and calls `fdatasync`: one
+//! sync acknowledges every write buffered before it (group commit). sled
+//! is written and flushed only by the checkpoint thread: every
+//! [`DRAIN_EVERY`] it drains the layers into sled, and when the writer
+//! moves on to the next file it drains them too (sled then holds
+//! everything the old files hold), flushes sled, `fsync`s sled's files
+//! ([`SledFiles`]: sled's flush alone would not survive a power cut) and
+//! recycles the old log files. At start-up the files left over are
+//! replayed into sled in order; replaying a write sled already has is
+//! harmless, because records carry whole values.
 //!
 //! Files are written over, not grown: a checkpointed file is kept as a
 //! spare (`N.spare`, at most [`SPARES`]) and becomes the next log file by a
@@ -44,6 +46,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use super::layers::{Layers, DRAIN_EVERY};
 
 /// How often the log is cut and sled flushed, at most, while writes come.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(2);
@@ -96,7 +100,8 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// Records applied to sled and not yet handed to the writer.
+    /// Records applied to the active layer and not yet handed to the
+    /// writer.
     buffer: Vec<u8>,
     /// The sequence number of the last write buffered.
     appended: u64,
@@ -110,14 +115,16 @@ struct State {
     failed: Option<String>,
 }
 
-/// Holds the log's lock while a write is applied to sled and recorded.
+/// Holds the log's lock (the store's write lock) while a write is applied
+/// to the active layer and recorded.
 pub(super) struct Guard<'a> {
     state: MutexGuard<'a, State>,
     wake: &'a Condvar,
 }
 
 impl Guard<'_> {
-    /// Records writes that sled has applied; they replay as one.
+    /// Records writes that the active layer has applied; they replay as
+    /// one.
     pub(super) fn record(mut self, ops: &[Op<'_>]) {
         let mut payload = Vec::new();
         for op in ops {
@@ -149,7 +156,7 @@ impl Guard<'_> {
 impl Wal {
     /// Replays the log files in `dir` into `db`, flushes sled, keeps them
     /// as spares, and starts a new log.
-    pub(super) fn open(dir: &Path, db: &sled::Db, sled_dir: &Path) -> io::Result<Wal> {
+    pub(super) fn open(dir: &Path, db: &sled::Db, sled_dir: &Path, layers: Arc<Layers>) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
         let legacy = numbered_files(dir, "wal")?;
         let files = numbered_files(dir, "log")?;
@@ -203,7 +210,7 @@ impl Wal {
             let (shared, dir, db) = (shared.clone(), dir.to_path_buf(), db.clone());
             std::thread::Builder::new()
                 .name("otpgate-checkpoint".into())
-                .spawn(move || checkpoint_loop(&shared, &dir, &db, sled_files, &cut_rx))?
+                .spawn(move || checkpoint_loop(&shared, &dir, &db, &layers, sled_files, &cut_rx))?
         };
         Ok(Wal {
             shared,
@@ -370,16 +377,43 @@ fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sen
     }
 }
 
-/// The checkpoint thread: once the writer has moved past a file, sled
-/// holds every write in it; once sled's files are durable, the log file
-/// can be written over.
-fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, mut sled_files: SledFiles, cuts: &mpsc::Receiver<u64>) {
-    while let Ok(mut upto) = cuts.recv() {
+/// The checkpoint thread. Every [`DRAIN_EVERY`] it moves the writes of
+/// the store's active layer into sled; once the writer has moved past a
+/// log file, it does that too (then sled holds every write in the file)
+/// and makes sled's files durable, after which the log file can be
+/// written over. It is sled's only writer once the log is replayed.
+fn checkpoint_loop(
+    shared: &Shared,
+    dir: &Path,
+    db: &sled::Db,
+    layers: &Layers,
+    mut sled_files: SledFiles,
+    cuts: &mpsc::Receiver<u64>,
+) {
+    let drain = || {
+        // Under the write lock: the frozen layer holds every write logged.
+        let state = shared.lock();
+        layers.freeze();
+        drop(state);
+        layers.drain(db).map_err(io::Error::other)
+    };
+    loop {
+        let mut upto = match cuts.recv_timeout(DRAIN_EVERY) {
+            Ok(upto) => upto,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = drain() {
+                    shared.fail(&e);
+                    return;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         // Files cut while the last flush ran are covered by this one too.
         while let Ok(later) = cuts.try_recv() {
             upto = later;
         }
-        if let Err(e) = sled_files.persist(db) {
+        if let Err(e) = drain().and_then(|()| sled_files.persist(db).map(drop)) {
             shared.fail(&e);
             return;
         }
@@ -404,13 +438,12 @@ fn checkpoint_loop(shared: &Shared, dir: &Path, db: &sled::Db, mut sled_files: S
 /// not synced before (a blob never changes once written) and both
 /// directories.
 ///
-/// sled writes a blob inside the insert that needs it, so every blob of
-/// the writes a checkpoint covers is there before the checkpoint starts;
-/// the blobs are listed before the flush, which waits for any of them
-/// still being written. A blob that a write made while the checkpoint ran
-/// is left to the next one, although sled's file, synced last, may
-/// already point to it: sled's own order (blob first, then the pointer
-/// in its log) is kept on disk only for what the checkpoint covers.
+/// sled writes a blob inside the insert that needs it, and every insert
+/// comes from the checkpoint thread, which drains the layers before it
+/// persists: every blob of the writes a checkpoint covers is there when
+/// it lists them, and none is being written meanwhile. (While writers
+/// inserted into sled themselves, a blob made during the checkpoint could
+/// be pointed to by sled's file, synced last, without being synced.)
 struct SledFiles {
     dir: PathBuf,
     /// The blobs synced so far, by number (sled names them by log
@@ -689,7 +722,7 @@ mod tests {
             [put(b"a", b"1"), put(b"b", b"2")].concat(),
         )
         .unwrap();
-        drop(Wal::open(dir.path(), &db, sled_dir.path()).unwrap());
+        drop(Wal::open(dir.path(), &db, sled_dir.path(), Arc::new(Layers::new())).unwrap());
         assert_eq!(value(&db, "b").as_deref(), Some(&b"2"[..]));
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
