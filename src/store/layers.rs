@@ -34,7 +34,7 @@ use sled::IVec;
 use super::wal::Op;
 
 /// How often the active layer is frozen and drained into sled.
-pub(super) const DRAIN_EVERY: Duration = Duration::from_millis(50);
+pub(super) const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// An active layer this large makes writers wait for the next freeze, so
 /// memory stays bounded when sled falls behind (large mail, say).
 const MAX_ACTIVE_BYTES: usize = 64 * 1024 * 1024;

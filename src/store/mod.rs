@@ -6,7 +6,7 @@
 //! write-ahead log ([`wal`]): each write goes to the log's buffer and to an
 //! in-memory layer ([`layers`]) under one lock, a writer thread syncs the
 //! log with `fdatasync` for every caller waiting at once (group commit),
-//! and the layers are drained into sled every 50 ms by one thread, off the
+//! and the layers are drained into sled every 10 ms by one thread, off the
 //! requests' path, a key written several times reaching sled once. sled is
 //! flushed only at checkpoints. sled's own flush was the benchmarks'
 //! bottleneck (a round trip through its I/O thread pool per commit), its
