@@ -173,6 +173,8 @@ struct Session {
     window: usize,
     next_seq: u32,
     write_timeout: Duration,
+    /// Answers written to the connection's buffer and not yet flushed.
+    unflushed: bool,
     /// When the connection opened, for [`BIND_TIMEOUT`].
     opened: Instant,
     /// When the ESME last sent a whole PDU, for [`INACTIVITY_TIMEOUT`].
@@ -199,6 +201,7 @@ pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>
             window,
             next_seq: 1,
             write_timeout: WRITE_TIMEOUT,
+            unflushed: false,
             opened: Instant::now(),
             heard: Instant::now(),
         };
@@ -231,6 +234,12 @@ impl Session {
     async fn serve(&mut self, shutdown: &mut Shutdown) -> Result<&'static str, SessionError> {
         loop {
             self.send_receipts().await?;
+            // Answers go out together: a PDU already read is answered
+            // before they are flushed (under load an ESME's window
+            // arrives in one read, and its answers leave in one write).
+            if self.unflushed && !self.frame_waiting() {
+                self.flush().await?;
+            }
             let deadline = self.outstanding.values().map(|(_, at)| *at).min();
             let quiet_until = match self.state {
                 State::Open => self.opened + BIND_TIMEOUT,
@@ -266,7 +275,7 @@ impl Session {
                         None => return Ok("peer closed the connection"),
                         Some(Err(CodecError::BadLength { sequence_number, length, .. })) => {
                             tracing::info!(length, "impossible command_length; closing");
-                            self.send(Outbound::generic_nack(CommandStatus::EsmeRinvcmdlen, sequence_number)).await?;
+                            self.send_now(Outbound::generic_nack(CommandStatus::EsmeRinvcmdlen, sequence_number)).await?;
                             return Ok("bad command_length");
                         }
                         Some(Err(error)) => return Err(error.into()),
@@ -314,11 +323,42 @@ impl Session {
         self.state = next;
     }
 
+    /// Writes a PDU to the connection's buffer; the serve loop flushes it
+    /// before it waits for anything (the buffer is flushed at once when
+    /// it grows past the codec's limit).
     async fn send(&mut self, item: Outbound) -> Result<(), SessionError> {
-        match tokio::time::timeout(self.write_timeout, self.framed.send(item)).await {
-            Ok(result) => Ok(result?),
+        match tokio::time::timeout(self.write_timeout, self.framed.feed(item)).await {
+            Ok(result) => {
+                self.unflushed = true;
+                Ok(result?)
+            }
             Err(_) => Err(SessionError::WriteTimeout),
         }
+    }
+
+    /// Writes a PDU and everything buffered before it, at once: for the
+    /// last words before the session ends.
+    async fn send_now(&mut self, item: Outbound) -> Result<(), SessionError> {
+        self.send(item).await?;
+        self.flush().await
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        match tokio::time::timeout(self.write_timeout, self.framed.flush()).await {
+            Ok(result) => {
+                self.unflushed = false;
+                Ok(result?)
+            }
+            Err(_) => Err(SessionError::WriteTimeout),
+        }
+    }
+
+    /// Whether a whole PDU is already read and waiting to be decoded.
+    fn frame_waiting(&self) -> bool {
+        let buffered = self.framed.read_buffer();
+        buffered
+            .get(..4)
+            .is_some_and(|len| u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize <= buffered.len())
     }
 
     async fn reject(&mut self, id: CommandId, status: CommandStatus, seq: u32) -> Result<(), SessionError> {
@@ -362,7 +402,7 @@ impl Session {
             (CommandId::EnquireLink, _) => self.send(Outbound::command(seq, Pdu::EnquireLinkResp)).await?,
             (CommandId::Unbind, _) => {
                 self.drain_in_flight().await?;
-                self.send(Outbound::command(seq, Pdu::UnbindResp)).await?;
+                self.send_now(Outbound::command(seq, Pdu::UnbindResp)).await?;
                 self.enter(State::Unbound);
                 return Ok(Flow::Close);
             }
@@ -414,7 +454,7 @@ impl Session {
             BindKind::Receiver => Pdu::BindReceiverResp(BindReceiverResp::new(name, version)),
             BindKind::Transceiver => Pdu::BindTransceiverResp(BindTransceiverResp::new(name, version)),
         };
-        self.send(Outbound::command(seq, pdu)).await?;
+        self.send_now(Outbound::command(seq, pdu)).await?;
         tracing::info!(system_id, ?kind, "bound");
         if let Some(window) = self.account(system_id).and_then(|a| a.window) {
             self.window = window;
@@ -679,6 +719,9 @@ impl Session {
                 }
             }
         }
+        if self.unflushed {
+            self.flush().await?;
+        }
         Ok(())
     }
 
@@ -725,7 +768,7 @@ impl Session {
             return Ok(());
         }
         let seq = self.next_sequence();
-        self.send(Outbound::command(seq, Pdu::Unbind)).await?;
+        self.send_now(Outbound::command(seq, Pdu::Unbind)).await?;
         let deadline = Instant::now() + UNBIND_TIMEOUT;
         loop {
             match tokio::time::timeout_at(deadline, self.framed.next()).await {
@@ -733,7 +776,7 @@ impl Session {
                     CommandId::UnbindResp => break,
                     // Both sides said goodbye at once.
                     CommandId::Unbind => {
-                        self.send(Outbound::command(command.sequence_number(), Pdu::UnbindResp))
+                        self.send_now(Outbound::command(command.sequence_number(), Pdu::UnbindResp))
                             .await?;
                         break;
                     }

@@ -471,6 +471,43 @@ async fn unknown_command_gets_generic_nack_and_the_connection_still_serves() {
     smsc.stop().await;
 }
 
+/// Answers to PDUs that arrive in one read leave together, but never wait
+/// for a PDU only partly arrived: here the answers to two enquire_links
+/// come while the third is still cut in half.
+#[tokio::test]
+async fn answers_are_not_held_back_by_a_pdu_cut_in_half() {
+    let smsc = TestSmsc::start().await;
+    let mut conn = raw(smsc.addr).await;
+    let bind = BindTransmitter::builder()
+        .system_id(COctetString::from_str("otpgate").unwrap())
+        .password(COctetString::from_str("otpgate").unwrap())
+        .build();
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    let enquire_link = |seq: u32| -> Vec<u8> { [16u32, 0x15, 0, seq].iter().flat_map(|w| w.to_be_bytes()).collect() };
+    let whole = [enquire_link(10), enquire_link(11)].concat();
+    let third = enquire_link(12);
+    let stream = conn.get_mut();
+    stream.write_all(&[&whole[..], &third[..8]].concat()).await.unwrap();
+    for seq in [10, 11] {
+        match within("an answer while a PDU is half sent", conn.next()).await {
+            Some(Ok(Inbound::Command(answer))) => {
+                assert_eq!(
+                    (answer.id(), answer.sequence_number()),
+                    (CommandId::EnquireLinkResp, seq)
+                );
+            }
+            other => panic!("expected enquire_link_resp {seq}, got {other:?}"),
+        }
+    }
+    conn.get_mut().write_all(&third[8..]).await.unwrap();
+    match within("the last answer", conn.next()).await {
+        Some(Ok(Inbound::Command(answer))) => assert_eq!(answer.sequence_number(), 12),
+        other => panic!("expected enquire_link_resp 12, got {other:?}"),
+    }
+    drop(conn);
+    smsc.stop().await;
+}
+
 #[tokio::test]
 async fn multipart_ucs2_reaches_the_backend_as_one_text() {
     let mut smsc = TestSmsc::start().await;
