@@ -101,6 +101,12 @@ impl Layers {
         self.stack.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether no write waits to be drained.
+    pub(super) fn is_empty(&self) -> bool {
+        let stack = self.stack();
+        stack.frozen.is_none() && read(&stack.active).trees.is_empty()
+    }
+
     /// Waits, before taking the write lock, while the active layer is over
     /// its bound (only a store whose layers are drained may call this).
     pub(super) fn wait_for_room(&self) {

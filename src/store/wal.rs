@@ -42,6 +42,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -96,6 +97,19 @@ struct Shared {
     durable: tokio::sync::watch::Sender<u64>,
     /// Checkpointed files waiting to be written over, by path.
     spares: Mutex<Vec<PathBuf>>,
+    /// The checkpoint thread found the layers empty and waits for a
+    /// message: the writer sends [`Wake::Wrote`] after its next write.
+    /// (An idle server's checkpoint thread sleeps instead of waking every
+    /// [`DRAIN_EVERY`].)
+    drainer_idle: AtomicBool,
+}
+
+/// What the writer tells the checkpoint thread.
+enum Wake {
+    /// The writer moved past this log file.
+    Cut(u64),
+    /// Writes came after the checkpoint thread went idle.
+    Wrote,
 }
 
 #[derive(Default)]
@@ -194,12 +208,13 @@ impl Wal {
             wake: Condvar::new(),
             durable: tokio::sync::watch::channel(0).0,
             spares: Mutex::new(Vec::new()),
+            drainer_idle: AtomicBool::new(false),
         });
         for (n, path) in spares.into_iter().chain(files) {
             shared.retire(dir, n, &path);
         }
         let segment = Segment::open(&shared, dir, number)?;
-        let (cut_tx, cut_rx) = mpsc::channel::<u64>();
+        let (cut_tx, cut_rx) = mpsc::channel::<Wake>();
         let writer = {
             let (shared, dir) = (shared.clone(), dir.to_path_buf());
             std::thread::Builder::new()
@@ -335,7 +350,7 @@ fn frame(number: u64, records: &[u8]) -> Vec<u8> {
 
 /// The writer thread: takes the buffer, writes and syncs it, answers the
 /// waiters; cuts the file when a checkpoint is due.
-fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sender<u64>) {
+fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sender<Wake>) {
     let mut cut_at = Instant::now() + CHECKPOINT_EVERY;
     loop {
         let (bytes, upto) = {
@@ -351,7 +366,7 @@ fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sen
             if state.buffer.is_empty() {
                 // Closing with everything written: a last checkpoint, so a
                 // clean stop leaves no log to replay.
-                let _ = cut.send(segment.number);
+                let _ = cut.send(Wake::Cut(segment.number));
                 return;
             }
             (std::mem::take(&mut state.buffer), state.appended)
@@ -361,10 +376,13 @@ fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sen
             return;
         }
         shared.durable.send_replace(upto);
+        if shared.drainer_idle.swap(false, Ordering::SeqCst) {
+            let _ = cut.send(Wake::Wrote);
+        }
         if segment.end >= CHECKPOINT_BYTES || Instant::now() >= cut_at {
             match Segment::open(shared, dir, segment.number + 1) {
                 Ok(next) => {
-                    let _ = cut.send(segment.number);
+                    let _ = cut.send(Wake::Cut(segment.number));
                     segment = next;
                     cut_at = Instant::now() + CHECKPOINT_EVERY;
                 }
@@ -388,7 +406,7 @@ fn checkpoint_loop(
     db: &sled::Db,
     layers: &Layers,
     mut sled_files: SledFiles,
-    cuts: &mpsc::Receiver<u64>,
+    cuts: &mpsc::Receiver<Wake>,
 ) {
     let drain = || {
         // Under the write lock: the frozen layer holds every write logged.
@@ -397,13 +415,29 @@ fn checkpoint_loop(
         drop(state);
         layers.drain(db).map_err(io::Error::other)
     };
+    let mut idle = false;
     loop {
-        let mut upto = match cuts.recv_timeout(DRAIN_EVERY) {
-            Ok(upto) => upto,
+        let woken = if idle {
+            cuts.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+        } else {
+            cuts.recv_timeout(DRAIN_EVERY)
+        };
+        idle = false;
+        let mut upto = match woken {
+            Ok(Wake::Cut(upto)) => upto,
+            // Writes came: drained on the next tick.
+            Ok(Wake::Wrote) => continue,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let Err(e) = drain() {
                     shared.fail(&e);
                     return;
+                }
+                // Said before looking, so a write the look misses is
+                // followed by a `Wake::Wrote`.
+                shared.drainer_idle.store(true, Ordering::SeqCst);
+                idle = layers.is_empty();
+                if !idle {
+                    shared.drainer_idle.store(false, Ordering::SeqCst);
                 }
                 continue;
             }
@@ -411,7 +445,9 @@ fn checkpoint_loop(
         };
         // Files cut while the last flush ran are covered by this one too.
         while let Ok(later) = cuts.try_recv() {
-            upto = later;
+            if let Wake::Cut(later) = later {
+                upto = later;
+            }
         }
         if let Err(e) = drain().and_then(|()| sled_files.persist(db).map(drop)) {
             shared.fail(&e);
@@ -712,6 +748,40 @@ mod tests {
 
     /// A log of the older format (records appended, no frames) left by a
     /// crash is replayed too, and the new log is numbered after it.
+    /// A checkpoint thread with nothing to drain waits without a timer,
+    /// and the writer wakes it after the next write, which then reaches
+    /// sled as before.
+    #[test]
+    fn an_idle_checkpoint_thread_is_woken_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled_dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(sled_dir.path()).open().unwrap();
+        let layers = Arc::new(Layers::new());
+        let wal = Wal::open(dir.path(), &db, sled_dir.path(), layers.clone()).unwrap();
+        let until = |what: &str, done: &dyn Fn() -> bool| {
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !done() {
+                assert!(Instant::now() < deadline, "{what}");
+                std::thread::yield_now();
+            }
+        };
+        let idle = || wal.shared.drainer_idle.load(Ordering::SeqCst);
+        for key in [&b"a"[..], b"b"] {
+            until("the checkpoint thread goes idle", &idle);
+            let ops = [Op::Put {
+                tree: b"t",
+                key,
+                value: b"1",
+            }];
+            let guard = wal.lock().unwrap();
+            layers.write(&ops);
+            guard.record(&ops);
+            until("the write is drained into sled", &|| {
+                db.open_tree("t").unwrap().contains_key(key).unwrap()
+            });
+        }
+    }
+
     #[test]
     fn a_log_of_the_older_format_is_replayed() {
         let dir = tempfile::tempdir().unwrap();
