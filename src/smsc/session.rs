@@ -454,7 +454,7 @@ impl Session {
             BindKind::Receiver => Pdu::BindReceiverResp(BindReceiverResp::new(name, version)),
             BindKind::Transceiver => Pdu::BindTransceiverResp(BindTransceiverResp::new(name, version)),
         };
-        self.send_now(Outbound::command(seq, pdu)).await?;
+        self.send(Outbound::command(seq, pdu)).await?;
         tracing::info!(system_id, ?kind, "bound");
         if let Some(window) = self.account(system_id).and_then(|a| a.window) {
             self.window = window;

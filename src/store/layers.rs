@@ -56,23 +56,23 @@ struct Layer {
     trees: HashMap<IVec, Part>,
 }
 
-type Shared<T> = Arc<RwLock<T>>;
+type Locked<T> = Arc<RwLock<T>>;
 
 /// The layers a reader sees: the active one and at most one frozen.
 struct Stack {
-    active: Shared<Layer>,
-    frozen: Option<Shared<Layer>>,
+    active: Locked<Layer>,
+    frozen: Option<Locked<Layer>>,
 }
 
 impl Stack {
     /// Newest first.
-    fn layers(&self) -> impl Iterator<Item = &Shared<Layer>> {
+    fn layers(&self) -> impl Iterator<Item = &Locked<Layer>> {
         std::iter::once(&self.active).chain(self.frozen.as_ref())
     }
 }
 
 pub(super) struct Layers {
-    stack: Mutex<Arc<Stack>>,
+    stack: RwLock<Arc<Stack>>,
     /// The bytes written to the active layer since its freeze.
     active_bytes: AtomicUsize,
     /// Writers waiting for a freeze, and the freezes so far.
@@ -87,7 +87,7 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 impl Layers {
     pub(super) fn new() -> Layers {
         Layers {
-            stack: Mutex::new(Arc::new(Stack {
+            stack: RwLock::new(Arc::new(Stack {
                 active: Arc::default(),
                 frozen: None,
             })),
@@ -98,7 +98,7 @@ impl Layers {
     }
 
     fn stack(&self) -> Arc<Stack> {
-        self.stack.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        read(&self.stack).clone()
     }
 
     /// Whether no write waits to be drained.
@@ -110,6 +110,9 @@ impl Layers {
     /// Waits, before taking the write lock, while the active layer is over
     /// its bound (only a store whose layers are drained may call this).
     pub(super) fn wait_for_room(&self) {
+        if self.active_bytes.load(Ordering::Relaxed) <= MAX_ACTIVE_BYTES {
+            return;
+        }
         let mut count = self.frozen_count.lock().unwrap_or_else(|e| e.into_inner());
         let seen = *count;
         while self.active_bytes.load(Ordering::Relaxed) > MAX_ACTIVE_BYTES && *count == seen {
@@ -146,7 +149,7 @@ impl Layers {
     /// holds every write logged so far). Does nothing while a frozen layer
     /// is still being drained, or when there is nothing to freeze.
     pub(super) fn freeze(&self) {
-        let mut stack = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stack = self.stack.write().unwrap_or_else(|e| e.into_inner());
         if stack.frozen.is_some() || read(&stack.active).trees.is_empty() {
             return;
         }
@@ -178,7 +181,7 @@ impl Layers {
                 }
             }
         }
-        let mut stack = self.stack.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stack = self.stack.write().unwrap_or_else(|e| e.into_inner());
         *stack = Arc::new(Stack {
             active: stack.active.clone(),
             frozen: None,
@@ -264,7 +267,7 @@ fn is_empty_range(lower: &Bound<Vec<u8>>, upper: &Bound<Vec<u8>>) -> bool {
 
 /// One layer's part of a range read, a chunk at a time.
 struct Cursor {
-    layer: Shared<Layer>,
+    layer: Locked<Layer>,
     tree: IVec,
     lower: Bound<Vec<u8>>,
     upper: Bound<Vec<u8>>,

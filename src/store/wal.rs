@@ -746,8 +746,6 @@ mod tests {
         assert_eq!(replay(&bad, 7, &db), Ok(1), "a bad checksum ends the replay");
     }
 
-    /// A log of the older format (records appended, no frames) left by a
-    /// crash is replayed too, and the new log is numbered after it.
     /// A checkpoint thread with nothing to drain waits without a timer,
     /// and the writer wakes it after the next write, which then reaches
     /// sled as before.
@@ -782,6 +780,8 @@ mod tests {
         }
     }
 
+    /// A log of the older format (records appended, no frames) left by a
+    /// crash is replayed too, and the new log is numbered after it.
     #[test]
     fn a_log_of_the_older_format_is_replayed() {
         let dir = tempfile::tempdir().unwrap();
