@@ -374,6 +374,9 @@ impl DeliveryLog {
     pub async fn publish(&self, written: Written) -> Result<(), StoreError> {
         self.store.flush().await?;
         self.notify(&written.message, &written.event);
+        if written.message.state.is_final() {
+            self.retention.may_go(&written.message.id);
+        }
         self.enforce_retention(written.event.at);
         Ok(())
     }

@@ -641,6 +641,7 @@ impl SmsNetwork {
         } else {
             inner.store.flush().await?;
         }
+        inner.retention.may_go(&rec.id);
         self.enforce_retention();
         let Some(receipt) = receipt else {
             return Ok(None);
@@ -693,6 +694,7 @@ impl SmscBackend for SmsNetwork {
             self.store_final(&rec, None).map_err(sys)?;
             let event = Event::new("cancelled", now).state(State::Failed).reason("cancel_sm");
             inner.log.append(&rec.log_id, event).await.map_err(sys)?;
+            inner.retention.may_go(&rec.id);
             Ok(())
         })
     }

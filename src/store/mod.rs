@@ -104,6 +104,33 @@ fn always(_: &Core) -> Result<bool> {
     Ok(true)
 }
 
+/// How long opening waits for sled's lock on its files. A store closed in
+/// this process lets go of it a moment after its last handle is dropped:
+/// sled's I/O threads hold the files until their last task ends, and a
+/// test that reopened its store at once under load found it still held.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled's database in `dir`, waiting up to [`LOCK_WAIT`] for its
+/// lock; another process holding it still fails after that.
+fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .flush_every_ms(None)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 /// The database handle; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -122,11 +149,7 @@ pub struct Tree {
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         let sled_dir = dir.join("db");
-        let db = sled::Config::new()
-            .path(&sled_dir)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_sled(&sled_dir)?;
         let layers = Arc::new(Layers::new());
         let wal =
             Wal::open(&dir.join("wal"), &db, &sled_dir, layers.clone()).map_err(|e| StoreError::Log(e.to_string()))?;
@@ -380,18 +403,19 @@ impl Tree {
 
     /// The first `limit` keys in key order (values not read).
     pub fn first_keys(&self, limit: usize) -> Result<Vec<String>> {
-        self.range(Bound::Unbounded, Bound::Unbounded, false)
-            .take(limit)
-            .map(key_string)
-            .collect()
+        self.keys_from(None).take(limit).collect()
     }
 
     /// Up to `limit` keys after `after`, in order.
     pub fn keys_after(&self, after: &str, limit: usize) -> Result<Vec<String>> {
-        self.range(Bound::Excluded(after.as_bytes().to_vec()), Bound::Unbounded, false)
-            .take(limit)
-            .map(key_string)
-            .collect()
+        self.keys_from(Some(after)).take(limit).collect()
+    }
+
+    /// Keys in order, after `after` when given (values not read); read as
+    /// the caller goes.
+    pub fn keys_from(&self, after: Option<&str>) -> impl Iterator<Item = Result<String>> {
+        let lower = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes().to_vec()));
+        self.range(lower, Bound::Unbounded, false).map(key_string)
     }
 
     pub fn clear(&self) -> Result<()> {
@@ -473,6 +497,23 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    /// Opening waits for a lock that is let go of a moment later (a store
+    /// of this process closing), instead of failing.
+    #[test]
+    fn opening_waits_for_the_lock_of_a_store_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = open_sled(dir.path()).unwrap();
+        let (started, starting) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        let opener = std::thread::spawn(move || {
+            started.send(()).unwrap();
+            open_sled(&path).map(drop)
+        });
+        starting.recv().unwrap();
+        drop(held);
+        opener.join().unwrap().unwrap();
     }
 
     /// A clean stop keeps its log file as a spare; the next start writes
