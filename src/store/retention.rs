@@ -167,17 +167,21 @@ impl Retention {
                 _ => break head,
             }
         };
+        let mut last_read = head.last_read;
         if held.len() < due {
-            if let Some(head_end) = &head.last_read {
-                let further = self.walk_on(tree, head_end)?;
-                pick_until(due, further.into_iter().map(Ok), &mut held, &mut batch, &mut pick)?;
+            if let Some(head_end) = last_read.clone() {
+                let further = self.walk_on(tree, &head_end)?;
+                let walked = pick_until(due, further.into_iter().map(Ok), &mut held, &mut batch, &mut pick)?;
+                // The next turn starts past the walk too (unless it went
+                // back to the start).
+                last_read = last_read.max(walked.last_read);
             }
         }
         store.apply(batch)?;
         let mut next = self.lock_head();
         next.removed += held.len();
-        if head.last_read.is_some() {
-            next.after = head.last_read;
+        if last_read.is_some() {
+            next.after = last_read;
         }
         drop(next);
         for _ in &held {
