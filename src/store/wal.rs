@@ -60,6 +60,9 @@ const PAGE: usize = 4096;
 const FRAME_HEADER: usize = 16;
 /// How many checkpointed files are kept to be written over.
 const SPARES: usize = 2;
+/// The largest buffer the writer keeps for the next group (records, and
+/// the frame it writes them in); a larger one, after a burst, is let go.
+const SPARE_BUFFER_MAX: usize = 4 * 1024 * 1024;
 
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
@@ -140,23 +143,30 @@ impl Guard<'_> {
     /// Records writes that the active layer has applied; they replay as
     /// one.
     pub(super) fn record(mut self, ops: &[Op<'_>]) {
-        let mut payload = Vec::new();
+        // Length and checksum first, filled in once the payload is
+        // written after them: the payload goes straight into the buffer.
+        let buffer = &mut self.state.buffer;
+        let start = buffer.len();
+        buffer.extend_from_slice(&[0; 8]);
         for op in ops {
             let (code, tree, key, value) = match op {
                 Op::Put { tree, key, value } => (PUT, *tree, *key, Some(*value)),
                 Op::Remove { tree, key } => (REMOVE, *tree, *key, None),
                 Op::Clear { tree } => (CLEAR, *tree, &[][..], None),
             };
-            payload.push(code);
+            buffer.push(code);
             for part in [Some(tree), Some(key), value].into_iter().flatten() {
-                payload.extend_from_slice(&(part.len() as u32).to_le_bytes());
-                payload.extend_from_slice(part);
+                buffer.extend_from_slice(&(part.len() as u32).to_le_bytes());
+                buffer.extend_from_slice(part);
             }
         }
-        let buffer = &mut self.state.buffer;
-        buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        buffer.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        buffer.extend_from_slice(&payload);
+        let payload = &buffer[start + 8..];
+        let (len, crc) = (
+            (payload.len() as u32).to_le_bytes(),
+            crc32fast::hash(payload).to_le_bytes(),
+        );
+        buffer[start..start + 4].copy_from_slice(&len);
+        buffer[start + 4..start + 8].copy_from_slice(&crc);
         self.state.appended += 1;
         let idle = self.state.writer_idle;
         // Woken after the lock is let go, so it does not wake into it.
@@ -304,6 +314,8 @@ struct Segment {
     number: u64,
     /// Where the next frame goes: a page boundary.
     end: u64,
+    /// The last frame's buffer, kept for the next one.
+    frame: Vec<u8>,
 }
 
 impl Segment {
@@ -323,35 +335,60 @@ impl Segment {
             .truncate(false)
             .open(&path)?;
         File::open(dir)?.sync_all()?;
-        Ok(Segment { file, number, end: 0 })
+        Ok(Segment {
+            file,
+            number,
+            end: 0,
+            frame: Vec::new(),
+        })
     }
 
     /// Writes `records` as one frame and syncs them.
     fn write(&mut self, records: &[u8]) -> io::Result<()> {
-        let frame = frame(self.number, records);
-        self.file.write_all_at(&frame, self.end)?;
-        self.file.sync_data()?;
-        self.end += frame.len() as u64;
-        Ok(())
+        let mut frame = std::mem::take(&mut self.frame);
+        frame_into(&mut frame, self.number, records);
+        let written = self
+            .file
+            .write_all_at(&frame, self.end)
+            .and_then(|()| self.file.sync_data());
+        if written.is_ok() {
+            self.end += frame.len() as u64;
+        }
+        if frame.capacity() <= SPARE_BUFFER_MAX {
+            self.frame = frame;
+        }
+        written
     }
 }
 
 /// `records` framed for file `number`, padded to whole pages.
+#[cfg(test)]
 fn frame(number: u64, records: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame_into(&mut frame, number, records);
+    frame
+}
+
+/// Writes `records` framed for file `number`, padded to whole pages,
+/// into `frame` (emptied first).
+fn frame_into(frame: &mut Vec<u8>, number: u64, records: &[u8]) {
     let len = (FRAME_HEADER + records.len()).next_multiple_of(PAGE);
-    let mut frame = Vec::with_capacity(len);
+    frame.clear();
+    frame.reserve(len);
     frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
     frame.extend_from_slice(&number.to_le_bytes());
     frame.extend_from_slice(&crc32fast::hash(records).to_le_bytes());
     frame.extend_from_slice(records);
     frame.resize(len, 0);
-    frame
 }
 
 /// The writer thread: takes the buffer, writes and syncs it, answers the
 /// waiters; cuts the file when a checkpoint is due.
 fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sender<Wake>) {
     let mut cut_at = Instant::now() + CHECKPOINT_EVERY;
+    // The buffer written last, emptied: handed back to the writes so that
+    // each group's buffer does not grow again from nothing.
+    let mut spare = Vec::new();
     loop {
         let (bytes, upto) = {
             let mut state = shared.lock();
@@ -369,11 +406,18 @@ fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sen
                 let _ = cut.send(Wake::Cut(segment.number));
                 return;
             }
-            (std::mem::take(&mut state.buffer), state.appended)
+            (
+                std::mem::replace(&mut state.buffer, std::mem::take(&mut spare)),
+                state.appended,
+            )
         };
         if let Err(e) = segment.write(&bytes) {
             shared.fail(&e);
             return;
+        }
+        if bytes.capacity() <= SPARE_BUFFER_MAX {
+            spare = bytes;
+            spare.clear();
         }
         shared.durable.send_replace(upto);
         if shared.drainer_idle.swap(false, Ordering::SeqCst) {
