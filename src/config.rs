@@ -57,7 +57,8 @@ pub struct Config {
     pub mail_retention: usize,
     /// Delivery-log messages, SMSC records (with the inbox messages they
     /// became) and OTP records kept, each (`log_retention`); the oldest go
-    /// first, except a message still pending or a code still usable.
+    /// first (give or take a 64th of the cap, `store::retention`), except a
+    /// message still pending or a code still usable.
     pub log_retention: usize,
     pub max_message_bytes: usize,
     /// Required on simulation and admin routes when HTTP listens beyond loopback.
