@@ -145,6 +145,18 @@ pub struct Message {
     pub events: Vec<Event>,
 }
 
+/// What retention reads of a message to decide and to remove its index
+/// entries: the events are skipped, not decoded.
+#[derive(Deserialize)]
+struct MessageHead {
+    to: String,
+    member_id: Option<String>,
+    otp_id: Option<String>,
+    smsc_message_id: Option<String>,
+    state: State,
+    updated_at: Millis,
+}
+
 /// A new message to log.
 pub struct NewMessage {
     pub channel: Channel,
@@ -238,7 +250,7 @@ impl DeliveryLog {
                 let Ok(guard) = self.lock_for(id).try_lock() else {
                     return Ok(None);
                 };
-                let message = self.messages.get::<Message>(id)?;
+                let message = self.messages.get::<MessageHead>(id)?;
                 if message
                     .as_ref()
                     .is_some_and(|m| !m.state.is_final() && now - m.updated_at < OPEN_KEPT_MS)
