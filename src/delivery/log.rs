@@ -430,10 +430,16 @@ impl DeliveryLog {
     }
 
     pub fn by_smsc_id(&self, smsc_id: &str) -> Result<Option<Message>, StoreError> {
-        match self.index.get::<String>(&format!("smsc\0{smsc_id}"))? {
+        match self.id_by_smsc_id(smsc_id)? {
             Some(id) => self.get(&id),
             None => Ok(None),
         }
+    }
+
+    /// The id of the message the SMSC knows as `smsc_id` (the message
+    /// itself not read).
+    pub fn id_by_smsc_id(&self, smsc_id: &str) -> Result<Option<String>, StoreError> {
+        self.index.get(&format!("smsc\0{smsc_id}"))
     }
 
     /// After a restart, closes what the crash left open and nothing will

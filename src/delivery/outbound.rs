@@ -287,8 +287,9 @@ pub struct ReceiptRecorder {
 impl ReceiptSink for ReceiptRecorder {
     fn on_receipt(&self, receipt: IncomingReceipt) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let message = match self.log.by_smsc_id(&receipt.message_id) {
-                Ok(Some(m)) => m,
+            // Only the id: the append reads the message itself.
+            let id = match self.log.id_by_smsc_id(&receipt.message_id) {
+                Ok(Some(id)) => id,
                 Ok(None) => {
                     tracing::warn!(smsc_message_id = %receipt.message_id, "a receipt for a message otpgate did not send");
                     return;
@@ -304,7 +305,7 @@ impl ReceiptSink for ReceiptRecorder {
             event.err = Some(receipt.err.clone());
             event.smsc_message_id = Some(receipt.message_id.clone());
             event.network_error_code = receipt.network_error_code.map(|(t, c)| format!("{t}:{c}"));
-            if let Err(e) = self.log.append(&message.id, event).await {
+            if let Err(e) = self.log.append(&id, event).await {
                 tracing::error!(error = %e, "recording a receipt");
             }
         })
