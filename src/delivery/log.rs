@@ -429,13 +429,6 @@ impl DeliveryLog {
         self.messages.get(id)
     }
 
-    pub fn by_smsc_id(&self, smsc_id: &str) -> Result<Option<Message>, StoreError> {
-        match self.id_by_smsc_id(smsc_id)? {
-            Some(id) => self.get(&id),
-            None => Ok(None),
-        }
-    }
-
     /// The id of the message the SMSC knows as `smsc_id` (the message
     /// itself not read).
     pub fn id_by_smsc_id(&self, smsc_id: &str) -> Result<Option<String>, StoreError> {
@@ -517,8 +510,8 @@ mod tests {
             ids.push(log.create(new(&format!("+81901111000{n}")), finished).await.unwrap().id);
         }
         assert!(log.get(&ids[0]).unwrap().is_none() && log.get(&ids[1]).unwrap().is_none());
-        assert!(log.by_smsc_id("s1").unwrap().is_none());
-        assert_eq!(log.by_smsc_id("s3").unwrap().unwrap().id, ids[3]);
+        assert!(by_smsc_id(&log, "s1").is_none());
+        assert_eq!(by_smsc_id(&log, "s3").unwrap().id, ids[3]);
         let (kept, _) = log
             .query(&Query {
                 member_id: Some("M1".into()),
@@ -578,6 +571,12 @@ mod tests {
         );
     }
 
+    /// The message the SMSC knows as `smsc_id`, through the index.
+    fn by_smsc_id(log: &DeliveryLog, smsc_id: &str) -> Option<Message> {
+        let id = log.id_by_smsc_id(smsc_id).unwrap()?;
+        log.get(&id).unwrap()
+    }
+
     fn new(to: &str) -> NewMessage {
         NewMessage {
             channel: Channel::Sms,
@@ -611,7 +610,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(after.state, State::Delivered);
-        assert_eq!(log.by_smsc_id("42").unwrap().unwrap().id, m.id);
+        assert_eq!(by_smsc_id(&log, "42").unwrap().id, m.id);
         let (found, _) = log
             .query(&Query {
                 member_id: Some("M1".into()),

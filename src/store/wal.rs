@@ -60,8 +60,8 @@ const PAGE: usize = 4096;
 const FRAME_HEADER: usize = 16;
 /// How many checkpointed files are kept to be written over.
 const SPARES: usize = 2;
-/// The largest buffer the writer keeps for the next group (records, and
-/// the frame it writes them in); a larger one, after a burst, is let go.
+/// The largest record buffer the writer keeps for the next group; a
+/// larger one, after a burst, is let go.
 const SPARE_BUFFER_MAX: usize = 4 * 1024 * 1024;
 
 const PUT: u8 = 1;
@@ -314,8 +314,6 @@ struct Segment {
     number: u64,
     /// Where the next frame goes: a page boundary.
     end: u64,
-    /// The last frame's buffer, kept for the next one.
-    frame: Vec<u8>,
 }
 
 impl Segment {
@@ -335,51 +333,29 @@ impl Segment {
             .truncate(false)
             .open(&path)?;
         File::open(dir)?.sync_all()?;
-        Ok(Segment {
-            file,
-            number,
-            end: 0,
-            frame: Vec::new(),
-        })
+        Ok(Segment { file, number, end: 0 })
     }
 
     /// Writes `records` as one frame and syncs them.
     fn write(&mut self, records: &[u8]) -> io::Result<()> {
-        let mut frame = std::mem::take(&mut self.frame);
-        frame_into(&mut frame, self.number, records);
-        let written = self
-            .file
-            .write_all_at(&frame, self.end)
-            .and_then(|()| self.file.sync_data());
-        if written.is_ok() {
-            self.end += frame.len() as u64;
-        }
-        if frame.capacity() <= SPARE_BUFFER_MAX {
-            self.frame = frame;
-        }
-        written
+        let frame = frame(self.number, records);
+        self.file.write_all_at(&frame, self.end)?;
+        self.file.sync_data()?;
+        self.end += frame.len() as u64;
+        Ok(())
     }
 }
 
 /// `records` framed for file `number`, padded to whole pages.
-#[cfg(test)]
 fn frame(number: u64, records: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::new();
-    frame_into(&mut frame, number, records);
-    frame
-}
-
-/// Writes `records` framed for file `number`, padded to whole pages,
-/// into `frame` (emptied first).
-fn frame_into(frame: &mut Vec<u8>, number: u64, records: &[u8]) {
     let len = (FRAME_HEADER + records.len()).next_multiple_of(PAGE);
-    frame.clear();
-    frame.reserve(len);
+    let mut frame = Vec::with_capacity(len);
     frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
     frame.extend_from_slice(&number.to_le_bytes());
     frame.extend_from_slice(&crc32fast::hash(records).to_le_bytes());
     frame.extend_from_slice(records);
     frame.resize(len, 0);
+    frame
 }
 
 /// The writer thread: takes the buffer, writes and syncs it, answers the
