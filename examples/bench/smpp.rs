@@ -13,6 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -70,8 +71,9 @@ impl Outcome {
 pub async fn run(load: Load) -> Outcome {
     let start = Instant::now() + Duration::from_millis(50);
     let mut tasks = Vec::new();
+    let receipts = Arc::new(Mutex::new(Receipts::default()));
     for bind in 0..load.binds {
-        tasks.push(tokio::spawn(bind_task(load.clone(), bind, start)));
+        tasks.push(tokio::spawn(bind_task(load.clone(), bind, start, receipts.clone())));
     }
     let mut out = Outcome::default();
     for task in tasks {
@@ -83,6 +85,16 @@ pub async fn run(load: Load) -> Outcome {
         out.receipt_span = out.receipt_span.max(last_receipt.saturating_duration_since(start));
     }
     out
+}
+
+/// The receipts awaited, shared by the binds: the SMSC sends a receipt to
+/// any receiving bind of the account, not only the one that submitted.
+#[derive(Default)]
+struct Receipts {
+    /// SMSC message id → when its submit was due.
+    waiting: HashMap<String, Instant>,
+    /// Receipts that came before their submit_sm_resp.
+    early: HashSet<String>,
 }
 
 fn submit_pdu(n: u64, numbers: u32) -> SubmitSm {
@@ -118,7 +130,12 @@ fn receipted_id(command: &Command) -> Option<String> {
 
 /// One bind: returns its tally, when its last submit_sm_resp and its last
 /// receipt came.
-async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant, Instant) {
+async fn bind_task(
+    load: Load,
+    bind: usize,
+    start: Instant,
+    receipts: Arc<Mutex<Receipts>>,
+) -> (Outcome, Instant, Instant) {
     let mut out = Outcome::default();
     let mut last_resp = start;
     let mut last_receipt = start;
@@ -154,8 +171,6 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
     // seq → when the submit was due (the send time, closed loop) and sent.
     let mut waiting_resp: HashMap<u32, (Instant, Instant)> = HashMap::new();
     // SMSC message id → when its submit was due.
-    let mut waiting_receipt: HashMap<String, Instant> = HashMap::new();
-    let mut early_receipts: HashSet<String> = HashSet::new();
     // The next submit's due time while any is left. Open loop, every
     // submit due before `end` is sent, late when the window held it back.
     let next_due = |index: u64, now: Instant| -> Option<Instant> {
@@ -193,7 +208,10 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
         }
         let now = Instant::now();
         let upcoming = next_due(index, now);
-        if upcoming.is_none() && waiting_resp.is_empty() && (waiting_receipt.is_empty() || now >= give_up) {
+        if upcoming.is_none()
+            && waiting_resp.is_empty()
+            && (receipts.lock().expect("receipts").waiting.is_empty() || now >= give_up)
+        {
             break;
         }
         if now >= give_up + Duration::from_secs(5) {
@@ -206,7 +224,11 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
         let wake = match upcoming {
             Some(at) if waiting_resp.len() < load.window => at,
             Some(_) => give_up + Duration::from_secs(5),
-            None => give_up.max(now + Duration::from_millis(10)),
+            // Another bind may take this one's receipts (the SMSC sends
+            // them to any receiver of the account): look again soon.
+            None => give_up
+                .min(now + Duration::from_millis(20))
+                .max(now + Duration::from_millis(1)),
         };
         let first = tokio::select! {
             item = framed.next() => item,
@@ -234,8 +256,9 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
                             out.submits.service_latency.record(now - sent);
                             if let Some(Pdu::SubmitSmResp(resp)) = command.pdu() {
                                 let id = resp.message_id().as_str().to_string();
-                                if !early_receipts.remove(&id) {
-                                    waiting_receipt.insert(id, at);
+                                let mut receipts = receipts.lock().expect("receipts");
+                                if !receipts.early.remove(&id) {
+                                    receipts.waiting.insert(id, at);
                                 }
                             }
                         } else if status == CommandStatus::EsmeRthrottled {
@@ -255,10 +278,11 @@ async fn bind_task(load: Load, bind: usize, start: Instant) -> (Outcome, Instant
                     if let Some(id) = receipted_id(&command) {
                         out.receipts += 1;
                         last_receipt = now;
-                        match waiting_receipt.remove(&id) {
+                        let mut receipts = receipts.lock().expect("receipts");
+                        match receipts.waiting.remove(&id) {
                             Some(at) => out.receipt_latency.record(now - at),
                             None => {
-                                early_receipts.insert(id);
+                                receipts.early.insert(id);
                             }
                         }
                     }
