@@ -77,7 +77,7 @@ pub fn open_desk(config: &Config) -> Result<(crate::desk::Desk, Arc<Clock>), Sta
         ));
     }
     let key = load_or_create_key(&config.data_dir).map_err(|e| data(&e))?;
-    let store = Store::open(&config.data_dir).map_err(|e| data(&e))?;
+    let store = Store::open_with_cache(&config.data_dir, config.cache_mib).map_err(|e| data(&e))?;
     let carriers = Arc::new(load_carriers(config)?);
     let saved = World::saved_clock(&store).map_err(|e| data(&e))?;
     // Data made under a virtual clock is read at that clock's time.
@@ -186,7 +186,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let data = |e: &dyn std::fmt::Display| StartError::Data(config.data_dir.display().to_string(), e.to_string());
     std::fs::create_dir_all(&config.data_dir).map_err(|e| data(&e))?;
     let key = load_or_create_key(&config.data_dir).map_err(|e| data(&e))?;
-    let store = Store::open(&config.data_dir).map_err(|e| data(&e))?;
+    let store = Store::open_with_cache(&config.data_dir, config.cache_mib).map_err(|e| data(&e))?;
     let fresh = store.tree("members").map_err(|e| data(&e))?.is_empty()
         && store.tree("handsets").map_err(|e| data(&e))?.is_empty();
     let carriers = Arc::new(load_carriers(&config)?);

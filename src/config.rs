@@ -60,6 +60,10 @@ pub struct Config {
     /// first (give or take a 64th of the cap, `store::retention`), except a
     /// message still pending or a code still usable.
     pub log_retention: usize,
+    /// sled's page cache in MiB (`cache_mib`, default
+    /// [`crate::store::DEFAULT_CACHE_MIB`]): most of what the process
+    /// holds under load, and what keeps retention off the disk.
+    pub cache_mib: u64,
     pub max_message_bytes: usize,
     /// Required on simulation and admin routes when HTTP listens beyond loopback.
     pub admin_token: Option<String>,
@@ -369,6 +373,7 @@ struct File {
     chaos: Option<bool>,
     mail_retention: Option<usize>,
     log_retention: Option<usize>,
+    cache_mib: Option<u64>,
     max_message_bytes: Option<usize>,
     admin_token: Option<String>,
     demo: Option<bool>,
@@ -547,6 +552,7 @@ impl Config {
                 .log_retention
                 .unwrap_or(crate::delivery::log::DEFAULT_RETENTION)
                 .max(1),
+            cache_mib: file.cache_mib.unwrap_or(crate::store::DEFAULT_CACHE_MIB).max(1),
             max_message_bytes: file.max_message_bytes.unwrap_or(10 * 1024 * 1024),
             admin_token: file.admin_token,
             load_demo: file.demo.unwrap_or(true),
@@ -616,6 +622,14 @@ mod tests {
             config: Some(path),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn the_database_cache_is_set_in_mib_and_never_zero() {
+        assert_eq!(load_file("cache_mib = 64\n").unwrap().cache_mib, 64);
+        assert_eq!(load_file("cache_mib = 0\n").unwrap().cache_mib, 1);
+        assert_eq!(load_file("").unwrap().cache_mib, crate::store::DEFAULT_CACHE_MIB);
+        assert!(load_file("cache_mib = \"big\"\n").is_err());
     }
 
     #[test]
@@ -740,5 +754,6 @@ mod example_file {
         assert_eq!(c.http_admission, HttpAdmission::default());
         assert_eq!(c.smtp_max_messages_per_sec, None);
         assert_eq!(c.log_retention, crate::delivery::log::DEFAULT_RETENTION);
+        assert_eq!(c.cache_mib, crate::store::DEFAULT_CACHE_MIB);
     }
 }

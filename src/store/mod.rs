@@ -42,11 +42,16 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// sled's page cache. Its default (1 GiB) let a server under steady load
-/// grow for as long as its data did (the benchmark's memory soak); the
-/// working set (recent messages, members, OTPs) is far smaller, and older
-/// pages come back from the OS's file cache when read.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// sled's page cache by default, in MiB (the `cache_mib` setting). sled's
+/// own default (1 GiB) let a server under steady load grow for as long as
+/// its data did (the benchmark's memory soak). Past the retention caps,
+/// though, every new message makes retention read and remove the oldest
+/// ones, whose pages a small cache has already dropped: with 64 MiB a
+/// fifth of the checkpoint thread's time went to reading them back from
+/// the file, and the SMSC served about 8,000 submits/s under overload
+/// where it serves about 10,400 with 256 (BENCHMARKS.md, twelfth round);
+/// 512 gained nothing more. The process then levels off near 500 MiB.
+pub const DEFAULT_CACHE_MIB: u64 = 256;
 
 /// How many ids [`Store::next_id`] reserves with one write.
 const ID_BLOCK: u64 = 10_000;
@@ -112,12 +117,12 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Opens sled's database in `dir`, waiting up to [`LOCK_WAIT`] for its
 /// lock; another process holding it still fails after that.
-fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+fn open_sled(dir: &Path, cache_mib: u64) -> sled::Result<sled::Db> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         let opened = sled::Config::new()
             .path(dir)
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
             .flush_every_ms(None)
             .open();
         match opened {
@@ -148,8 +153,13 @@ pub struct Tree {
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
+        Store::open_with_cache(dir, DEFAULT_CACHE_MIB)
+    }
+
+    /// [`Store::open`] with sled's page cache of `cache_mib` MiB.
+    pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Store> {
         let sled_dir = dir.join("db");
-        let db = open_sled(&sled_dir)?;
+        let db = open_sled(&sled_dir, cache_mib)?;
         let layers = Arc::new(Layers::new());
         let wal =
             Wal::open(&dir.join("wal"), &db, &sled_dir, layers.clone()).map_err(|e| StoreError::Log(e.to_string()))?;
@@ -504,12 +514,12 @@ mod tests {
     #[test]
     fn opening_waits_for_the_lock_of_a_store_closing() {
         let dir = tempfile::tempdir().unwrap();
-        let held = open_sled(dir.path()).unwrap();
+        let held = open_sled(dir.path(), DEFAULT_CACHE_MIB).unwrap();
         let (started, starting) = std::sync::mpsc::channel();
         let path = dir.path().to_path_buf();
         let opener = std::thread::spawn(move || {
             started.send(()).unwrap();
-            open_sled(&path).map(drop)
+            open_sled(&path, DEFAULT_CACHE_MIB).map(drop)
         });
         starting.recv().unwrap();
         drop(held);
