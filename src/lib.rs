@@ -24,3 +24,12 @@ pub mod sim;
 pub mod smsc;
 pub mod smtp;
 pub mod store;
+
+/// Stripes per family of striped locks (the OTP service's, the delivery
+/// log's, the SMS network's). The OTP service and the SMS network hold a
+/// stripe across a durable write, so unrelated keys that share one wait
+/// for each other's sync; and retention, which only tries a stripe, passes
+/// over a record whose stripe is busy. With 64 stripes and a hundred
+/// submits in progress most were: under overload retention read 15 to 20
+/// keys for each record it removed (BENCHMARKS.md, twelfth round).
+pub(crate) const LOCK_STRIPES: usize = 1024;

@@ -114,11 +114,6 @@ pub struct OtpService {
     locks: Arc<[Vec<tokio::sync::Mutex<()>>; 3]>,
 }
 
-/// Stripes per lock family. An issue holds its destination's stripe until
-/// the SMSC answers, so unrelated numbers that share one wait for each
-/// other's round trip: 64 stripes made that likely at 64 concurrent issues.
-const LOCK_STRIPES: usize = 1024;
-
 #[derive(Clone, Copy)]
 enum Lock {
     Member = 0,
@@ -178,7 +173,11 @@ impl OtpService {
             brand: config.sender.brand.clone(),
             sender,
             locks: Arc::new(std::array::from_fn(|_| {
-                (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()
+                // An issue holds its destination's stripe until the SMSC
+                // answers, so unrelated numbers that share one wait for each
+                // other's round trip: 64 stripes made that likely at 64
+                // concurrent issues.
+                (0..crate::LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()
             })),
         })
     }

@@ -224,7 +224,7 @@ impl DeliveryLog {
         Ok(DeliveryLog {
             store: store.clone(),
             index: store.tree("message_index")?,
-            locks: Arc::new((0..64).map(|_| tokio::sync::Mutex::new(())).collect()),
+            locks: Arc::new((0..crate::LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()),
             observers: Arc::new(std::sync::RwLock::new(Vec::new())),
             changed: Arc::new(tokio::sync::Notify::new()),
             retention: Arc::new(Retention::new(DEFAULT_RETENTION, messages.len())),

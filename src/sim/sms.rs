@@ -174,7 +174,7 @@ impl SmsNetwork {
                 hub,
                 seed,
                 internal_system_id,
-                locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+                locks: (0..crate::LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             }),
         })
     }
