@@ -48,9 +48,9 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// though, every new message makes retention read and remove the oldest
 /// ones, whose pages a small cache has already dropped: with 64 MiB a
 /// fifth of the checkpoint thread's time went to reading them back from
-/// the file, and the SMSC served about 8,000 submits/s under overload
-/// where it serves about 10,400 with 256 (BENCHMARKS.md, twelfth round);
-/// 512 gained nothing more. The process then levels off near 500 MiB.
+/// the file. With 256 the SMSC under overload spends about a tenth less
+/// CPU per message (BENCHMARKS.md, twelfth round); 512 gained nothing
+/// more. The process then levels off near 500 MiB.
 pub const DEFAULT_CACHE_MIB: u64 = 256;
 
 /// How many ids [`Store::next_id`] reserves with one write.
