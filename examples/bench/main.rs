@@ -4,7 +4,7 @@
 //! ratio otpgate / baseline, then which targets were met.
 //!
 //! ```sh
-//! cargo run --release --example bench              # everything but the soak, about 10 minutes
+//! cargo run --release --example bench              # everything but the soak, about 5 minutes
 //! cargo run --release --example bench -- --quick   # a few minutes
 //! cargo run --release --example bench -- --soak    # adds the 10-minute memory soak
 //! ```
