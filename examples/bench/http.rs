@@ -8,7 +8,7 @@
 //! at `i / rate` and its latency counts from then.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,6 +157,10 @@ pub struct Load {
     pub requests: Requests,
     /// Keep each 2xx answer's body, by request index.
     pub keep_bodies: bool,
+    /// Open loop only: when a request falls due and no connection is free,
+    /// open another, up to this many in all (as many independent clients
+    /// would), instead of holding the request back until one is free.
+    pub grow_to: Option<usize>,
 }
 
 pub struct Outcome {
@@ -181,13 +185,45 @@ pub async fn run(load: Load) -> Outcome {
         conns.push(conn);
     }
     let start = Instant::now() + Duration::from_millis(50);
+    let free = Arc::new(AtomicUsize::new(0));
+    // Asked for one more connection by the pacer.
+    let (grow, mut grown) = mpsc::unbounded_channel::<()>();
+    let growth = load.grow_to.map(|most| Growth {
+        free: free.clone(),
+        grow,
+        room: most.saturating_sub(load.connections),
+    });
     let next = match load.rate {
-        Some(rate) => Next::Paced(Arc::new(tokio::sync::Mutex::new(pace(start, rate, load.duration)))),
+        Some(rate) => Next::Paced(Arc::new(tokio::sync::Mutex::new(pace(
+            start,
+            rate,
+            load.duration,
+            growth,
+        )))),
         None => Next::Counter(Arc::new(AtomicU64::new(0))),
     };
     let mut tasks = Vec::new();
     for conn in conns {
-        tasks.push(tokio::spawn(worker(conn, load.clone(), start, next.clone())));
+        tasks.push(tokio::spawn(worker(
+            conn,
+            load.clone(),
+            start,
+            next.clone(),
+            free.clone(),
+            false,
+        )));
+    }
+    // Without growth the sender is gone already and this ends at once.
+    while let Some(()) = grown.recv().await {
+        let conn = Conn::new(load.addr);
+        tasks.push(tokio::spawn(worker(
+            conn,
+            load.clone(),
+            start,
+            next.clone(),
+            free.clone(),
+            true,
+        )));
     }
     let mut tally = Tally::default();
     let mut bodies = Vec::new();
@@ -206,6 +242,15 @@ pub async fn run(load: Load) -> Outcome {
     }
 }
 
+/// How the pacer opens connections when none is free.
+struct Growth {
+    /// Workers waiting for a request (or about to).
+    free: Arc<AtomicUsize>,
+    grow: mpsc::UnboundedSender<()>,
+    /// How many more may be opened.
+    room: usize,
+}
+
 /// Where a worker takes its next request from.
 #[derive(Clone)]
 enum Next {
@@ -221,7 +266,15 @@ enum Next {
 /// rounds every deadline up to its next millisecond tick: with it, each
 /// request went out up to 1 ms after its due time, a lag of the client's
 /// own counted in every latency, and requests left in bursts, one per tick.
-fn pace(start: Instant, rate: f64, duration: Duration) -> mpsc::UnboundedReceiver<(u64, Instant)> {
+///
+/// With `growth`, a request that falls due while no connection is free
+/// first asks for a new one (while there is room).
+fn pace(
+    start: Instant,
+    rate: f64,
+    duration: Duration,
+    mut growth: Option<Growth>,
+) -> mpsc::UnboundedReceiver<(u64, Instant)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (start, end) = (start.into_std(), start.into_std() + duration);
     std::thread::spawn(move || {
@@ -234,6 +287,14 @@ fn pace(start: Instant, rate: f64, duration: Duration) -> mpsc::UnboundedReceive
             if at > now {
                 std::thread::sleep(at - now);
             }
+            if let Some(g) = growth.as_mut() {
+                if g.room > 0 && g.free.load(Ordering::SeqCst) == 0 && g.grow.send(()).is_ok() {
+                    g.room -= 1;
+                    // Counted free until it takes a request, so one busy
+                    // moment does not open a connection per request.
+                    g.free.fetch_add(1, Ordering::SeqCst);
+                }
+            }
             if tx.send((index, Instant::from_std(at))).is_err() {
                 break;
             }
@@ -242,20 +303,32 @@ fn pace(start: Instant, rate: f64, duration: Duration) -> mpsc::UnboundedReceive
     rx
 }
 
-async fn worker(mut conn: Conn, load: Load, start: Instant, next: Next) -> (Tally, Vec<(u64, Vec<u8>)>, Instant) {
+async fn worker(
+    mut conn: Conn,
+    load: Load,
+    start: Instant,
+    next: Next,
+    free: Arc<AtomicUsize>,
+    opened_by_pacer: bool,
+) -> (Tally, Vec<(u64, Vec<u8>)>, Instant) {
     let mut tally = Tally::default();
     let mut bodies = Vec::new();
     let mut last = start;
     let end = start + load.duration;
     tokio::time::sleep_until(start).await;
+    // A worker the pacer opened was counted free already.
+    let mut counted = opened_by_pacer;
     loop {
-        let (index, at) = match &next {
-            Next::Counter(counter) => (counter.fetch_add(1, Ordering::Relaxed), Instant::now()),
-            Next::Paced(due) => match due.lock().await.recv().await {
-                Some(next) => next,
-                None => break,
-            },
+        if !counted {
+            free.fetch_add(1, Ordering::SeqCst);
+        }
+        counted = false;
+        let taken = match &next {
+            Next::Counter(counter) => Some((counter.fetch_add(1, Ordering::Relaxed), Instant::now())),
+            Next::Paced(due) => due.lock().await.recv().await,
         };
+        free.fetch_sub(1, Ordering::SeqCst);
+        let Some((index, at)) = taken else { break };
         if at >= end {
             break;
         }

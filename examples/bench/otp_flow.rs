@@ -289,6 +289,7 @@ pub(crate) fn http_load(
         timeout: Duration::from_secs(5),
         requests,
         keep_bodies: false,
+        grow_to: None,
     }
 }
 
