@@ -202,28 +202,20 @@ pub async fn run(load: Load) -> Outcome {
         )))),
         None => Next::Counter(Arc::new(AtomicU64::new(0))),
     };
-    let mut tasks = Vec::new();
-    for conn in conns {
-        tasks.push(tokio::spawn(worker(
+    let spawn = |conn: Conn, opened_by_pacer: bool| {
+        tokio::spawn(worker(
             conn,
             load.clone(),
             start,
             next.clone(),
             free.clone(),
-            false,
-        )));
-    }
+            opened_by_pacer,
+        ))
+    };
+    let mut tasks: Vec<_> = conns.into_iter().map(|conn| spawn(conn, false)).collect();
     // Without growth the sender is gone already and this ends at once.
     while let Some(()) = grown.recv().await {
-        let conn = Conn::new(load.addr);
-        tasks.push(tokio::spawn(worker(
-            conn,
-            load.clone(),
-            start,
-            next.clone(),
-            free.clone(),
-            true,
-        )));
+        tasks.push(spawn(Conn::new(load.addr), true));
     }
     let mut tally = Tally::default();
     let mut bodies = Vec::new();
