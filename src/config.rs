@@ -36,7 +36,7 @@ pub struct Config {
     pub smtp_max_in_flight: Option<usize>,
     /// While even the quickest transaction of the last 100 ms (MAIL to the
     /// answer after DATA) took longer than this, MAIL is answered `451 4.3.2` (`[smtp]
-    /// shed_after_ms`, default 50; 0 turns it off).
+    /// shed_after_ms`, default 20; 0 turns it off).
     pub smtp_shed_after: Option<std::time::Duration>,
     /// SMTP sessions served at once (`[smtp] max_connections`, default
     /// 1,024); one more is answered `421 4.7.0` at connect and closed.
@@ -596,7 +596,7 @@ mod tests {
         assert_eq!(c.http_admission.max_requests_per_sec, None);
         assert_eq!(c.smtp_max_messages_per_sec, None);
         assert_eq!(c.smtp_max_in_flight, None);
-        assert_eq!(c.smtp_shed_after, Some(std::time::Duration::from_millis(50)));
+        assert_eq!(c.smtp_shed_after, Some(std::time::Duration::from_millis(20)));
         assert!(c
             .smsc
             .accounts

@@ -162,7 +162,7 @@ async fn overload_smtp(env: &Env, report: &mut Report) {
     let (d, half) = lengths(env);
     // SMTP: the maximum over 64 connections, closed loop; then twice it
     // offered by a client that opens connections when messages fall due,
-    // as configured by default (no limit set; `shed_after_ms = 50` refuses
+    // as configured by default (no limit set; `shed_after_ms = 20` refuses
     // MAIL while captures lag).
     let server = env.otpgate("overload-smtp", "").await;
     let addr = server.smtp.expect("smtp address");
@@ -176,7 +176,7 @@ async fn overload_smtp(env: &Env, report: &mut Report) {
     let u = server.stop().await;
     overload_rows(
         report,
-        "SMTP, connections opened when due (default: shed_after_ms = 50)",
+        "SMTP, connections opened when due (default: shed_after_ms = 20)",
         &mut o.tally,
         d,
         max,
