@@ -109,6 +109,38 @@ async fn a_submitted_message_reaches_the_handset_and_its_receipt_says_delivrd() 
     server.stop().await;
 }
 
+/// A number nobody set up gets the default handset (docomo, reachable):
+/// it receives, and the simulation shows that handset for it, without
+/// keeping a record per number a client sends to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_number_nobody_set_up_receives_on_the_default_handset_which_is_not_stored() {
+    let server = TestServer::start().await;
+    const NEW: &str = "09011119999";
+    let (status, _) = server.get("/v1/sim/handsets/09011119999").await;
+    assert_eq!(status, 404, "never seen");
+    let (_, before) = server.get("/v1/sim/handsets").await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    esme.send(&sms(NEW, "Your code is 123456")).await;
+    server.advance(RUN).await;
+    assert_eq!(esme.receipt().await.summary(), "DELIVRD err:000 state:2 nec:-");
+    let inbox = server.inbox(NEW).await;
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    assert_eq!(inbox[0].from, "03-5460-0124");
+
+    let (status, handset) = server.get("/v1/sim/handsets/09011119999").await;
+    assert_eq!(status, 200, "{handset}");
+    assert_eq!(handset["carrier"], "docomo", "{handset}");
+    let (_, after) = server.get("/v1/sim/handsets").await;
+    assert_eq!(after, before, "the default handset is not stored");
+    // Set up later, it is created (201), not changed.
+    let (status, _) = server
+        .put("/v1/sim/handsets/09011119999", json!({"carrier": "au"}))
+        .await;
+    assert_eq!(status, 201);
+    esme.unbind().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enquire_link_is_answered_and_unbind_closes_the_connection() {
     let server = TestServer::start().await;

@@ -149,7 +149,13 @@ pub const ROUTES: &[Route] = &[
         "Switch chaos on or off, with per-carrier rates",
         &["enabled", "carriers"],
     ),
-    r("get", "/v1/sim/handsets", "simulation", "Every simulated handset", &[]),
+    r(
+        "get",
+        "/v1/sim/handsets",
+        "simulation",
+        "Every handset set up with PUT (a number nobody set up is on the default handset)",
+        &[],
+    ),
     r(
         "put",
         "/v1/sim/handsets/{number}",
@@ -171,7 +177,7 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/sim/handsets/{number}",
         "simulation",
-        "A handset's carrier and state",
+        "A handset's carrier and state; for a number that received messages without one set up, the default handset",
         &[],
     ),
     r(

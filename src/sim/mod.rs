@@ -92,24 +92,25 @@ impl World {
         })
     }
 
+    /// The handset a number has in the simulation: the one put for it, or,
+    /// for a number that has received messages without one, the default
+    /// handset they reached. `None` for a number the world has never seen.
     pub fn handset(&self, number: &str) -> Result<Option<HandsetState>, StoreError> {
-        self.handsets.get(number)
+        if let Some(h) = self.handsets.get(number)? {
+            return Ok(Some(h));
+        }
+        let prefix = format!("{number}\0");
+        let received = self.inbox.keys_rev(&prefix, None).next().transpose()?.is_some();
+        Ok(received.then(|| self.default_handset()))
     }
 
-    /// The handset for a number, created on the default carrier if none
-    /// exists (by compare-and-swap, so a handset put at the same moment is
-    /// never overwritten by the default). The creation is written, not
-    /// synced: the caller's next sync covers it, and a default handset lost
-    /// to a crash is the same one made again.
+    /// The handset for a number: the one put for it, else the default one
+    /// (on the default carrier, reachable), which is not stored. Stored, the
+    /// defaults grew with every new number a client sent to, the one record
+    /// kept that grew with traffic, and cost a write and a lookup in a
+    /// growing tree per new number.
     pub fn handset_or_default(&self, number: &str) -> Result<HandsetState, StoreError> {
-        if let Some(h) = self.handsets.get(number)? {
-            return Ok(h);
-        }
-        let handset = self.default_handset();
-        match self.handsets.compare_and_swap(number, None::<&HandsetState>, &handset) {
-            Err(StoreError::Conflict) => Ok(self.handsets.get(number)?.unwrap_or(handset)),
-            other => other.map(|()| handset),
-        }
+        Ok(self.handsets.get(number)?.unwrap_or_else(|| self.default_handset()))
     }
 
     /// A new number's handset: on the default carrier, reachable.
