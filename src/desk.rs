@@ -94,11 +94,12 @@ impl Desk {
                 }
                 messages.sort_by(|a, b| b.id.cmp(&a.id));
                 let phone = member.phone.as_ref().map(|p| p.number.clone());
+                let handset = self.handset(phone.as_deref(), &messages)?;
                 Ok(Dossier {
                     otps: self.service.otps_of(&member.id)?,
                     refusals: self.service.refusals_of(&member.id)?,
                     messages,
-                    handset: self.handset(phone.as_deref())?,
+                    handset,
                     mailbox: member.email.as_deref().and_then(|e| self.mail.get_mailbox(e).ok()),
                     member: Some(member.clone()),
                     destination: None,
@@ -106,20 +107,21 @@ impl Desk {
             }
             Subject::Destination(destination) => {
                 let is_email = destination.contains('@');
+                let messages = self.messages(Query {
+                    to: Some(destination.clone()),
+                    ..Query::default()
+                })?;
                 Ok(Dossier {
                     member: None,
                     destination: Some(destination.clone()),
                     otps: Vec::new(),
                     refusals: Vec::new(),
-                    messages: self.messages(Query {
-                        to: Some(destination.clone()),
-                        ..Query::default()
-                    })?,
                     handset: if is_email {
                         None
                     } else {
-                        self.handset(Some(destination))?
+                        self.handset(Some(destination), &messages)?
                     },
+                    messages,
                     mailbox: if is_email {
                         self.mail.get_mailbox(destination).ok()
                     } else {
@@ -130,11 +132,21 @@ impl Desk {
         }
     }
 
-    fn handset(&self, number: Option<&str>) -> Result<Option<(String, HandsetState)>, ServiceError> {
-        match number {
-            Some(n) => Ok(self.world.handset(n)?.map(|h| (n.to_string(), h))),
-            None => Ok(None),
-        }
+    /// The handset put for `number`; else, when the log has messages sent
+    /// to it, the default handset they went to (not stored, so the world
+    /// alone knows of it only once something reached its inbox).
+    fn handset(
+        &self,
+        number: Option<&str>,
+        messages: &[Message],
+    ) -> Result<Option<(String, HandsetState)>, ServiceError> {
+        let Some(n) = number else { return Ok(None) };
+        let handset = match self.world.handset(n)? {
+            Some(h) => Some(h),
+            None if messages.iter().any(|m| m.to == n) => Some(self.world.handset_or_default(n)?),
+            None => None,
+        };
+        Ok(handset.map(|h| (n.to_string(), h)))
     }
 
     /// Runs the rules over a dossier, in `lang` (else the member's language).

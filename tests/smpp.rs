@@ -121,6 +121,10 @@ async fn a_number_nobody_set_up_receives_on_the_default_handset_which_is_not_sto
     let (_, before) = server.get("/v1/sim/handsets").await;
     let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
     esme.send(&sms(NEW, "Your code is 123456")).await;
+    // Still on its way: the desk knows the phone it goes to all the same.
+    let (status, report) = server.get("/v1/diagnostics/destinations/%2B819011119999").await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["handset"]["carrier"], "docomo", "{report}");
     server.advance(RUN).await;
     assert_eq!(esme.receipt().await.summary(), "DELIVRD err:000 state:2 nec:-");
     let inbox = server.inbox(NEW).await;
