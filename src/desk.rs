@@ -94,7 +94,7 @@ impl Desk {
                 }
                 messages.sort_by(|a, b| b.id.cmp(&a.id));
                 let phone = member.phone.as_ref().map(|p| p.number.clone());
-                let handset = self.handset(phone.as_deref(), &messages)?;
+                let handset = self.numbered_handset(phone.as_deref())?;
                 Ok(Dossier {
                     otps: self.service.otps_of(&member.id)?,
                     refusals: self.service.refusals_of(&member.id)?,
@@ -119,7 +119,7 @@ impl Desk {
                     handset: if is_email {
                         None
                     } else {
-                        self.handset(Some(destination), &messages)?
+                        self.numbered_handset(Some(destination))?
                     },
                     messages,
                     mailbox: if is_email {
@@ -132,21 +132,31 @@ impl Desk {
         }
     }
 
-    /// The handset put for `number`; else, when the log has messages sent
-    /// to it, the default handset they went to (not stored, so the world
-    /// alone knows of it only once something reached its inbox).
-    fn handset(
-        &self,
-        number: Option<&str>,
-        messages: &[Message],
-    ) -> Result<Option<(String, HandsetState)>, ServiceError> {
-        let Some(n) = number else { return Ok(None) };
-        let handset = match self.world.handset(n)? {
-            Some(h) => Some(h),
-            None if messages.iter().any(|m| m.to == n) => Some(self.world.handset_or_default(n)?),
-            None => None,
+    /// The handset a number has in the simulation: the one put for it, else,
+    /// once the log has a message to it, the default handset the message
+    /// went to (never stored); `None` for a number nothing was sent to. The
+    /// API, the console and the reports all ask here.
+    pub fn handset(&self, number: &str) -> Result<Option<HandsetState>, ServiceError> {
+        if let Some(h) = self.world.handset(number)? {
+            return Ok(Some(h));
+        }
+        let sent_to = Query {
+            to: Some(number.to_string()),
+            limit: 1,
+            ..Query::default()
         };
-        Ok(handset.map(|h| (n.to_string(), h)))
+        let (messages, _) = self.log.query(&sent_to)?;
+        if messages.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.world.handset_or_default(number)?))
+    }
+
+    fn numbered_handset(&self, number: Option<&str>) -> Result<Option<(String, HandsetState)>, ServiceError> {
+        match number {
+            Some(n) => Ok(self.handset(n)?.map(|h| (n.to_string(), h))),
+            None => Ok(None),
+        }
     }
 
     /// Runs the rules over a dossier, in `lang` (else the member's language).

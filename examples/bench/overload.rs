@@ -25,9 +25,10 @@ fn wide(load: smpp::Load) -> smpp::Load {
     smpp::Load { window: 256, ..load }
 }
 
-/// The overload runs' SMTP client opens up to this many connections, under
-/// the server's cap (1,024), as messages fall due and none is idle.
-const SMTP_OPEN_CONNECTIONS: usize = 1000;
+/// The overload runs' SMTP and HTTP clients open up to this many
+/// connections, under the servers' caps (1,024 each), as messages and
+/// requests fall due and none is free.
+const OPEN_CONNECTIONS: usize = 1000;
 
 /// Each protocol on a fresh instance: its maximum first (closed loop), then
 /// twice that offered open loop with the same connections.
@@ -126,10 +127,6 @@ async fn overload_smpp(env: &Env, report: &mut Report) {
     );
 }
 
-/// The default `log_retention`: how many messages the delivery log and the
-/// SMSC each keep.
-const LOG_RETENTION: u64 = 100_000;
-
 /// Submits (closed loop, as the maximum is measured) until the SMSC has
 /// taken a tenth more messages than it keeps, so that the maximum and the
 /// overload after it are measured in the steady state a server under load
@@ -137,7 +134,10 @@ const LOG_RETENTION: u64 = 100_000;
 /// an empty store the first 100,000 messages cost less, and a maximum
 /// measured then is a burst the server does not sustain.
 async fn fill_past_the_cap(addr: std::net::SocketAddr) {
-    let goal = LOG_RETENTION + LOG_RETENTION / 10;
+    // The default `log_retention`, which the delivery log and the SMSC
+    // each keep.
+    let cap = otpgate::delivery::log::DEFAULT_RETENTION as u64;
+    let goal = cap + cap / 10;
     let mut taken = 0;
     eprintln!("overload: SMPP filling the store past its retention cap ({goal} messages)...");
     while taken < goal {
@@ -162,7 +162,7 @@ async fn overload_smtp(env: &Env, report: &mut Report) {
     let (d, half) = lengths(env);
     // SMTP: the maximum over 64 connections, closed loop; then twice it
     // offered by a client that opens connections when messages fall due,
-    // as configured by default (no limit set; `shed_after_ms = 20` refuses
+    // as configured by default (no limit set; `shed_after_ms` refuses
     // MAIL while captures lag).
     let server = env.otpgate("overload-smtp", "").await;
     let addr = server.smtp.expect("smtp address");
@@ -172,11 +172,14 @@ async fn overload_smtp(env: &Env, report: &mut Report) {
         2.0 * max
     );
     let cpu0 = server.usage().cpu_seconds;
-    let mut o = smtp::run_when_due(smtp_load(addr, SMTP_OPEN_CONNECTIONS, d, Some(2.0 * max))).await;
+    let mut o = smtp::run_when_due(smtp_load(addr, OPEN_CONNECTIONS, d, Some(2.0 * max))).await;
     let u = server.stop().await;
     overload_rows(
         report,
-        "SMTP, connections opened when due (default: shed_after_ms = 20)",
+        &format!(
+            "SMTP, connections opened when due (default: shed_after_ms = {})",
+            otpgate::smtp::DEFAULT_SHED_AFTER_MS
+        ),
         &mut o.tally,
         d,
         max,
@@ -215,7 +218,7 @@ async fn overload_smtp(env: &Env, report: &mut Report) {
         let cpu0 = server.usage().cpu_seconds;
         let mut o = smtp::run_when_due(smtp_load(
             server.smtp.expect("smtp address"),
-            SMTP_OPEN_CONNECTIONS,
+            OPEN_CONNECTIONS,
             d,
             Some(2.0 * max),
         ))
@@ -332,19 +335,16 @@ async fn overload_http(env: &Env, report: &mut Report) {
 
 /// The HTTP overload's client: open loop at `rate`, starting with the 256
 /// connections the maximum was measured with and opening more when a
-/// request falls due and none is free, up to [`HTTP_OPEN_CONNECTIONS`]. As
+/// request falls due and none is free, up to [`OPEN_CONNECTIONS`]. As
 /// 256 connections alone it was a closed loop past the server's maximum:
 /// the excess waited in the client, late, where no limit of the server
 /// could refuse it.
 fn http_overload_load(addr: std::net::SocketAddr, d: Duration, rate: f64, requests: http::Requests) -> http::Load {
     let mut load = http_load(addr, 256, d, Some(rate), requests);
     load.timeout = DEADLINE + Duration::from_secs(3);
-    load.grow_to = Some(HTTP_OPEN_CONNECTIONS);
+    load.grow_to = Some(OPEN_CONNECTIONS);
     load
 }
-
-/// Connections the HTTP overload may open, under the server's cap (1,024).
-const HTTP_OPEN_CONNECTIONS: usize = 1000;
 
 /// Requests in flight for the capped HTTP run: about what the closed-loop
 /// maximum keeps busy (its p50 of about 60 ms at about 1,000/s).

@@ -411,7 +411,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
         (&Method::GET, ["v1", "sim", "handsets", number]) => {
             let number = parse_number(number)?;
             let handset = ctx
-                .world
+                .desk
                 .handset(&number)?
                 .ok_or_else(|| ApiError::not_found("handset"))?;
             ok(handset_json(&number, &handset))

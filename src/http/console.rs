@@ -477,7 +477,7 @@ impl Page<'_> {
         let carrier = m
             .phone
             .as_ref()
-            .and_then(|p| self.ctx.world.handset(&p.number).ok().flatten())
+            .and_then(|p| self.ctx.desk.handset(&p.number).ok().flatten())
             .and_then(|h| self.ctx.world.carriers.get(&h.carrier))
             .map(|c| c.name(self.lang.code()).to_string());
         json!({
@@ -764,7 +764,7 @@ impl Page<'_> {
         let ctx = self.ctx;
         let missing = || Problem::NotFound(word(self.lang, "handset_word"));
         let number = member::parse_mobile(number).map_err(|_| missing())?;
-        let state = ctx.world.handset(&number)?.ok_or_else(missing)?;
+        let state = ctx.desk.handset(&number)?.ok_or_else(missing)?;
         let carrier = ctx.world.carriers.get(&state.carrier);
         let inbox: Vec<Value> = ctx
             .world

@@ -177,7 +177,7 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/sim/handsets/{number}",
         "simulation",
-        "A handset's carrier and state; for a number that received messages without one set up, the default handset",
+        "A handset's carrier and state; for a number messages were sent to without one set up, the default handset",
         &[],
     ),
     r(

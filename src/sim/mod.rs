@@ -92,16 +92,10 @@ impl World {
         })
     }
 
-    /// The handset a number has in the simulation: the one put for it, or,
-    /// for a number that has received messages without one, the default
-    /// handset they reached. `None` for a number the world has never seen.
+    /// The handset put for a number, if any ([`crate::desk::Desk::handset`]
+    /// adds the default one of a number messages went to).
     pub fn handset(&self, number: &str) -> Result<Option<HandsetState>, StoreError> {
-        if let Some(h) = self.handsets.get(number)? {
-            return Ok(Some(h));
-        }
-        let prefix = format!("{number}\0");
-        let received = self.inbox.keys_rev(&prefix, None).next().transpose()?.is_some();
-        Ok(received.then(|| self.default_handset()))
+        self.handsets.get(number)
     }
 
     /// The handset for a number: the one put for it, else the default one
