@@ -34,9 +34,9 @@ pub struct Config {
     /// after DATA (`[smtp] max_in_flight`); past it MAIL is answered
     /// `451 4.3.2`. `None` means no limit.
     pub smtp_max_in_flight: Option<usize>,
-    /// While even the quickest transaction of the last 100 ms (MAIL to the
-    /// answer after DATA) took longer than this, MAIL is answered `451 4.3.2` (`[smtp]
-    /// shed_after_ms`, default 20; 0 turns it off).
+    /// While even the quickest capture of the last 100 ms (the end of DATA
+    /// to its answer) took longer than this, MAIL is answered `451 4.3.2`
+    /// (`[smtp] shed_after_ms`, default 20; 0 turns it off).
     pub smtp_shed_after: Option<std::time::Duration>,
     /// SMTP sessions served at once (`[smtp] max_connections`, default
     /// 1,024); one more is answered `421 4.7.0` at connect and closed.

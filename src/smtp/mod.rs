@@ -59,9 +59,11 @@ pub struct SmtpConfig {
     /// DATA), across all connections; past it MAIL is answered `451 4.3.2`.
     /// `None` means no limit.
     pub max_in_flight: Option<usize>,
-    /// While even the quickest transaction (MAIL to the answer after DATA)
-    /// of the last 100 ms took longer than this, MAIL is answered
-    /// `451 4.3.2` ([`crate::admission::Backlog`]).
+    /// While even the quickest capture (the end of DATA to its answer) of
+    /// the last 100 ms took longer than this, MAIL is answered `451 4.3.2`
+    /// ([`crate::admission::Backlog`]). Only the server's part is timed:
+    /// a client's round trips between MAIL and the dot would make a
+    /// distant client look like a server that has fallen behind.
     /// `None` never refuses on that ground.
     pub shed_after: Option<std::time::Duration>,
     /// Accounts for AUTH PLAIN and LOGIN; empty means no AUTH at all.
@@ -72,7 +74,7 @@ pub struct SmtpConfig {
 /// closed-loop maximum over 64 connections a transaction takes about a
 /// millisecond (p99 about 4 ms). Offered twice that over up to 1,000
 /// connections, the server answered every transaction in 50 to 200 ms,
-/// so the quickest of a window stayed near 50 ms and a target of 50
+/// the quickest capture of a window stayed near 50 ms and a target of 50
 /// refused nothing while every client fell seconds behind; at 20 the
 /// excess is refused at once (BENCHMARKS.md, twelfth round).
 pub const DEFAULT_SHED_AFTER_MS: u64 = 20;

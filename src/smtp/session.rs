@@ -262,9 +262,6 @@ pub(crate) struct Session {
     from: Option<String>,
     /// The open transaction's `max_in_flight` slot, given back when it ends.
     slot: Option<OwnedSemaphorePermit>,
-    /// When the open transaction's MAIL was admitted, on the admission
-    /// ticker: the answer after DATA reports the time to the backlog.
-    mail_at: Option<tokio::time::Instant>,
     rcpts: Vec<String>,
     authenticated: bool,
     errors: u32,
@@ -289,7 +286,6 @@ impl Session {
             helo: None,
             from: None,
             slot: None,
-            mail_at: None,
             rcpts: Vec::new(),
             authenticated: false,
             errors: 0,
@@ -322,7 +318,6 @@ impl Session {
         self.helo = None;
         self.from = None;
         self.slot = None;
-        self.mail_at = None;
         self.rcpts.clear();
         self.authenticated = false;
         self.tls_active = true;
@@ -425,7 +420,6 @@ impl Session {
                 let text = format!("Sender <{path}> OK");
                 self.from = Some(path);
                 self.slot = slot;
-                self.mail_at = Some(self.server.limits.ticker.now());
                 self.rcpts.clear();
                 Step::reply(250, "2.1.0", &text)
             }
@@ -593,6 +587,8 @@ impl Session {
         if oversize {
             return Step::reply(552, "5.3.4", "Message size exceeds fixed maximum message size");
         }
+        // The backlog hears how long the capture took, the server's part of
+        // the transaction (see `SmtpConfig::shed_after`).
         let started = self.server.limits.ticker.now();
         let verdict = self.server.backend.data(envelope, raw).await;
         let now = self.server.limits.ticker.now();
@@ -696,7 +692,6 @@ impl Session {
     fn reset_transaction(&mut self) {
         self.from = None;
         self.slot = None;
-        self.mail_at = None;
         self.rcpts.clear();
         lock(&self.shared).start_data();
     }
