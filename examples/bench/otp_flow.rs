@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::child::Server;
 use crate::http::{self, Conn};
 use crate::report::Report;
 use crate::stats::Latencies;
@@ -246,6 +247,28 @@ fn verify_requests(otps: Arc<Vec<(String, String)>>) -> http::Requests {
     })
 }
 
+/// More OTPs to verify, not measured: for each purpose one to every
+/// member, its codes read once their receipts are logged (a code read
+/// earlier could be the round before's).
+async fn more_codes(addr: SocketAddr, members: &Arc<Vec<Member>>, purposes: &[&'static str]) -> Vec<(String, String)> {
+    let mut codes = Vec::new();
+    for &purpose in purposes {
+        eprintln!("http: issuing {} more OTPs ({purpose}, not measured)", members.len());
+        let mut load = http_load(
+            addr,
+            64,
+            Duration::from_secs(600),
+            None,
+            issue_requests(members, purpose),
+        );
+        load.keep_bodies = true;
+        let round = issued(&http::run(load).await);
+        let _ = receipts_logged(addr, round.iter().map(|(_, o)| o.message_id.clone()).collect()).await;
+        codes.extend(codes_for(addr, members, &round).await);
+    }
+    codes
+}
+
 /// Reads each member's newest code for the OTPs just issued to them.
 async fn codes_for(addr: SocketAddr, members: &Arc<Vec<Member>>, issued: &[(u64, Issued)]) -> Vec<(String, String)> {
     let pairs: Arc<Vec<(String, String)>> = Arc::new(
@@ -328,7 +351,10 @@ pub(crate) async fn http_workload(env: &Env, report: &mut Report, measure: bool)
     let count = if env.quick { 3_000 } else { 20_000 };
     // Throughput, not admission: 64 connections must never meet the
     // default in-flight cap (32 per core).
-    let server = env.otpgate("http", "[http]\nmax_in_flight = 1024\n").await;
+    // Each member gets an OTP for each of up to nine purposes (below), more
+    // than the default five sends in ten minutes to one number.
+    let config = env.config("http", "[http]\nmax_in_flight = 1024\n", "sends_per_window = 1000000\n");
+    let server = Server::otpgate(&env.bin, &env.data("http"), &config).await;
     let addr = server.http.expect("http address");
     eprintln!("http: setting up {count} members with verified phones (not measured)...");
     let t = Instant::now();
@@ -357,8 +383,17 @@ pub(crate) async fn http_workload(env: &Env, report: &mut Report, measure: bool)
     let e2e_rate = times.len() as f64 / ((last_receipt - issue_start_ms).max(1) as f64 / 1000.0);
     let issue_rate = issue.rate();
 
-    // Verify at the maximum rate: each OTP once, with its right code.
-    let codes = Arc::new(codes_for(addr, &members, &issued_a).await);
+    // Verify at the maximum rate: each OTP once, with its right code. One
+    // OTP a member lasts about half a second at that rate, against the
+    // hello-world's five, so more rounds are issued first (not measured).
+    let mut codes = codes_for(addr, &members, &issued_a).await;
+    let more: &[&'static str] = if env.quick {
+        &[]
+    } else {
+        &["v2", "v3", "v4", "v5", "v6"]
+    };
+    codes.extend(more_codes(addr, &members, more).await);
+    let codes = Arc::new(codes);
     eprintln!("http: verifying {} codes, 64 connections", codes.len());
     let cpu0 = server.usage().cpu_seconds;
     let mut verify = http::run(http_load(
@@ -385,7 +420,10 @@ pub(crate) async fn http_workload(env: &Env, report: &mut Report, measure: bool)
     let second = http::run(load).await;
     let issued_b = issued(&second);
     let _ = receipts_logged(addr, issued_b.iter().map(|(_, o)| o.message_id.clone()).collect()).await;
-    let codes_b = Arc::new(codes_for(addr, &members, &issued_b).await);
+    let mut codes_b = codes_for(addr, &members, &issued_b).await;
+    let more: &[&'static str] = if env.quick { &[] } else { &["h2", "h3"] };
+    codes_b.extend(more_codes(addr, &members, more).await);
+    let codes_b = Arc::new(codes_b);
     let half = verify_max / 2.0;
     eprintln!("http: verifying {} codes open loop at {half:.0}/s", codes_b.len());
     let mut verify_half = http::run(http_load(
