@@ -262,7 +262,9 @@ async fn more_codes(addr: SocketAddr, members: &Arc<Vec<Member>>, purposes: &[&'
             issue_requests(members, purpose),
         );
         load.keep_bodies = true;
-        let round = issued(&http::run(load).await);
+        let outcome = http::run(load).await;
+        eprintln!("  {:.0} OTPs/s", outcome.rate());
+        let round = issued(&outcome);
         let _ = receipts_logged(addr, round.iter().map(|(_, o)| o.message_id.clone()).collect()).await;
         codes.extend(codes_for(addr, members, &round).await);
     }
