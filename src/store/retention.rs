@@ -296,6 +296,15 @@ fn pick_until<G>(
 mod tests {
     use super::*;
 
+    /// A tree of `n` records keyed `00000`, `00001` and so on.
+    fn numbered(store: &Store, name: &str, n: usize) -> Tree {
+        let tree = store.tree(name).unwrap();
+        for i in 0..n {
+            tree.put(&format!("{i:05}"), &i).unwrap();
+        }
+        tree
+    }
+
     #[test]
     fn a_large_cap_waits_for_its_slack_then_removes_it_all() {
         let r = Retention::new(6400, 6400 + SLACK);
@@ -310,10 +319,7 @@ mod tests {
     #[test]
     fn records_past_a_long_run_that_stays_still_go() {
         let store = Store::temporary().unwrap();
-        let tree = store.tree("t").unwrap();
-        for i in 0..300 {
-            tree.put(&format!("{i:05}"), &i).unwrap();
-        }
+        let tree = numbered(&store, "t", 300);
         let r = Retention::new(10, 300);
         // Turns come with new records; those that remove nothing wait for
         // more of them.
@@ -392,10 +398,7 @@ mod tests {
     #[test]
     fn turns_that_remove_nothing_wait_for_more_records() {
         let store = Store::temporary().unwrap();
-        let tree = store.tree("t").unwrap();
-        for i in 0..1_000 {
-            tree.put(&format!("{i:05}"), &i).unwrap();
-        }
+        let tree = numbered(&store, "t", 1_000);
         let r = Retention::new(100, 1_000);
         let mut read = 0;
         for _ in 0..2_000 {
@@ -421,10 +424,7 @@ mod tests {
         assert!(removed, "a turn came within {SLACK} new records");
         assert!(tree.len() < 1_000);
         // A record its owner says may go ends the wait at once.
-        let tree = store.tree("u").unwrap();
-        for i in 0..1_000 {
-            tree.put(&format!("{i:05}"), &i).unwrap();
-        }
+        let tree = numbered(&store, "u", 1_000);
         let r = Retention::new(100, 1_000);
         for _ in 0..200 {
             r.added();
