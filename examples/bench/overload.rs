@@ -245,7 +245,7 @@ async fn overload_http(env: &Env, report: &mut Report) {
     // measured with no effective in-flight limit (the default, 32 per
     // core, would refuse part of a 256-connection closed loop); the
     // `max_in_flight = 64` run below is that default on 2 cores.
-    let count = if env.quick { 4_000 } else { 20_000 };
+    let count = if env.quick { 8_000 } else { 20_000 };
     let config = env.config(
         "overload-http",
         "[http]\nmax_in_flight = 1024\n",
