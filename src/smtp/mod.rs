@@ -73,10 +73,10 @@ pub struct SmtpConfig {
 /// `[smtp] shed_after_ms` when the config file does not say. At the
 /// closed-loop maximum over 64 connections a transaction takes about a
 /// millisecond (p99 about 4 ms). Offered twice that over up to 1,000
-/// connections, the server answered every transaction in 50 to 200 ms,
-/// the quickest capture of a window stayed near 50 ms and a target of 50
-/// refused nothing while every client fell seconds behind; at 20 the
-/// excess is refused at once (BENCHMARKS.md, twelfth round).
+/// connections, the server answered every transaction in 50 to 200 ms
+/// and the quickest capture of a window stayed near 50 ms: a target of
+/// 50 refused nothing while every client fell seconds behind, and at 20
+/// the excess is refused at once (BENCHMARKS.md, twelfth round).
 pub const DEFAULT_SHED_AFTER_MS: u64 = 20;
 
 impl Default for SmtpConfig {
