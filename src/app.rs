@@ -463,6 +463,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         loopback: config.http_is_loopback(),
         metrics: Default::default(),
         sms_link,
+        store: store.clone(),
     });
     let http_limits = crate::http::Limits {
         max_connections: config.http_admission.max_connections,

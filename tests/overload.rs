@@ -74,6 +74,13 @@ async fn over_the_request_rate_changes_get_429_with_retry_after_and_reads_pass()
         metrics.contains("otpgate_http_refused_total{reason=\"rate\"} 1"),
         "{metrics}"
     );
+    // A server this idle never made a write wait for sled.
+    assert!(metrics.contains("\notpgate_store_write_waits_total 0\n"), "{metrics}");
+    assert!(metrics.contains("\notpgate_store_pending_bytes "), "{metrics}");
+    assert!(
+        metrics.contains("\notpgate_store_write_wait_seconds_total 0\n"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 

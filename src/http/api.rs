@@ -29,6 +29,8 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// The OTP core's SMPP client, for `/metrics` to say whether it is bound.
     pub sms_link: Option<crate::delivery::sms::SmsClient>,
+    /// For `/metrics` to say whether writes wait for sled.
+    pub store: crate::store::Store,
 }
 
 /// Counters for `/metrics`.
@@ -691,5 +693,12 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         ),
         None => text,
     };
+    let p = ctx.store.pressure();
+    let text = format!(
+        "{text}# TYPE otpgate_store_pending_bytes gauge\notpgate_store_pending_bytes {}\n\
+         # TYPE otpgate_store_write_waits_total counter\notpgate_store_write_waits_total {}\n\
+         # TYPE otpgate_store_write_wait_seconds_total counter\notpgate_store_write_wait_seconds_total {}\n",
+        p.pending_bytes, p.write_waits, p.write_wait_seconds
+    );
     Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", text))
 }

@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -78,6 +78,9 @@ pub(super) struct Layers {
     /// Writers waiting for a freeze, and the freezes so far.
     frozen_count: Mutex<u64>,
     froze: Condvar,
+    /// Writes that waited for room, and the microseconds they waited.
+    waits: AtomicU64,
+    waited_us: AtomicU64,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -94,6 +97,8 @@ impl Layers {
             active_bytes: AtomicUsize::new(0),
             frozen_count: Mutex::new(0),
             froze: Condvar::new(),
+            waits: AtomicU64::new(0),
+            waited_us: AtomicU64::new(0),
         }
     }
 
@@ -113,11 +118,26 @@ impl Layers {
         if self.active_bytes.load(Ordering::Relaxed) <= MAX_ACTIVE_BYTES {
             return;
         }
+        let started = std::time::Instant::now();
+        self.waits.fetch_add(1, Ordering::Relaxed);
         let mut count = self.frozen_count.lock().unwrap_or_else(|e| e.into_inner());
         let seen = *count;
         while self.active_bytes.load(Ordering::Relaxed) > MAX_ACTIVE_BYTES && *count == seen {
             count = self.froze.wait(count).unwrap_or_else(|e| e.into_inner());
         }
+        drop(count);
+        let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.waited_us.fetch_add(waited, Ordering::Relaxed);
+    }
+
+    /// The bytes written since the last freeze, the writes that waited for
+    /// room and the microseconds they waited.
+    pub(super) fn pressure(&self) -> (usize, u64, u64) {
+        (
+            self.active_bytes.load(Ordering::Relaxed),
+            self.waits.load(Ordering::Relaxed),
+            self.waited_us.load(Ordering::Relaxed),
+        )
     }
 
     /// Applies writes to the active layer; the caller holds the write lock.

@@ -136,6 +136,19 @@ fn open_sled(dir: &Path, cache_mib: u64) -> sled::Result<sled::Db> {
     }
 }
 
+/// Writes waiting for the checkpoint thread to move them into sled. A write
+/// waits for room once [`layers`] holds 64 MiB not yet drained: sled has
+/// fallen behind, and every write of the server waits with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pressure {
+    /// Bytes written since the last drain began.
+    pub pending_bytes: usize,
+    /// Writes that had to wait for room, since start.
+    pub write_waits: u64,
+    /// How long they waited, in all.
+    pub write_wait_seconds: f64,
+}
+
 /// The database handle; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -229,6 +242,16 @@ impl Store {
         match &self.core.wal {
             Some(wal) => wal.flush().await.map_err(StoreError::Log),
             None => Ok(()),
+        }
+    }
+
+    /// How far the writes are ahead of sled: what `/metrics` reports.
+    pub fn pressure(&self) -> Pressure {
+        let (pending_bytes, write_waits, waited_us) = self.core.layers.pressure();
+        Pressure {
+            pending_bytes,
+            write_waits,
+            write_wait_seconds: waited_us as f64 / 1e6,
         }
     }
 
@@ -691,6 +714,33 @@ mod tests {
             assert_eq!(tree.keys_after(&k, limit).unwrap(), after, "step {step}");
             assert_eq!(tree.len(), map.len(), "step {step}");
         }
+    }
+
+    /// A write that finds 64 MiB not yet drained waits for the next freeze,
+    /// and the store's pressure counts it; one with room does not wait.
+    #[test]
+    fn a_write_past_the_bound_waits_for_a_freeze_and_is_counted() {
+        let layers = Arc::new(layers::Layers::new());
+        layers.wait_for_room();
+        let big = vec![0u8; 65 * 1024 * 1024];
+        layers.write(&[Op::Put {
+            tree: b"t",
+            key: b"k",
+            value: &big,
+        }]);
+        assert_eq!(layers.pressure().1, 0, "a write with room does not wait");
+        let writer = {
+            let layers = layers.clone();
+            std::thread::spawn(move || layers.wait_for_room())
+        };
+        while layers.pressure().1 == 0 {
+            std::thread::yield_now();
+        }
+        assert!(!writer.is_finished(), "no room until a freeze");
+        layers.freeze();
+        writer.join().unwrap();
+        let (pending, waits, _) = layers.pressure();
+        assert_eq!((pending, waits), (0, 1));
     }
 
     /// A writer reads back what it wrote while another thread freezes and
