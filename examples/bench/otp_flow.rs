@@ -409,23 +409,14 @@ pub(crate) async fn http_workload(env: &Env, report: &mut Report, measure: bool)
     let cpu_verify = server.usage().cpu_seconds - cpu0;
     let verify_max = verify.rate();
 
-    // Verify at half that rate, open loop, with a second set of OTPs.
+    // Verify at half that rate, open loop, with new OTPs.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let mut load = http_load(
-        addr,
-        64,
-        Duration::from_secs(600),
-        None,
-        issue_requests(&members, "payment"),
-    );
-    load.keep_bodies = true;
-    let second = http::run(load).await;
-    let issued_b = issued(&second);
-    let _ = receipts_logged(addr, issued_b.iter().map(|(_, o)| o.message_id.clone()).collect()).await;
-    let mut codes_b = codes_for(addr, &members, &issued_b).await;
-    let more: &[&'static str] = if env.quick { &[] } else { &["h2", "h3"] };
-    codes_b.extend(more_codes(addr, &members, more).await);
-    let codes_b = Arc::new(codes_b);
+    let rounds: &[&'static str] = if env.quick {
+        &["payment"]
+    } else {
+        &["payment", "h2", "h3"]
+    };
+    let codes_b = Arc::new(more_codes(addr, &members, rounds).await);
     let half = verify_max / 2.0;
     eprintln!("http: verifying {} codes open loop at {half:.0}/s", codes_b.len());
     let mut verify_half = http::run(http_load(

@@ -127,6 +127,14 @@ async fn overload_smpp(env: &Env, report: &mut Report) {
     );
 }
 
+/// How many messages or OTPs put a store a tenth past the default
+/// `log_retention`, which the delivery log, the SMSC and the OTP core each
+/// keep.
+fn past_the_cap() -> u64 {
+    let cap = otpgate::delivery::log::DEFAULT_RETENTION as u64;
+    cap + cap / 10
+}
+
 /// Submits (closed loop, as the maximum is measured) until the SMSC has
 /// taken a tenth more messages than it keeps, so that the maximum and the
 /// overload after it are measured in the steady state a server under load
@@ -134,10 +142,7 @@ async fn overload_smpp(env: &Env, report: &mut Report) {
 /// an empty store the first 100,000 messages cost less, and a maximum
 /// measured then is a burst the server does not sustain.
 async fn fill_past_the_cap(addr: std::net::SocketAddr) {
-    // The default `log_retention`, which the delivery log and the SMSC
-    // each keep.
-    let cap = otpgate::delivery::log::DEFAULT_RETENTION as u64;
-    let goal = cap + cap / 10;
+    let goal = past_the_cap();
     let mut taken = 0;
     eprintln!("overload: SMPP filling the store past its retention cap ({goal} messages)...");
     while taken < goal {
@@ -343,8 +348,7 @@ async fn overload_http(env: &Env, report: &mut Report) {
 /// the OTP core, the delivery log and the SMSC each hold more than their
 /// default retention cap. Answers how many requests it used.
 async fn http_fill_past_the_cap(addr: std::net::SocketAddr, cycle: &impl Fn(usize) -> http::Requests) -> usize {
-    let cap = otpgate::delivery::log::DEFAULT_RETENTION as u64;
-    let goal = cap + cap / 10;
+    let goal = past_the_cap();
     let (mut issued, mut used) = (0, 0);
     eprintln!("overload: HTTP issue filling the store past its retention caps ({goal} OTPs)...");
     while issued < goal {

@@ -130,14 +130,14 @@ impl Layers {
         self.waited_us.fetch_add(waited, Ordering::Relaxed);
     }
 
-    /// The bytes written since the last freeze, the writes that waited for
-    /// room and the microseconds they waited.
-    pub(super) fn pressure(&self) -> (usize, u64, u64) {
-        (
-            self.active_bytes.load(Ordering::Relaxed),
-            self.waits.load(Ordering::Relaxed),
-            self.waited_us.load(Ordering::Relaxed),
-        )
+    /// The bytes written since the last freeze, and the writes that waited
+    /// for room.
+    pub(super) fn pressure(&self) -> super::Pressure {
+        super::Pressure {
+            pending_bytes: self.active_bytes.load(Ordering::Relaxed),
+            write_waits: self.waits.load(Ordering::Relaxed),
+            write_wait_seconds: self.waited_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
     }
 
     /// Applies writes to the active layer; the caller holds the write lock.
