@@ -20,7 +20,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -154,8 +154,9 @@ enum Ack {
     Verified { otp_id: String },
     /// `submit_sm_resp` OK.
     Smpp { message_id: String },
-    /// `250 ... queued as <id>` after DATA.
-    Mail { id: String },
+    /// `250 ... queued as <id>` after DATA; `large` for a mail over
+    /// [`LARGE_MAIL_BYTES`] (stored by sled in a file of its own).
+    Mail { id: String, large: bool },
 }
 
 /// Every acknowledgement the load received, in order; the kill waits on it.
@@ -360,11 +361,13 @@ async fn smtp_load(addr: SocketAddr, round: u32, acks: Acks, stop: Arc<AtomicBoo
                 smtp.cmd("RSET").await?;
                 continue;
             }
+            let large = i.is_multiple_of(25);
+            let text = if large { large_mail_text() } else { "hello".to_string() };
             let body = String::from_utf8(common::smtp_client::plain_message(
                 "load@tester.example",
                 to,
                 &format!("round {round} mail {i}"),
-                "hello",
+                &text,
             ))
             .unwrap_or_default();
             smtp.writer
@@ -378,6 +381,7 @@ async fn smtp_load(addr: SocketAddr, round: u32, acks: Acks, stop: Arc<AtomicBoo
                         &acks,
                         Ack::Mail {
                             id: id.trim().to_string(),
+                            large,
                         },
                     );
                 }
@@ -437,9 +441,18 @@ async fn check_after_restart(api: &Api, acks: &[Ack], round: u32) {
                     "round {round}: submit_sm_resp {message_id} is not in the delivery log"
                 );
             }
-            Ack::Mail { id } => {
+            Ack::Mail { id, large } => {
                 let (s, b) = api.get(&format!("/v1/mail/{id}")).await;
                 assert_eq!(s, 200, "round {round}: mail {id} acknowledged with 250 is gone: {b}");
+                if *large {
+                    let (s, raw) = api.get(&format!("/v1/mail/{id}/raw")).await;
+                    let raw = raw.as_str().unwrap_or_default();
+                    assert!(
+                        s == 200 && raw.len() > LARGE_MAIL_BYTES && raw.contains(LARGE_MAIL_END),
+                        "round {round}: large mail {id} came back damaged ({s}, {} bytes)",
+                        raw.len()
+                    );
+                }
             }
         }
     }
@@ -463,34 +476,31 @@ async fn check_after_restart(api: &Api, acks: &[Ack], round: u32) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
-    let rounds = count("crash rounds", 3, 24) as u32;
-    let seed: u64 = std::env::var("OTPGATE_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(7)
-        });
-    eprintln!("crash: seed {seed} (OTPGATE_CRASH_SEED={seed} replays the kill times)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+/// The seed of a crash test's random moments: `var` if set, else the time.
+fn crash_seed(what: &str, var: &str) -> u64 {
+    let seed = std::env::var(var).ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(7)
+    });
+    eprintln!("{what}: seed {seed} ({var}={seed} replays the moments)");
+    seed
+}
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("otpgate.toml");
+/// Starts a server for the crash tests on `data`, and sets up its world:
+/// SMS and email members, and handsets for the ESME's messages.
+async fn crash_server(dir: &Path, data: &Path) -> ChildServer {
+    let config = dir.join("otpgate.toml");
     std::fs::write(&config, "[otp]\ncooldown_seconds = 0\nsends_per_window = 1000000\n").expect("config");
     let config = config.display().to_string();
-    let mut server = ChildServer::start(
-        &dir.path().join("data"),
-        &dir.path().join("server.log"),
+    let server = ChildServer::start(
+        data,
+        &dir.join("server.log"),
         &["--virtual-clock", "--seed", "7", "--config", &config],
         &[],
     )
     .await;
-
-    // The world: SMS and email members, handsets for the ESME's messages.
     let api = server.api();
     for (id, number, carrier) in CRASH_SMS_MEMBERS {
         api.sms_member(id, number, carrier).await;
@@ -511,10 +521,35 @@ async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
             .await;
         assert!(s == 200 || s == 201, "{b}");
     }
+    server
+}
 
-    let acks: Acks = Arc::default();
-    let started = Instant::now();
-    for round in 1..=rounds {
+/// Every 25th mail of the load is this large: sled keeps a leaf of such
+/// values in a blob file of its own, which must be as durable as its log.
+const LARGE_MAIL_BYTES: usize = 200 * 1024;
+const LARGE_MAIL_END: &str = "end of the large mail";
+
+fn large_mail_text() -> String {
+    let line = "x".repeat(70);
+    let mut text = String::with_capacity(LARGE_MAIL_BYTES + 1024);
+    while text.len() <= LARGE_MAIL_BYTES {
+        text.push_str(&line);
+        text.push_str("\r\n");
+    }
+    text.push_str(LARGE_MAIL_END);
+    text
+}
+
+/// One round's mixed load: OTPs to SMS and email members (email codes read
+/// and verified), the virtual clock moving, an ESME submitting and an SMTP
+/// client sending, until `stop` or the server is gone.
+struct MixedLoad {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl MixedLoad {
+    fn start(server: &ChildServer, round: u32, acks: &Acks) -> MixedLoad {
         let stop = Arc::new(AtomicBool::new(false));
         let sms_members = CRASH_SMS_MEMBERS
             .iter()
@@ -534,10 +569,12 @@ async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
             tokio::spawn(smpp_load(smpp, round, acks.clone(), stop.clone())),
             tokio::spawn(smtp_load(smtp, round, acks.clone(), stop.clone())),
         ];
-        // The random moment: SIGKILL after a random number of further
-        // acknowledgements, so the kill lands amid the mixed load, whatever
-        // its pace on this machine.
-        let more = rng.gen_range(1..120);
+        MixedLoad { stop, tasks }
+    }
+
+    /// Waits for `more` acknowledgements after `now`: the random moment
+    /// lands amid the load, whatever its pace on this machine.
+    async fn until(acks: &Acks, round: u32, more: usize) {
         let target = acks.len() + more;
         if tokio::time::timeout(Duration::from_secs(60), acks.reach(target))
             .await
@@ -545,36 +582,217 @@ async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
         {
             panic!("round {round}: the load stalled before {more} more acknowledgements");
         }
-        server.kill().await;
-        stop.store(true, Ordering::Relaxed);
-        for task in tasks {
+    }
+
+    /// Ends the load once the server is gone: every task must notice.
+    async fn end(self, round: u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
             if tokio::time::timeout(Duration::from_secs(30), task).await.is_err() {
                 panic!("round {round}: a load task did not notice the kill");
             }
         }
-        server.restart().await;
-        let snapshot = acks.snapshot();
-        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-        for a in &snapshot {
-            *kinds
-                .entry(match a {
-                    Ack::Otp { .. } => "otp",
-                    Ack::Verified { .. } => "verified",
-                    Ack::Smpp { .. } => "submit_sm_resp",
-                    Ack::Mail { .. } => "smtp 250",
-                })
-                .or_default() += 1;
-        }
-        eprintln!("crash round {round}: killed after {more} more acknowledgements; so far {kinds:?}");
-        check_after_restart(&server.api(), &snapshot, round).await;
     }
+}
+
+/// How many acknowledgements of each kind.
+fn ack_kinds(acks: &[Ack]) -> BTreeMap<&'static str, usize> {
+    let mut kinds = BTreeMap::new();
+    for a in acks {
+        *kinds
+            .entry(match a {
+                Ack::Otp { .. } => "otp",
+                Ack::Verified { .. } => "verified",
+                Ack::Smpp { .. } => "submit_sm_resp",
+                Ack::Mail { .. } => "smtp 250",
+            })
+            .or_default() += 1;
+    }
+    kinds
+}
+
+/// After a restart: everything acknowledged so far is checked.
+async fn check_round(server: &ChildServer, acks: &Acks, round: u32, what: &str) {
+    let snapshot = acks.snapshot();
+    eprintln!("{what}; so far {:?}", ack_kinds(&snapshot));
+    check_after_restart(&server.api(), &snapshot, round).await;
+}
+
+/// The end of a crash test, which must have checked something.
+async fn end_crash_test(mut server: ChildServer, acks: &Acks, summary: &str, started: Instant) {
     let total = acks.len();
     assert!(total > 0, "the load acknowledged nothing: the test tested nothing");
-    eprintln!(
-        "crash: {rounds} kills, {total} acknowledgements checked, {:?}",
-        started.elapsed()
-    );
+    eprintln!("{summary}, {total} acknowledgements checked, {:?}", started.elapsed());
     server.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
+    let rounds = count("crash rounds", 3, 24) as u32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(crash_seed("crash", "OTPGATE_CRASH_SEED"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = crash_server(dir.path(), &dir.path().join("data")).await;
+
+    let acks: Acks = Arc::default();
+    let started = Instant::now();
+    for round in 1..=rounds {
+        let load = MixedLoad::start(&server, round, &acks);
+        let more = rng.gen_range(1..120);
+        MixedLoad::until(&acks, round, more).await;
+        server.kill().await;
+        load.end(round).await;
+        server.restart().await;
+        let what = format!("crash round {round}: killed after {more} more acknowledgements");
+        check_round(&server, &acks, round, &what).await;
+    }
+    end_crash_test(server, &acks, &format!("crash: {rounds} kills"), started).await;
+}
+
+// ===========================================================================
+// Power cut: what a crash of the machine leaves on the disk.
+
+/// Runs a command; its standard output, or what it said on failure.
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn shown(path: &Path) -> &str {
+    path.to_str().expect("temp paths are UTF-8")
+}
+
+/// An ext4 file system on a loop device over a sparse image file, to hold
+/// a server's data directory. [`Disk::cut`] copies the image as a power
+/// cut would leave the disk: what the server synced is in the copy, and of
+/// the rest only what the kernel happened to write back. The journal is
+/// committed only when something is synced (`commit=600`), so unsynced
+/// data and unsynced metadata (a file created, renamed or grown) are lost
+/// as on a machine whose power goes. `data=writeback` is the harsher mode:
+/// a file's new size can be committed without its data, which then reads
+/// as zeros.
+struct Disk {
+    image: PathBuf,
+    mount: PathBuf,
+    device: Option<String>,
+}
+
+impl Disk {
+    /// Formats and mounts an image of `gib` GiB under `dir`, or says why
+    /// this machine cannot (not root, no loop devices).
+    fn new(dir: &Path, gib: u64) -> Result<Disk, String> {
+        let image = dir.join("disk.img");
+        let file = std::fs::File::create(&image).map_err(|e| e.to_string())?;
+        file.set_len(gib << 30).map_err(|e| e.to_string())?;
+        run("mkfs.ext4", &["-q", "-F", shown(&image)])?;
+        let mount = dir.join("disk");
+        std::fs::create_dir_all(&mount).map_err(|e| e.to_string())?;
+        let mut disk = Disk {
+            image,
+            mount,
+            device: None,
+        };
+        disk.attach("ordered")?;
+        Ok(disk)
+    }
+
+    fn attach(&mut self, data_mode: &str) -> Result<(), String> {
+        let device = run("losetup", &["--find", "--show", shown(&self.image)])?;
+        self.device = Some(device.clone());
+        let options = format!("commit=600,data={data_mode}");
+        run("mount", &["-t", "ext4", "-o", &options, &device, shown(&self.mount)])?;
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        if let Some(device) = self.device.take() {
+            if run("umount", &[shown(&self.mount)]).is_err() {
+                let _ = run("umount", &["-l", shown(&self.mount)]);
+            }
+            let _ = run("losetup", &["-d", &device]);
+        }
+    }
+
+    /// The image as it is at this instant, copied aside.
+    fn cut(&self) -> PathBuf {
+        let cut = self.image.with_extension("cut");
+        run("cp", &["--sparse=always", shown(&self.image), shown(&cut)]).expect("copy the image");
+        cut
+    }
+
+    /// Power on from `cut`: the old disk goes, the copy is mounted where it
+    /// was (ext4 replays its journal), now in `data_mode`.
+    fn power_on(&mut self, cut: &Path, data_mode: &str) {
+        self.detach();
+        std::fs::rename(cut, &self.image).expect("the cut image replaces the disk");
+        self.attach(data_mode).expect("mount the cut image");
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+/// The crash test again, but the machine loses its power instead of the
+/// server being killed: the server is stopped where it is (SIGSTOP), the
+/// disk image is copied as it stands, the server is killed, and a new one
+/// starts on the copy. Everything acknowledged must have been synced, so
+/// it must all be there; ext4's two data modes alternate by round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cut_under_mixed_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut disk = match Disk::new(dir.path(), 16) {
+        Ok(disk) => disk,
+        Err(why) if std::env::var("OTPGATE_POWER_CUT").is_ok_and(|v| v == "1") => {
+            panic!("power cut: this machine cannot mount a loop device: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "power cut: SKIPPED, this machine cannot mount a loop device ({why}); \
+                 it needs root and losetup; OTPGATE_POWER_CUT=1 makes this a failure"
+            );
+            return;
+        }
+    };
+    let rounds = count("power-cut rounds", 2, 20) as u32;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(crash_seed("power cut", "OTPGATE_POWER_CUT_SEED"));
+    let mut server = crash_server(dir.path(), &disk.mount.join("data")).await;
+
+    let acks: Acks = Arc::default();
+    let started = Instant::now();
+    for round in 1..=rounds {
+        let load = MixedLoad::start(&server, round, &acks);
+        // Odd rounds run for seconds, past several checkpoints (every 2 s
+        // while writes come): log files written over, sled's files synced.
+        let more = if round % 2 == 1 {
+            rng.gen_range(800..1600)
+        } else {
+            rng.gen_range(1..120)
+        };
+        MixedLoad::until(&acks, round, more).await;
+        server.freeze();
+        let cut = disk.cut();
+        server.kill().await;
+        load.end(round).await;
+        let mode = if round % 2 == 1 { "writeback" } else { "ordered" };
+        disk.power_on(&cut, mode);
+        server.restart().await;
+        let what = format!("power cut round {round} ({mode} next): after {more} more acknowledgements");
+        check_round(&server, &acks, round, &what).await;
+    }
+    end_crash_test(server, &acks, &format!("power cut: {rounds} cuts"), started).await;
 }
 
 // ===========================================================================

@@ -483,16 +483,19 @@ fn checkpoint_loop(
 }
 
 /// sled's files, made durable before a log file that holds the same
-/// writes is let go. sled's `flush` writes its buffers with
+/// writes is let go. Upstream sled 0.34 wrote its buffers with
 /// `sync_file_range`, which neither empties the disk's write cache nor
-/// records the file's new length, and it writes a node too large for its
-/// log (a leaf of large values: raw mail) to a file of its own under
-/// `blobs/` without syncing it at all. A crash of the process loses none
-/// of that (the kernel has it), but a power cut or a crash of the machine
-/// could lose writes already acknowledged, once their log file was
-/// written over. So each checkpoint also `fsync`s sled's file, the blobs
-/// not synced before (a blob never changes once written) and both
-/// directories.
+/// records the file's new length, and wrote a node too large for its log
+/// (a leaf of large values: raw mail) to a file of its own under `blobs/`
+/// without syncing it at all. A crash of the process loses none of that
+/// (the kernel has it), but a power cut or a crash of the machine could
+/// lose writes already acknowledged, once their log file was written
+/// over. The vendored sled (`vendor/sled/VENDORED.md`) now syncs both
+/// itself, because its recovery could not open a database that had lost
+/// what it counted stable; each checkpoint still `fsync`s sled's file,
+/// the blobs not synced before (a blob never changes once written) and
+/// both directories, which also covers the snapshot files sled renames
+/// into place without syncing their directory.
 ///
 /// sled writes a blob inside the insert that needs it, and every insert
 /// comes from the checkpoint thread, which drains the layers before it

@@ -131,6 +131,22 @@ impl ChildServer {
         }
     }
 
+    /// SIGSTOP: the server stops where it is, mid-write or mid-sync, and
+    /// sends nothing more (a power cut's first half; `kill` is the second).
+    pub fn freeze(&self) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(|c| c.id())
+            .expect("a running server")
+            .to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .expect("kill -STOP");
+        assert!(sent.success(), "SIGSTOP {pid}");
+    }
+
     /// SIGTERM, and a clean exit within 20 s.
     pub async fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
