@@ -18,6 +18,8 @@ mod layers;
 pub mod retention;
 mod wal;
 
+use std::fs::File;
+use std::io;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,9 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("the value changed under a concurrent update")]
     Conflict,
+    /// The database cannot be read, or was read as empty when it was not.
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -116,24 +121,80 @@ fn always(_: &Core) -> Result<bool> {
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Opens sled's database in `dir`, waiting up to [`LOCK_WAIT`] for its
-/// lock; another process holding it still fails after that.
-fn open_sled(dir: &Path, cache_mib: u64) -> sled::Result<sled::Db> {
+/// lock; another process holding it still fails after that. A database
+/// sled cannot recover makes it panic, not fail (sled issue #1387 was
+/// one way); that is an error here, which the server reports and exits
+/// with.
+fn open_sled(dir: &Path, cache_mib: u64) -> Result<sled::Db> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
-        let opened = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_mib.saturating_mul(1024 * 1024))
-            .flush_every_ms(None)
-            .open();
+            .flush_every_ms(None);
+        let opened =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open())).map_err(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no message");
+                StoreError::Unreadable(format!(
+                    "sled could not read the database in {} ({why}); otpgate will not start over it: \
+                 restore the data directory from a backup, or move it away to start afresh",
+                    dir.display()
+                ))
+            })?;
         match opened {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            opened => return opened,
+            opened => return Ok(opened?),
         }
     }
+}
+
+/// Beside sled's directory once sled holds [`OPENED_KEY`].
+const OPENED_FILE: &str = "db.opened";
+/// In sled's meta tree from its first opening on.
+const OPENED_KEY: &str = "opened";
+
+/// Refuses a database that sled read as empty although it was not. sled
+/// 0.34 reads a file whose first segments were overwritten (zeros, other
+/// data) as an empty database, without an error, and otpgate would start
+/// afresh over it and lose the rest for good. So the first opening puts
+/// [`OPENED_KEY`] into sled, makes it durable, and only then writes
+/// [`OPENED_FILE`] beside it; a later opening that finds the file and not
+/// the key stops. A data directory from before this check gets both.
+fn check_not_emptied(dir: &Path, sled_dir: &Path, db: &sled::Db) -> Result<()> {
+    let meta = db.open_tree(META_TREE)?;
+    let marked = meta.contains_key(OPENED_KEY)?;
+    let file = dir.join(OPENED_FILE);
+    if file.exists() {
+        return match marked {
+            true => Ok(()),
+            false => Err(StoreError::Unreadable(format!(
+                "the database in {} was read as empty, but {} says it held data: its file was \
+                 overwritten or cut short; otpgate will not start over it: restore the data \
+                 directory from a backup, or move it away to start afresh (if sled's directory \
+                 was removed on purpose, to rebuild it from the log, remove that file too)",
+                sled_dir.display(),
+                file.display()
+            ))),
+        };
+    }
+    let synced = |e: io::Error| StoreError::Log(format!("marking the database as opened: {e}"));
+    if !marked {
+        meta.insert(OPENED_KEY, b"true")?;
+        db.flush()?;
+        File::open(sled_dir.join("db"))
+            .and_then(|f| f.sync_all())
+            .map_err(synced)?;
+    }
+    File::create(&file).and_then(|f| f.sync_all()).map_err(synced)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(synced)
 }
 
 /// Writes waiting for the checkpoint thread to move them into sled. A write
@@ -173,6 +234,7 @@ impl Store {
     pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Store> {
         let sled_dir = dir.join("db");
         let db = open_sled(&sled_dir, cache_mib)?;
+        check_not_emptied(dir, &sled_dir, &db)?;
         let layers = Arc::new(Layers::new());
         let wal =
             Wal::open(&dir.join("wal"), &db, &sled_dir, layers.clone()).map_err(|e| StoreError::Log(e.to_string()))?;
@@ -525,6 +587,61 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    /// Overwrites sled's 512 KiB segments `segments` in `dir` with zeros.
+    fn zero_segments(dir: &Path, segments: std::ops::RangeInclusive<u64>) {
+        use std::os::unix::fs::FileExt;
+        const SEGMENT: u64 = 512 * 1024;
+        let file = std::fs::OpenOptions::new().write(true).open(dir.join("db")).unwrap();
+        for segment in segments {
+            file.write_all_at(&vec![0; SEGMENT as usize], segment * SEGMENT)
+                .unwrap();
+        }
+        file.sync_all().unwrap();
+    }
+
+    /// sled reads a file whose first segment was overwritten as an empty
+    /// database; the store refuses it rather than start over it. A data
+    /// directory from before the check (no marker file) opens and is
+    /// marked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_read_as_empty_after_holding_data_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.tree("t").unwrap().put("k", &1u32).unwrap();
+        store.flush().await.unwrap();
+        drop(store);
+        assert!(dir.path().join(OPENED_FILE).exists());
+
+        zero_segments(&dir.path().join("db"), 0..=0);
+        let refused = Store::open(dir.path()).err().expect("an emptied database is refused");
+        assert!(refused.to_string().contains("was read as empty"), "{refused}");
+
+        std::fs::remove_file(dir.path().join(OPENED_FILE)).unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        assert!(dir.path().join(OPENED_FILE).exists());
+        drop(Store::open(dir.path()).unwrap());
+    }
+
+    /// A database sled cannot recover (here: segments in the middle of its
+    /// log overwritten, which leaves holes in its page table) makes sled
+    /// panic; opening answers an error instead.
+    #[test]
+    fn a_database_sled_panics_on_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_sled(dir.path(), DEFAULT_CACHE_MIB).unwrap();
+        for i in 0..20_000u32 {
+            db.insert(i.to_be_bytes(), vec![1u8; 100]).unwrap();
+        }
+        db.flush().unwrap();
+        drop(db);
+        zero_segments(dir.path(), 1..=4);
+        let failed = open_sled(dir.path(), DEFAULT_CACHE_MIB).expect_err("not opened");
+        assert!(
+            failed.to_string().contains("sled could not read the database"),
+            "{failed}"
+        );
     }
 
     /// Opening waits for a lock that is let go of a moment later (a store
