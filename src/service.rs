@@ -641,39 +641,97 @@ fn member_keys(member: &Member) -> Vec<String> {
 }
 
 /// Reads the server secret from the data directory, creating it on first start.
+///
+/// A new key is written to `secret.key.tmp`, synced, renamed into place
+/// and the directory synced: after a crash of the machine the key is
+/// there whole or not at all. A rename the crash undid leaves the
+/// temporary file, whose key may already have hashed stored codes; a
+/// whole one is taken, not replaced (a key made fresh would make every
+/// code issued before unverifiable).
 pub fn load_or_create_key(dir: &std::path::Path) -> std::io::Result<HashKey> {
     let path = dir.join("secret.key");
-    match std::fs::read(&path) {
-        Ok(bytes) if bytes.len() == 32 => {
-            let mut key = [0u8; 32];
-            key.copy_from_slice(&bytes);
-            Ok(HashKey(key))
+    let tmp = dir.join("secret.key.tmp");
+    let read = |path: &std::path::Path| -> std::io::Result<HashKey> {
+        let bytes = std::fs::read(path)?;
+        let key: [u8; 32] = bytes.try_into().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is not a 32-byte key", path.display()),
+            )
+        })?;
+        Ok(HashKey(key))
+    };
+    let put_in_place = || -> std::io::Result<()> {
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    match read(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        read => return read,
+    }
+    if let Ok(key) = read(&tmp) {
+        std::fs::File::open(&tmp)?.sync_all()?;
+        put_in_place()?;
+        return Ok(key);
+    }
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    std::fs::create_dir_all(dir)?;
+    {
+        use std::io::Write;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
         }
-        Ok(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is not a 32-byte key", path.display()),
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = [0u8; 32];
-            OsRng.fill_bytes(&mut key);
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join("secret.key.tmp");
-            {
-                use std::io::Write;
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create(true).truncate(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    options.mode(0o600);
-                }
-                let mut file = options.open(&tmp)?;
-                file.write_all(&key)?;
-                file.sync_all()?;
-            }
-            std::fs::rename(&tmp, &path)?;
-            Ok(HashKey(key))
-        }
-        Err(e) => Err(e),
+        let mut file = options.open(&tmp)?;
+        file.write_all(&key)?;
+        file.sync_all()?;
+    }
+    put_in_place()?;
+    Ok(HashKey(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load_or_create_key;
+
+    #[test]
+    fn the_key_is_made_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = load_or_create_key(dir.path()).unwrap();
+        assert!(!dir.path().join("secret.key.tmp").exists());
+        assert_eq!(load_or_create_key(dir.path()).unwrap().0, made.0);
+    }
+
+    /// A crash of the machine undid the rename: the key in the temporary
+    /// file may have hashed codes already, so it is the one kept.
+    #[test]
+    fn a_whole_key_left_in_the_temporary_file_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret.key.tmp"), [7u8; 32]).unwrap();
+        assert_eq!(load_or_create_key(dir.path()).unwrap().0, [7u8; 32]);
+        assert_eq!(std::fs::read(dir.path().join("secret.key")).unwrap(), [7u8; 32]);
+        assert!(!dir.path().join("secret.key.tmp").exists());
+    }
+
+    /// A temporary file cut short was never used: a new key replaces it.
+    #[test]
+    fn a_torn_temporary_file_gives_way_to_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret.key.tmp"), [7u8; 5]).unwrap();
+        let made = load_or_create_key(dir.path()).unwrap();
+        assert_ne!(made.0, [7u8; 32]);
+        assert_eq!(std::fs::read(dir.path().join("secret.key")).unwrap(), made.0);
+    }
+
+    #[test]
+    fn a_key_of_the_wrong_length_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret.key"), [1u8; 31]).unwrap();
+        let err = load_or_create_key(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     }
 }
