@@ -185,6 +185,11 @@ fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let data = |e: &dyn std::fmt::Display| StartError::Data(config.data_dir.display().to_string(), e.to_string());
     std::fs::create_dir_all(&config.data_dir).map_err(|e| data(&e))?;
+    // A data directory just made is durable before anything in it is.
+    let parent = config.data_dir.parent().filter(|p| !p.as_os_str().is_empty());
+    std::fs::File::open(parent.unwrap_or(std::path::Path::new(".")))
+        .and_then(|d| d.sync_all())
+        .map_err(|e| data(&e))?;
     let key = load_or_create_key(&config.data_dir).map_err(|e| data(&e))?;
     let store = Store::open_with_cache(&config.data_dir, config.cache_mib).map_err(|e| data(&e))?;
     let fresh = store.tree("members").map_err(|e| data(&e))?.is_empty()
