@@ -188,13 +188,18 @@ fn check_not_emptied(dir: &Path, sled_dir: &Path, db: &sled::Db) -> Result<()> {
     let synced = |e: io::Error| StoreError::Log(format!("marking the database as opened: {e}"));
     if !marked {
         meta.insert(OPENED_KEY, b"true")?;
+        // The vendored sled syncs what it flushes; the names of its
+        // directory and files must be durable too before the file says so.
         db.flush()?;
-        File::open(sled_dir.join("db"))
-            .and_then(|f| f.sync_all())
-            .map_err(synced)?;
+        sync_dir(sled_dir).and_then(|()| sync_dir(dir)).map_err(synced)?;
     }
-    File::create(&file).and_then(|f| f.sync_all()).map_err(synced)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(synced)
+    // Made durable with the rest of the data directory by `open_with_cache`.
+    File::create(&file).map(drop).map_err(synced)
+}
+
+/// Makes the names in directory `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Writes waiting for the checkpoint thread to move them into sled. A write
@@ -238,6 +243,9 @@ impl Store {
         let layers = Arc::new(Layers::new());
         let wal =
             Wal::open(&dir.join("wal"), &db, &sled_dir, layers.clone()).map_err(|e| StoreError::Log(e.to_string()))?;
+        // `db/`, `wal/` and `db.opened`, made above, are durable before
+        // anything is acknowledged.
+        sync_dir(dir).map_err(|e| StoreError::Log(e.to_string()))?;
         Store::with(db, Some(Arc::new(wal)), layers)
     }
 

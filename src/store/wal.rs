@@ -182,10 +182,6 @@ impl Wal {
     /// as spares, and starts a new log.
     pub(super) fn open(dir: &Path, db: &sled::Db, sled_dir: &Path, layers: Arc<Layers>) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
-        // The log's directory is durable before any file in it is.
-        if let Some(parent) = dir.parent() {
-            File::open(parent)?.sync_all()?;
-        }
         let legacy = numbered_files(dir, "wal")?;
         let files = numbered_files(dir, "log")?;
         let spares = numbered_files(dir, "spare")?;

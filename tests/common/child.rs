@@ -134,33 +134,13 @@ impl ChildServer {
     /// SIGSTOP: the server stops where it is, mid-write or mid-sync, and
     /// sends nothing more (a power cut's first half; `kill` is the second).
     pub fn freeze(&self) {
-        let pid = self
-            .child
-            .as_ref()
-            .and_then(|c| c.id())
-            .expect("a running server")
-            .to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-STOP", &pid])
-            .status()
-            .expect("kill -STOP");
-        assert!(sent.success(), "SIGSTOP {pid}");
+        super::signal(self.child.as_ref().expect("a running server"), "STOP");
     }
 
     /// SIGTERM, and a clean exit within 20 s.
     pub async fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().expect("pid").to_string();
-            let sent = std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .expect("kill -TERM");
-            assert!(sent.success());
-            let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-                .await
-                .expect("exits after SIGTERM")
-                .expect("wait");
-            assert!(status.success(), "otpgate exited with {status}");
+        if let Some(child) = self.child.take() {
+            super::terminate(child).await;
         }
     }
 

@@ -188,18 +188,8 @@ impl BinServer {
 
     /// Sends SIGTERM and asserts a clean exit.
     pub async fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().expect("pid").to_string();
-            let status = std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .expect("kill");
-            assert!(status.success());
-            let exit = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
-                .await
-                .expect("exits after SIGTERM")
-                .expect("wait");
-            assert!(exit.success(), "otpgate exited with {exit}");
+        if let Some(child) = self.child.take() {
+            terminate(child).await;
         }
     }
 
@@ -313,6 +303,26 @@ pub fn enc(s: &str) -> String {
 pub fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
+/// Sends `kill -NAME` (`TERM`, `STOP`) to a running child.
+pub fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("a running child has a pid").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.clone()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -{name} {pid}");
+}
+
+/// SIGTERM, and a clean exit within 20 s.
+pub async fn terminate(mut child: tokio::process::Child) {
+    signal(&child, "TERM");
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    assert!(exit.success(), "otpgate exited with {exit}");
+}
+
 pub mod browser;
 pub mod child;
 pub mod esme;
