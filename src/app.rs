@@ -129,7 +129,8 @@ pub struct Running {
     pub smpp: Option<SocketAddr>,
     pub smtp: Option<SocketAddr>,
     trigger: Trigger,
-    tasks: Vec<JoinHandle<()>>,
+    /// The server's long-running tasks, by name, for `stop` to wait on.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     store: Store,
 }
 
@@ -149,11 +150,16 @@ impl Running {
         format!("http://{}", self.http)
     }
 
-    /// Stops every listener, says goodbye on every protocol and waits.
+    /// Stops every listener, says goodbye on every protocol and waits, 10
+    /// seconds at most in all; a task still running then is named in the
+    /// log and left to end with the process.
     pub async fn stop(self) {
         self.trigger.fire();
-        for task in self.tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        for (name, task) in self.tasks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!(task = name, "did not stop within 10 s of the shutdown; left behind");
+            }
         }
         let _ = self.store.flush().await;
     }
@@ -191,7 +197,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .and_then(|d| d.sync_all())
         .map_err(|e| data(&e))?;
     let key = load_or_create_key(&config.data_dir).map_err(|e| data(&e))?;
-    let store = Store::open_with_cache(&config.data_dir, config.cache_mib).map_err(|e| data(&e))?;
+    let store = Store::open_with(&config.data_dir, config.cache_mib, config.min_free_mib).map_err(|e| data(&e))?;
     let fresh = store.tree("members").map_err(|e| data(&e))?.is_empty()
         && store.tree("handsets").map_err(|e| data(&e))?.is_empty();
     let carriers = Arc::new(load_carriers(&config)?);
@@ -216,7 +222,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let callbacks = crate::delivery::callbacks::Callbacks::open(&store, clock.clone(), url.clone())
             .map_err(|e| StartError::Other(format!("callback_url: {e}")))?;
         log.observe(callbacks.observer());
-        tasks.push(tokio::spawn(callbacks.run(shutdown.clone())));
+        tasks.push(("callbacks", tokio::spawn(callbacks.run(shutdown.clone()))));
     }
     let profile = SenderProfile {
         number: config.sender.number.clone(),
@@ -309,13 +315,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 submit_window: config.smsc.submit_window,
                 max_pdu_len: 64 * 1024,
             };
-            tasks.push(tokio::spawn(crate::smsc::serve(
-                listener,
-                smsc_config,
-                Arc::new(network.clone()),
-                hub.clone(),
-                shutdown.clone(),
-            )));
+            tasks.push((
+                "SMSC",
+                tokio::spawn(crate::smsc::serve(
+                    listener,
+                    smsc_config,
+                    Arc::new(network.clone()),
+                    hub.clone(),
+                    shutdown.clone(),
+                )),
+            ));
             Some(local)
         }
         None => None,
@@ -348,19 +357,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     .map(|a| (a.username.clone(), a.password.clone()))
                     .collect(),
             };
-            tasks.push(tokio::spawn(crate::smtp::serve_tls(
-                listener,
-                smtp_config,
-                smtp_tls,
-                Arc::new(mail.clone()),
-                shutdown.clone(),
-            )));
+            tasks.push((
+                "SMTP server",
+                tokio::spawn(crate::smtp::serve_tls(
+                    listener,
+                    smtp_config,
+                    smtp_tls,
+                    Arc::new(mail.clone()),
+                    shutdown.clone(),
+                )),
+            ));
             Some(local)
         }
         None => None,
     };
 
-    tasks.push(tokio::spawn(clock.clone().run(shutdown.clone())));
+    tasks.push(("virtual clock", tokio::spawn(clock.clone().run(shutdown.clone()))));
     match network.resume() {
         Ok(0) => {}
         Ok(n) => tracing::info!(pending = n, "resumed pending SMS deliveries"),
@@ -475,12 +487,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_in_flight: config.http_admission.max_in_flight,
         max_requests_per_sec: config.http_admission.max_requests_per_sec,
     };
-    tasks.push(tokio::spawn(crate::http::serve(
-        http_listener,
-        ctx,
-        http_limits,
-        shutdown.clone(),
-    )));
+    tasks.push((
+        "HTTP server",
+        tokio::spawn(crate::http::serve(http_listener, ctx, http_limits, shutdown.clone())),
+    ));
 
     Ok(Running {
         http: http_addr,

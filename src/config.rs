@@ -64,6 +64,10 @@ pub struct Config {
     /// [`crate::store::DEFAULT_CACHE_MIB`]): most of what the process
     /// holds under load, and what keeps retention off the disk.
     pub cache_mib: u64,
+    /// Free space in MiB kept on the data directory's disk (`min_free_mib`,
+    /// default [`crate::store::DEFAULT_MIN_FREE_MIB`]; 0: no check): under
+    /// it new messages, mail and writes are refused at once.
+    pub min_free_mib: u64,
     pub max_message_bytes: usize,
     /// Required on simulation and admin routes when HTTP listens beyond loopback.
     pub admin_token: Option<String>,
@@ -374,6 +378,7 @@ struct File {
     mail_retention: Option<usize>,
     log_retention: Option<usize>,
     cache_mib: Option<u64>,
+    min_free_mib: Option<u64>,
     max_message_bytes: Option<usize>,
     admin_token: Option<String>,
     demo: Option<bool>,
@@ -553,6 +558,7 @@ impl Config {
                 .unwrap_or(crate::delivery::log::DEFAULT_RETENTION)
                 .max(1),
             cache_mib: file.cache_mib.unwrap_or(crate::store::DEFAULT_CACHE_MIB).max(1),
+            min_free_mib: file.min_free_mib.unwrap_or(crate::store::DEFAULT_MIN_FREE_MIB),
             max_message_bytes: file.max_message_bytes.unwrap_or(10 * 1024 * 1024),
             admin_token: file.admin_token,
             load_demo: file.demo.unwrap_or(true),
@@ -630,6 +636,14 @@ mod tests {
         assert_eq!(load_file("cache_mib = 0\n").unwrap().cache_mib, 1);
         assert_eq!(load_file("").unwrap().cache_mib, crate::store::DEFAULT_CACHE_MIB);
         assert!(load_file("cache_mib = \"big\"\n").is_err());
+    }
+
+    #[test]
+    fn the_free_space_kept_is_set_in_mib_and_zero_turns_it_off() {
+        assert_eq!(load_file("min_free_mib = 64\n").unwrap().min_free_mib, 64);
+        assert_eq!(load_file("min_free_mib = 0\n").unwrap().min_free_mib, 0);
+        assert_eq!(load_file("").unwrap().min_free_mib, crate::store::DEFAULT_MIN_FREE_MIB);
+        assert!(load_file("min_free_mib = -1\n").is_err());
     }
 
     #[test]

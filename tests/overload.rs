@@ -119,3 +119,44 @@ async fn over_the_message_rate_smtp_mail_gets_451_and_the_session_goes_on() {
     client.quit().await;
     server.stop().await;
 }
+
+/// Short of disk space (here: more kept free than any disk has), a request
+/// that writes gets 507 `insufficient_storage` with `Retry-After` and
+/// SMTP's MAIL `452 4.3.1`, at once; reads, health and metrics go on and
+/// say why. (tests/reliability.rs fills a real disk.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_of_disk_space_writes_get_507_and_mail_452_while_reads_go_on() {
+    let server = TestServer::start_with(|c| c.min_free_mib = 1 << 40).await;
+    let mut http = RawHttp::connect(server.http).await;
+    let body = r#"{"id": "LATE", "residence": "JP", "locale": "en"}"#;
+    let refused = http.call("POST", "/v1/members", Some(body)).await;
+    assert_eq!(refused.status, 507, "{refused:?}");
+    assert_eq!(refused.error_code(), "insufficient_storage", "{refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("10"), "{refused:?}");
+    let message = refused.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("min_free_mib"), "{message}");
+    assert_eq!(http.call("GET", "/v1/members", None).await.status, 200);
+    let health = http.call("GET", "/healthz", None).await;
+    assert_eq!(
+        (health.status, health.body["status"].as_str()),
+        (200, Some("low_on_space")),
+        "{health:?}"
+    );
+    let (_, metrics) = server.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default().to_string();
+    assert!(
+        metrics.contains("otpgate_store_refusing{reason=\"low_space\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("otpgate_http_refused_total{reason=\"storage\"} 1"),
+        "{metrics}"
+    );
+
+    let mut smtp = RawSmtp::connect(server.smtp).await;
+    smtp.expect("EHLO tester.example", 250).await;
+    let mail = smtp.cmd("MAIL FROM:<qa@tester.example>").await;
+    assert_eq!((mail.code, mail.enhanced()), (452, "4.3.1"), "{}", mail.text());
+    smtp.quit().await;
+    server.stop().await;
+}

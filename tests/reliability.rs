@@ -491,8 +491,20 @@ fn crash_seed(what: &str, var: &str) -> u64 {
 /// Starts a server for the crash tests on `data`, and sets up its world:
 /// SMS and email members, and handsets for the ESME's messages.
 async fn crash_server(dir: &Path, data: &Path) -> ChildServer {
+    crash_server_with(dir, data, "").await
+}
+
+/// The crash tests' configuration: no send limits, and `settings` (top-level
+/// keys) first.
+fn write_crash_config(dir: &Path, settings: &str) -> PathBuf {
     let config = dir.join("otpgate.toml");
-    std::fs::write(&config, "[otp]\ncooldown_seconds = 0\nsends_per_window = 1000000\n").expect("config");
+    let text = format!("{settings}[otp]\ncooldown_seconds = 0\nsends_per_window = 1000000\n");
+    std::fs::write(&config, text).expect("config");
+    config
+}
+
+async fn crash_server_with(dir: &Path, data: &Path, settings: &str) -> ChildServer {
+    let config = write_crash_config(dir, settings);
     let config = config.display().to_string();
     let server = ChildServer::start(
         data,
@@ -757,6 +769,24 @@ impl Drop for Disk {
     }
 }
 
+/// A disk of the test's own, or `None` after saying loudly why this
+/// machine cannot give one (`OTPGATE_POWER_CUT=1` makes that a failure).
+fn own_disk(test: &str, dir: &Path, gib: u64) -> Option<Disk> {
+    match Disk::new(dir, gib) {
+        Ok(disk) => Some(disk),
+        Err(why) if std::env::var("OTPGATE_POWER_CUT").is_ok_and(|v| v == "1") => {
+            panic!("{test}: this machine cannot give it a disk of its own: {why}")
+        }
+        Err(why) => {
+            eprintln!(
+                "{test}: SKIPPED, this machine cannot give it a disk of its own ({why}); \
+                 it needs root, losetup and 2 GiB free; OTPGATE_POWER_CUT=1 makes this a failure"
+            );
+            None
+        }
+    }
+}
+
 /// The crash test again, but the machine loses its power instead of the
 /// server being killed: the server is stopped where it is (SIGSTOP), the
 /// disk image is copied as it stands, the server is killed, and a new one
@@ -765,18 +795,8 @@ impl Drop for Disk {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cut_under_mixed_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut disk = match Disk::new(dir.path(), 4) {
-        Ok(disk) => disk,
-        Err(why) if std::env::var("OTPGATE_POWER_CUT").is_ok_and(|v| v == "1") => {
-            panic!("power cut: this machine cannot give it a disk of its own: {why}")
-        }
-        Err(why) => {
-            eprintln!(
-                "power cut: SKIPPED, this machine cannot give it a disk of its own ({why}); \
-                 it needs root, losetup and 2 GiB free; OTPGATE_POWER_CUT=1 makes this a failure"
-            );
-            return;
-        }
+    let Some(mut disk) = own_disk("power cut", dir.path(), 4) else {
+        return;
     };
     let rounds = count("power-cut rounds", 2, 20) as u32;
     let mut rng = rand::rngs::StdRng::seed_from_u64(crash_seed("power cut", "OTPGATE_POWER_CUT_SEED"));
@@ -805,6 +825,228 @@ async fn power_cut_under_mixed_load_loses_nothing_acknowledged() {
         check_round(&server, &acks, round, &what).await;
     }
     end_crash_test(server, &acks, &format!("power cut: {rounds} cuts"), started).await;
+}
+
+// ===========================================================================
+// A full disk: new work refused at once, nothing acknowledged lost.
+
+/// Bytes free to an unprivileged writer on the file system holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let stat = rustix::fs::statvfs(path).expect("statvfs");
+    stat.f_bavail * stat.f_frsize
+}
+
+/// Takes the disk's free space down to `leave` bytes with a file of the
+/// test's own (allocated, not written), and returns its path.
+fn fill_disk(disk: &Disk, leave: u64) -> PathBuf {
+    let ballast = disk.mount.join("ballast");
+    let _ = std::fs::remove_file(&ballast);
+    let size = free_bytes(&disk.mount).saturating_sub(leave);
+    run("fallocate", &["-l", &size.to_string(), shown(&ballast)]).expect("fallocate the ballast");
+    ballast
+}
+
+/// What an operator does: removes the ballast and commits the file
+/// system's journal, so the blocks count as free (the disk is mounted with
+/// a 10-minute commit interval).
+fn free_disk(disk: &Disk, ballast: &Path) {
+    std::fs::remove_file(ballast).expect("remove the ballast");
+    run("sync", &["-f", shown(&disk.mount)]).expect("sync the file system");
+}
+
+/// Sends 200 KiB mails on one connection until the server refuses one at
+/// MAIL (the reply is returned) or after DATA; a mail taken is recorded.
+async fn mail_until_refused(smtp: SocketAddr, acks: &Acks, what: &str) -> (u16, String) {
+    let mut client = LoadSmtp::connect(smtp).await.expect("connect to SMTP");
+    client.cmd("EHLO filler.example").await.expect("EHLO");
+    for i in 0..5_000 {
+        let (code, text) = client.cmd("MAIL FROM:<filler@tester.example>").await.expect("MAIL");
+        if code != 250 {
+            return (code, text);
+        }
+        let to = CRASH_MAILBOXES[i % CRASH_MAILBOXES.len()];
+        client.cmd(&format!("RCPT TO:<{to}>")).await.expect("RCPT");
+        let (code, text) = client.cmd("DATA").await.expect("DATA");
+        assert_eq!(code, 354, "{what}: DATA: {text}");
+        let body = String::from_utf8(common::smtp_client::plain_message(
+            "filler@tester.example",
+            to,
+            &format!("{what}: filler {i}"),
+            &large_mail_text(),
+        ))
+        .expect("UTF-8");
+        client
+            .writer
+            .write_all(format!("{body}.\r\n").as_bytes())
+            .await
+            .expect("send the mail");
+        let (code, text) = client.reply().await.expect("the answer to DATA");
+        match text.split("queued as ").nth(1) {
+            Some(id) if code == 250 => record(
+                acks,
+                Ack::Mail {
+                    id: id.trim().to_string(),
+                    large: true,
+                },
+            ),
+            _ => assert!(code == 452 || code == 451, "{what}: after DATA: {code} {text}"),
+        }
+    }
+    panic!("{what}: 5,000 mails of 200 KiB and the server never refused one");
+}
+
+/// One new message of each protocol, with the answers it got: SMTP's to
+/// MAIL (and the mail's id once taken), SMPP's `command_status` (0 when
+/// taken, the message id recorded), HTTP's status and error code for an
+/// OTP (recorded when issued).
+async fn try_each_protocol(server: &ChildServer, acks: &Acks) -> (u16, u32, (u16, String)) {
+    let mut smtp = common::smtp_client::RawSmtp::connect(server.smtp.expect("smtp")).await;
+    smtp.expect("EHLO probe.example", 250).await;
+    let mail = smtp.cmd("MAIL FROM:<probe@tester.example>").await;
+    if mail.code == 250 {
+        let to = CRASH_MAILBOXES[0];
+        smtp.expect(&format!("RCPT TO:<{to}>"), 250).await;
+        smtp.expect("DATA", 354).await;
+        let message = common::smtp_client::plain_message("probe@tester.example", to, "probe", &large_mail_text());
+        let done = smtp.data_body(&message).await;
+        assert_eq!(done.code, 250, "{}", done.text());
+        let text = done.text();
+        let id = text.split("queued as ").nth(1).expect("a queued id").trim().to_string();
+        record(acks, Ack::Mail { id, large: true });
+    }
+    let esme = Esme::bind(server.smpp.expect("smpp"), Bind::Transmitter).await;
+    let status = match esme.submit(&esme::sms(CRASH_ESME_PHONES[0], "probe")).await {
+        Ok(message_id) => {
+            record(acks, Ack::Smpp { message_id });
+            0
+        }
+        Err(status) => status,
+    };
+    esme.unbind().await;
+    let (member, _, _) = CRASH_SMS_MEMBERS[0];
+    let (code, otp) = server
+        .api()
+        .post("/v1/otps", json!({"member_id": member, "purpose": "probe"}))
+        .await;
+    if code == 201 {
+        record(
+            acks,
+            Ack::Otp {
+                id: otp["id"].as_str().unwrap_or_default().to_string(),
+                message_id: otp["message_id"].as_str().unwrap_or_default().to_string(),
+            },
+        );
+    }
+    let error = otp["error"]["code"].as_str().unwrap_or_default().to_string();
+    (mail.code, status, (code, error))
+}
+
+/// The disk fills under the mixed load. With `min_free_mib` the server
+/// refuses new work with each protocol's own answer (SMTP 452 4.3.1,
+/// SMPP ESME_RMSGQFUL, HTTP 507) while reads go on, and takes work again
+/// as soon as space is freed, without a restart. Without it the disk
+/// really fills: the store fails, every protocol refuses at once (451
+/// 4.3.0, ESME_RSYSERR, 503), `/healthz` says so, reads go on (those sled
+/// can no longer make answer 503) and SIGTERM still stops the server.
+/// After the space is freed and the server restarted, everything
+/// acknowledged in both halves is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_work_at_once_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(disk) = own_disk("full disk", dir.path(), 1) else {
+        return;
+    };
+    const MIB: u64 = 1 << 20;
+    let data = disk.mount.join("data");
+    let mut server = crash_server_with(dir.path(), &data, "min_free_mib = 32\n").await;
+    let acks: Acks = Arc::default();
+    let started = Instant::now();
+
+    // Half one: kept free space.
+    let ballast = fill_disk(&disk, 56 * MIB);
+    let load = MixedLoad::start(&server, 1, &acks);
+    let (code, text) = mail_until_refused(server.smtp.expect("smtp"), &acks, "kept free space").await;
+    load.end(1).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (452, "452 4.3.1 Insufficient system storage, try again later")
+    );
+    let refused = try_each_protocol(&server, &acks).await;
+    assert_eq!(refused, (452, 0x14, (507, "insufficient_storage".to_string())));
+    let api = server.api();
+    let (s, health) = api.get("/healthz").await;
+    assert_eq!((s, health["status"].as_str()), (200, Some("low_on_space")), "{health}");
+    let (_, metrics) = api.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains("otpgate_store_refusing{reason=\"low_space\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        free_bytes(&disk.mount) > 8 * MIB,
+        "the margin held: the disk never filled"
+    );
+    check_reads(&api, &acks, "while refusing for space").await;
+    free_disk(&disk, &ballast);
+    let taken = try_each_protocol(&server, &acks).await;
+    assert_eq!(
+        taken,
+        (250, 0, (201, String::new())),
+        "taken again once space was freed"
+    );
+    let (s, health) = api.get("/healthz").await;
+    assert_eq!((s, health["status"].as_str()), (200, Some("ok")), "{health}");
+
+    // Half two: no free space kept, the disk fills.
+    server.terminate().await;
+    write_crash_config(dir.path(), "min_free_mib = 0\n");
+    let ballast = fill_disk(&disk, 24 * MIB);
+    server.restart().await;
+    let load = MixedLoad::start(&server, 2, &acks);
+    let (code, text) = mail_until_refused(server.smtp.expect("smtp"), &acks, "a full disk").await;
+    load.end(2).await;
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            451,
+            "451 4.3.0 Local error in processing: storage failed, try again later"
+        )
+    );
+    let refused = try_each_protocol(&server, &acks).await;
+    assert_eq!(refused, (451, 0x08, (503, "storage_failed".to_string())));
+    let api = server.api();
+    let (s, health) = api.get("/healthz").await;
+    assert_eq!((s, health["status"].as_str()), (503, Some("failed")), "{health}");
+    check_reads(&api, &acks, "after the store failed").await;
+    // Before sled was patched, its flush at shutdown could wait for ever
+    // for a buffer a failed blob write had left claimed.
+    server.terminate().await;
+    free_disk(&disk, &ballast);
+    server.restart().await;
+    check_round(&server, &acks, 2, "full disk: restarted with space freed").await;
+    end_crash_test(server, &acks, "full disk", started).await;
+}
+
+/// Reads answer while writes are refused: the last mail and OTP taken.
+/// Once the store failed, a read sled can no longer make (sled stops
+/// reading too once its own write failed) may be refused, but as a
+/// storage failure, never an internal error.
+async fn check_reads(api: &Api, acks: &Acks, what: &str) {
+    let failed = what.contains("failed");
+    let answered = |s: u16, b: &Value| s == 200 || (failed && s == 503 && b["error"]["code"] == "storage_failed");
+    let snapshot = acks.snapshot();
+    let mail = snapshot.iter().rev().find_map(|a| match a {
+        Ack::Mail { id, .. } => Some(id),
+        _ => None,
+    });
+    let (s, b) = api.get(&format!("/v1/mail/{}", mail.expect("a mail was taken"))).await;
+    assert!(answered(s, &b), "{what}: reading a mail: {s} {b}");
+    let otp = snapshot.iter().rev().find_map(|a| match a {
+        Ack::Otp { id, .. } => Some(id),
+        _ => None,
+    });
+    let (s, b) = api.get(&format!("/v1/otps/{}", otp.expect("an OTP was issued"))).await;
+    assert!(answered(s, &b), "{what}: reading an OTP: {s} {b}");
 }
 
 // ===========================================================================

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub refused_in_flight: std::sync::atomic::AtomicU64,
     /// Requests answered 429 over `max_requests_per_sec`.
     pub refused_rate: std::sync::atomic::AtomicU64,
+    /// Writing requests answered 507 or 503 because the store could not
+    /// take them (`min_free_mib`, a failed store).
+    pub refused_storage: std::sync::atomic::AtomicU64,
 }
 
 pub(super) fn bump(counter: &std::sync::atomic::AtomicU64) {
@@ -260,7 +263,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
         check_token(ctx, &req)?;
     }
     match (m, segs.as_slice()) {
-        (&Method::GET, ["healthz"]) => ok(json!({"status": "ok"})),
+        (&Method::GET, ["healthz"]) => health(ctx),
         (&Method::GET, ["metrics"]) => metrics(ctx),
         (&Method::GET, ["v1", "openapi.json"]) => ok(super::openapi::document()),
         (&Method::POST, ["v1", "members"]) => create_member(ctx, &req).await,
@@ -664,6 +667,22 @@ async fn advance(ctx: &Ctx, req: &Req) -> ApiResult {
     ok(json!({"now": rfc3339(now), "virtual": true}))
 }
 
+/// Liveness: 200 while the server takes work, with `low_on_space` while
+/// it refuses new work for want of disk space (that passes by itself);
+/// 503 once its store failed, which a restart puts right.
+fn health(ctx: &Ctx) -> ApiResult {
+    match ctx.store.refusal() {
+        None => ok(json!({"status": "ok"})),
+        Some(refusal) if refusal.is_temporary() => {
+            ok(json!({"status": "low_on_space", "message": refusal.to_string()}))
+        }
+        Some(refusal) => Ok(json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "failed", "message": refusal.to_string()}),
+        )),
+    }
+}
+
 fn metrics(ctx: &Ctx) -> ApiResult {
     use std::sync::atomic::Ordering::Relaxed;
     let m = &ctx.metrics;
@@ -675,7 +694,8 @@ fn metrics(ctx: &Ctx) -> ApiResult {
          # TYPE otpgate_http_refused_total counter\n\
          otpgate_http_refused_total{{reason=\"connections\"}} {}\n\
          otpgate_http_refused_total{{reason=\"in_flight\"}} {}\n\
-         otpgate_http_refused_total{{reason=\"rate\"}} {}\n",
+         otpgate_http_refused_total{{reason=\"rate\"}} {}\n\
+         otpgate_http_refused_total{{reason=\"storage\"}} {}\n",
         m.requests.load(Relaxed),
         m.otps_issued.load(Relaxed),
         m.verifies_ok.load(Relaxed),
@@ -684,6 +704,7 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         m.refused_connections.load(Relaxed),
         m.refused_in_flight.load(Relaxed),
         m.refused_rate.load(Relaxed),
+        m.refused_storage.load(Relaxed),
     );
     // Without an SMS channel there is no link to report.
     let text = match &ctx.sms_link {
@@ -693,6 +714,24 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         ),
         None => text,
     };
+    // Asked first: it reads the free space when a reading is due.
+    let refusal = ctx.store.refusal();
+    let text = match ctx.store.space() {
+        Some((free, min_free)) => format!(
+            "{text}# TYPE otpgate_store_free_bytes gauge\notpgate_store_free_bytes {}\n\
+             # TYPE otpgate_store_min_free_bytes gauge\notpgate_store_min_free_bytes {min_free}\n",
+            // Unreadable free space is reported as none known.
+            if free == u64::MAX { -1 } else { free as i64 }
+        ),
+        None => text,
+    };
+    let text = format!(
+        "{text}# TYPE otpgate_store_refusing gauge\n\
+         otpgate_store_refusing{{reason=\"low_space\"}} {}\n\
+         otpgate_store_refusing{{reason=\"failed\"}} {}\n",
+        u8::from(refusal.as_ref().is_some_and(|r| r.is_temporary())),
+        u8::from(refusal.as_ref().is_some_and(|r| !r.is_temporary())),
+    );
     let p = ctx.store.pressure();
     let text = format!(
         "{text}# TYPE otpgate_store_pending_bytes gauge\notpgate_store_pending_bytes {}\n\

@@ -117,6 +117,12 @@ impl Admission {
             api::bump(&ctx.metrics.refused_in_flight);
             return Err(ApiError::overloaded("the server is busy with other requests"));
         };
+        if class == RequestClass::Metered {
+            if let Some(refusal) = ctx.store.refusal() {
+                api::bump(&ctx.metrics.refused_storage);
+                return Err(ApiError::storage(&refusal));
+            }
+        }
         if class == RequestClass::Metered && !self.requests.admit(tokio::time::Instant::now()) {
             api::bump(&ctx.metrics.refused_rate);
             let mut err = ApiError::new(
@@ -166,6 +172,24 @@ impl ApiError {
         let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
         err.extra = Some(json!({"retry_after": RETRY_AFTER_SECS}));
         err.retry_after = Some(RETRY_AFTER_SECS);
+        err
+    }
+
+    /// A request that would write, refused because the store cannot take
+    /// it: 507 Insufficient Storage (RFC 4918) while the disk is short of
+    /// space, which passes by itself; 503 once the store failed.
+    pub fn storage(refusal: &crate::store::Refusal) -> ApiError {
+        if !refusal.is_temporary() {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage_failed", refusal.to_string());
+        }
+        const RETRY: i64 = 10;
+        let mut err = ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            refusal.to_string(),
+        );
+        err.extra = Some(json!({"retry_after": RETRY}));
+        err.retry_after = Some(RETRY);
         err
     }
 
@@ -346,7 +370,14 @@ async fn handle(
         body,
         token,
     };
-    let answer = api::route(&ctx, req).await;
+    let answer = api::route(&ctx, req).await.map_err(|err| match ctx.store.refusal() {
+        // What the failed store could not read or write is said as such,
+        // not as an internal error.
+        Some(refusal) if err.status == StatusCode::INTERNAL_SERVER_ERROR && !refusal.is_temporary() => {
+            ApiError::storage(&refusal)
+        }
+        _ => err,
+    });
     Ok(answer.unwrap_or_else(ApiError::into_response))
 }
 

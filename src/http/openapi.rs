@@ -35,7 +35,13 @@ const fn r(
 }
 
 pub const ROUTES: &[Route] = &[
-    r("get", "/healthz", "ops", "Liveness", &[]),
+    r(
+        "get",
+        "/healthz",
+        "ops",
+        "Liveness: 200 `ok`, or `low_on_space` while writes are refused for want of disk space; 503 `failed` once the store failed (restart after freeing space)",
+        &[],
+    ),
     r("get", "/metrics", "ops", "Prometheus text metrics", &[]),
     r("get", "/v1/openapi.json", "ops", "This document", &[]),
     r(
@@ -258,7 +264,12 @@ fn admission_responses() -> Value {
     let error = json!({"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}});
     json!({
         "Overloaded": {
-            "description": "`overloaded`: refused at once because the server is at `[http] max_connections` (the connection is then closed) or, except for /healthz, /metrics and the long poll, at `max_in_flight`; nothing was done. Retry after `Retry-After` seconds.",
+            "description": "`overloaded`: refused at once because the server is at `[http] max_connections` (the connection is then closed) or, except for /healthz, /metrics and the long poll, at `max_in_flight`; nothing was done. Retry after `Retry-After` seconds. `storage_failed` (no Retry-After): the store could not write (a full disk): nothing more is taken until the server is restarted, and /healthz answers 503 too.",
+            "headers": retry_after,
+            "content": error,
+        },
+        "InsufficientStorage": {
+            "description": "`insufficient_storage`: the data directory's disk has less free than `min_free_mib`, so nothing that writes is taken (reads go on); nothing was done. Passes by itself once there is room: retry after `Retry-After` seconds.",
             "headers": retry_after,
             "content": error,
         },
@@ -297,6 +308,7 @@ pub fn document() -> Value {
         op["responses"]["503"] = json!({"$ref": "#/components/responses/Overloaded"});
         if class == RequestClass::Metered {
             op["responses"]["429"] = json!({"$ref": "#/components/responses/RateLimited"});
+            op["responses"]["507"] = json!({"$ref": "#/components/responses/InsufficientStorage"});
         }
         if !route.body.is_empty() {
             let props: Map<String, Value> = route.body.iter().map(|f| (f.to_string(), json!({}))).collect();
@@ -324,8 +336,12 @@ mod tests {
         let issue = responses("/v1/otps", "post");
         assert_eq!(issue["429"]["$ref"], "#/components/responses/RateLimited");
         assert_eq!(issue["503"]["$ref"], "#/components/responses/Overloaded");
+        assert_eq!(issue["507"]["$ref"], "#/components/responses/InsufficientStorage");
         let read = responses("/v1/messages", "get");
-        assert!(read["429"].is_null() && !read["503"].is_null(), "{read}");
+        assert!(
+            read["429"].is_null() && read["507"].is_null() && !read["503"].is_null(),
+            "{read}"
+        );
         let health = responses("/healthz", "get");
         assert!(health["429"].is_null(), "{health}");
         let overloaded = &doc["components"]["responses"]["Overloaded"];

@@ -660,6 +660,15 @@ impl SmscBackend for SmsNetwork {
         Box::pin(self.accept(sub))
     }
 
+    fn refusal(&self) -> Option<SubmitRefusal> {
+        let refusal = self.inner.store.refusal()?;
+        tracing::debug!(%refusal, "submit_sm refused");
+        Some(match refusal.is_temporary() {
+            true => SubmitRefusal::QueueFull,
+            false => SubmitRefusal::System(refusal.to_string()),
+        })
+    }
+
     fn query(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>> {
         let found = self
             .record_named(message_id)

@@ -216,6 +216,12 @@ pub trait SmscBackend: Send + Sync + 'static {
     /// `cancel`.
     fn query(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>>;
     fn cancel(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>>;
+    /// Why no new message can be taken now, if none can: asked before each
+    /// `submit_sm`, part of a long message or not, so that it is refused at
+    /// once rather than failed half-way (a full disk, a failed store).
+    fn refusal(&self) -> Option<SubmitRefusal> {
+        None
+    }
 }
 
 /// A delivery receipt to send to the ESME that submitted the message.

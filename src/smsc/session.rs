@@ -502,6 +502,10 @@ impl Session {
                 .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRthrottled, seq)
                 .await;
         }
+        if let Some(refusal) = self.shared.backend.refusal() {
+            let status = CommandStatus::from(refusal.command_status());
+            return self.reject(CommandId::SubmitSmResp, status, seq).await;
+        }
         let incoming = match read_submit(&system_id, &sm) {
             Ok(incoming) => incoming,
             Err(status) => {

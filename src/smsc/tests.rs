@@ -40,6 +40,8 @@ pub(crate) struct FakeBackend {
     /// An earlier part's id → the whole message's id.
     parts: Mutex<HashMap<String, String>>,
     seen: mpsc::UnboundedSender<Submission>,
+    /// What [`SmscBackend::refusal`] answers (a full disk, say).
+    pub(crate) refusing: Mutex<Option<SubmitRefusal>>,
 }
 
 impl FakeBackend {
@@ -50,6 +52,7 @@ impl FakeBackend {
             stored: Mutex::new(HashMap::new()),
             parts: Mutex::new(HashMap::new()),
             seen,
+            refusing: Mutex::new(None),
         };
         (Arc::new(backend), rx)
     }
@@ -90,6 +93,10 @@ impl SmscBackend for FakeBackend {
         })
     }
 
+    fn refusal(&self) -> Option<SubmitRefusal> {
+        self.refusing.lock().unwrap().clone()
+    }
+
     fn cancel(&self, _system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
         let known = self.stored.lock().unwrap().remove(&self.whole_id(message_id)).is_some();
         Box::pin(async move {
@@ -107,6 +114,7 @@ pub(crate) struct TestSmsc {
     pub addr: std::net::SocketAddr,
     pub hub: ReceiptHub,
     pub submissions: mpsc::UnboundedReceiver<Submission>,
+    pub backend: Arc<FakeBackend>,
     trigger: crate::shutdown::Trigger,
     task: tokio::task::JoinHandle<()>,
 }
@@ -143,11 +151,12 @@ impl TestSmsc {
             ..SmscConfig::default()
         };
         adjust(&mut config);
-        let task = tokio::spawn(serve(listener, config, backend, hub.clone(), shutdown));
+        let task = tokio::spawn(serve(listener, config, backend.clone(), hub.clone(), shutdown));
         TestSmsc {
             addr,
             hub,
             submissions,
+            backend,
             trigger,
             task,
         }
@@ -297,6 +306,37 @@ async fn submit_gets_an_id_after_the_backend_stored_it() {
 
     let refused = within("submit", client.submit_sm(submit_sm("0001", 0, 0, b"x".to_vec()))).await;
     assert_eq!(status_of(refused), 0x0B);
+    hang_up(client).await;
+    smsc.stop().await;
+}
+
+/// While the backend can take nothing (a full disk), every submit_sm, a
+/// part of a long message too, is refused at once with ESME_RMSGQFUL and
+/// nothing reaches it; once it can, submits are taken again.
+#[tokio::test]
+async fn submits_are_refused_at_once_while_the_backend_can_take_nothing() {
+    let mut smsc = TestSmsc::start().await;
+    let (client, _events) = connect(smsc.addr).await;
+    within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
+        .await
+        .unwrap();
+    *smsc.backend.refusing.lock().unwrap() = Some(SubmitRefusal::QueueFull);
+    let single = within(
+        "submit",
+        client.submit_sm(submit_sm("819012345678", 0, 0, b"hi".to_vec())),
+    )
+    .await;
+    assert_eq!(status_of(single), 0x14);
+    let part = submit_sm("819012345678", 8, 0x40, text::with_udh(9, 2, 1, &[0, 0x41]));
+    assert_eq!(status_of(within("part", client.submit_sm(part)).await), 0x14);
+    assert!(smsc.submissions.try_recv().is_err(), "nothing reached the backend");
+    *smsc.backend.refusing.lock().unwrap() = None;
+    let taken = within(
+        "submit",
+        client.submit_sm(submit_sm("819012345678", 0, 0, b"hi".to_vec())),
+    )
+    .await;
+    assert_eq!(taken.unwrap().message_id().as_str(), "m1");
     hang_up(client).await;
     smsc.stop().await;
 }

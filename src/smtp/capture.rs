@@ -875,6 +875,10 @@ impl MailBackend for MailWorld {
         Box::pin(async move { self.check_rcpt(&from, &to).await })
     }
 
+    fn refusal(&self) -> Option<crate::store::Refusal> {
+        self.inner.store.refusal()
+    }
+
     fn data(&self, envelope: Envelope, raw: Vec<u8>) -> BoxFuture<'_, DataVerdict> {
         Box::pin(async move {
             match self.accept(envelope, raw).await {

@@ -132,6 +132,12 @@ pub trait MailBackend: Send + Sync + 'static {
     fn rcpt(&self, from: &str, to: &str) -> BoxFuture<'_, RcptVerdict>;
     /// Stores the message durably; the server answers 250 only after Accepted.
     fn data(&self, envelope: Envelope, raw: Vec<u8>) -> BoxFuture<'_, DataVerdict>;
+    /// Why no new mail can be taken now, if none can (a full disk, a failed
+    /// store): asked at MAIL and again before a message is handed to
+    /// [`MailBackend::data`], so that it is refused at once.
+    fn refusal(&self) -> Option<crate::store::Refusal> {
+        None
+    }
 }
 
 /// Protocol timing and input limits that are not part of the configuration.

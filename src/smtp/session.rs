@@ -404,6 +404,12 @@ impl Session {
                 if size.is_some_and(|s| s > self.server.config.max_message_bytes as u64) {
                     return Step::reply(552, "5.3.4", "Message size exceeds fixed maximum message size");
                 }
+                // No room on the disk, or the store failed: refused
+                // before anything is kept; the server's state, no error.
+                if let Some(refusal) = self.server.backend.refusal() {
+                    self.excused = self.server.limits.max_recipients + 1;
+                    return storage_refused(&refusal);
+                }
                 // Over the message rate or with every slot taken: a
                 // transient refusal, before anything of the transaction is
                 // kept. It is the server's state, not the client's mistake,
@@ -587,6 +593,9 @@ impl Session {
         if oversize {
             return Step::reply(552, "5.3.4", "Message size exceeds fixed maximum message size");
         }
+        if let Some(refusal) = self.server.backend.refusal() {
+            return storage_refused(&refusal);
+        }
         // The backlog hears how long the capture took, the server's part of
         // the transaction (see `SmtpConfig::shed_after`).
         let started = self.server.limits.ticker.now();
@@ -760,6 +769,21 @@ fn with_crlf(line: &[u8]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// RFC 5321's answer to a full disk, `452 4.3.1` (RFC 3463: mail system
+/// full), as Postfix gives it while its queue is short of space; a store
+/// that failed is a local error, `451 4.3.0`. Both are transient: a
+/// client keeps the message and tries again.
+fn storage_refused(refusal: &crate::store::Refusal) -> Step {
+    match refusal.is_temporary() {
+        true => Step::reply(452, "4.3.1", "Insufficient system storage, try again later"),
+        false => Step::reply(
+            451,
+            "4.3.0",
+            "Local error in processing: storage failed, try again later",
+        ),
+    }
 }
 
 #[cfg(test)]

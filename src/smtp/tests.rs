@@ -1034,3 +1034,72 @@ async fn the_replies_to_a_pipelined_group_leave_in_one_write() {
     assert_eq!(codes, ["250", "250", "250", "250", "354", "250", "221"]);
     assert_eq!(world.list(None, None, 10).unwrap().items.len(), 1);
 }
+
+/// The mail world behind a store that can take nothing (a full disk).
+struct Refusing {
+    world: MailWorld,
+    refusal: Mutex<Option<crate::store::Refusal>>,
+}
+
+impl MailBackend for Refusing {
+    fn rcpt(&self, from: &str, to: &str) -> BoxFuture<'_, RcptVerdict> {
+        self.world.rcpt(from, to)
+    }
+
+    fn data(&self, envelope: Envelope, raw: Vec<u8>) -> BoxFuture<'_, DataVerdict> {
+        self.world.data(envelope, raw)
+    }
+
+    fn refusal(&self) -> Option<crate::store::Refusal> {
+        self.refusal.lock().unwrap().clone()
+    }
+}
+
+/// Short of disk space, MAIL gets `452 4.3.1` (as from Postfix) and so
+/// does a message whose transaction began before; a failed store gets
+/// `451 4.3.0`. Nothing is kept, no error is counted, and mail is taken
+/// again once there is room.
+#[tokio::test]
+async fn short_of_storage_mail_is_refused_with_452_and_taken_again_after() {
+    let store = Store::temporary().unwrap();
+    let world = MailWorld::new(&store, Clock::virtual_at(0), 100).unwrap();
+    let backend = Arc::new(Refusing {
+        world: world.clone(),
+        refusal: Mutex::new(None),
+    });
+    let t = start_ticked(SmtpConfig::default(), backend.clone()).await;
+    let low = crate::store::Refusal::LowOnSpace {
+        free_mib: 10,
+        min_free_mib: 256,
+    };
+    let (mut d, _) = Dialogue::open(t.addr).await;
+    d.check("EHLO tester", 250).await;
+    // Begun with room; the disk fills during DATA.
+    d.check("MAIL FROM:<qa@example.com>", 250).await;
+    d.check("RCPT TO:<r@example.com>", 250).await;
+    d.check("DATA", 354).await;
+    *backend.refusal.lock().unwrap() = Some(low);
+    d.send(b"Subject: late\r\n\r\nbody\r\n.\r\n").await;
+    assert!(d.reply().await.starts_with("452 4.3.1 "));
+    for _ in 0..5 {
+        let reply = d.check("MAIL FROM:<qa@example.com>", 452).await;
+        assert_eq!(reply, "452 4.3.1 Insufficient system storage, try again later\r\n");
+        // The group's RCPT and DATA are excused, as after a shed MAIL.
+        d.check("RCPT TO:<r@example.com>", 503).await;
+        d.check("DATA", 503).await;
+    }
+    *backend.refusal.lock().unwrap() = Some(crate::store::Refusal::Failed("disk full".into()));
+    d.check("MAIL FROM:<qa@example.com>", 451).await;
+    *backend.refusal.lock().unwrap() = None;
+    let done = d
+        .mail("qa@example.com", "r@example.com", b"Subject: now\r\n\r\nbody\r\n")
+        .await;
+    assert!(done.starts_with("250 "), "{done}");
+    assert_eq!(
+        world.list(None, None, 10).unwrap().items.len(),
+        1,
+        "only the last was kept"
+    );
+    d.check("QUIT", 221).await;
+    t.stop().await;
+}

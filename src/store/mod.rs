@@ -16,6 +16,7 @@
 
 mod layers;
 pub mod retention;
+mod space;
 mod wal;
 
 use std::fs::File;
@@ -28,7 +29,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use layers::Layers;
+use space::Space;
 use wal::{Op, Wal};
+
+pub use space::DEFAULT_MIN_FREE_MIB;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +83,8 @@ struct Core {
     layers: Arc<Layers>,
     /// A temporary store's write lock (a stored one uses the log's).
     temporary: Mutex<()>,
+    /// The data directory's free space; `None` for a temporary store.
+    space: Option<Space>,
     db: sled::Db,
 }
 
@@ -202,6 +208,42 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Why the store takes no new work now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Less than `min_free_mib` is free in the data directory's file
+    /// system; ends by itself once there is room again.
+    LowOnSpace { free_mib: u64, min_free_mib: u64 },
+    /// The log could not write or sync: nothing more is acknowledged until
+    /// a restart (after the cause, often a full disk, is put right).
+    Failed(String),
+}
+
+impl Refusal {
+    /// Whether it ends by itself (a client should retry later) rather than
+    /// with a restart.
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Refusal::LowOnSpace { .. })
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::LowOnSpace { free_mib, min_free_mib } => write!(
+                f,
+                "insufficient storage: {free_mib} MiB free on the data directory's disk, under the \
+                 {min_free_mib} MiB kept free (min_free_mib); nothing new is taken until there is more"
+            ),
+            Refusal::Failed(reason) => write!(
+                f,
+                "storage failed ({reason}); nothing more is acknowledged until the server is \
+                 restarted"
+            ),
+        }
+    }
+}
+
 /// Writes waiting for the checkpoint thread to move them into sled. A write
 /// waits for room once [`layers`] holds 64 MiB not yet drained: sled has
 /// fallen behind, and every write of the server waits with it.
@@ -237,6 +279,12 @@ impl Store {
 
     /// [`Store::open`] with sled's page cache of `cache_mib` MiB.
     pub fn open_with_cache(dir: &Path, cache_mib: u64) -> Result<Store> {
+        Store::open_with(dir, cache_mib, DEFAULT_MIN_FREE_MIB)
+    }
+
+    /// [`Store::open_with_cache`], refusing new work while less than
+    /// `min_free_mib` is free on the disk (0: never; see [`space`]).
+    pub fn open_with(dir: &Path, cache_mib: u64, min_free_mib: u64) -> Result<Store> {
         let sled_dir = dir.join("db");
         let db = open_sled(&sled_dir, cache_mib)?;
         check_not_emptied(dir, &sled_dir, &db)?;
@@ -246,16 +294,17 @@ impl Store {
         // `db/`, `wal/` and `db.opened`, made above, are durable before
         // anything is acknowledged.
         sync_dir(dir).map_err(|e| StoreError::Log(e.to_string()))?;
-        Store::with(db, Some(Arc::new(wal)), layers)
+        let space = Space::new(dir.to_path_buf(), min_free_mib);
+        Store::with(db, Some(Arc::new(wal)), layers, Some(space))
     }
 
     /// A throwaway in-memory store for unit tests.
     pub fn temporary() -> Result<Store> {
         let db = sled::Config::new().temporary(true).open()?;
-        Store::with(db, None, Arc::new(Layers::new()))
+        Store::with(db, None, Arc::new(Layers::new()), None)
     }
 
-    fn with(db: sled::Db, wal: Option<Arc<Wal>>, layers: Arc<Layers>) -> Result<Store> {
+    fn with(db: sled::Db, wal: Option<Arc<Wal>>, layers: Arc<Layers>, space: Option<Space>) -> Result<Store> {
         let stored: Option<u64> = match db.open_tree(META_TREE)?.get(ID_CEILING_KEY)? {
             Some(bytes) => Some(serde_json::from_slice(&bytes)?),
             None => None,
@@ -274,6 +323,7 @@ impl Store {
                 wal,
                 layers,
                 temporary: Mutex::new(()),
+                space,
                 db,
             }),
         })
@@ -313,6 +363,26 @@ impl Store {
             Some(wal) => wal.flush().await.map_err(StoreError::Log),
             None => Ok(()),
         }
+    }
+
+    /// Why new work (a message, a mail, a request that writes) must be
+    /// refused now, if it must: the protocol edges ask before they take
+    /// anything, so that nothing is failed half-way. See [`space`].
+    pub fn refusal(&self) -> Option<Refusal> {
+        if let Some(reason) = self.core.wal.as_ref().and_then(|wal| wal.failure()) {
+            return Some(Refusal::Failed(reason));
+        }
+        let space = self.core.space.as_ref()?;
+        space.low().then(|| Refusal::LowOnSpace {
+            free_mib: space.free() >> 20,
+            min_free_mib: space.min_free() >> 20,
+        })
+    }
+
+    /// The data directory's free space as last read, and the minimum, in
+    /// bytes: what `/metrics` reports (`None` for a temporary store).
+    pub fn space(&self) -> Option<(u64, u64)> {
+        self.core.space.as_ref().map(|space| (space.free(), space.min_free()))
     }
 
     /// How far the writes are ahead of sled: what `/metrics` reports.

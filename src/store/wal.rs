@@ -105,6 +105,9 @@ struct Shared {
     /// (An idle server's checkpoint thread sleeps instead of waking every
     /// [`DRAIN_EVERY`].)
     drainer_idle: AtomicBool,
+    /// `State::failed` is set: read without the write lock by the
+    /// protocol edges, which refuse new work at once then.
+    has_failed: AtomicBool,
 }
 
 /// What the writer tells the checkpoint thread.
@@ -219,6 +222,7 @@ impl Wal {
             durable: tokio::sync::watch::channel(0).0,
             spares: Mutex::new(Vec::new()),
             drainer_idle: AtomicBool::new(false),
+            has_failed: AtomicBool::new(false),
         });
         for (n, path) in spares.into_iter().chain(files) {
             shared.retire(dir, n, &path);
@@ -253,6 +257,14 @@ impl Wal {
             state,
             wake: &self.shared.wake,
         })
+    }
+
+    /// Why the log failed, if it did: nothing more will be acknowledged.
+    pub(super) fn failure(&self) -> Option<String> {
+        if !self.shared.has_failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.shared.lock().failed.clone()
     }
 
     /// Returns once every write recorded before the call is on disk.
@@ -304,6 +316,7 @@ impl Shared {
         self.lock()
             .failed
             .get_or_insert_with(|| format!("write-ahead log: {e}"));
+        self.has_failed.store(true, Ordering::Relaxed);
         self.durable.send_replace(u64::MAX);
     }
 }
@@ -395,7 +408,7 @@ fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sen
             spare = bytes;
             spare.clear();
         }
-        shared.durable.send_replace(upto);
+        mark_durable(&shared.durable, upto);
         if shared.drainer_idle.swap(false, Ordering::SeqCst) {
             let _ = cut.send(Wake::Wrote);
         }
@@ -413,6 +426,19 @@ fn write_loop(shared: &Shared, dir: &Path, mut segment: Segment, cut: &mpsc::Sen
             }
         }
     }
+}
+
+/// Raises the durable mark to `upto`, never lowers it: once the checkpoint
+/// thread has failed the log (`u64::MAX`, every waiter answered), a write
+/// that finished meanwhile must not put the mark back under writes that
+/// will now never be written, whose waiters would wait for ever (a
+/// shutdown after a full disk did: the full-disk test).
+fn mark_durable(durable: &tokio::sync::watch::Sender<u64>, upto: u64) {
+    durable.send_if_modified(|mark| {
+        let raised = upto > *mark;
+        *mark = (*mark).max(upto);
+        raised
+    });
 }
 
 /// The checkpoint thread. Every [`DRAIN_EVERY`] it moves the writes of
@@ -666,6 +692,16 @@ mod tests {
         .record(ops);
         let bytes = std::mem::take(&mut wal_state.lock().unwrap().buffer);
         bytes
+    }
+
+    #[test]
+    fn the_durable_mark_is_never_lowered_once_the_log_failed() {
+        let durable = tokio::sync::watch::channel(0).0;
+        super::mark_durable(&durable, 7);
+        assert_eq!(*durable.borrow(), 7);
+        durable.send_replace(u64::MAX);
+        super::mark_durable(&durable, 9);
+        assert_eq!(*durable.borrow(), u64::MAX);
     }
 
     #[test]

@@ -361,12 +361,17 @@ impl Log {
             let blob_id =
                 if over_blob_threshold { Some(reservation_lsn) } else { None };
 
-            self.iobufs.encapsulate(
+            // otpgate: a blob that could not be written (a full disk)
+            // returned here with the slot still claimed, so this buffer
+            // could never be written and every later flush, sled's own on
+            // drop among them, waited for ever. The slot is now given back
+            // below, cancelled, before the error is returned.
+            let written = self.iobufs.encapsulate(
                 item,
                 message_header,
-                destination,
+                &mut *destination,
                 blob_id,
-            )?;
+            );
 
             M.log_reservation_success();
 
@@ -378,7 +383,7 @@ impl Log {
                 DiskPtr::new_inline(reservation_lid)
             };
 
-            return Ok(Reservation {
+            let reservation = Reservation {
                 iobuf,
                 log: self,
                 buf: destination,
@@ -388,7 +393,21 @@ impl Log {
                 is_blob_rewrite: blob_rewrite.is_some(),
                 header_len: usize::try_from(message_header.serialized_size())
                     .unwrap(),
-            });
+            };
+            if let Err(e) = written {
+                // otpgate: only the blob's write can fail, after the
+                // header is in place; the body gets its blob id as it
+                // would have, so the cancelled message reads whole at
+                // recovery, and `abort` removes what the blob left.
+                let mut reservation = reservation;
+                if let Some(blob_id) = blob_id {
+                    let header_len = reservation.header_len;
+                    blob_id.serialize_into(&mut &mut reservation.buf[header_len..]);
+                }
+                let _aborted = reservation.abort();
+                return Err(e);
+            }
+            return Ok(reservation);
         }
     }
 
@@ -442,6 +461,12 @@ impl Log {
                         lsn, e
                     );
                     iobufs.config.set_global_error(e);
+                    // otpgate: wake the flushes waiting for this buffer,
+                    // as the other paths that set the error do; they
+                    // waited for ever.
+                    let intervals = iobufs.intervals.lock();
+                    drop(intervals);
+                    let _notified = iobufs.interval_updated.notify_all();
                 }
             })?;
 
