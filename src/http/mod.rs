@@ -432,7 +432,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, limits: Limits, mut shu
                 }
                 _ = conn_shutdown.wait() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+                    if tokio::time::timeout(std::time::Duration::from_secs(5), conn).await.is_err() {
+                        tracing::warn!(%peer, "a request was still running 5 s after the shutdown; its connection is closed");
+                    }
                 }
             }
         });

@@ -478,11 +478,31 @@ impl SmsNetwork {
             // The OTP core records the receipt before it answers; waiting
             // here (the message's lock released) makes a clock advance
             // answer after the log has it.
-            Ok(Some(answered)) => {
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answered).await;
-            }
+            Ok(Some(answered)) => self.wait_for_the_core(answered).await,
             Ok(None) => {}
             Err(e) => tracing::error!(message_id = id, error = %e, "delivery attempt failed"),
+        }
+    }
+
+    /// Waits (5 s at most) for the OTP core to answer a receipt, while its
+    /// session is bound: with none (its link dropped, or the server is
+    /// stopping) the receipt waits in the hub for the next bind, and an
+    /// advance of the clock, or a shutdown, need not wait 5 s for it.
+    async fn wait_for_the_core(&self, answered: ReceiptAnswered) {
+        let hub = &self.inner.hub;
+        let mut detaches = hub.detaches();
+        let give_up = tokio::time::sleep(std::time::Duration::from_secs(5));
+        tokio::pin!(answered, give_up);
+        while hub.can_receive(&self.inner.internal_system_id) {
+            tokio::select! {
+                _ = &mut answered => return,
+                _ = &mut give_up => return,
+                changed = detaches.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
         }
     }
 

@@ -63,9 +63,21 @@ struct HubState {
 
 /// Routes delivery receipts to bound ESMEs. Cheap to clone; all clones share
 /// one state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ReceiptHub {
     state: Arc<Mutex<HubState>>,
+    /// Counts sessions detached, for waiters on a receipt (see
+    /// [`ReceiptHub::detaches`]).
+    detached: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for ReceiptHub {
+    fn default() -> Self {
+        ReceiptHub {
+            state: Arc::default(),
+            detached: Arc::new(tokio::sync::watch::channel(0).0),
+        }
+    }
 }
 
 impl std::fmt::Debug for ReceiptHub {
@@ -123,6 +135,19 @@ impl ReceiptHub {
         rx
     }
 
+    /// Whether a session that can receive is bound for `system_id`: a
+    /// receipt for it goes out now rather than waiting for a bind.
+    pub fn can_receive(&self, system_id: &str) -> bool {
+        self.lock().sessions.contains_key(system_id)
+    }
+
+    /// Changes whenever a session is detached (its link dropped, or the
+    /// SMSC is stopping): one waiting for an answer from a session that
+    /// may be gone looks again with [`ReceiptHub::can_receive`].
+    pub fn detaches(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.detached.subscribe()
+    }
+
     /// How many receipts wait for `system_id` to bind.
     pub fn pending(&self, system_id: &str) -> usize {
         self.lock().pending.get(system_id).map_or(0, VecDeque::len)
@@ -173,6 +198,8 @@ impl ReceiptHub {
             let origin = state.origin_of(&queued.receipt);
             state.dispatch(queued, origin);
         }
+        drop(state);
+        self.detached.send_modify(|n| *n += 1);
     }
 
     /// Remembers which session submitted `message_id`.
