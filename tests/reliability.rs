@@ -644,23 +644,7 @@ async fn end_crash_test(mut server: ChildServer, acks: &Acks, summary: &str, sta
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
     let rounds = count("crash rounds", 3, 24) as u32;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(crash_seed("crash", "OTPGATE_CRASH_SEED"));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = crash_server(dir.path(), &dir.path().join("data")).await;
-
-    let acks: Acks = Arc::default();
-    let started = Instant::now();
-    for round in 1..=rounds {
-        let load = MixedLoad::start(&server, round, &acks);
-        let more = rng.gen_range(1..120);
-        MixedLoad::until(&acks, round, more).await;
-        server.kill().await;
-        load.end(round).await;
-        server.restart().await;
-        let what = format!("crash round {round}: killed after {more} more acknowledgements");
-        check_round(&server, &acks, round, &what).await;
-    }
-    end_crash_test(server, &acks, &format!("crash: {rounds} kills"), started).await;
+    stop_under_load("crash", rounds, 120, Stop::Kill).await;
 }
 
 /// A rolling restart: SIGTERM under the mixed load, as a supervisor or an
@@ -670,7 +654,23 @@ async fn crash_sigkill_under_mixed_load_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_mixed_load_stops_cleanly_and_loses_nothing_acknowledged() {
     let rounds = count("SIGTERM rounds", 2, 12) as u32;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(crash_seed("SIGTERM", "OTPGATE_CRASH_SEED"));
+    stop_under_load("SIGTERM", rounds, 400, Stop::Terminate).await;
+}
+
+/// How a round of [`stop_under_load`] stops the server.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// SIGKILL: no goodbye, no flush.
+    Kill,
+    /// SIGTERM, and a clean exit within 20 s.
+    Terminate,
+}
+
+/// Rounds of the mixed load, each ended by `stop` after 1 to `most` more
+/// acknowledgements (a random moment); after each restart everything
+/// acknowledged so far is checked.
+async fn stop_under_load(name: &str, rounds: u32, most: usize, stop: Stop) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(crash_seed(name, "OTPGATE_CRASH_SEED"));
     let dir = tempfile::tempdir().expect("temp dir");
     let mut server = crash_server(dir.path(), &dir.path().join("data")).await;
 
@@ -678,17 +678,26 @@ async fn sigterm_under_mixed_load_stops_cleanly_and_loses_nothing_acknowledged()
     let started = Instant::now();
     for round in 1..=rounds {
         let load = MixedLoad::start(&server, round, &acks);
-        let more = rng.gen_range(1..400);
+        let more = rng.gen_range(1..most);
         MixedLoad::until(&acks, round, more).await;
         let stopping = Instant::now();
-        server.terminate().await;
-        let stopped_in = stopping.elapsed();
+        let how = match stop {
+            Stop::Kill => {
+                server.kill().await;
+                "killed"
+            }
+            Stop::Terminate => {
+                server.terminate().await;
+                "stopped"
+            }
+        };
+        let took = stopping.elapsed();
         load.end(round).await;
         server.restart().await;
-        let what = format!("SIGTERM round {round}: stopped after {more} more acknowledgements, in {stopped_in:?}");
+        let what = format!("{name} round {round}: {how} after {more} more acknowledgements, in {took:?}");
         check_round(&server, &acks, round, &what).await;
     }
-    end_crash_test(server, &acks, &format!("SIGTERM: {rounds} stops"), started).await;
+    end_crash_test(server, &acks, &format!("{name}: {rounds} rounds"), started).await;
 }
 
 // ===========================================================================
