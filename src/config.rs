@@ -769,5 +769,6 @@ mod example_file {
         assert_eq!(c.smtp_max_messages_per_sec, None);
         assert_eq!(c.log_retention, crate::delivery::log::DEFAULT_RETENTION);
         assert_eq!(c.cache_mib, crate::store::DEFAULT_CACHE_MIB);
+        assert_eq!(c.min_free_mib, crate::store::DEFAULT_MIN_FREE_MIB);
     }
 }
