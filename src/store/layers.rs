@@ -81,6 +81,8 @@ pub(super) struct Layers {
     /// Writes that waited for room, and the microseconds they waited.
     waits: AtomicU64,
     waited_us: AtomicU64,
+    /// Nothing will be drained any more (the log failed): no writer waits.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -99,6 +101,7 @@ impl Layers {
             froze: Condvar::new(),
             waits: AtomicU64::new(0),
             waited_us: AtomicU64::new(0),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -122,12 +125,25 @@ impl Layers {
         self.waits.fetch_add(1, Ordering::Relaxed);
         let mut count = self.frozen_count.lock().unwrap_or_else(|e| e.into_inner());
         let seen = *count;
-        while self.active_bytes.load(Ordering::Relaxed) > MAX_ACTIVE_BYTES && *count == seen {
+        while self.active_bytes.load(Ordering::Relaxed) > MAX_ACTIVE_BYTES
+            && *count == seen
+            && !self.stopped.load(Ordering::Relaxed)
+        {
             count = self.froze.wait(count).unwrap_or_else(|e| e.into_inner());
         }
         drop(count);
         let waited = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.waited_us.fetch_add(waited, Ordering::Relaxed);
+    }
+
+    /// No drain will come any more (the log failed, so the checkpoint
+    /// thread is gone): writers waiting for room go on, to find the log
+    /// failed, rather than hold their threads for ever.
+    pub(super) fn stop_waits(&self) {
+        let count = self.frozen_count.lock().unwrap_or_else(|e| e.into_inner());
+        self.stopped.store(true, Ordering::Relaxed);
+        drop(count);
+        self.froze.notify_all();
     }
 
     /// The bytes written since the last freeze, and the writes that waited

@@ -933,6 +933,32 @@ mod tests {
         assert_eq!((p.pending_bytes, p.write_waits), (0, 1));
     }
 
+    /// Once the log failed no drain will come: a writer waiting for room
+    /// goes on (to find the log failed) instead of holding its thread for
+    /// ever, and so does every later one.
+    #[test]
+    fn a_write_waiting_for_room_goes_on_once_the_log_failed() {
+        let layers = Arc::new(layers::Layers::new());
+        let big = vec![0u8; 65 * 1024 * 1024];
+        layers.write(&[Op::Put {
+            tree: b"t",
+            key: b"k",
+            value: &big,
+        }]);
+        let writer = {
+            let layers = layers.clone();
+            std::thread::spawn(move || layers.wait_for_room())
+        };
+        while layers.pressure().write_waits == 0 {
+            std::thread::yield_now();
+        }
+        assert!(!writer.is_finished(), "no room until a freeze");
+        layers.stop_waits();
+        writer.join().unwrap();
+        layers.wait_for_room();
+        assert_eq!(layers.pressure().write_waits, 2);
+    }
+
     /// A writer reads back what it wrote while another thread freezes and
     /// drains the layers as fast as it can: no value is ever hidden in the
     /// move from one layer to the next or into sled.

@@ -108,6 +108,8 @@ struct Shared {
     /// `State::failed` is set: read without the write lock by the
     /// protocol edges, which refuse new work at once then.
     has_failed: AtomicBool,
+    /// Told when the log fails, so that no writer waits for a drain.
+    layers: Arc<Layers>,
 }
 
 /// What the writer tells the checkpoint thread.
@@ -223,6 +225,7 @@ impl Wal {
             spares: Mutex::new(Vec::new()),
             drainer_idle: AtomicBool::new(false),
             has_failed: AtomicBool::new(false),
+            layers: layers.clone(),
         });
         for (n, path) in spares.into_iter().chain(files) {
             shared.retire(dir, n, &path);
@@ -318,6 +321,7 @@ impl Shared {
             .get_or_insert_with(|| format!("write-ahead log: {e}"));
         self.has_failed.store(true, Ordering::Relaxed);
         self.durable.send_replace(u64::MAX);
+        self.layers.stop_waits();
     }
 }
 
