@@ -285,6 +285,13 @@ impl Store {
     /// [`Store::open_with_cache`], refusing new work while less than
     /// `min_free_mib` is free on the disk (0: never; see [`space`]).
     pub fn open_with(dir: &Path, cache_mib: u64, min_free_mib: u64) -> Result<Store> {
+        Store::open_inner(dir, cache_mib, min_free_mib).map_err(|e| match space::full_disk(dir, &e.to_string()) {
+            Some(hint) => StoreError::Unreadable(format!("{e}: {hint}")),
+            None => e,
+        })
+    }
+
+    fn open_inner(dir: &Path, cache_mib: u64, min_free_mib: u64) -> Result<Store> {
         let sled_dir = dir.join("db");
         let db = open_sled(&sled_dir, cache_mib)?;
         check_not_emptied(dir, &sled_dir, &db)?;

@@ -17,7 +17,7 @@
 //! freed space is seen at once; refusing starts under `min_free_mib` and
 //! ends at a quarter above it, so a disk near the line does not flap.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -134,6 +134,22 @@ impl Space {
     }
 }
 
+/// What to tell someone whose data directory could not be opened because
+/// its disk is full (replaying the log and opening sled write), if that
+/// is why.
+pub(super) fn full_disk(dir: &Path, error: &str) -> Option<String> {
+    let enospc = std::io::Error::from_raw_os_error(28).to_string();
+    if !error.contains(&enospc) {
+        return None;
+    }
+    let free = rustix::fs::statvfs(dir).map(|s| (s.f_bavail * s.f_frsize) >> 20);
+    let free = free.map_or(String::new(), |mib| format!(" ({mib} MiB free)"));
+    Some(format!(
+        "the disk holding {} is full{free}; free some space and start again",
+        dir.display()
+    ))
+}
+
 /// Refusing starts under `min_free` and ends at a quarter above it.
 fn decide(was_low: bool, free: u64, min_free: u64) -> bool {
     if min_free == 0 {
@@ -160,6 +176,22 @@ mod tests {
         assert!(!decide(true, 320 * MIB, 256 * MIB));
         assert!(!decide(true, 0, 0), "0 turns the check off");
         assert!(!decide(false, 0, 0));
+    }
+
+    #[test]
+    fn a_database_that_cannot_open_for_a_full_disk_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let enospc = std::io::Error::from_raw_os_error(28);
+        let hint = super::full_disk(dir.path(), &format!("storage: IO error: {enospc}")).unwrap();
+        assert!(
+            hint.starts_with(&format!("the disk holding {} is full (", dir.path().display())),
+            "{hint}"
+        );
+        assert!(hint.ends_with("MiB free); free some space and start again"), "{hint}");
+        assert_eq!(
+            super::full_disk(dir.path(), "storage: IO error: permission denied"),
+            None
+        );
     }
 
     #[test]
