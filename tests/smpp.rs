@@ -513,19 +513,58 @@ async fn a_long_message_is_known_by_each_parts_id_across_a_crash_and_each_gets_i
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_200_character_japanese_message_arrives_whole_and_in_order() {
-    let server = TestServer::start().await;
-    server.handset(PHONE, json!({"carrier": "au"})).await;
-    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
-    let text: String = (1..)
+/// 200 characters of Japanese: three UCS-2 parts of 67, 67 and 66.
+fn two_hundred_japanese_characters() -> String {
+    (1..)
         .flat_map(|i| {
             format!("【{i}】ワンタイムパスワードのお知らせです。")
                 .chars()
                 .collect::<Vec<_>>()
         })
         .take(200)
-        .collect();
+        .collect()
+}
+
+/// Each part of a long message is acknowledged as it comes, so a crash
+/// between two parts must lose none that was: after the restart the last
+/// part completes the message, which arrives whole, and every part's id
+/// gets its receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parts_acknowledged_before_a_crash_complete_the_message_after_it() {
+    let mut server = common::BinServer::start(None).await;
+    server.handset(PHONE, json!({"carrier": "au"})).await;
+    let text = two_hundred_japanese_characters();
+    let mut pdus = sms(PHONE, &text).pdus();
+    assert_eq!(pdus.len(), 3);
+    let last = pdus.pop().expect("a last part");
+    let esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let mut ids = esme.submit_pdus(pdus).await.expect("the first two parts accepted");
+    esme.hang_up().await;
+
+    server.crash_and_restart().await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    ids.extend(esme.submit_pdus(vec![last]).await.expect("the last part accepted"));
+    server.advance(RUN).await;
+    let inbox = server.inbox(PHONE).await;
+    assert_eq!(inbox.len(), 1, "one message, whole: {inbox:?}");
+    assert_eq!(inbox[0].text, text);
+    let mut receipted = Vec::new();
+    for _ in 0..3 {
+        receipted.push(esme.receipt().await.id);
+    }
+    receipted.sort();
+    ids.sort();
+    assert_eq!(receipted, ids, "a receipt for each part's id");
+    esme.unbind().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_character_japanese_message_arrives_whole_and_in_order() {
+    let server = TestServer::start().await;
+    server.handset(PHONE, json!({"carrier": "au"})).await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let text = two_hundred_japanese_characters();
     let message = sms(PHONE, &text);
     assert_eq!(message.pdus().len(), 3, "67 + 67 + 66 UCS-2 characters");
     let mut ids = esme.submit_parts(&message).await.expect("parts accepted");

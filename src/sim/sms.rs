@@ -20,7 +20,7 @@ use crate::clock::{Clock, Millis};
 use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State};
 use crate::member::{self, Channel};
 use crate::sim::{InboxMessage, World};
-use crate::smsc::{MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, SubmitRefusal};
+use crate::smsc::{KeptPart, MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, SubmitRefusal};
 use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
 
@@ -97,6 +97,10 @@ struct Inner {
     /// so query_sm and cancel_sm by a part's id work after a restart too;
     /// removed with the record.
     parts: Tree,
+    /// Parts of long messages acknowledged before their last part, by part
+    /// id (`SmscBackend::keep_part`); removed with the whole message's
+    /// record, or when the SMSC drops them unfinished.
+    kept_parts: Tree,
     world: World,
     log: DeliveryLog,
     clock: Arc<Clock>,
@@ -168,6 +172,7 @@ impl SmsNetwork {
                 pending: store.tree("sms_pending")?,
                 receipts: store.tree("sms_receipts")?,
                 parts: store.tree("sms_parts")?,
+                kept_parts: store.tree("sms_kept_parts")?,
                 world,
                 log,
                 clock,
@@ -463,6 +468,9 @@ impl SmsNetwork {
         inner.pending.put(&format!("{to}\0{id}"), &id).map_err(sys)?;
         for part in &record.part_ids {
             inner.parts.put(part, &id).map_err(sys)?;
+            // Now part of the whole: synced with it below, so a crash keeps
+            // either the kept part or the message, never both or neither.
+            inner.kept_parts.remove(part).map_err(sys)?;
         }
         inner.records.put(&id, &record).map_err(sys)?;
         inner.retention.added();
@@ -678,6 +686,32 @@ fn sys(e: StoreError) -> SubmitRefusal {
 impl SmscBackend for SmsNetwork {
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<String, SubmitRefusal>> {
         Box::pin(self.accept(sub))
+    }
+
+    fn keep_part(&self, part: &KeptPart) -> Result<(), SubmitRefusal> {
+        self.inner.kept_parts.put(&part.part_id, part).map_err(sys)
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
+        Box::pin(async move { self.inner.store.flush().await.map_err(sys) })
+    }
+
+    fn kept_parts(&self) -> Vec<KeptPart> {
+        match self.inner.kept_parts.scan_prefix::<KeptPart>("") {
+            Ok(kept) => kept.into_iter().map(|(_, part)| part).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the kept parts of long messages");
+                Vec::new()
+            }
+        }
+    }
+
+    fn forget_parts(&self, part_ids: &[String]) {
+        for id in part_ids {
+            if let Err(e) = self.inner.kept_parts.remove(id) {
+                tracing::warn!(part_id = %id, error = %e, "could not forget a dropped part");
+            }
+        }
     }
 
     fn refusal(&self) -> Option<SubmitRefusal> {

@@ -78,6 +78,9 @@ pub struct Reassembler<M> {
     pending: HashMap<PartKey, Pending<M>>,
     max_messages: usize,
     max_age: Duration,
+    /// The ids of parts dropped unfinished since the last
+    /// [`Reassembler::take_dropped`].
+    dropped: Vec<String>,
 }
 
 impl<M> Reassembler<M> {
@@ -86,6 +89,7 @@ impl<M> Reassembler<M> {
             pending: HashMap::new(),
             max_messages: max_messages.max(1),
             max_age,
+            dropped: Vec::new(),
         }
     }
 
@@ -111,10 +115,17 @@ impl<M> Reassembler<M> {
         new_id: impl FnOnce() -> String,
     ) -> Added<M> {
         let max_age = self.max_age;
-        self.pending
-            .retain(|_, p| now.saturating_duration_since(p.started) < max_age);
+        let expired: Vec<PartKey> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.started) >= max_age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.drop_message(&key);
+        }
         if self.pending.get(&key).is_some_and(|p| p.total != total) {
-            self.pending.remove(&key);
+            self.drop_message(&key);
         }
         if !self.pending.contains_key(&key) && self.pending.len() >= self.max_messages {
             if let Some(oldest) = self
@@ -123,7 +134,7 @@ impl<M> Reassembler<M> {
                 .min_by_key(|(_, p)| p.started)
                 .map(|(k, _)| k.clone())
             {
-                self.pending.remove(&oldest);
+                self.drop_message(&oldest);
             }
         }
         let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
@@ -158,6 +169,32 @@ impl<M> Reassembler<M> {
             parts,
             completing_seq: seq,
         })
+    }
+
+    /// Drops a partial message unfinished, noting its parts' ids.
+    fn drop_message(&mut self, key: &PartKey) {
+        if let Some(p) = self.pending.remove(key) {
+            self.dropped.extend(p.parts.into_values().map(|part| part.part_id));
+        }
+    }
+
+    /// The ids of the parts dropped unfinished (too old, too many, or a
+    /// message started over with another total) since the last call.
+    pub fn take_dropped(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Takes back one part kept from before a restart; its message's clock
+    /// starts again at `now`.
+    pub fn keep(&mut self, key: PartKey, total: u8, part: Part<M>, now: Instant) {
+        let pending = self.pending.entry(key).or_insert_with(|| Pending {
+            total,
+            parts: BTreeMap::new(),
+            started: now,
+        });
+        if pending.total == total {
+            pending.parts.insert(part.seq, part);
+        }
     }
 
     /// Puts back the parts that arrived before the completing one, after the
@@ -247,6 +284,29 @@ mod tests {
     }
 
     #[test]
+    fn parts_kept_from_before_a_restart_complete_with_the_last_part() {
+        let mut r = Reassembler::new(10, Duration::from_secs(60));
+        let now = Instant::now();
+        for seq in [1, 2] {
+            let part = Part {
+                seq,
+                user_data: vec![seq],
+                meta: (),
+                part_id: format!("p{seq}"),
+            };
+            r.keep(key(7), 3, part, now);
+        }
+        match add(&mut r, 7, 3, 3, now) {
+            Added::Complete(c) => {
+                assert_eq!(c.user_data(), vec![1, 2, b'a' + 3]);
+                assert_eq!(c.earlier_ids(), vec!["p1".to_string(), "p2".to_string()]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(r.take_dropped().is_empty());
+    }
+
+    #[test]
     fn old_and_excess_partials_are_dropped() {
         let start = Instant::now();
         let mut r = Reassembler::new(2, Duration::from_secs(60));
@@ -254,7 +314,11 @@ mod tests {
         add(&mut r, 2, 2, 1, start + Duration::from_secs(1));
         add(&mut r, 3, 2, 1, start + Duration::from_secs(2));
         assert_eq!(r.len(), 2, "the oldest partial made room");
+        assert_eq!(r.take_dropped(), vec!["p1-1".to_string()]);
         add(&mut r, 4, 2, 1, start + Duration::from_secs(120));
         assert_eq!(r.len(), 1, "partials past their age are gone");
+        let mut dropped = r.take_dropped();
+        dropped.sort();
+        assert_eq!(dropped, vec!["p2-1".to_string(), "p3-1".to_string()]);
     }
 }

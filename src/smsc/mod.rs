@@ -216,12 +216,51 @@ pub trait SmscBackend: Send + Sync + 'static {
     /// `cancel`.
     fn query(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>>;
     fn cancel(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>>;
+    /// Keeps a part of a long message until its message is whole (made
+    /// durable by [`SmscBackend::sync`] before the part's `submit_sm_resp`):
+    /// the submit of the whole message ([`Submission::part_ids`] names the
+    /// parts) lets it go, and a restarted SMSC takes the kept parts back
+    /// ([`SmscBackend::kept_parts`]). Called when the part is added, before
+    /// any later part can complete the message, so the whole's submit
+    /// always comes after.
+    fn keep_part(&self, _part: &KeptPart) -> Result<(), SubmitRefusal> {
+        Ok(())
+    }
+    /// Returns once everything kept so far is durable.
+    fn sync(&self) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The parts kept and not yet in a whole message, for a starting SMSC.
+    fn kept_parts(&self) -> Vec<KeptPart> {
+        Vec::new()
+    }
+    /// Parts the SMSC dropped unfinished (too old, or too many waiting):
+    /// they need not be kept any more.
+    fn forget_parts(&self, _part_ids: &[String]) {}
     /// Why no new message can be taken now, if none can: asked before each
     /// `submit_sm`, part of a long message or not, so that it is refused at
     /// once rather than failed half-way (a full disk, a failed store).
     fn refusal(&self) -> Option<SubmitRefusal> {
         None
     }
+}
+
+/// A part of a long message that arrived before the others, as the backend
+/// keeps it ([`SmscBackend::keep_part`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KeptPart {
+    pub system_id: String,
+    pub source: String,
+    pub dest: String,
+    /// The long message's reference number (UDH or SAR).
+    pub reference: u16,
+    pub total: u8,
+    pub seq: u8,
+    /// The part's user data, headers removed, still encoded.
+    pub user_data: Vec<u8>,
+    /// The message id its `submit_sm_resp` carried.
+    pub part_id: String,
+    pub meta: session::PartMeta,
 }
 
 /// A delivery receipt to send to the ESME that submitted the message.
@@ -299,12 +338,38 @@ pub async fn serve(
     hub: ReceiptHub,
     mut shutdown: Shutdown,
 ) {
+    // Parts of long messages acknowledged before a restart wait for the
+    // rest again.
+    let mut partials = concat::Reassembler::new(MAX_PARTIAL_MESSAGES, PARTIAL_MESSAGE_TTL);
+    let kept = backend.kept_parts();
+    if !kept.is_empty() {
+        tracing::info!(
+            parts = kept.len(),
+            "parts of long messages from before the restart wait for the rest"
+        );
+    }
+    let now = tokio::time::Instant::now();
+    for part in kept {
+        let key = concat::PartKey {
+            system_id: part.system_id,
+            source: part.source,
+            dest: part.dest,
+            reference: part.reference,
+        };
+        let part_of = concat::Part {
+            seq: part.seq,
+            user_data: part.user_data,
+            meta: part.meta,
+            part_id: part.part_id,
+        };
+        partials.keep(key, part.total, part_of, now);
+    }
     let shared = Arc::new(Shared {
         config,
         backend,
         hub,
         throttle: Throttle::default(),
-        partials: Mutex::new(concat::Reassembler::new(MAX_PARTIAL_MESSAGES, PARTIAL_MESSAGE_TTL)),
+        partials: Mutex::new(partials),
         next_session: AtomicU64::new(1),
     });
     let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));

@@ -39,7 +39,7 @@ use tracing::Instrument;
 use super::codec::{CodecError, Inbound, Outbound, SmppCodec};
 use super::concat::{Added, Complete, PartKey};
 use super::hub::Queued;
-use super::{receipt_text, text, Receipt, Shared, Submission, SubmitRefusal, TAG_MESSAGE_REF};
+use super::{receipt_text, text, KeptPart, Receipt, Shared, Submission, SubmitRefusal, TAG_MESSAGE_REF};
 use crate::shutdown::Shutdown;
 
 /// Backend calls one session may have running by default
@@ -99,8 +99,8 @@ pub(crate) enum State {
 
 /// What the session remembers of each part of a long message besides its
 /// text: the fields the whole message's [`Submission`] takes from its parts.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PartMeta {
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PartMeta {
     source_ton: u8,
     source_npi: u8,
     dest_ton: u8,
@@ -522,14 +522,62 @@ impl Session {
                 user_data,
                 meta,
             } => {
-                let added = {
+                let backend = self.shared.backend.clone();
+                let mut kept = KeptPart {
+                    system_id: key.system_id.clone(),
+                    source: key.source.clone(),
+                    dest: key.dest.clone(),
+                    reference: key.reference,
+                    total,
+                    seq: part,
+                    user_data: user_data.clone(),
+                    part_id: String::new(),
+                    meta: meta.clone(),
+                };
+                let (added, kept) = {
                     let mut partials = self.shared.partials.lock().unwrap_or_else(|e| e.into_inner());
-                    partials.add(key, total, part, user_data, meta, Instant::now(), part_message_id)
+                    let added = partials.add(key, total, part, user_data, meta, Instant::now(), part_message_id);
+                    let dropped = partials.take_dropped();
+                    if !dropped.is_empty() {
+                        backend.forget_parts(&dropped);
+                    }
+                    // Kept as it is added, under the lock: the part that
+                    // completes the message, and the whole's submit that
+                    // lets the kept parts go, come after.
+                    let kept = match &added {
+                        Added::Buffered { part_id } => {
+                            kept.part_id = part_id.clone();
+                            Some(backend.keep_part(&kept))
+                        }
+                        Added::Complete(_) => None,
+                    };
+                    (added, kept)
                 };
                 match added {
                     Added::Buffered { part_id } => {
                         tracing::debug!(part, total, message_id = %part_id, "part buffered");
-                        return self.answer_submit(seq, &part_id).await;
+                        // Durable before its submit_sm_resp, as a whole
+                        // message is: after a restart the SMSC takes it back
+                        // and the last part still completes the message.
+                        let failed = Finished::Submit {
+                            seq,
+                            system_id: system_id.clone(),
+                            result: Err(SubmitRefusal::System("keeping the part stopped unexpectedly".into())),
+                            whole: None,
+                        };
+                        self.run(failed, async move {
+                            let result = match kept {
+                                Some(Err(refusal)) => Err(refusal),
+                                _ => backend.sync().await.map(|()| part_id),
+                            };
+                            Finished::Submit {
+                                seq,
+                                system_id,
+                                result,
+                                whole: None,
+                            }
+                        });
+                        return Ok(());
                     }
                     Added::Complete(complete) => (whole_submission(&system_id, &complete), Some(complete)),
                 }
