@@ -919,13 +919,23 @@ mod tests {
     fn a_write_past_the_bound_waits_for_a_freeze_and_is_counted() {
         let layers = Arc::new(layers::Layers::new());
         layers.wait_for_room();
+        let writer = past_the_bound(&layers);
+        assert_eq!(layers.pressure().write_waits, 1, "only the write past the bound waited");
+        layers.freeze();
+        writer.join().unwrap();
+        let p = layers.pressure();
+        assert_eq!((p.pending_bytes, p.write_waits), (0, 1));
+    }
+
+    /// Fills the active layer past its bound, then starts a writer that
+    /// waits for room, and returns once it waits.
+    fn past_the_bound(layers: &Arc<layers::Layers>) -> std::thread::JoinHandle<()> {
         let big = vec![0u8; 65 * 1024 * 1024];
         layers.write(&[Op::Put {
             tree: b"t",
             key: b"k",
             value: &big,
         }]);
-        assert_eq!(layers.pressure().write_waits, 0, "a write with room does not wait");
         let writer = {
             let layers = layers.clone();
             std::thread::spawn(move || layers.wait_for_room())
@@ -934,10 +944,7 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(!writer.is_finished(), "no room until a freeze");
-        layers.freeze();
-        writer.join().unwrap();
-        let p = layers.pressure();
-        assert_eq!((p.pending_bytes, p.write_waits), (0, 1));
+        writer
     }
 
     /// Once the log failed no drain will come: a writer waiting for room
@@ -946,20 +953,7 @@ mod tests {
     #[test]
     fn a_write_waiting_for_room_goes_on_once_the_log_failed() {
         let layers = Arc::new(layers::Layers::new());
-        let big = vec![0u8; 65 * 1024 * 1024];
-        layers.write(&[Op::Put {
-            tree: b"t",
-            key: b"k",
-            value: &big,
-        }]);
-        let writer = {
-            let layers = layers.clone();
-            std::thread::spawn(move || layers.wait_for_room())
-        };
-        while layers.pressure().write_waits == 0 {
-            std::thread::yield_now();
-        }
-        assert!(!writer.is_finished(), "no room until a freeze");
+        let writer = past_the_bound(&layers);
         layers.stop_waits();
         writer.join().unwrap();
         layers.wait_for_room();
