@@ -1,11 +1,16 @@
-//! Reliability (issue 7): what must hold when the server is killed, raced,
-//! watched for plain codes, and fed bad input. Every suite has a short
-//! version in the default `cargo test` and its full counts under
-//! `OTPGATE_SLOW=1` (see RELIABILITY.md):
+//! Reliability (issue 7): what must hold when the server is killed,
+//! stopped, cut off from power, short of disk, raced, watched for plain
+//! codes, and fed bad input. Every suite has a short version in the default
+//! `cargo test` and its full counts under `OTPGATE_SLOW=1` (see
+//! RELIABILITY.md):
 //!
 //! - crash: SIGKILL at random moments under mixed HTTP, SMPP and SMTP load;
 //!   after each restart everything acknowledged is there and consistent,
-//!   and pending messages reach a final state;
+//!   and pending messages reach a final state; the same with SIGTERM,
+//!   which must also stop the server cleanly;
+//! - power cut: the disk image copied mid-load (root and a loop device);
+//! - full disk: new work refused at once with each protocol's answer, taken
+//!   again once space is freed; a disk that really fills fails safe;
 //! - concurrency: simultaneous right codes give exactly one success;
 //!   simultaneous wrong codes count exactly five attempts, then lock;
 //! - no plain codes: an otpgate pointed at an external SMSC and relay (a
