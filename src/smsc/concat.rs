@@ -184,15 +184,16 @@ impl<M> Reassembler<M> {
         std::mem::take(&mut self.dropped)
     }
 
-    /// Takes back one part kept from before a restart; its message's clock
-    /// starts again at `now`.
-    pub fn keep(&mut self, key: PartKey, total: u8, part: Part<M>, now: Instant) {
+    /// Takes back one part kept from before a restart, which arrived at
+    /// `arrived`: its message's age counts from its earliest part.
+    pub fn keep(&mut self, key: PartKey, total: u8, part: Part<M>, arrived: Instant) {
         let pending = self.pending.entry(key).or_insert_with(|| Pending {
             total,
             parts: BTreeMap::new(),
-            started: now,
+            started: arrived,
         });
         if pending.total == total {
+            pending.started = pending.started.min(arrived);
             pending.parts.insert(part.seq, part);
         }
     }

@@ -261,6 +261,18 @@ pub struct KeptPart {
     /// The message id its `submit_sm_resp` carried.
     pub part_id: String,
     pub meta: session::PartMeta,
+    /// When it arrived, in milliseconds since the Unix epoch (the system
+    /// clock: the reassembler's age limit is real time), so a restart does
+    /// not make an old part young again.
+    #[serde(default)]
+    pub kept_at: u64,
+}
+
+/// Milliseconds since the Unix epoch by the system clock.
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A delivery receipt to send to the ESME that submitted the message.
@@ -348,8 +360,14 @@ pub async fn serve(
             "parts of long messages from before the restart wait for the rest"
         );
     }
-    let now = tokio::time::Instant::now();
+    let (now, now_ms) = (tokio::time::Instant::now(), epoch_ms());
+    let mut expired = Vec::new();
     for part in kept {
+        let age = Duration::from_millis(now_ms.saturating_sub(part.kept_at));
+        let Some(started) = now.checked_sub(age).filter(|_| age < PARTIAL_MESSAGE_TTL) else {
+            expired.push(part.part_id);
+            continue;
+        };
         let key = concat::PartKey {
             system_id: part.system_id,
             source: part.source,
@@ -362,7 +380,10 @@ pub async fn serve(
             meta: part.meta,
             part_id: part.part_id,
         };
-        partials.keep(key, part.total, part_of, now);
+        partials.keep(key, part.total, part_of, started);
+    }
+    if !expired.is_empty() {
+        backend.forget_parts(&expired);
     }
     let shared = Arc::new(Shared {
         config,

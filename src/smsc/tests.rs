@@ -42,6 +42,10 @@ pub(crate) struct FakeBackend {
     seen: mpsc::UnboundedSender<Submission>,
     /// What [`SmscBackend::refusal`] answers (a full disk, say).
     pub(crate) refusing: Mutex<Option<SubmitRefusal>>,
+    /// Parts kept, as [`SmscBackend::kept_parts`] gives them to a starting SMSC.
+    pub(crate) kept: Mutex<Vec<KeptPart>>,
+    /// Part ids the SMSC said to forget.
+    pub(crate) forgotten: Mutex<Vec<String>>,
 }
 
 impl FakeBackend {
@@ -53,6 +57,8 @@ impl FakeBackend {
             parts: Mutex::new(HashMap::new()),
             seen,
             refusing: Mutex::new(None),
+            kept: Mutex::new(Vec::new()),
+            forgotten: Mutex::new(Vec::new()),
         };
         (Arc::new(backend), rx)
     }
@@ -97,6 +103,19 @@ impl SmscBackend for FakeBackend {
         self.refusing.lock().unwrap().clone()
     }
 
+    fn keep_part(&self, part: &KeptPart) -> Result<(), SubmitRefusal> {
+        self.kept.lock().unwrap().push(part.clone());
+        Ok(())
+    }
+
+    fn kept_parts(&self) -> Vec<KeptPart> {
+        self.kept.lock().unwrap().clone()
+    }
+
+    fn forget_parts(&self, part_ids: &[String]) {
+        self.forgotten.lock().unwrap().extend(part_ids.iter().cloned());
+    }
+
     fn cancel(&self, _system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
         let known = self.stored.lock().unwrap().remove(&self.whole_id(message_id)).is_some();
         Box::pin(async move {
@@ -131,9 +150,17 @@ impl TestSmsc {
 
     /// Starts with a receipt window of 2 and whatever `adjust` changes.
     pub(crate) async fn start_with(addr: std::net::SocketAddr, adjust: impl FnOnce(&mut SmscConfig)) -> TestSmsc {
+        TestSmsc::start_on_backend(addr, FakeBackend::new(), adjust).await
+    }
+
+    /// Starts over a backend made (and perhaps filled) by the caller.
+    pub(crate) async fn start_on_backend(
+        addr: std::net::SocketAddr,
+        (backend, submissions): (Arc<FakeBackend>, mpsc::UnboundedReceiver<Submission>),
+        adjust: impl FnOnce(&mut SmscConfig),
+    ) -> TestSmsc {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (backend, submissions) = FakeBackend::new();
         let hub = ReceiptHub::new();
         let (trigger, shutdown) = crate::shutdown::channel();
         let mut slow = Account::new("slow", "slow");
@@ -306,6 +333,56 @@ async fn submit_gets_an_id_after_the_backend_stored_it() {
 
     let refused = within("submit", client.submit_sm(submit_sm("0001", 0, 0, b"x".to_vec()))).await;
     assert_eq!(status_of(refused), 0x0B);
+    hang_up(client).await;
+    smsc.stop().await;
+}
+
+/// Parts of long messages kept from before a restart wait for the rest
+/// again and complete with it; one older than the age limit of partial
+/// messages is forgotten, not made young again by the restart.
+#[tokio::test]
+async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
+    let made = FakeBackend::new();
+    let kept = |reference: u16, text: &str, age_ms: u64| KeptPart {
+        system_id: "esme".into(),
+        source: "0354600124".into(),
+        dest: "819012345678".into(),
+        reference,
+        total: 2,
+        seq: 1,
+        user_data: text.as_bytes().to_vec(),
+        part_id: format!("k{reference}"),
+        meta: Default::default(),
+        kept_at: super::epoch_ms() - age_ms,
+    };
+    *made.0.kept.lock().unwrap() = vec![kept(7, "hello ", 1_000), kept(8, "stale ", 11 * 60 * 1000)];
+    let mut smsc = TestSmsc::start_on_backend("127.0.0.1:0".parse().unwrap(), made, |_| {}).await;
+    let (client, _events) = connect(smsc.addr).await;
+    within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
+        .await
+        .unwrap();
+    // Bound: the SMSC has taken the kept parts back.
+    assert_eq!(*smsc.backend.forgotten.lock().unwrap(), vec!["k8".to_string()]);
+    let last = |reference: u8, text: &str| {
+        submit_sm(
+            "819012345678",
+            0,
+            0x40,
+            text::with_udh(reference, 2, 2, text.as_bytes()),
+        )
+    };
+    let resp = within("part", client.submit_sm(last(7, "world"))).await.unwrap();
+    assert_eq!(resp.message_id().as_str(), "m1");
+    let whole = smsc.submissions.try_recv().expect("the kept part completed");
+    assert_eq!(
+        (whole.text.as_str(), whole.part_ids.clone()),
+        ("hello world", vec!["k7".to_string()])
+    );
+    within("part", client.submit_sm(last(8, "again"))).await.unwrap();
+    assert!(
+        smsc.submissions.try_recv().is_err(),
+        "the forgotten part did not complete anything"
+    );
     hang_up(client).await;
     smsc.stop().await;
 }
