@@ -370,13 +370,16 @@ async fn handle(
         body,
         token,
     };
-    let answer = api::route(&ctx, req).await.map_err(|err| match ctx.store.refusal() {
+    let answer = api::route(&ctx, req).await.map_err(|err| {
         // What the failed store could not read or write is said as such,
         // not as an internal error.
-        Some(refusal) if err.status == StatusCode::INTERNAL_SERVER_ERROR && !refusal.is_temporary() => {
-            ApiError::storage(&refusal)
+        if err.status != StatusCode::INTERNAL_SERVER_ERROR {
+            return err;
         }
-        _ => err,
+        match ctx.store.refusal() {
+            Some(refusal) if !refusal.is_temporary() => ApiError::storage(&refusal),
+            _ => err,
+        }
     });
     Ok(answer.unwrap_or_else(ApiError::into_response))
 }

@@ -261,18 +261,9 @@ pub struct KeptPart {
     /// The message id its `submit_sm_resp` carried.
     pub part_id: String,
     pub meta: session::PartMeta,
-    /// When it arrived, in milliseconds since the Unix epoch (the system
-    /// clock: the reassembler's age limit is real time), so a restart does
-    /// not make an old part young again.
-    #[serde(default)]
-    pub kept_at: u64,
-}
-
-/// Milliseconds since the Unix epoch by the system clock.
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    /// When it arrived, by the system clock (the reassembler's age limit
+    /// is real time), so a restart does not make an old part young again.
+    pub kept_at: Millis,
 }
 
 /// A delivery receipt to send to the ESME that submitted the message.
@@ -341,17 +332,11 @@ pub(crate) struct Shared {
     pub next_session: AtomicU64,
 }
 
-/// Serves SMPP on `listener` until `shutdown` fires, then unbinds every
-/// bound session and returns once all connection tasks have finished.
-pub async fn serve(
-    listener: TcpListener,
-    config: SmscConfig,
-    backend: Arc<dyn SmscBackend>,
-    hub: ReceiptHub,
-    mut shutdown: Shutdown,
-) {
-    // Parts of long messages acknowledged before a restart wait for the
-    // rest again.
+/// The reassembler a starting SMSC begins with: the parts of long messages
+/// acknowledged before a restart wait for the rest again, their age
+/// counted from when they arrived; those already past the age limit are
+/// forgotten.
+fn take_back_kept_parts(backend: &dyn SmscBackend) -> concat::Reassembler<session::PartMeta> {
     let mut partials = concat::Reassembler::new(MAX_PARTIAL_MESSAGES, PARTIAL_MESSAGE_TTL);
     let kept = backend.kept_parts();
     if !kept.is_empty() {
@@ -360,11 +345,11 @@ pub async fn serve(
             "parts of long messages from before the restart wait for the rest"
         );
     }
-    let (now, now_ms) = (tokio::time::Instant::now(), epoch_ms());
+    let (now, now_ms) = (tokio::time::Instant::now(), chrono::Utc::now().timestamp_millis());
     let mut expired = Vec::new();
     for part in kept {
-        let age = Duration::from_millis(now_ms.saturating_sub(part.kept_at));
-        let Some(started) = now.checked_sub(age).filter(|_| age < PARTIAL_MESSAGE_TTL) else {
+        let age = Duration::from_millis(u64::try_from(now_ms - part.kept_at).unwrap_or(0));
+        let Some(arrived) = now.checked_sub(age).filter(|_| age < PARTIAL_MESSAGE_TTL) else {
             expired.push(part.part_id);
             continue;
         };
@@ -380,11 +365,24 @@ pub async fn serve(
             meta: part.meta,
             part_id: part.part_id,
         };
-        partials.keep(key, part.total, part_of, started);
+        partials.keep(key, part.total, part_of, arrived);
     }
     if !expired.is_empty() {
         backend.forget_parts(&expired);
     }
+    partials
+}
+
+/// Serves SMPP on `listener` until `shutdown` fires, then unbinds every
+/// bound session and returns once all connection tasks have finished.
+pub async fn serve(
+    listener: TcpListener,
+    config: SmscConfig,
+    backend: Arc<dyn SmscBackend>,
+    hub: ReceiptHub,
+    mut shutdown: Shutdown,
+) {
+    let partials = take_back_kept_parts(backend.as_ref());
     let shared = Arc::new(Shared {
         config,
         backend,

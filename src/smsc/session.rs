@@ -533,7 +533,7 @@ impl Session {
                     user_data: user_data.clone(),
                     part_id: String::new(),
                     meta: meta.clone(),
-                    kept_at: super::epoch_ms(),
+                    kept_at: chrono::Utc::now().timestamp_millis(),
                 };
                 let (added, kept) = {
                     let mut partials = self.shared.partials.lock().unwrap_or_else(|e| e.into_inner());

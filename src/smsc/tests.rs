@@ -343,7 +343,7 @@ async fn submit_gets_an_id_after_the_backend_stored_it() {
 #[tokio::test]
 async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
     let made = FakeBackend::new();
-    let kept = |reference: u16, text: &str, age_ms: u64| KeptPart {
+    let kept = |reference: u16, text: &str, age_ms: i64| KeptPart {
         system_id: "esme".into(),
         source: "0354600124".into(),
         dest: "819012345678".into(),
@@ -353,7 +353,7 @@ async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
         user_data: text.as_bytes().to_vec(),
         part_id: format!("k{reference}"),
         meta: Default::default(),
-        kept_at: super::epoch_ms() - age_ms,
+        kept_at: chrono::Utc::now().timestamp_millis() - age_ms,
     };
     *made.0.kept.lock().unwrap() = vec![kept(7, "hello ", 1_000), kept(8, "stale ", 11 * 60 * 1000)];
     let mut smsc = TestSmsc::start_on_backend("127.0.0.1:0".parse().unwrap(), made, |_| {}).await;

@@ -34,7 +34,7 @@ pub const DEFAULT_MIN_FREE_MIB: u64 = 256;
 pub(super) struct Space {
     dir: PathBuf,
     /// Bytes that must stay free; 0 turns the check off.
-    min_free: AtomicU64,
+    min_free: u64,
     /// New work is refused.
     low: AtomicBool,
     /// The last reading, for `/metrics` and the refusals' message.
@@ -48,30 +48,19 @@ impl Space {
     pub(super) fn new(dir: PathBuf, min_free_mib: u64) -> Space {
         let space = Space {
             dir,
-            min_free: AtomicU64::new(min_free_mib.saturating_mul(1 << 20)),
+            min_free: min_free_mib.saturating_mul(1 << 20),
             low: AtomicBool::new(false),
             free: AtomicU64::new(u64::MAX),
             read_at: AtomicU64::new(0),
             epoch: Instant::now(),
         };
         // Read before anything is taken; said only if it is short already.
+        space.read();
         space
-            .low
-            .store(decide(false, space.read_free(), space.min_free()), Ordering::Relaxed);
-        if space.low.load(Ordering::Relaxed) {
-            space.say(true);
-        }
-        space
-    }
-
-    #[cfg(test)]
-    pub(super) fn set_min_free_mib(&self, mib: u64) {
-        self.min_free.store(mib.saturating_mul(1 << 20), Ordering::Relaxed);
-        self.read();
     }
 
     pub(super) fn min_free(&self) -> u64 {
-        self.min_free.load(Ordering::Relaxed)
+        self.min_free
     }
 
     /// Bytes free at the last reading (`u64::MAX` when it could not be read).
@@ -110,8 +99,8 @@ impl Space {
 
     /// The bytes free now, kept for [`Space::free`].
     fn read_free(&self) -> u64 {
-        let free = match rustix::fs::statvfs(&self.dir) {
-            Ok(stat) => stat.f_bavail.saturating_mul(stat.f_frsize),
+        let free = match available(&self.dir) {
+            Ok(free) => free,
             Err(e) => {
                 // Unknown is not low: a file system that cannot say is
                 // not refused for it (the log still fails safe).
@@ -134,6 +123,13 @@ impl Space {
     }
 }
 
+/// Bytes free on the file system holding `dir`, to a writer without
+/// root's reserved blocks.
+fn available(dir: &Path) -> std::io::Result<u64> {
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
 /// What to tell someone whose data directory could not be opened because
 /// its disk is full (replaying the log and opening sled write), if that
 /// is why.
@@ -142,8 +138,7 @@ pub(super) fn full_disk(dir: &Path, error: &str) -> Option<String> {
     if !error.contains(&enospc) {
         return None;
     }
-    let free = rustix::fs::statvfs(dir).map(|s| (s.f_bavail * s.f_frsize) >> 20);
-    let free = free.map_or(String::new(), |mib| format!(" ({mib} MiB free)"));
+    let free = available(dir).map_or(String::new(), |free| format!(" ({} MiB free)", free >> 20));
     Some(format!(
         "the disk holding {} is full{free}; free some space and start again",
         dir.display()
@@ -201,9 +196,7 @@ mod tests {
         assert!(space.free() > 0 && space.free() < u64::MAX);
         assert!(!space.low());
         // No file system has this much free.
-        space.set_min_free_mib(u64::MAX >> 21);
-        assert!(space.low());
-        space.set_min_free_mib(0);
-        assert!(!space.low());
+        assert!(Space::new(dir.path().to_path_buf(), u64::MAX >> 21).low());
+        assert!(!Space::new(dir.path().to_path_buf(), 0).low());
     }
 }
