@@ -117,12 +117,29 @@ impl Layers {
 
     /// Waits, before taking the write lock, while the active layer is over
     /// its bound (only a store whose layers are drained may call this).
+    ///
+    /// Writers are tokio tasks: on a multi-threaded runtime the wait hands
+    /// the worker's other tasks to another thread first
+    /// (`block_in_place`), so reads, health checks and sessions with
+    /// nothing to write go on while writers wait for sled to catch up;
+    /// with two workers, two waiting writers would otherwise stop the
+    /// whole server.
     pub(super) fn wait_for_room(&self) {
         if self.active_bytes.load(Ordering::Relaxed) <= MAX_ACTIVE_BYTES {
             return;
         }
-        let started = std::time::Instant::now();
         self.waits.fetch_add(1, Ordering::Relaxed);
+        let on_one_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if on_one_thread {
+            self.wait_for_freeze();
+        } else {
+            tokio::task::block_in_place(|| self.wait_for_freeze());
+        }
+    }
+
+    fn wait_for_freeze(&self) {
+        let started = std::time::Instant::now();
         let mut count = self.frozen_count.lock().unwrap_or_else(|e| e.into_inner());
         let seen = *count;
         while self.active_bytes.load(Ordering::Relaxed) > MAX_ACTIVE_BYTES

@@ -947,6 +947,41 @@ mod tests {
         writer
     }
 
+    /// A writer waiting for room does not hold its runtime's worker: with
+    /// one worker and the writer waiting on it, another task still runs.
+    /// (Blocking in place, as before, kept the other task from ever
+    /// running, and this test waited out its bound.)
+    #[test]
+    fn a_write_waiting_for_room_leaves_its_worker_to_the_other_tasks() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let layers = Arc::new(layers::Layers::new());
+        let big = vec![0u8; 65 * 1024 * 1024];
+        layers.write(&[Op::Put {
+            tree: b"t",
+            key: b"k",
+            value: &big,
+        }]);
+        let writer = runtime.spawn({
+            let layers = layers.clone();
+            async move { layers.wait_for_room() }
+        });
+        while layers.pressure().write_waits == 0 {
+            std::thread::yield_now();
+        }
+        let (ran, other) = std::sync::mpsc::channel();
+        runtime.spawn(async move { ran.send(()).unwrap() });
+        let outcome = other.recv_timeout(std::time::Duration::from_secs(10));
+        layers.freeze();
+        runtime.block_on(writer).unwrap();
+        assert!(
+            outcome.is_ok(),
+            "the other task did not run while a writer waited for room"
+        );
+    }
+
     /// Once the log failed no drain will come: a writer waiting for room
     /// goes on (to find the log failed) instead of holding its thread for
     /// ever, and so does every later one.
