@@ -202,6 +202,19 @@ struct StoredMail {
     deliveries: Vec<Delivery>,
 }
 
+/// What removing a stored message needs of it: whose mailboxes list it.
+/// Read instead of the whole [`StoredMail`], so retention does not copy
+/// every old message's text and headers to find them.
+#[derive(Deserialize)]
+struct Recipients {
+    deliveries: Vec<RecipientOnly>,
+}
+
+#[derive(Deserialize)]
+struct RecipientOnly {
+    recipient: String,
+}
+
 impl StoredMail {
     fn summary(&self) -> MailSummary {
         MailSummary {
@@ -285,6 +298,13 @@ impl Parsed {
         }
     }
 }
+
+/// Messages up to this size are parsed on the session's own task (tens of
+/// microseconds); larger ones on the blocking pool, off the workers. Handing
+/// every small message to another thread cost more than parsing it: the
+/// hand-off and its wake-ups were 5% of the SMTP benchmark's samples
+/// (BENCHMARKS.md, sixteenth round).
+const PARSE_IN_PLACE_BYTES: usize = 64 * 1024;
 
 /// Parses with mail-parser; a message it cannot read, or a panic inside
 /// it, leaves an unparsed view and the raw bytes intact.
@@ -607,7 +627,7 @@ impl MailWorld {
     /// mailbox entries; false when there is no such message.
     fn removals(&self, id: &str, batch: &mut Batch) -> Result<bool, StoreError> {
         let inner = &self.inner;
-        let Some(mail) = inner.messages.get::<StoredMail>(id)? else {
+        let Some(mail) = inner.messages.get::<Recipients>(id)? else {
             return Ok(false);
         };
         batch.remove(&inner.messages, id);
@@ -735,19 +755,24 @@ impl MailWorld {
         }
 
         let size = raw.len();
-        let (raw, parsed) = match tokio::task::spawn_blocking(move || {
+        let (raw, parsed) = if size <= PARSE_IN_PLACE_BYTES {
             let parsed = parse_message(&raw);
             (raw, parsed)
-        })
-        .await
-        {
-            Ok(done) => done,
-            Err(_) => {
-                return Ok(DataVerdict::Reject {
-                    code: 451,
-                    enhanced: "4.3.0".into(),
-                    text: "Temporary local problem, try again later".into(),
-                })
+        } else {
+            match tokio::task::spawn_blocking(move || {
+                let parsed = parse_message(&raw);
+                (raw, parsed)
+            })
+            .await
+            {
+                Ok(done) => done,
+                Err(_) => {
+                    return Ok(DataVerdict::Reject {
+                        code: 451,
+                        enhanced: "4.3.0".into(),
+                        text: "Temporary local problem, try again later".into(),
+                    })
+                }
             }
         };
         let id = format!("{:012}", self.inner.store.next_id()?);
