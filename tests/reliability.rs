@@ -11,6 +11,8 @@
 //! - power cut: the disk image copied mid-load (root and a loop device);
 //! - full disk: new work refused at once with each protocol's answer, taken
 //!   again once space is freed; a disk that really fills fails safe;
+//! - failing disk: writes and syncs answer EIO (a preloaded shim); nothing
+//!   is acknowledged from then on, even once the disk answers again;
 //! - concurrency: simultaneous right codes give exactly one success;
 //!   simultaneous wrong codes count exactly five attempts, then lock;
 //! - no plain codes: an otpgate pointed at an external SMSC and relay (a
@@ -521,7 +523,13 @@ async fn crash_server_with(dir: &Path, data: &Path, settings: &str) -> ChildServ
         &[],
     )
     .await;
-    let api = server.api();
+    set_up_crash_world(&server.api()).await;
+    server
+}
+
+/// The crash tests' world: SMS and email members, and handsets for the
+/// ESME's messages.
+async fn set_up_crash_world(api: &Api) {
     for (id, number, carrier) in CRASH_SMS_MEMBERS {
         api.sms_member(id, number, carrier).await;
     }
@@ -541,7 +549,6 @@ async fn crash_server_with(dir: &Path, data: &Path, settings: &str) -> ChildServ
             .await;
         assert!(s == 200 || s == 201, "{b}");
     }
-    server
 }
 
 /// Every 25th mail of the load is this large: sled keeps a leaf of such
@@ -1078,6 +1085,133 @@ async fn full_disk_round(dir: &Path, disk: &Disk, round: usize) {
     server.restart().await;
     check_round(&server, &acks, 2, "full disk: restarted with space freed").await;
     end_crash_test(server, &acks, &format!("full disk round {round}"), started).await;
+}
+
+/// The failing-disk shim (`tests/common/failing_disk.c`) built with the
+/// machine's C compiler into `dir`, or `None` after saying why it cannot
+/// be (`OTPGATE_POWER_CUT=1` makes that a failure, as for the loop-device
+/// tests).
+fn failing_disk_shim(dir: &Path) -> Option<PathBuf> {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/failing_disk.c");
+    let shim = dir.join("failing_disk.so");
+    let built = run(
+        "cc",
+        &["-shared", "-fPIC", "-O2", "-o", shown(&shim), shown(&source), "-ldl"],
+    );
+    match built {
+        Ok(_) => Some(shim),
+        Err(why) if std::env::var("OTPGATE_POWER_CUT").is_ok_and(|v| v == "1") => {
+            panic!("failing disk: the shim does not build: {why}")
+        }
+        Err(why) => {
+            eprintln!("failing disk: SKIPPED, the shim does not build with `cc` ({why})");
+            None
+        }
+    }
+}
+
+/// The disk starts failing under the mixed load: from a random moment every
+/// write to a file and every sync answers EIO (a preloaded shim, as a dying
+/// disk or a lost network volume would). The server must notice at its
+/// next write, refuse new work at once with each protocol's answer for a
+/// failed store (451 4.3.0, ESME_RSYSERR, 503 `storage_failed`), say so on
+/// `/healthz`, and go on refusing once the disk answers again: after a
+/// failed `fsync` the kernel may have dropped the pages it could not
+/// write, so a later successful one proves nothing about them
+/// (PostgreSQL's "fsyncgate", 2018). A server that retried and went on
+/// would acknowledge work resting on writes that are gone. SIGTERM must
+/// still stop it, and after a restart on the healed disk everything
+/// acknowledged before the failure is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_stops_acknowledgements_for_good_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let Some(shim) = failing_disk_shim(dir.path()) else {
+        return;
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(crash_seed("failing disk", "OTPGATE_CRASH_SEED"));
+    let failing = dir.path().join("the-disk-is-failing");
+    // The slow run also lets the load go on for several checkpoints (one
+    // every 2 s), so the disk fails during sled's writes and syncs too.
+    let most = if slow() { 3_000 } else { 300 };
+    for round in 1..=count("failing-disk rounds", 2, 10) as u32 {
+        let data = dir.path().join(format!("data-{round}"));
+        let config = write_crash_config(dir.path(), "");
+        let mut server = ChildServer::start(
+            &data,
+            &dir.path().join("server.log"),
+            &[
+                "--virtual-clock",
+                "--seed",
+                "7",
+                "--config",
+                &config.display().to_string(),
+            ],
+            &[
+                ("LD_PRELOAD", &shim.display().to_string()),
+                ("OTPGATE_FAILING_DISK", &failing.display().to_string()),
+            ],
+        )
+        .await;
+        set_up_crash_world(&server.api()).await;
+        let acks: Acks = Arc::default();
+        let started = Instant::now();
+        let load = MixedLoad::start(&server, round, &acks);
+        let more = rng.gen_range(1..most);
+        MixedLoad::until(&acks, round, more).await;
+        std::fs::write(&failing, b"").expect("the disk starts failing");
+        let before = acks.len();
+        load.end(round).await;
+        let what = format!("failing disk round {round} (after {more} acknowledgements)");
+        // The load's last writes may have met the failing disk already;
+        // if not, an OTP issued now does (its write cannot be synced).
+        let api = server.api();
+        let (member, _, _) = CRASH_SMS_MEMBERS[0];
+        let (s, b) = api
+            .post("/v1/otps", json!({"member_id": member, "purpose": "probe"}))
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (503, Some("storage_failed")),
+            "{what}: an OTP issued on a failing disk: {b}"
+        );
+        let (s, health) = api.get("/healthz").await;
+        assert_eq!(
+            (s, health["status"].as_str()),
+            (503, Some("failed")),
+            "{what}: {health}"
+        );
+        let refused = (451, 0x08, (503, "storage_failed".to_string()));
+        let after = acks.len();
+        assert_eq!(
+            try_each_protocol(&server, &acks).await,
+            refused,
+            "{what}: while failing"
+        );
+
+        std::fs::remove_file(&failing).expect("the disk answers again");
+        assert_eq!(
+            try_each_protocol(&server, &acks).await,
+            refused,
+            "{what}: once the disk answered again"
+        );
+        assert_eq!(acks.len(), after, "{what}: acknowledged on a store that had failed");
+        check_reads(&api, &acks, &format!("{what}, after the store failed")).await;
+        server.terminate().await;
+        server.restart().await;
+        let (s, health) = server.api().get("/healthz").await;
+        assert_eq!((s, health["status"].as_str()), (200, Some("ok")), "{what}: {health}");
+        check_round(
+            &server,
+            &acks,
+            round,
+            &format!("{what}: {before} acknowledged when it failed, {after} in all; restarted on the healed disk"),
+        )
+        .await;
+        let log = server.log_text();
+        let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked")).collect();
+        assert!(panics.is_empty(), "{what}: the server panicked:\n{}", panics.join("\n"));
+        end_crash_test(server, &acks, &what, started).await;
+    }
 }
 
 /// Reads answer while writes are refused: the last mail and OTP taken.
