@@ -139,3 +139,35 @@ async fn diagnose_prints_the_report_from_a_server_and_from_a_data_directory() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
 }
+
+/// A data directory written by a newer otpgate (a newer data format) is
+/// refused before anything in it is opened, with what to do.
+#[test]
+fn a_data_directory_of_a_newer_format_is_refused_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("format"), "otpgate data format 2\n").unwrap();
+    let out = otpgate()
+        .args([
+            "serve",
+            "--http",
+            "127.0.0.1:0",
+            "--smpp",
+            "127.0.0.1:0",
+            "--smtp",
+            "127.0.0.1:0",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("data format 2, written by a newer otpgate; this build reads formats up to 1"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+    assert!(!data.join("db").exists(), "nothing opened: {stderr}");
+}

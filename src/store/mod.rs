@@ -14,6 +14,7 @@
 //! #1308), and its inserts, each copying a node, were a third of the
 //! server's time.
 
+mod format;
 mod layers;
 pub mod retention;
 mod space;
@@ -292,6 +293,7 @@ impl Store {
     }
 
     fn open_inner(dir: &Path, cache_mib: u64, min_free_mib: u64) -> Result<Store> {
+        format::check(dir)?;
         let sled_dir = dir.join("db");
         let db = open_sled(&sled_dir, cache_mib)?;
         check_not_emptied(dir, &sled_dir, &db)?;
