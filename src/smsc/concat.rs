@@ -95,7 +95,7 @@ impl<M> Reassembler<M> {
 
     /// How many long messages are waiting for parts.
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.pending.len()
     }
 
@@ -114,16 +114,7 @@ impl<M> Reassembler<M> {
         now: Instant,
         new_id: impl FnOnce() -> String,
     ) -> Added<M> {
-        let max_age = self.max_age;
-        let expired: Vec<PartKey> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.started) >= max_age)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in expired {
-            self.drop_message(&key);
-        }
+        self.expire(now);
         if self.pending.get(&key).is_some_and(|p| p.total != total) {
             self.drop_message(&key);
         }
@@ -169,6 +160,21 @@ impl<M> Reassembler<M> {
             parts,
             completing_seq: seq,
         })
+    }
+
+    /// Drops the partial messages `max_age` old or older at `now`; their
+    /// parts' ids go to [`Reassembler::take_dropped`].
+    pub fn expire(&mut self, now: Instant) {
+        let max_age = self.max_age;
+        let expired: Vec<PartKey> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.started) >= max_age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.drop_message(&key);
+        }
     }
 
     /// Drops a partial message unfinished, noting its parts' ids.

@@ -373,6 +373,26 @@ fn take_back_kept_parts(backend: &dyn SmscBackend) -> concat::Reassembler<sessio
     partials
 }
 
+/// How often partial messages past [`PARTIAL_MESSAGE_TTL`] are dropped
+/// when no new part comes to drop them: their kept parts (and text) leave
+/// the store within this much of their age limit.
+const SWEEP_PARTIALS_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops the partial messages too old at `now` and forgets their kept
+/// parts, under the reassembler's lock as a session does.
+fn forget_expired_parts(shared: &Shared, now: tokio::time::Instant) {
+    let mut partials = shared.partials.lock().unwrap_or_else(|e| e.into_inner());
+    partials.expire(now);
+    let dropped = partials.take_dropped();
+    if !dropped.is_empty() {
+        tracing::info!(
+            parts = dropped.len(),
+            "parts of long messages never completed were dropped"
+        );
+        shared.backend.forget_parts(&dropped);
+    }
+}
+
 /// Serves SMPP on `listener` until `shutdown` fires, then unbinds every
 /// bound session and returns once all connection tasks have finished.
 pub async fn serve(
@@ -394,12 +414,15 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut sweep = tokio::time::interval(SWEEP_PARTIALS_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(addr = ?listener.local_addr().ok(), "SMSC listening");
     loop {
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_task_end(joined),
+            _ = sweep.tick() => forget_expired_parts(&shared, tokio::time::Instant::now()),
             accepted = accept(&listener, &permits, &mut backoff) => {
                 let Some((stream, peer, permit)) = accepted else { break };
                 let shared = shared.clone();

@@ -387,6 +387,44 @@ async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
     smsc.stop().await;
 }
 
+/// A long message whose other parts never come is dropped once past its
+/// age limit by the SMSC's sweep, with no new part needed to trigger it:
+/// its kept parts are forgotten, a younger message's are not.
+#[test]
+fn the_sweep_forgets_parts_of_messages_that_never_completed() {
+    let (backend, _) = FakeBackend::new();
+    let kept = |reference: u16, age: Duration| KeptPart {
+        system_id: "esme".into(),
+        source: "0354600124".into(),
+        dest: "819012345678".into(),
+        reference,
+        total: 2,
+        seq: 1,
+        user_data: b"part ".to_vec(),
+        part_id: format!("k{reference}"),
+        meta: Default::default(),
+        kept_at: chrono::Utc::now().timestamp_millis() - i64::try_from(age.as_millis()).unwrap(),
+    };
+    *backend.kept.lock().unwrap() = vec![
+        kept(1, PARTIAL_MESSAGE_TTL - Duration::from_secs(30)),
+        kept(2, Duration::from_secs(60)),
+    ];
+    let shared = Shared {
+        config: SmscConfig::default(),
+        backend: backend.clone(),
+        hub: ReceiptHub::new(),
+        throttle: Throttle::default(),
+        partials: Mutex::new(take_back_kept_parts(backend.as_ref())),
+        next_session: AtomicU64::new(1),
+    };
+    let now = tokio::time::Instant::now();
+    forget_expired_parts(&shared, now);
+    assert!(backend.forgotten.lock().unwrap().is_empty(), "both still young enough");
+    forget_expired_parts(&shared, now + SWEEP_PARTIALS_EVERY);
+    assert_eq!(*backend.forgotten.lock().unwrap(), vec!["k1".to_string()]);
+    assert_eq!(shared.partials.lock().unwrap().len(), 1, "the younger one waits on");
+}
+
 /// While the backend can take nothing (a full disk), every submit_sm, a
 /// part of a long message too, is refused at once with ESME_RMSGQFUL and
 /// nothing reaches it; once it can, submits are taken again.
