@@ -11,6 +11,21 @@ fn otpgate() -> std::process::Command {
     c
 }
 
+/// `otpgate serve` on ports the system picks.
+fn serve() -> std::process::Command {
+    let mut c = otpgate();
+    c.args([
+        "serve",
+        "--http",
+        "127.0.0.1:0",
+        "--smpp",
+        "127.0.0.1:0",
+        "--smtp",
+        "127.0.0.1:0",
+    ]);
+    c
+}
+
 #[test]
 fn a_malformed_carrier_file_stops_start_up_naming_the_file_and_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -27,16 +42,7 @@ fn a_malformed_carrier_file_stops_start_up_naming_the_file_and_field() {
         .unwrap()
         .replace("validity_hours = 72", "validity_hours = \"72\"");
     std::fs::write(&au, text).unwrap();
-    let out = otpgate()
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--smpp",
-            "127.0.0.1:0",
-            "--smtp",
-            "127.0.0.1:0",
-        ])
+    let out = serve()
         .arg("--data")
         .arg(dir.path().join("data"))
         .arg("--carriers")
@@ -148,20 +154,7 @@ fn a_data_directory_of_a_newer_format_is_refused_at_start_up() {
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("format"), "otpgate data format 2\n").unwrap();
-    let out = otpgate()
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--smpp",
-            "127.0.0.1:0",
-            "--smtp",
-            "127.0.0.1:0",
-        ])
-        .arg("--data")
-        .arg(&data)
-        .output()
-        .unwrap();
+    let out = serve().arg("--data").arg(&data).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
