@@ -337,13 +337,9 @@ async fn submit_gets_an_id_after_the_backend_stored_it() {
     smsc.stop().await;
 }
 
-/// Parts of long messages kept from before a restart wait for the rest
-/// again and complete with it; one older than the age limit of partial
-/// messages is forgotten, not made young again by the restart.
-#[tokio::test]
-async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
-    let made = FakeBackend::new();
-    let kept = |reference: u16, text: &str, age_ms: i64| KeptPart {
+/// The first of two parts of message `reference`, kept `age` ago.
+fn kept_part(reference: u16, text: &str, age: Duration) -> KeptPart {
+    KeptPart {
         system_id: "esme".into(),
         source: "0354600124".into(),
         dest: "819012345678".into(),
@@ -353,9 +349,20 @@ async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
         user_data: text.as_bytes().to_vec(),
         part_id: format!("k{reference}"),
         meta: Default::default(),
-        kept_at: chrono::Utc::now().timestamp_millis() - age_ms,
-    };
-    *made.0.kept.lock().unwrap() = vec![kept(7, "hello ", 1_000), kept(8, "stale ", 11 * 60 * 1000)];
+        kept_at: chrono::Utc::now().timestamp_millis() - i64::try_from(age.as_millis()).unwrap(),
+    }
+}
+
+/// Parts of long messages kept from before a restart wait for the rest
+/// again and complete with it; one older than the age limit of partial
+/// messages is forgotten, not made young again by the restart.
+#[tokio::test]
+async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
+    let made = FakeBackend::new();
+    *made.0.kept.lock().unwrap() = vec![
+        kept_part(7, "hello ", Duration::from_secs(1)),
+        kept_part(8, "stale ", Duration::from_secs(11 * 60)),
+    ];
     let mut smsc = TestSmsc::start_on_backend("127.0.0.1:0".parse().unwrap(), made, |_| {}).await;
     let (client, _events) = connect(smsc.addr).await;
     within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
@@ -393,21 +400,9 @@ async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
 #[test]
 fn the_sweep_forgets_parts_of_messages_that_never_completed() {
     let (backend, _) = FakeBackend::new();
-    let kept = |reference: u16, age: Duration| KeptPart {
-        system_id: "esme".into(),
-        source: "0354600124".into(),
-        dest: "819012345678".into(),
-        reference,
-        total: 2,
-        seq: 1,
-        user_data: b"part ".to_vec(),
-        part_id: format!("k{reference}"),
-        meta: Default::default(),
-        kept_at: chrono::Utc::now().timestamp_millis() - i64::try_from(age.as_millis()).unwrap(),
-    };
     *backend.kept.lock().unwrap() = vec![
-        kept(1, PARTIAL_MESSAGE_TTL - Duration::from_secs(30)),
-        kept(2, Duration::from_secs(60)),
+        kept_part(1, "part ", PARTIAL_MESSAGE_TTL - Duration::from_secs(30)),
+        kept_part(2, "part ", Duration::from_secs(60)),
     ];
     let shared = Shared {
         config: SmscConfig::default(),
