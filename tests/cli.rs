@@ -14,15 +14,7 @@ fn otpgate() -> std::process::Command {
 /// `otpgate serve` on ports the system picks.
 fn serve() -> std::process::Command {
     let mut c = otpgate();
-    c.args([
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--smpp",
-        "127.0.0.1:0",
-        "--smtp",
-        "127.0.0.1:0",
-    ]);
+    c.arg("serve").args(common::ON_ANY_PORTS);
     c
 }
 

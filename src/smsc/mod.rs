@@ -383,13 +383,19 @@ const SWEEP_PARTIALS_EVERY: Duration = Duration::from_secs(60);
 fn forget_expired_parts(shared: &Shared, now: tokio::time::Instant) {
     let mut partials = shared.partials.lock().unwrap_or_else(|e| e.into_inner());
     partials.expire(now);
+    forget_dropped(&mut partials, shared.backend.as_ref());
+}
+
+/// Tells the backend to forget the parts the reassembler dropped
+/// unfinished since it was last asked; called under its lock.
+fn forget_dropped(partials: &mut concat::Reassembler<session::PartMeta>, backend: &dyn SmscBackend) {
     let dropped = partials.take_dropped();
     if !dropped.is_empty() {
         tracing::info!(
             parts = dropped.len(),
             "parts of long messages never completed were dropped"
         );
-        shared.backend.forget_parts(&dropped);
+        backend.forget_parts(&dropped);
     }
 }
 

@@ -538,10 +538,7 @@ impl Session {
                 let (added, kept) = {
                     let mut partials = self.shared.partials.lock().unwrap_or_else(|e| e.into_inner());
                     let added = partials.add(key, total, part, user_data, meta, Instant::now(), part_message_id);
-                    let dropped = partials.take_dropped();
-                    if !dropped.is_empty() {
-                        backend.forget_parts(&dropped);
-                    }
+                    super::forget_dropped(&mut partials, backend.as_ref());
                     // Kept as it is added, under the lock: the part that
                     // completes the message, and the whole's submit that
                     // lets the kept parts go, come after.

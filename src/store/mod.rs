@@ -932,12 +932,7 @@ mod tests {
     /// Fills the active layer past its bound, then starts a writer that
     /// waits for room, and returns once it waits.
     fn past_the_bound(layers: &Arc<layers::Layers>) -> std::thread::JoinHandle<()> {
-        let big = vec![0u8; 65 * 1024 * 1024];
-        layers.write(&[Op::Put {
-            tree: b"t",
-            key: b"k",
-            value: &big,
-        }]);
+        fill_past_the_bound(layers);
         let writer = {
             let layers = layers.clone();
             std::thread::spawn(move || layers.wait_for_room())
@@ -947,6 +942,16 @@ mod tests {
         }
         assert!(!writer.is_finished(), "no room until a freeze");
         writer
+    }
+
+    /// Puts more into the active layer than writers may find there.
+    fn fill_past_the_bound(layers: &layers::Layers) {
+        let big = vec![0u8; 65 * 1024 * 1024];
+        layers.write(&[Op::Put {
+            tree: b"t",
+            key: b"k",
+            value: &big,
+        }]);
     }
 
     /// A writer waiting for room does not hold its runtime's worker: with
@@ -960,12 +965,7 @@ mod tests {
             .build()
             .unwrap();
         let layers = Arc::new(layers::Layers::new());
-        let big = vec![0u8; 65 * 1024 * 1024];
-        layers.write(&[Op::Put {
-            tree: b"t",
-            key: b"k",
-            value: &big,
-        }]);
+        fill_past_the_bound(&layers);
         let writer = runtime.spawn({
             let layers = layers.clone();
             async move { layers.wait_for_room() }

@@ -97,21 +97,22 @@ impl std::ops::Deref for BinServer {
     }
 }
 
+/// Every listener of `otpgate serve` on a port the system picks.
+pub const ON_ANY_PORTS: [&str; 6] = [
+    "--http",
+    "127.0.0.1:0",
+    "--smpp",
+    "127.0.0.1:0",
+    "--smtp",
+    "127.0.0.1:0",
+];
+
 async fn spawn_binary(dir: &Path, extra: &[String]) -> (tokio::process::Child, SocketAddr, SocketAddr, SocketAddr) {
     use tokio::io::AsyncBufReadExt;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_otpgate"))
-        .args([
-            "serve",
-            "--http",
-            "127.0.0.1:0",
-            "--smpp",
-            "127.0.0.1:0",
-            "--smtp",
-            "127.0.0.1:0",
-            "--virtual-clock",
-            "--seed",
-            "7",
-        ])
+        .arg("serve")
+        .args(ON_ANY_PORTS)
+        .args(["--virtual-clock", "--seed", "7"])
         .arg("--data")
         .arg(dir)
         .args(extra)
