@@ -322,6 +322,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     smsc_config,
                     Arc::new(network.clone()),
                     hub.clone(),
+                    clock.clone(),
                     shutdown.clone(),
                 )),
             ));

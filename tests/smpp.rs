@@ -559,6 +559,91 @@ async fn parts_acknowledged_before_a_crash_complete_the_message_after_it() {
     server.stop().await;
 }
 
+/// A long message whose last part never comes is not lost in silence:
+/// while the SMSC waits, each part acknowledged so far is ENROUTE; when
+/// its 10 minutes of the simulation's clock end, each part's id gets an
+/// EXPIRED receipt and answers EXPIRED, the delivery log shows what came
+/// (the code masked) and why nothing was delivered, the phone shows
+/// nothing, and a crash after all that does not log the message twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_message_whose_last_part_never_comes_expires_with_a_receipt_for_each_part() {
+    let mut server = common::BinServer::start(None).await;
+    server.handset(PHONE, json!({"carrier": "au"})).await;
+    let text = format!("Your code is 482913. {}", two_hundred_japanese_characters());
+    let mut pdus = sms(PHONE, &text).registered_delivery(1).pdus();
+    assert_eq!(pdus.len(), 4);
+    pdus.remove(2);
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let mut ids = esme.submit_pdus(pdus).await.expect("three parts accepted");
+    assert_eq!(ids.len(), 3);
+    for id in &ids {
+        assert_eq!(esme.query(id).await.map(|q| q.0), Ok(1), "ENROUTE by {id}");
+    }
+
+    server.advance(9 * 60).await;
+    assert_eq!(esme.query(&ids[0]).await.map(|q| q.0), Ok(1), "still waiting");
+    server.advance(60).await;
+    let mut receipted = Vec::new();
+    for _ in 0..3 {
+        let receipt = esme.receipt().await;
+        assert_eq!((receipt.stat.as_str(), receipt.message_state), ("EXPIRED", Some(3)));
+        receipted.push(receipt.id);
+    }
+    receipted.sort();
+    ids.sort();
+    assert_eq!(receipted, ids, "a receipt for each part's id");
+    for id in &ids {
+        assert_eq!(esme.query(id).await.map(|q| q.0), Ok(3), "EXPIRED by {id}");
+    }
+    assert!(server.inbox(PHONE).await.is_empty(), "the phone shows nothing");
+    let (_, log) = server
+        .get(&format!("/v1/messages?to={}", common::enc("+819011110001")))
+        .await;
+    assert_eq!(log["items"].as_array().map(Vec::len), Some(1), "{log}");
+    let message = &log["items"][0];
+    assert_eq!(message["state"], "expired");
+    let logged = message["text"].as_str().unwrap_or_default();
+    assert!(logged.starts_with("Your code is ******."), "{logged}");
+    assert!(logged.contains('…') && !logged.contains("482913"), "{logged}");
+    let last = &message["events"][1];
+    assert_eq!(
+        (&last["kind"], &last["stat"]),
+        (&json!("incomplete"), &json!("EXPIRED"))
+    );
+    let detail = last["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("only parts 1, 2, 4 of 4 came"), "{detail}");
+    esme.hang_up().await;
+
+    server.crash_and_restart().await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    assert_eq!(
+        esme.query(&ids[1]).await.map(|q| q.0),
+        Ok(3),
+        "EXPIRED after the restart"
+    );
+    let (_, log) = server
+        .get(&format!("/v1/messages?to={}", common::enc("+819011110001")))
+        .await;
+    assert_eq!(log["items"].as_array().map(Vec::len), Some(1), "logged once: {log}");
+    // A receipt whose answer the crash overtook may come again (never
+    // none), still EXPIRED; nothing else comes before a new message's.
+    let after = esme.send(&sms(PHONE, "after the restart")).await;
+    server.advance(RUN).await;
+    loop {
+        let receipt = esme.receipt().await;
+        if receipt.id == after {
+            break;
+        }
+        assert!(
+            ids.contains(&receipt.id) && receipt.stat == "EXPIRED",
+            "{}",
+            receipt.text
+        );
+    }
+    esme.unbind().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_character_japanese_message_arrives_whole_and_in_order() {
     let server = TestServer::start().await;

@@ -67,7 +67,8 @@ pub struct Event {
     pub id: String,
     pub at: Millis,
     /// `queued`, `submitted`, `submit_refused`, `accepted`, `retry_scheduled`,
-    /// `delivered`, `failed`, `rejected`, `expired`, `receipt`, `smtp_reply`, ...
+    /// `delivered`, `failed`, `rejected`, `expired`, `incomplete` (a long
+    /// message whose other parts never came), `receipt`, `smtp_reply`, ...
     pub kind: String,
     /// The state this event moves the message to, if any.
     #[serde(skip_serializing_if = "Option::is_none")]

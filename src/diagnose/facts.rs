@@ -557,6 +557,8 @@ fn classify(msg: &Message, ev: &Event, carrier: Option<&Carrier>, case: &Case) -
             done: true,
         },
         "receipt" => return problem_of_receipt(msg, ev, carrier, case),
+        // The sending side never sent the rest: not the member's phone.
+        "incomplete" => Problem::Gateway { done: true },
         "failed" | "rejected" => match ev.reason.as_deref().and_then(FailureCause::from_code) {
             Some(cause) => problem_of_cause(cause),
             None => match problem_of_receipt(msg, ev, carrier, case) {
@@ -731,6 +733,10 @@ pub(crate) fn reason_words(lang: Lang, reason: &str) -> String {
         "no_smtp_relay_configured" => ("メールの送信経路が未設定", "no mail relay is configured"),
         "relay_unreachable" => ("メールサーバーに接続できない", "the mail relay could not be reached"),
         "validity_period_ended" => ("有効期間の終了", "the validity period ended"),
+        "long_message_incomplete" => (
+            "長いメッセージの一部が送信元から届かなかった",
+            "parts of the long message never came from the sender",
+        ),
         "unknown_user" => ("宛先のメールアドレスが存在しない", "the address does not exist"),
         "mailbox_full" => ("メールボックスがいっぱい", "the mailbox is full"),
         "domain_filter" => ("ドメイン指定受信で拒否", "the domain filter (指定受信)"),

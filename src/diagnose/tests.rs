@@ -972,6 +972,36 @@ fn gateway_error_when_the_smsc_throttles() {
     assert!(f.explanation.contains("not caused by the member"));
 }
 
+/// A long message whose other parts never came from the sender is the
+/// sending side's fault, not the phone's: gateway_error, not
+/// handset_unreachable, although the message EXPIRED.
+#[test]
+fn gateway_error_when_a_long_message_never_came_whole() {
+    let report = check(
+        |w| {
+            w.otp("otp_a", T0);
+            let incomplete = sms_final(
+                "incomplete",
+                T0 + 10 * MIN,
+                "long_message_incomplete",
+                "EXPIRED",
+                "027",
+                Some("3:27"),
+            );
+            w.sms("m1", Some("otp_a"), T0, vec![incomplete]);
+        },
+        "gateway_error",
+    );
+    assert!(!codes(&report).contains(&"handset_unreachable"), "{:?}", codes(&report));
+    let f = finding(&report, "gateway_error");
+    assert!(f.explanation.contains("parts of the long message never came"), "{}", f.explanation);
+    let timeline = report.timeline.iter().map(|t| t.summary.as_str()).collect::<Vec<_>>();
+    assert!(
+        timeline.iter().any(|s| s.starts_with("Not delivered: parts of the long message never came")),
+        "{timeline:?}"
+    );
+}
+
 #[test]
 fn delivered_ok_only_when_nothing_else_is_wrong() {
     let report = check(

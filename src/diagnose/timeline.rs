@@ -188,6 +188,7 @@ fn is_failure(ev: &Event) -> bool {
             | "failed"
             | "rejected"
             | "expired"
+            | "incomplete"
             | "smtp_rejected"
             | "refused"
             | "smtp_deferred"
@@ -292,6 +293,10 @@ fn event_summary(f: &Facts, msg: &Message, ev: &Event) -> String {
         "expired" => l.pick(
             format!("有効期間が終わり、配信を打ち切り{}", paren(true)),
             format!("Expired: the network gave up when the validity ended{}", paren(false)),
+        ),
+        "incomplete" => l.pick(
+            format!("長いメッセージの一部が届かず、配信を打ち切り{}", paren(true)),
+            format!("Not delivered: parts of the long message never came{}", paren(false)),
         ),
         "receipt" => l.pick(
             format!("配信レシート{}", paren(true)),

@@ -20,7 +20,9 @@ use crate::clock::{Clock, Millis};
 use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State};
 use crate::member::{self, Channel};
 use crate::sim::{InboxMessage, World};
-use crate::smsc::{KeptPart, MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, SubmitRefusal};
+use crate::smsc::{
+    DropCause, Dropped, KeptPart, MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, SubmitRefusal,
+};
 use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
 
@@ -598,6 +600,143 @@ impl SmsNetwork {
         }
     }
 
+    /// Settles a long message the SMSC dropped unfinished
+    /// ([`SmscBackend::abandon`]): it becomes a final record, EXPIRED with
+    /// the carrier's codes, so that query_sm by any of its parts' ids
+    /// answers, the ESME gets the receipt it asked for (each part's id a
+    /// copy) and the log shows what came; its kept parts go in the same
+    /// write. Done once: parts found again after a crash cut this short are
+    /// only let go, and a log entry already written is reused.
+    async fn abandon_parts(&self, dropped: &Dropped) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut kept = Vec::new();
+        for id in &dropped.part_ids {
+            // A part whose keeping failed was never acknowledged.
+            if let Some(part) = inner.kept_parts.get::<KeptPart>(id)? {
+                kept.push(part);
+            }
+        }
+        let Some((id, sub)) = crate::smsc::incomplete_submission(&kept) else {
+            return Ok(());
+        };
+        let _guard = self.lock_for(&id).lock().await;
+        let let_go = |batch: &mut crate::store::Batch| {
+            for part in &kept {
+                batch.remove(&inner.kept_parts, &part.part_id);
+            }
+        };
+        let to = destination_e164(&sub.dest_addr, sub.dest_ton).ok();
+        let handset = match &to {
+            Some(to) if inner.records.get::<SmsRecord>(&id)?.is_none() => Some(inner.world.handset_or_default(to)?),
+            _ => None,
+        };
+        let carrier = handset.as_ref().and_then(|h| self.carrier_for(&h.carrier));
+        let (Some(to), Some(carrier)) = (to, carrier) else {
+            // Settled before a crash, or a destination no message could
+            // have (the last part would have been refused): let go.
+            let mut batch = inner.store.batch();
+            let_go(&mut batch);
+            return inner.store.apply(batch);
+        };
+        let now = inner.clock.now();
+        let came_at = kept.iter().map(|p| p.kept_at).min().unwrap_or(now);
+        let came = parts_that_came(&kept);
+        let why = match dropped.cause {
+            DropCause::TooOld => "the other parts did not come within 10 minutes",
+            DropCause::TooMany => "too many long messages were waiting for parts, and this was the oldest",
+            DropCause::StartedOver => "a part under the same reference announced another number of parts",
+        };
+        let codes = carrier.expired_receipt();
+        let mut accepted = Event::new("smsc_accepted", came_at)
+            .state(State::Submitted)
+            .detail(format!(
+                "accepted {came} of a long message for {} ({})",
+                member::display_number(&to),
+                carrier.id
+            ));
+        accepted.smsc_message_id = Some(id.clone());
+        let mut incomplete = Event::new("incomplete", now)
+            .state(State::Expired)
+            .reason("long_message_incomplete")
+            .detail(format!("only {came} came: {why}; nothing was delivered"));
+        incomplete.stat = Some(codes.stat.clone());
+        incomplete.err = Some(format!("{:03}", codes.err));
+        incomplete.network_error_code = codes.network_error_code.map(|(t, c)| format!("{t}:{c}"));
+        let (log_id, written) = match inner.log.id_by_smsc_id(&id)? {
+            Some(log_id) => (log_id, None),
+            None => {
+                let existing = match &sub.message_ref {
+                    Some(r) => inner.log.get(r)?.map(|m| m.id),
+                    None => None,
+                };
+                let log_id = match existing {
+                    Some(log_id) => {
+                        inner.log.write_append(&log_id, accepted, |_| {}).await?;
+                        log_id
+                    }
+                    None => {
+                        let new = NewMessage {
+                            channel: Channel::Sms,
+                            to: to.clone(),
+                            from: carrier.displayed_sender(&sub.source_addr, &inner.world.profile),
+                            origin: sub.system_id.clone(),
+                            member_id: None,
+                            otp_id: None,
+                            text: crate::otp::mask_digits(&sub.text),
+                            carrier: Some(carrier.id.clone()),
+                            at: came_at,
+                        };
+                        inner.log.write_create(new, accepted)?.message.id
+                    }
+                };
+                let written = inner.log.write_append(&log_id, incomplete, |_| {}).await?;
+                (log_id, written)
+            }
+        };
+        let record = SmsRecord {
+            id: id.clone(),
+            system_id: sub.system_id,
+            source: sub.source_addr,
+            to,
+            text: crate::otp::mask_digits(&sub.text),
+            registered_delivery: sub.registered_delivery,
+            submitted_at: came_at,
+            expires_at: now,
+            attempts: 0,
+            stat: codes.stat.clone(),
+            final_at: Some(now),
+            err: codes.err,
+            message_state: codes.message_state,
+            log_id,
+            next_attempt_at: None,
+            inbox_key: None,
+            part_ids: sub.part_ids,
+        };
+        let receipt = receipt_asked(&record, &codes, &sub.text, now);
+        let mut batch = inner.store.batch();
+        batch.put(&inner.records, &id, &record)?;
+        for part in &record.part_ids {
+            batch.put(&inner.parts, part, &id)?;
+        }
+        let_go(&mut batch);
+        if let Some(receipt) = &receipt {
+            batch.put(&inner.receipts, &id, &stored_copy(receipt))?;
+        }
+        inner.store.apply(batch)?;
+        inner.retention.added();
+        match written {
+            Some(written) => inner.log.publish(written).await?,
+            None => inner.store.flush().await?,
+        }
+        inner.retention.may_go(&id);
+        drop(_guard);
+        self.enforce_retention();
+        if let Some(receipt) = receipt {
+            drop(self.send_receipt(receipt));
+        }
+        Ok(())
+    }
+
     /// Stores a final record, takes it off the pending queue and keeps the
     /// receipt it asked for until an ESME takes it, in one write: a crash
     /// keeps all of it or none.
@@ -634,35 +773,13 @@ impl SmsNetwork {
         // no use for it. Like a real SMSC's store-and-forward queue it holds
         // the text (an OTP code) only while the message is pending: once
         // final only the handset's inbox has it.
-        let quoted: String = rec.text.chars().take(20).collect();
+        let receipt = receipt_asked(&rec, &codes, &rec.text, now);
         rec.text = crate::otp::mask_digits(&rec.text);
-        let wanted = match rec.registered_delivery & 0x03 {
-            1 => true,
-            2 => codes.stat != "DELIVRD",
-            _ => false,
-        };
-        let receipt = wanted.then(|| Receipt {
-            system_id: rec.system_id.clone(),
-            message_id: rec.id.clone(),
-            source_addr: rec.to.trim_start_matches('+').to_string(),
-            dest_addr: rec.source.clone(),
-            stat: codes.stat.clone(),
-            err: codes.err,
-            message_state: codes.message_state,
-            network_error_code: codes.network_error_code,
-            submit_date: rec.submitted_at,
-            done_date: now,
-            text: quoted,
-            part_ids: rec.part_ids.clone(),
-        });
         // The receipt is stored with the final record: a crash before an
         // ESME takes it leaves it for the next start. The stored copy quotes
         // the text with its digits masked, since only the handset's inbox
         // may keep a code; a receipt sent again after a restart shows that.
-        let stored = receipt.as_ref().map(|r| Receipt {
-            text: crate::smsc::receipt_text::star_digits(&r.text),
-            ..r.clone()
-        });
+        let stored = receipt.as_ref().map(stored_copy);
         self.store_final(&rec, stored.as_ref())?;
         if let Some(written) = inner.log.write_append(&rec.log_id, event, |_| {}).await? {
             inner.log.publish(written).await?;
@@ -676,6 +793,53 @@ impl SmsNetwork {
         };
         let answered = self.send_receipt(receipt);
         Ok((rec.system_id == inner.internal_system_id).then_some(answered))
+    }
+}
+
+/// The receipt a message made final with `codes` at `now` owes its ESME,
+/// if its `registered_delivery` asked for one (1: any outcome, 2: a
+/// failure); it quotes the start of `text`.
+fn receipt_asked(rec: &SmsRecord, codes: &ReceiptCodes, text: &str, now: Millis) -> Option<Receipt> {
+    let wanted = match rec.registered_delivery & 0x03 {
+        1 => true,
+        2 => codes.stat != "DELIVRD",
+        _ => false,
+    };
+    wanted.then(|| Receipt {
+        system_id: rec.system_id.clone(),
+        message_id: rec.id.clone(),
+        source_addr: rec.to.trim_start_matches('+').to_string(),
+        dest_addr: rec.source.clone(),
+        stat: codes.stat.clone(),
+        err: codes.err,
+        message_state: codes.message_state,
+        network_error_code: codes.network_error_code,
+        submit_date: rec.submitted_at,
+        done_date: now,
+        text: text.chars().take(20).collect(),
+        part_ids: rec.part_ids.clone(),
+    })
+}
+
+/// A receipt as it is stored until an ESME takes it: its quoted text with
+/// the digits masked, since only a handset's inbox may keep a code.
+fn stored_copy(receipt: &Receipt) -> Receipt {
+    Receipt {
+        text: crate::smsc::receipt_text::star_digits(&receipt.text),
+        ..receipt.clone()
+    }
+}
+
+/// How the parts of a long message that came are told in the log.
+fn parts_that_came(kept: &[KeptPart]) -> String {
+    let mut seqs: Vec<u8> = kept.iter().map(|p| p.seq).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let total = kept.first().map_or(0, |p| p.total);
+    let list: Vec<String> = seqs.iter().map(u8::to_string).collect();
+    match list.len() {
+        1 => format!("part {} of {total}", list[0]),
+        _ => format!("parts {} of {total}", list.join(", ")),
     }
 }
 
@@ -706,12 +870,13 @@ impl SmscBackend for SmsNetwork {
         }
     }
 
-    fn forget_parts(&self, part_ids: &[String]) {
-        for id in part_ids {
-            if let Err(e) = self.inner.kept_parts.remove(id) {
-                tracing::warn!(part_id = %id, error = %e, "could not forget a dropped part");
+    fn abandon(&self, dropped: Dropped) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.abandon_parts(&dropped).await {
+                // The kept parts stay: the next start drops them again.
+                tracing::error!(error = %e, "could not settle a long message that never completed");
             }
-        }
+        })
     }
 
     fn refusal(&self) -> Option<SubmitRefusal> {
@@ -728,14 +893,22 @@ impl SmscBackend for SmsNetwork {
             .record_named(message_id)
             .ok()
             .flatten()
-            .filter(|r| r.system_id == system_id);
-        Box::pin(async move {
-            found.map(|r| MessageStatus {
+            .filter(|r| r.system_id == system_id)
+            .map(|r| MessageStatus {
                 final_date: r.final_at,
                 state: r.message_state,
                 error_code: r.err.min(255) as u8,
+            });
+        // A part of a long message still waiting for the rest is en route.
+        let found = found.or_else(|| {
+            let kept = self.inner.kept_parts.get::<KeptPart>(message_id).ok().flatten()?;
+            (kept.system_id == system_id).then_some(MessageStatus {
+                final_date: None,
+                state: 1,
+                error_code: 0,
             })
-        })
+        });
+        Box::pin(async move { found })
     }
 
     fn cancel(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {

@@ -2,14 +2,17 @@
 //! are kept per (system_id, source, destination, reference) until all have
 //! arrived, in any order, and then handed back in order of their number.
 //!
-//! Pure bookkeeping with the time passed in: no I/O, no logging (the parts
-//! hold message text). Partial messages older than `max_age` are dropped, and
-//! at most `max_messages` are kept, so a peer cannot fill memory with first
-//! parts that never get a last one.
+//! Pure bookkeeping with the time passed in (the simulation's clock, so a
+//! virtual clock's advance ages partial messages too): no I/O, no logging
+//! (the parts hold message text). Partial messages older than `max_age` are
+//! dropped, and at most `max_messages` are kept, so a peer cannot fill
+//! memory with first parts that never get a last one. What was dropped is
+//! told ([`Reassembler::take_dropped`]), message by message with the cause,
+//! since each part was acknowledged with an id its ESME may ask about.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
-use tokio::time::Instant;
+
+use crate::clock::Millis;
 
 /// Which long message a part belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -67,24 +70,43 @@ impl<M> Complete<M> {
     }
 }
 
+/// Why a partial message was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropCause {
+    /// Its other parts did not come within the age limit.
+    TooOld,
+    /// Too many partial messages were waiting: the oldest made room.
+    TooMany,
+    /// A part under the same reference announced another total: the
+    /// message started over.
+    StartedOver,
+}
+
+/// A partial message dropped unfinished: the ids of the parts it had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub part_ids: Vec<String>,
+    pub cause: DropCause,
+}
+
 struct Pending<M> {
     total: u8,
     parts: BTreeMap<u8, Part<M>>,
-    started: Instant,
+    started: Millis,
 }
 
 /// Partial long messages.
 pub struct Reassembler<M> {
     pending: HashMap<PartKey, Pending<M>>,
     max_messages: usize,
-    max_age: Duration,
-    /// The ids of parts dropped unfinished since the last
+    max_age: Millis,
+    /// The messages dropped unfinished since the last
     /// [`Reassembler::take_dropped`].
-    dropped: Vec<String>,
+    dropped: Vec<Dropped>,
 }
 
 impl<M> Reassembler<M> {
-    pub fn new(max_messages: usize, max_age: Duration) -> Reassembler<M> {
+    pub fn new(max_messages: usize, max_age: Millis) -> Reassembler<M> {
         Reassembler {
             pending: HashMap::new(),
             max_messages: max_messages.max(1),
@@ -111,12 +133,12 @@ impl<M> Reassembler<M> {
         seq: u8,
         user_data: Vec<u8>,
         meta: M,
-        now: Instant,
+        now: Millis,
         new_id: impl FnOnce() -> String,
     ) -> Added<M> {
         self.expire(now);
         if self.pending.get(&key).is_some_and(|p| p.total != total) {
-            self.drop_message(&key);
+            self.drop_message(&key, DropCause::StartedOver);
         }
         if !self.pending.contains_key(&key) && self.pending.len() >= self.max_messages {
             if let Some(oldest) = self
@@ -125,7 +147,7 @@ impl<M> Reassembler<M> {
                 .min_by_key(|(_, p)| p.started)
                 .map(|(k, _)| k.clone())
             {
-                self.drop_message(&oldest);
+                self.drop_message(&oldest, DropCause::TooMany);
             }
         }
         let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
@@ -162,37 +184,54 @@ impl<M> Reassembler<M> {
         })
     }
 
-    /// Drops the partial messages `max_age` old or older at `now`; their
-    /// parts' ids go to [`Reassembler::take_dropped`].
-    pub fn expire(&mut self, now: Instant) {
+    /// Drops the partial messages `max_age` old or older at `now`; they go
+    /// to [`Reassembler::take_dropped`].
+    pub fn expire(&mut self, now: Millis) {
         let max_age = self.max_age;
         let expired: Vec<PartKey> = self
             .pending
             .iter()
-            .filter(|(_, p)| now.saturating_duration_since(p.started) >= max_age)
+            .filter(|(_, p)| now.saturating_sub(p.started) >= max_age)
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
-            self.drop_message(&key);
+            self.drop_message(&key, DropCause::TooOld);
         }
+    }
+
+    /// When the partial message under `key` reaches its age limit, if one
+    /// is waiting: [`Reassembler::expire`] at that time drops it.
+    pub fn deadline(&self, key: &PartKey) -> Option<Millis> {
+        self.pending.get(key).map(|p| p.started.saturating_add(self.max_age))
+    }
+
+    /// When each waiting partial message reaches its age limit.
+    pub fn deadlines(&self) -> Vec<Millis> {
+        self.pending
+            .values()
+            .map(|p| p.started.saturating_add(self.max_age))
+            .collect()
     }
 
     /// Drops a partial message unfinished, noting its parts' ids.
-    fn drop_message(&mut self, key: &PartKey) {
+    fn drop_message(&mut self, key: &PartKey, cause: DropCause) {
         if let Some(p) = self.pending.remove(key) {
-            self.dropped.extend(p.parts.into_values().map(|part| part.part_id));
+            let part_ids = p.parts.into_values().map(|part| part.part_id).collect();
+            self.dropped.push(Dropped { part_ids, cause });
         }
     }
 
-    /// The ids of the parts dropped unfinished (too old, too many, or a
-    /// message started over with another total) since the last call.
-    pub fn take_dropped(&mut self) -> Vec<String> {
+    /// The messages dropped unfinished (too old, too many, or started over
+    /// with another total) since the last call.
+    pub fn take_dropped(&mut self) -> Vec<Dropped> {
         std::mem::take(&mut self.dropped)
     }
 
     /// Takes back one part kept from before a restart, which arrived at
-    /// `arrived`: its message's age counts from its earliest part.
-    pub fn keep(&mut self, key: PartKey, total: u8, part: Part<M>, arrived: Instant) {
+    /// `arrived`: its message's age counts from its earliest part. A part
+    /// whose total disagrees with the parts taken back before it is
+    /// dropped ([`DropCause::StartedOver`]).
+    pub fn keep(&mut self, key: PartKey, total: u8, part: Part<M>, arrived: Millis) {
         let pending = self.pending.entry(key).or_insert_with(|| Pending {
             total,
             parts: BTreeMap::new(),
@@ -201,13 +240,18 @@ impl<M> Reassembler<M> {
         if pending.total == total {
             pending.started = pending.started.min(arrived);
             pending.parts.insert(part.seq, part);
+        } else {
+            self.dropped.push(Dropped {
+                part_ids: vec![part.part_id],
+                cause: DropCause::StartedOver,
+            });
         }
     }
 
     /// Puts back the parts that arrived before the completing one, after the
     /// whole message could not be stored, so that the ESME's retry of the
     /// last part completes it again.
-    pub fn restore(&mut self, complete: Complete<M>, now: Instant) {
+    pub fn restore(&mut self, complete: Complete<M>, now: Millis) {
         let Complete {
             key,
             total,
@@ -245,7 +289,7 @@ mod tests {
         }
     }
 
-    fn add(r: &mut Reassembler<()>, reference: u16, total: u8, seq: u8, now: Instant) -> Added<()> {
+    fn add(r: &mut Reassembler<()>, reference: u16, total: u8, seq: u8, now: Millis) -> Added<()> {
         let data = vec![b'a' + seq];
         r.add(key(reference), total, seq, data, (), now, || {
             format!("p{reference}-{seq}")
@@ -254,8 +298,8 @@ mod tests {
 
     #[test]
     fn out_of_order_parts_come_back_in_order() {
-        let now = Instant::now();
-        let mut r = Reassembler::new(10, Duration::from_secs(600));
+        let now: Millis = 1_000_000;
+        let mut r = Reassembler::new(10, 600_000);
         assert!(matches!(add(&mut r, 1, 3, 3, now), Added::Buffered { part_id } if part_id == "p1-3"));
         assert!(matches!(add(&mut r, 1, 3, 1, now), Added::Buffered { .. }));
         // Another message with another reference does not mix in.
@@ -271,8 +315,8 @@ mod tests {
 
     #[test]
     fn a_resent_part_keeps_its_id() {
-        let now = Instant::now();
-        let mut r = Reassembler::new(10, Duration::from_secs(600));
+        let now: Millis = 1_000_000;
+        let mut r = Reassembler::new(10, 600_000);
         add(&mut r, 5, 2, 1, now);
         let again = r.add(key(5), 2, 1, b"x".to_vec(), (), now, || "fresh".into());
         assert!(matches!(again, Added::Buffered { part_id } if part_id == "p5-1"));
@@ -280,8 +324,8 @@ mod tests {
 
     #[test]
     fn restore_lets_a_retried_last_part_complete() {
-        let now = Instant::now();
-        let mut r = Reassembler::new(10, Duration::from_secs(600));
+        let now: Millis = 1_000_000;
+        let mut r = Reassembler::new(10, 600_000);
         add(&mut r, 9, 2, 1, now);
         let Added::Complete(done) = add(&mut r, 9, 2, 2, now) else {
             panic!("complete");
@@ -292,8 +336,8 @@ mod tests {
 
     #[test]
     fn parts_kept_from_before_a_restart_complete_with_the_last_part() {
-        let mut r = Reassembler::new(10, Duration::from_secs(60));
-        let now = Instant::now();
+        let mut r = Reassembler::new(10, 60_000);
+        let now: Millis = 1_000_000;
         for seq in [1, 2] {
             let part = Part {
                 seq,
@@ -315,17 +359,50 @@ mod tests {
 
     #[test]
     fn old_and_excess_partials_are_dropped() {
-        let start = Instant::now();
-        let mut r = Reassembler::new(2, Duration::from_secs(60));
+        let start: Millis = 1_000_000;
+        let mut r = Reassembler::new(2, 60_000);
         add(&mut r, 1, 2, 1, start);
-        add(&mut r, 2, 2, 1, start + Duration::from_secs(1));
-        add(&mut r, 3, 2, 1, start + Duration::from_secs(2));
+        add(&mut r, 2, 2, 1, start + 1_000);
+        add(&mut r, 3, 2, 1, start + 2_000);
         assert_eq!(r.len(), 2, "the oldest partial made room");
-        assert_eq!(r.take_dropped(), vec!["p1-1".to_string()]);
-        add(&mut r, 4, 2, 1, start + Duration::from_secs(120));
+        assert_eq!(r.take_dropped(), vec![dropped(&["p1-1"], DropCause::TooMany)]);
+        add(&mut r, 4, 2, 1, start + 120_000);
         assert_eq!(r.len(), 1, "partials past their age are gone");
-        let mut dropped = r.take_dropped();
-        dropped.sort();
-        assert_eq!(dropped, vec!["p2-1".to_string(), "p3-1".to_string()]);
+        let mut gone = r.take_dropped();
+        gone.sort_by(|a, b| a.part_ids.cmp(&b.part_ids));
+        assert_eq!(
+            gone,
+            vec![
+                dropped(&["p2-1"], DropCause::TooOld),
+                dropped(&["p3-1"], DropCause::TooOld)
+            ]
+        );
+    }
+
+    fn dropped(ids: &[&str], cause: DropCause) -> Dropped {
+        Dropped {
+            part_ids: ids.iter().map(|id| id.to_string()).collect(),
+            cause,
+        }
+    }
+
+    #[test]
+    fn a_message_started_over_drops_its_parts_and_the_deadline_is_its_age_limit() {
+        let start: Millis = 1_000_000;
+        let mut r = Reassembler::new(10, 60_000);
+        add(&mut r, 1, 3, 1, start);
+        add(&mut r, 1, 3, 2, start + 5_000);
+        assert_eq!(r.deadline(&key(1)), Some(start + 60_000), "counted from the first part");
+        add(&mut r, 1, 2, 1, start + 10_000);
+        assert_eq!(
+            r.take_dropped(),
+            vec![dropped(&["p1-1", "p1-2"], DropCause::StartedOver)]
+        );
+        assert_eq!(r.deadline(&key(1)), Some(start + 70_000), "the new message's own");
+        r.expire(start + 69_999);
+        assert!(r.take_dropped().is_empty());
+        r.expire(start + 70_000);
+        assert_eq!(r.take_dropped(), vec![dropped(&["p1-1"], DropCause::TooOld)]);
+        assert_eq!(r.deadline(&key(1)), None);
     }
 }

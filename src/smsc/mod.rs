@@ -33,10 +33,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::admission::Throttle;
-use crate::clock::Millis;
+use crate::clock::{Clock, Millis};
 use crate::shutdown::Shutdown;
 
+pub use concat::{DropCause, Dropped};
 pub use hub::ReceiptHub;
+pub use session::incomplete_submission;
 
 /// An ESME account: who may bind, and how fast it may submit.
 #[derive(Clone, PartialEq, Eq)]
@@ -234,9 +236,13 @@ pub trait SmscBackend: Send + Sync + 'static {
     fn kept_parts(&self) -> Vec<KeptPart> {
         Vec::new()
     }
-    /// Parts the SMSC dropped unfinished (too old, or too many waiting):
-    /// they need not be kept any more.
-    fn forget_parts(&self, _part_ids: &[String]) {}
+    /// A long message the SMSC dropped unfinished (its other parts did not
+    /// come in time, too many were waiting, or it started over): its kept
+    /// parts need not be kept any more, and each part was acknowledged
+    /// with an id its ESME may query and may have asked a receipt for.
+    fn abandon(&self, _dropped: Dropped) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// Why no new message can be taken now, if none can: asked before each
     /// `submit_sm`, part of a long message or not, so that it is refused at
     /// once rather than failed half-way (a full disk, a failed store).
@@ -261,8 +267,8 @@ pub struct KeptPart {
     /// The message id its `submit_sm_resp` carried.
     pub part_id: String,
     pub meta: session::PartMeta,
-    /// When it arrived, by the system clock (the reassembler's age limit
-    /// is real time), so a restart does not make an old part young again.
+    /// When it arrived, by the simulation's clock (partial messages age by
+    /// it), so a restart does not make an old part young again.
     pub kept_at: Millis,
 }
 
@@ -317,8 +323,10 @@ pub const TAG_MESSAGE_REF: u16 = 0x1401;
 
 /// Partial long messages kept at most, across all accounts.
 const MAX_PARTIAL_MESSAGES: usize = 10_000;
-/// A long message whose parts do not all arrive within this is dropped.
-const PARTIAL_MESSAGE_TTL: Duration = Duration::from_secs(600);
+/// A long message whose parts do not all arrive within this (by the
+/// simulation's clock) is dropped, and the parts that came are answered
+/// EXPIRED ([`SmscBackend::abandon`]).
+pub const PARTIAL_MESSAGE_TTL: Millis = 10 * 60 * 1000;
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -330,13 +338,15 @@ pub(crate) struct Shared {
     pub throttle: Throttle,
     pub partials: Mutex<concat::Reassembler<session::PartMeta>>,
     pub next_session: AtomicU64,
+    /// The simulation's clock: partial messages age by it.
+    pub clock: Arc<Clock>,
 }
 
 /// The reassembler a starting SMSC begins with: the parts of long messages
 /// acknowledged before a restart wait for the rest again, their age
 /// counted from when they arrived; those already past the age limit are
-/// forgotten.
-fn take_back_kept_parts(backend: &dyn SmscBackend) -> concat::Reassembler<session::PartMeta> {
+/// dropped (and handed to [`SmscBackend::abandon`] by the caller).
+fn take_back_kept_parts(backend: &dyn SmscBackend, now: Millis) -> concat::Reassembler<session::PartMeta> {
     let mut partials = concat::Reassembler::new(MAX_PARTIAL_MESSAGES, PARTIAL_MESSAGE_TTL);
     let kept = backend.kept_parts();
     if !kept.is_empty() {
@@ -345,14 +355,7 @@ fn take_back_kept_parts(backend: &dyn SmscBackend) -> concat::Reassembler<sessio
             "parts of long messages from before the restart wait for the rest"
         );
     }
-    let (now, now_ms) = (tokio::time::Instant::now(), chrono::Utc::now().timestamp_millis());
-    let mut expired = Vec::new();
     for part in kept {
-        let age = Duration::from_millis(u64::try_from(now_ms - part.kept_at).unwrap_or(0));
-        let Some(arrived) = now.checked_sub(age).filter(|_| age < PARTIAL_MESSAGE_TTL) else {
-            expired.push(part.part_id);
-            continue;
-        };
         let key = concat::PartKey {
             system_id: part.system_id,
             source: part.source,
@@ -365,50 +368,67 @@ fn take_back_kept_parts(backend: &dyn SmscBackend) -> concat::Reassembler<sessio
             meta: part.meta,
             part_id: part.part_id,
         };
-        partials.keep(key, part.total, part_of, arrived);
+        // A part "kept" after now (a virtual clock started earlier than the
+        // last run's) counts as kept now.
+        partials.keep(key, part.total, part_of, part.kept_at.min(now));
     }
-    if !expired.is_empty() {
-        backend.forget_parts(&expired);
-    }
+    partials.expire(now);
     partials
 }
 
-/// How often partial messages past [`PARTIAL_MESSAGE_TTL`] are dropped
-/// when no new part comes to drop them: their kept parts (and text) leave
-/// the store within this much of their age limit.
-const SWEEP_PARTIALS_EVERY: Duration = Duration::from_secs(60);
-
-/// Drops the partial messages too old at `now` and forgets their kept
-/// parts, under the reassembler's lock as a session does.
-fn forget_expired_parts(shared: &Shared, now: tokio::time::Instant) {
+/// Drops the partial messages too old at `now` and hands them to the
+/// backend, under the reassembler's lock as a session does.
+fn expire_partials(shared: &Shared, now: Millis) {
     let mut partials = shared.partials.lock().unwrap_or_else(|e| e.into_inner());
     partials.expire(now);
-    forget_dropped(&mut partials, shared.backend.as_ref());
+    hand_over_dropped(&mut partials, &shared.backend);
 }
 
-/// Tells the backend to forget the parts the reassembler dropped
-/// unfinished since it was last asked; called under its lock.
-fn forget_dropped(partials: &mut concat::Reassembler<session::PartMeta>, backend: &dyn SmscBackend) {
-    let dropped = partials.take_dropped();
-    if !dropped.is_empty() {
+/// Has the clock drop what is still partial at `at`
+/// ([`concat::Reassembler::deadline`]); a message completed by then is
+/// gone already, and the job does nothing for it. The job holds the SMSC
+/// weakly: one that stopped is not kept alive by its deadlines.
+fn expire_partials_at(shared: &Arc<Shared>, at: Millis) {
+    let weak = Arc::downgrade(shared);
+    shared.clock.schedule(
+        at,
+        Box::new(move |now| {
+            Box::pin(async move {
+                if let Some(shared) = weak.upgrade() {
+                    expire_partials(&shared, now);
+                }
+            })
+        }),
+    );
+}
+
+/// Hands the backend each long message the reassembler dropped unfinished
+/// since it was last asked ([`SmscBackend::abandon`], in a task of its
+/// own); called under its lock.
+fn hand_over_dropped(partials: &mut concat::Reassembler<session::PartMeta>, backend: &Arc<dyn SmscBackend>) {
+    for dropped in partials.take_dropped() {
         tracing::info!(
-            parts = dropped.len(),
-            "parts of long messages never completed were dropped"
+            parts = dropped.part_ids.len(),
+            cause = ?dropped.cause,
+            "a long message that never completed was dropped"
         );
-        backend.forget_parts(&dropped);
+        let backend = backend.clone();
+        tokio::spawn(async move { backend.abandon(dropped).await });
     }
 }
 
 /// Serves SMPP on `listener` until `shutdown` fires, then unbinds every
 /// bound session and returns once all connection tasks have finished.
+/// Partial long messages age by `clock`, the simulation's.
 pub async fn serve(
     listener: TcpListener,
     config: SmscConfig,
     backend: Arc<dyn SmscBackend>,
     hub: ReceiptHub,
+    clock: Arc<Clock>,
     mut shutdown: Shutdown,
 ) {
-    let partials = take_back_kept_parts(backend.as_ref());
+    let partials = take_back_kept_parts(backend.as_ref(), clock.now());
     let shared = Arc::new(Shared {
         config,
         backend,
@@ -416,19 +436,24 @@ pub async fn serve(
         throttle: Throttle::default(),
         partials: Mutex::new(partials),
         next_session: AtomicU64::new(1),
+        clock,
     });
+    {
+        let mut partials = shared.partials.lock().unwrap_or_else(|e| e.into_inner());
+        hand_over_dropped(&mut partials, &shared.backend);
+        for at in partials.deadlines() {
+            expire_partials_at(&shared, at);
+        }
+    }
     let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut sweep = tokio::time::interval(SWEEP_PARTIALS_EVERY);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(addr = ?listener.local_addr().ok(), "SMSC listening");
     loop {
         tokio::select! {
             biased;
             _ = shutdown.wait() => break,
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_task_end(joined),
-            _ = sweep.tick() => forget_expired_parts(&shared, tokio::time::Instant::now()),
             accepted = accept(&listener, &permits, &mut backoff) => {
                 let Some((stream, peer, permit)) = accepted else { break };
                 let shared = shared.clone();

@@ -523,6 +523,7 @@ impl Session {
                 meta,
             } => {
                 let backend = self.shared.backend.clone();
+                let now = self.shared.clock.now();
                 let mut kept = KeptPart {
                     system_id: key.system_id.clone(),
                     source: key.source.clone(),
@@ -533,12 +534,20 @@ impl Session {
                     user_data: user_data.clone(),
                     part_id: String::new(),
                     meta: meta.clone(),
-                    kept_at: chrono::Utc::now().timestamp_millis(),
+                    kept_at: now,
                 };
                 let (added, kept) = {
                     let mut partials = self.shared.partials.lock().unwrap_or_else(|e| e.into_inner());
-                    let added = partials.add(key, total, part, user_data, meta, Instant::now(), part_message_id);
-                    super::forget_dropped(&mut partials, backend.as_ref());
+                    let message = key.clone();
+                    let added = partials.add(key, total, part, user_data, meta, now, part_message_id);
+                    super::hand_over_dropped(&mut partials, &backend);
+                    // A message this part started gets its deadline.
+                    match partials.deadline(&message) {
+                        Some(at) if at == now.saturating_add(super::PARTIAL_MESSAGE_TTL) => {
+                            super::expire_partials_at(&self.shared, at)
+                        }
+                        _ => {}
+                    }
                     // Kept as it is added, under the lock: the part that
                     // completes the message, and the whole's submit that
                     // lets the kept parts go, come after.
@@ -702,8 +711,13 @@ impl Session {
                 ..
             } => {
                 if let Some(complete) = whole {
+                    let now = self.shared.clock.now();
                     let mut partials = self.shared.partials.lock().unwrap_or_else(|e| e.into_inner());
-                    partials.restore(complete, Instant::now());
+                    let message = complete.key.clone();
+                    partials.restore(complete, now);
+                    if let Some(at) = partials.deadline(&message) {
+                        super::expire_partials_at(&self.shared, at);
+                    }
                 }
                 log_refusal(&refusal);
                 let status = CommandStatus::from(refusal.command_status());
@@ -962,6 +976,51 @@ fn submission(
         message_ref: meta.message_ref,
         part_ids: Vec::new(),
     }
+}
+
+/// A long message that never completed, from the parts that came (as the
+/// backend kept them): their text in order of their number, `…` standing
+/// for each run of missing parts; the other fields from the first part, the
+/// reference from any. Its id is that of the part that came last, as a
+/// whole message's is its completing part's, and `part_ids` names the
+/// others. `None` when no part came.
+pub fn incomplete_submission(kept: &[KeptPart]) -> Option<(String, Submission)> {
+    let mut parts: Vec<&KeptPart> = kept.iter().collect();
+    parts.sort_by_key(|p| p.seq);
+    parts.dedup_by_key(|p| p.seq);
+    let last = parts.iter().max_by_key(|p| (p.kept_at, p.seq))?.part_id.clone();
+    let first = parts[0];
+    let mut meta = first.meta.clone();
+    if meta.message_ref.is_none() {
+        meta.message_ref = parts.iter().find_map(|p| p.meta.message_ref.clone());
+    }
+    let mut text = String::new();
+    let mut next = 1u16;
+    for part in &parts {
+        if u16::from(part.seq) != next {
+            text.push('…');
+        }
+        text.push_str(&text::decode(part.meta.data_coding, &part.user_data));
+        next = u16::from(part.seq) + 1;
+    }
+    if next <= u16::from(first.total) {
+        text.push('…');
+    }
+    let part_ids = parts
+        .iter()
+        .map(|p| p.part_id.clone())
+        .filter(|id| *id != last)
+        .collect();
+    let arrived = u8::try_from(parts.len()).unwrap_or(u8::MAX);
+    let base = submission(
+        &first.system_id,
+        first.source.clone(),
+        first.dest.clone(),
+        &[],
+        meta,
+        arrived,
+    );
+    Some((last, Submission { text, part_ids, ..base }))
 }
 
 /// The whole message from its parts: the text is decoded from the joined

@@ -25,6 +25,9 @@ use super::*;
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// Where a test SMSC's virtual clock starts.
+const CLOCK_START: Millis = 1_800_000_000_000;
+
 async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     match tokio::time::timeout(WAIT, fut).await {
         Ok(value) => value,
@@ -44,13 +47,15 @@ pub(crate) struct FakeBackend {
     pub(crate) refusing: Mutex<Option<SubmitRefusal>>,
     /// Parts kept, as [`SmscBackend::kept_parts`] gives them to a starting SMSC.
     pub(crate) kept: Mutex<Vec<KeptPart>>,
-    /// Part ids the SMSC said to forget.
-    pub(crate) forgotten: Mutex<Vec<String>>,
+    /// The long messages the SMSC dropped unfinished, as it handed them over.
+    abandoned: mpsc::UnboundedSender<Dropped>,
+    pub(crate) abandoned_rx: Mutex<Option<mpsc::UnboundedReceiver<Dropped>>>,
 }
 
 impl FakeBackend {
     pub(crate) fn new() -> (Arc<FakeBackend>, mpsc::UnboundedReceiver<Submission>) {
         let (seen, rx) = mpsc::unbounded_channel();
+        let (abandoned, abandoned_rx) = mpsc::unbounded_channel();
         let backend = FakeBackend {
             next: AtomicU64::new(1),
             stored: Mutex::new(HashMap::new()),
@@ -58,7 +63,8 @@ impl FakeBackend {
             seen,
             refusing: Mutex::new(None),
             kept: Mutex::new(Vec::new()),
-            forgotten: Mutex::new(Vec::new()),
+            abandoned,
+            abandoned_rx: Mutex::new(Some(abandoned_rx)),
         };
         (Arc::new(backend), rx)
     }
@@ -112,8 +118,9 @@ impl SmscBackend for FakeBackend {
         self.kept.lock().unwrap().clone()
     }
 
-    fn forget_parts(&self, part_ids: &[String]) {
-        self.forgotten.lock().unwrap().extend(part_ids.iter().cloned());
+    fn abandon(&self, dropped: Dropped) -> BoxFuture<'_, ()> {
+        let _ = self.abandoned.send(dropped);
+        Box::pin(async {})
     }
 
     fn cancel(&self, _system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
@@ -134,6 +141,8 @@ pub(crate) struct TestSmsc {
     pub hub: ReceiptHub,
     pub submissions: mpsc::UnboundedReceiver<Submission>,
     pub backend: Arc<FakeBackend>,
+    /// The simulation's clock, virtual: partial messages age by it.
+    pub clock: Arc<crate::clock::Clock>,
     trigger: crate::shutdown::Trigger,
     task: tokio::task::JoinHandle<()>,
 }
@@ -178,12 +187,21 @@ impl TestSmsc {
             ..SmscConfig::default()
         };
         adjust(&mut config);
-        let task = tokio::spawn(serve(listener, config, backend.clone(), hub.clone(), shutdown));
+        let clock = crate::clock::Clock::virtual_at(CLOCK_START);
+        let task = tokio::spawn(serve(
+            listener,
+            config,
+            backend.clone(),
+            hub.clone(),
+            clock.clone(),
+            shutdown,
+        ));
         TestSmsc {
             addr,
             hub,
             submissions,
             backend,
+            clock,
             trigger,
             task,
         }
@@ -349,13 +367,13 @@ fn kept_part(reference: u16, text: &str, age: Duration) -> KeptPart {
         user_data: text.as_bytes().to_vec(),
         part_id: format!("k{reference}"),
         meta: Default::default(),
-        kept_at: chrono::Utc::now().timestamp_millis() - i64::try_from(age.as_millis()).unwrap(),
+        kept_at: CLOCK_START - i64::try_from(age.as_millis()).unwrap(),
     }
 }
 
 /// Parts of long messages kept from before a restart wait for the rest
 /// again and complete with it; one older than the age limit of partial
-/// messages is forgotten, not made young again by the restart.
+/// messages is dropped, not made young again by the restart.
 #[tokio::test]
 async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
     let made = FakeBackend::new();
@@ -364,12 +382,18 @@ async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
         kept_part(8, "stale ", Duration::from_secs(11 * 60)),
     ];
     let mut smsc = TestSmsc::start_on_backend("127.0.0.1:0".parse().unwrap(), made, |_| {}).await;
+    let mut abandoned = smsc.backend.abandoned_rx.lock().unwrap().take().unwrap();
     let (client, _events) = connect(smsc.addr).await;
     within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
         .await
         .unwrap();
-    // Bound: the SMSC has taken the kept parts back.
-    assert_eq!(*smsc.backend.forgotten.lock().unwrap(), vec!["k8".to_string()]);
+    assert_eq!(
+        within("the stale part", abandoned.recv()).await.unwrap(),
+        Dropped {
+            part_ids: vec!["k8".into()],
+            cause: DropCause::TooOld
+        }
+    );
     let last = |reference: u8, text: &str| {
         submit_sm(
             "819012345678",
@@ -388,36 +412,63 @@ async fn kept_parts_wait_again_after_a_restart_unless_too_old() {
     within("part", client.submit_sm(last(8, "again"))).await.unwrap();
     assert!(
         smsc.submissions.try_recv().is_err(),
-        "the forgotten part did not complete anything"
+        "the dropped part did not complete anything"
     );
     hang_up(client).await;
     smsc.stop().await;
 }
 
-/// A long message whose other parts never come is dropped once past its
-/// age limit by the SMSC's sweep, with no new part needed to trigger it:
-/// its kept parts are forgotten, a younger message's are not.
-#[test]
-fn the_sweep_forgets_parts_of_messages_that_never_completed() {
-    let (backend, _) = FakeBackend::new();
-    *backend.kept.lock().unwrap() = vec![
-        kept_part(1, "part ", PARTIAL_MESSAGE_TTL - Duration::from_secs(30)),
-        kept_part(2, "part ", Duration::from_secs(60)),
-    ];
-    let shared = Shared {
-        config: SmscConfig::default(),
-        backend: backend.clone(),
-        hub: ReceiptHub::new(),
-        throttle: Throttle::default(),
-        partials: Mutex::new(take_back_kept_parts(backend.as_ref())),
-        next_session: AtomicU64::new(1),
-    };
-    let now = tokio::time::Instant::now();
-    forget_expired_parts(&shared, now);
-    assert!(backend.forgotten.lock().unwrap().is_empty(), "both still young enough");
-    forget_expired_parts(&shared, now + SWEEP_PARTIALS_EVERY);
-    assert_eq!(*backend.forgotten.lock().unwrap(), vec!["k1".to_string()]);
-    assert_eq!(shared.partials.lock().unwrap().len(), 1, "the younger one waits on");
+/// A long message whose other parts never come is dropped when the
+/// simulation's clock reaches its age limit, with no new part needed to
+/// trigger it, and handed to the backend with the ids its parts were
+/// acknowledged with: one kept from before a restart, and one whose first
+/// part arrives now. A younger one waits on.
+#[tokio::test]
+async fn partial_messages_are_handed_over_when_the_clock_reaches_their_age_limit() {
+    let made = FakeBackend::new();
+    *made.0.kept.lock().unwrap() = vec![kept_part(
+        1,
+        "part ",
+        Duration::from_millis(u64::try_from(PARTIAL_MESSAGE_TTL).unwrap() - 30_000),
+    )];
+    let smsc = TestSmsc::start_on_backend("127.0.0.1:0".parse().unwrap(), made, |_| {}).await;
+    let mut abandoned = smsc.backend.abandoned_rx.lock().unwrap().take().unwrap();
+    let (client, _events) = connect(smsc.addr).await;
+    within("bind", client.bind_transceiver(bind_transceiver("esme", "secret")))
+        .await
+        .unwrap();
+    let first = submit_sm("819012345678", 0, 0x40, text::with_udh(2, 3, 1, b"one "));
+    let first = within("part", client.submit_sm(first)).await.unwrap();
+    let first_id = first.message_id().as_str().to_string();
+    let second = submit_sm("819012345678", 0, 0x40, text::with_udh(2, 3, 3, b"three"));
+    let second = within("part", client.submit_sm(second)).await.unwrap();
+
+    smsc.clock.advance(29_999).await;
+    assert!(abandoned.try_recv().is_err(), "both still young enough");
+    smsc.clock.advance(1).await;
+    assert_eq!(
+        within("the older one", abandoned.recv()).await.unwrap(),
+        Dropped {
+            part_ids: vec!["k1".into()],
+            cause: DropCause::TooOld
+        }
+    );
+    smsc.clock.advance(PARTIAL_MESSAGE_TTL - 30_001).await;
+    assert!(
+        abandoned.try_recv().is_err(),
+        "the one begun now waits a millisecond more"
+    );
+    smsc.clock.advance(1).await;
+    let dropped = within("the younger one", abandoned.recv()).await.unwrap();
+    assert_eq!(
+        (dropped.part_ids, dropped.cause),
+        (
+            vec![first_id, second.message_id().as_str().to_string()],
+            DropCause::TooOld
+        )
+    );
+    hang_up(client).await;
+    smsc.stop().await;
 }
 
 /// While the backend can take nothing (a full disk), every submit_sm, a
