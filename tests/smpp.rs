@@ -644,6 +644,33 @@ async fn a_long_message_whose_last_part_never_comes_expires_with_a_receipt_for_e
     server.stop().await;
 }
 
+/// cancel_sm by any part's id cancels a long message still waiting for its
+/// other parts: DELETED by each part's id, logged as cancelled, and no
+/// receipt, as for a whole message cancelled while pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_sm_by_a_parts_id_cancels_a_long_message_still_waiting_for_parts() {
+    let server = TestServer::start().await;
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    let mut pdus = sms(PHONE, &two_hundred_japanese_characters())
+        .registered_delivery(1)
+        .pdus();
+    pdus.pop();
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let ids = esme.submit_pdus(pdus).await.expect("two of three parts accepted");
+    assert_eq!(esme.cancel(&ids[1]).await, 0, "cancel_sm_resp OK");
+    for id in &ids {
+        assert_eq!(esme.query(id).await.map(|q| q.0), Ok(4), "DELETED by {id}");
+    }
+    assert_ne!(esme.cancel(&ids[0]).await, 0, "nothing left to cancel");
+    assert_eq!(logged_events(&server, PHONE).await, ["smsc_accepted", "cancelled"]);
+    let after = esme.send(&sms(PHONE, "after the cancel")).await;
+    server.advance(RUN).await;
+    assert_eq!(esme.receipt().await.id, after, "no receipt for the cancelled one");
+    assert_eq!(server.inbox(PHONE).await.len(), 1);
+    esme.unbind().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_character_japanese_message_arrives_whole_and_in_order() {
     let server = TestServer::start().await;

@@ -994,10 +994,16 @@ fn gateway_error_when_a_long_message_never_came_whole() {
     );
     assert!(!codes(&report).contains(&"handset_unreachable"), "{:?}", codes(&report));
     let f = finding(&report, "gateway_error");
-    assert!(f.explanation.contains("parts of the long message never came"), "{}", f.explanation);
+    assert!(
+        f.explanation.contains("parts of the long message never came"),
+        "{}",
+        f.explanation
+    );
     let timeline = report.timeline.iter().map(|t| t.summary.as_str()).collect::<Vec<_>>();
     assert!(
-        timeline.iter().any(|s| s.starts_with("Not delivered: parts of the long message never came")),
+        timeline
+            .iter()
+            .any(|s| s.starts_with("Not delivered: parts of the long message never came")),
         "{timeline:?}"
     );
 }

@@ -645,8 +645,20 @@ impl SmsNetwork {
             DropCause::TooOld => "the other parts did not come within 10 minutes",
             DropCause::TooMany => "too many long messages were waiting for parts, and this was the oldest",
             DropCause::StartedOver => "a part under the same reference announced another number of parts",
+            DropCause::Cancelled => "cancelled by cancel_sm",
         };
-        let codes = carrier.expired_receipt();
+        let cancelled = dropped.cause == DropCause::Cancelled;
+        // Cancelled, it is DELETED without a receipt, as a whole message's
+        // cancel is.
+        let codes = match cancelled {
+            false => carrier.expired_receipt(),
+            true => ReceiptCodes {
+                stat: "DELETED".into(),
+                err: 0,
+                message_state: 4,
+                network_error_code: None,
+            },
+        };
         let mut accepted = Event::new("smsc_accepted", came_at)
             .state(State::Submitted)
             .detail(format!(
@@ -655,10 +667,13 @@ impl SmsNetwork {
                 carrier.id
             ));
         accepted.smsc_message_id = Some(id.clone());
-        let mut incomplete = Event::new("incomplete", now)
-            .state(State::Expired)
-            .reason("long_message_incomplete")
-            .detail(format!("only {came} came: {why}; nothing was delivered"));
+        let mut incomplete = match cancelled {
+            false => Event::new("incomplete", now)
+                .state(State::Expired)
+                .reason("long_message_incomplete"),
+            true => Event::new("cancelled", now).state(State::Failed).reason("cancel_sm"),
+        }
+        .detail(format!("only {came} came: {why}; nothing was delivered"));
         incomplete.stat = Some(codes.stat.clone());
         incomplete.err = Some(format!("{:03}", codes.err));
         incomplete.network_error_code = codes.network_error_code.map(|(t, c)| format!("{t}:{c}"));
@@ -712,7 +727,7 @@ impl SmsNetwork {
             inbox_key: None,
             part_ids: sub.part_ids,
         };
-        let receipt = receipt_asked(&record, &codes, &sub.text, now);
+        let receipt = receipt_asked(&record, &codes, &sub.text, now).filter(|_| !cancelled);
         let mut batch = inner.store.batch();
         batch.put(&inner.records, &id, &record)?;
         for part in &record.part_ids {
@@ -870,13 +885,8 @@ impl SmscBackend for SmsNetwork {
         }
     }
 
-    fn abandon(&self, dropped: Dropped) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if let Err(e) = self.abandon_parts(&dropped).await {
-                // The kept parts stay: the next start drops them again.
-                tracing::error!(error = %e, "could not settle a long message that never completed");
-            }
-        })
+    fn abandon(&self, dropped: Dropped) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
+        Box::pin(async move { self.abandon_parts(&dropped).await.map_err(sys) })
     }
 
     fn refusal(&self) -> Option<SubmitRefusal> {

@@ -80,6 +80,8 @@ pub enum DropCause {
     /// A part under the same reference announced another total: the
     /// message started over.
     StartedOver,
+    /// Its ESME cancelled it (`cancel_sm` by one of its parts' ids).
+    Cancelled,
 }
 
 /// A partial message dropped unfinished: the ids of the parts it had.
@@ -219,6 +221,21 @@ impl<M> Reassembler<M> {
             let part_ids = p.parts.into_values().map(|part| part.part_id).collect();
             self.dropped.push(Dropped { part_ids, cause });
         }
+    }
+
+    /// Takes out the partial message of `system_id` that has a part with
+    /// id `part_id`, if one is waiting: its ESME cancelled it.
+    pub fn cancel(&mut self, system_id: &str, part_id: &str) -> Option<Dropped> {
+        let key = self
+            .pending
+            .iter()
+            .find(|(k, p)| k.system_id == system_id && p.parts.values().any(|part| part.part_id == part_id))
+            .map(|(k, _)| k.clone())?;
+        let p = self.pending.remove(&key)?;
+        Some(Dropped {
+            part_ids: p.parts.into_values().map(|part| part.part_id).collect(),
+            cause: DropCause::Cancelled,
+        })
     }
 
     /// The messages dropped unfinished (too old, too many, or started over
@@ -377,6 +394,22 @@ mod tests {
                 dropped(&["p3-1"], DropCause::TooOld)
             ]
         );
+    }
+
+    #[test]
+    fn a_cancelled_message_is_taken_out_by_any_of_its_parts_ids_for_its_own_account_only() {
+        let mut r = Reassembler::new(10, 60_000);
+        add(&mut r, 1, 3, 1, 0);
+        add(&mut r, 1, 3, 3, 0);
+        add(&mut r, 2, 2, 1, 0);
+        assert_eq!(r.cancel("another", "p1-3"), None);
+        assert_eq!(r.cancel("esme", "p1-2"), None, "never came");
+        assert_eq!(
+            r.cancel("esme", "p1-3"),
+            Some(dropped(&["p1-1", "p1-3"], DropCause::Cancelled))
+        );
+        assert_eq!(r.len(), 1);
+        assert!(r.take_dropped().is_empty(), "told to the canceller, not as dropped");
     }
 
     fn dropped(ids: &[&str], cause: DropCause) -> Dropped {

@@ -237,11 +237,12 @@ pub trait SmscBackend: Send + Sync + 'static {
         Vec::new()
     }
     /// A long message the SMSC dropped unfinished (its other parts did not
-    /// come in time, too many were waiting, or it started over): its kept
-    /// parts need not be kept any more, and each part was acknowledged
-    /// with an id its ESME may query and may have asked a receipt for.
-    fn abandon(&self, _dropped: Dropped) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
+    /// come in time, too many were waiting, it started over, or its ESME
+    /// cancelled it): its kept parts need not be kept any more, and each
+    /// part was acknowledged with an id its ESME may query and may have
+    /// asked a receipt for. Ok once that is settled durably.
+    fn abandon(&self, _dropped: Dropped) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
+        Box::pin(async { Ok(()) })
     }
     /// Why no new message can be taken now, if none can: asked before each
     /// `submit_sm`, part of a long message or not, so that it is refused at
@@ -413,7 +414,12 @@ fn hand_over_dropped(partials: &mut concat::Reassembler<session::PartMeta>, back
             "a long message that never completed was dropped"
         );
         let backend = backend.clone();
-        tokio::spawn(async move { backend.abandon(dropped).await });
+        tokio::spawn(async move {
+            if let Err(refusal) = backend.abandon(dropped).await {
+                // Its kept parts stay: the next start drops them again.
+                tracing::error!(%refusal, "could not settle a long message that never completed");
+            }
+        });
     }
 }
 

@@ -670,8 +670,17 @@ impl Session {
             seq,
             result: Err(SubmitRefusal::System("the cancel stopped unexpectedly".into())),
         };
+        // A long message still waiting for parts is cancelled here, by any
+        // of the parts' ids; the backend settles it before the answer.
+        let waiting = {
+            let mut partials = self.shared.partials.lock().unwrap_or_else(|e| e.into_inner());
+            partials.cancel(&system_id, &message_id)
+        };
         self.run(failed, async move {
-            let result = backend.cancel(&system_id, &message_id).await;
+            let result = match waiting {
+                Some(dropped) => backend.abandon(dropped).await,
+                None => backend.cancel(&system_id, &message_id).await,
+            };
             Finished::Cancel { seq, result }
         });
         Ok(())

@@ -118,9 +118,9 @@ impl SmscBackend for FakeBackend {
         self.kept.lock().unwrap().clone()
     }
 
-    fn abandon(&self, dropped: Dropped) -> BoxFuture<'_, ()> {
+    fn abandon(&self, dropped: Dropped) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
         let _ = self.abandoned.send(dropped);
-        Box::pin(async {})
+        Box::pin(async { Ok(()) })
     }
 
     fn cancel(&self, _system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
