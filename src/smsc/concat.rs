@@ -41,6 +41,9 @@ pub enum Added<M> {
     Buffered { part_id: String },
     /// This part completed the message.
     Complete(Complete<M>),
+    /// This part would make its message carry more than a long message
+    /// may; it was not taken.
+    TooLong,
 }
 
 /// A message with all of its parts.
@@ -75,7 +78,8 @@ impl<M> Complete<M> {
 pub enum DropCause {
     /// Its other parts did not come within the age limit.
     TooOld,
-    /// Too many partial messages were waiting: the oldest made room.
+    /// Too many partial messages were waiting, or they held too much
+    /// user data: the oldest made room.
     TooMany,
     /// A part under the same reference announced another total: the
     /// message started over.
@@ -95,13 +99,26 @@ struct Pending<M> {
     total: u8,
     parts: BTreeMap<u8, Part<M>>,
     started: Millis,
+    /// The user data its parts hold.
+    bytes: usize,
 }
+
+/// User data all partial messages may hold together, by default: past it
+/// the oldest are dropped ([`DropCause::TooMany`]).
+pub const DEFAULT_MAX_BYTES: usize = 32 << 20;
+/// User data one long message may carry, by default: 64 KiB, above the
+/// 35,700 octets of 255 parts of 140 and as much as one PDU can carry.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 10;
 
 /// Partial long messages.
 pub struct Reassembler<M> {
     pending: HashMap<PartKey, Pending<M>>,
     max_messages: usize,
     max_age: Millis,
+    max_bytes: usize,
+    max_message_bytes: usize,
+    /// The user data all pending parts hold.
+    bytes: usize,
     /// The messages dropped unfinished since the last
     /// [`Reassembler::take_dropped`].
     dropped: Vec<Dropped>,
@@ -113,8 +130,20 @@ impl<M> Reassembler<M> {
             pending: HashMap::new(),
             max_messages: max_messages.max(1),
             max_age,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            bytes: 0,
             dropped: Vec::new(),
         }
+    }
+
+    /// With other limits on the user data held: `total` by all partial
+    /// messages, `per_message` by one (at most `total`).
+    #[cfg(test)]
+    pub fn with_bytes(mut self, total: usize, per_message: usize) -> Reassembler<M> {
+        self.max_bytes = total.max(1);
+        self.max_message_bytes = per_message.clamp(1, self.max_bytes);
+        self
     }
 
     /// How many long messages are waiting for parts.
@@ -123,10 +152,19 @@ impl<M> Reassembler<M> {
         self.pending.len()
     }
 
+    /// The user data all waiting parts hold.
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Adds part `seq` of `total`. A part sent again (an ESME retrying)
     /// replaces the earlier copy and keeps its id; a part announcing a
     /// different total starts the message over. `new_id` names a part that
-    /// has no id yet.
+    /// has no id yet. A part that would make its message carry more than
+    /// the per-message limit is not taken ([`Added::TooLong`]); one that
+    /// makes all of them hold more than the total limit drops the oldest
+    /// others.
     #[allow(clippy::too_many_arguments)]
     pub fn add(
         &mut self,
@@ -142,40 +180,33 @@ impl<M> Reassembler<M> {
         if self.pending.get(&key).is_some_and(|p| p.total != total) {
             self.drop_message(&key, DropCause::StartedOver);
         }
-        if !self.pending.contains_key(&key) && self.pending.len() >= self.max_messages {
-            if let Some(oldest) = self
-                .pending
-                .iter()
-                .min_by_key(|(_, p)| p.started)
-                .map(|(k, _)| k.clone())
-            {
-                self.drop_message(&oldest, DropCause::TooMany);
-            }
+        let (held, replaced) = match self.pending.get(&key) {
+            Some(p) => (p.bytes, p.parts.get(&seq).map_or(0, |part| part.user_data.len())),
+            None => (0, 0),
+        };
+        if held - replaced + user_data.len() > self.max_message_bytes {
+            return Added::TooLong;
         }
-        let pending = self.pending.entry(key.clone()).or_insert_with(|| Pending {
-            total,
-            parts: BTreeMap::new(),
-            started: now,
-        });
-        let part_id = match pending.parts.get(&seq) {
+        if !self.pending.contains_key(&key) && self.pending.len() >= self.max_messages {
+            self.drop_oldest_but(&key);
+        }
+        let part_id = match self.pending.get(&key).and_then(|p| p.parts.get(&seq)) {
             Some(existing) => existing.part_id.clone(),
             None => new_id(),
         };
-        pending.parts.insert(
+        let part = Part {
             seq,
-            Part {
-                seq,
-                user_data,
-                meta,
-                part_id: part_id.clone(),
-            },
-        );
-        if pending.parts.len() < usize::from(total) {
+            user_data,
+            meta,
+            part_id: part_id.clone(),
+        };
+        let came = self.insert_part(key.clone(), total, part, now);
+        while self.bytes > self.max_bytes && self.drop_oldest_but(&key) {}
+        if came < usize::from(total) {
             return Added::Buffered { part_id };
         }
         let parts = self
-            .pending
-            .remove(&key)
+            .take(&key)
             .map(|p| p.parts.into_values().collect())
             .unwrap_or_default();
         Added::Complete(Complete {
@@ -184,6 +215,52 @@ impl<M> Reassembler<M> {
             parts,
             completing_seq: seq,
         })
+    }
+
+    /// Puts a part in its message (started at `started` if it is the
+    /// first), replacing an earlier copy; returns how many parts the
+    /// message has.
+    fn insert_part(&mut self, key: PartKey, total: u8, part: Part<M>, started: Millis) -> usize {
+        let pending = self.pending.entry(key).or_insert_with(|| Pending {
+            total,
+            parts: BTreeMap::new(),
+            started,
+            bytes: 0,
+        });
+        pending.started = pending.started.min(started);
+        let added = part.user_data.len();
+        let removed = pending
+            .parts
+            .insert(part.seq, part)
+            .map_or(0, |old| old.user_data.len());
+        pending.bytes = pending.bytes + added - removed;
+        self.bytes = self.bytes + added - removed;
+        pending.parts.len()
+    }
+
+    /// Takes a partial message out.
+    fn take(&mut self, key: &PartKey) -> Option<Pending<M>> {
+        let pending = self.pending.remove(key)?;
+        self.bytes -= pending.bytes;
+        Some(pending)
+    }
+
+    /// Drops the oldest partial message other than `keep`, if there is
+    /// one, to make room.
+    fn drop_oldest_but(&mut self, keep: &PartKey) -> bool {
+        let oldest = self
+            .pending
+            .iter()
+            .filter(|(k, _)| *k != keep)
+            .min_by_key(|(_, p)| p.started)
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(oldest) => {
+                self.drop_message(&oldest, DropCause::TooMany);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Drops the partial messages `max_age` old or older at `now`; they go
@@ -217,7 +294,7 @@ impl<M> Reassembler<M> {
 
     /// Drops a partial message unfinished, noting its parts' ids.
     fn drop_message(&mut self, key: &PartKey, cause: DropCause) {
-        if let Some(p) = self.pending.remove(key) {
+        if let Some(p) = self.take(key) {
             let part_ids = p.parts.into_values().map(|part| part.part_id).collect();
             self.dropped.push(Dropped { part_ids, cause });
         }
@@ -231,15 +308,16 @@ impl<M> Reassembler<M> {
             .iter()
             .find(|(k, p)| k.system_id == system_id && p.parts.values().any(|part| part.part_id == part_id))
             .map(|(k, _)| k.clone())?;
-        let p = self.pending.remove(&key)?;
+        let p = self.take(&key)?;
         Some(Dropped {
             part_ids: p.parts.into_values().map(|part| part.part_id).collect(),
             cause: DropCause::Cancelled,
         })
     }
 
-    /// The messages dropped unfinished (too old, too many, or started over
-    /// with another total) since the last call.
+    /// The messages dropped unfinished (too old, too many, started over
+    /// with another total, or past the limits on what they hold) since the
+    /// last call.
     pub fn take_dropped(&mut self) -> Vec<Dropped> {
         std::mem::take(&mut self.dropped)
     }
@@ -247,22 +325,18 @@ impl<M> Reassembler<M> {
     /// Takes back one part kept from before a restart, which arrived at
     /// `arrived`: its message's age counts from its earliest part. A part
     /// whose total disagrees with the parts taken back before it is
-    /// dropped ([`DropCause::StartedOver`]).
+    /// dropped ([`DropCause::StartedOver`]), and so are the oldest
+    /// messages when there are more than the limits allow.
     pub fn keep(&mut self, key: PartKey, total: u8, part: Part<M>, arrived: Millis) {
-        let pending = self.pending.entry(key).or_insert_with(|| Pending {
-            total,
-            parts: BTreeMap::new(),
-            started: arrived,
-        });
-        if pending.total == total {
-            pending.started = pending.started.min(arrived);
-            pending.parts.insert(part.seq, part);
-        } else {
+        if self.pending.get(&key).is_some_and(|p| p.total != total) {
             self.dropped.push(Dropped {
                 part_ids: vec![part.part_id],
                 cause: DropCause::StartedOver,
             });
+            return;
         }
+        self.insert_part(key.clone(), total, part, arrived);
+        while (self.bytes > self.max_bytes || self.pending.len() > self.max_messages) && self.drop_oldest_but(&key) {}
     }
 
     /// Puts back the parts that arrived before the completing one, after the
@@ -271,24 +345,15 @@ impl<M> Reassembler<M> {
     pub fn restore(&mut self, complete: Complete<M>, now: Millis) {
         let Complete {
             key,
-            total,
             parts,
             completing_seq,
+            total,
         } = complete;
-        let parts: BTreeMap<u8, Part<M>> = parts
-            .into_iter()
-            .filter(|p| p.seq != completing_seq)
-            .map(|p| (p.seq, p))
-            .collect();
-        if !parts.is_empty() {
-            self.pending.insert(
-                key,
-                Pending {
-                    total,
-                    parts,
-                    started: now,
-                },
-            );
+        if self.pending.get(&key).is_some_and(|p| p.total != total) {
+            self.drop_message(&key, DropCause::StartedOver);
+        }
+        for part in parts.into_iter().filter(|p| p.seq != completing_seq) {
+            self.insert_part(key.clone(), total, part, now);
         }
     }
 }
@@ -410,6 +475,69 @@ mod tests {
         );
         assert_eq!(r.len(), 1);
         assert!(r.take_dropped().is_empty(), "told to the canceller, not as dropped");
+    }
+
+    fn add_bytes(r: &mut Reassembler<()>, reference: u16, seq: u8, len: usize, now: Millis) -> Added<()> {
+        r.add(key(reference), 3, seq, vec![b'x'; len], (), now, || {
+            format!("p{reference}-{seq}")
+        })
+    }
+
+    #[test]
+    fn partial_messages_hold_at_most_their_byte_limits() {
+        let mut r = Reassembler::new(10, 60_000).with_bytes(10, 6);
+        assert!(matches!(add_bytes(&mut r, 1, 1, 4, 0), Added::Buffered { .. }));
+        assert!(
+            matches!(add_bytes(&mut r, 1, 2, 3, 0), Added::TooLong),
+            "7 > 6 in one message"
+        );
+        assert!(
+            matches!(add_bytes(&mut r, 1, 1, 6, 0), Added::Buffered { .. }),
+            "a resent part replaces"
+        );
+        assert_eq!((r.len(), r.bytes()), (1, 6));
+        add_bytes(&mut r, 2, 1, 4, 1);
+        assert!(r.take_dropped().is_empty(), "10 fit");
+        add_bytes(&mut r, 3, 1, 1, 2);
+        assert_eq!(
+            r.take_dropped(),
+            vec![dropped(&["p1-1"], DropCause::TooMany)],
+            "the oldest made room"
+        );
+        assert_eq!((r.len(), r.bytes()), (2, 5));
+        let Added::Complete(done) = ({
+            add_bytes(&mut r, 2, 2, 1, 3);
+            add_bytes(&mut r, 2, 3, 1, 3)
+        }) else {
+            panic!("three parts make the message");
+        };
+        assert_eq!(done.user_data().len(), 6);
+        assert_eq!((r.len(), r.bytes()), (1, 1), "a completed message holds nothing");
+        assert_eq!(
+            r.cancel("esme", "p3-1").map(|d| d.part_ids),
+            Some(vec!["p3-1".to_string()])
+        );
+        assert_eq!((r.len(), r.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn parts_taken_back_after_a_restart_keep_to_the_limits_too() {
+        let mut r = Reassembler::new(2, 60_000).with_bytes(10, 6);
+        for (reference, arrived) in [(1u16, 30), (2, 10), (3, 20)] {
+            let part = Part {
+                seq: 1,
+                user_data: vec![0; 3],
+                meta: (),
+                part_id: format!("k{reference}"),
+            };
+            r.keep(key(reference), 3, part, arrived);
+        }
+        assert_eq!(
+            r.take_dropped(),
+            vec![dropped(&["k2"], DropCause::TooMany)],
+            "the oldest"
+        );
+        assert_eq!((r.len(), r.bytes()), (2, 6));
     }
 
     fn dropped(ids: &[&str], cause: DropCause) -> Dropped {

@@ -556,11 +556,17 @@ impl Session {
                             kept.part_id = part_id.clone();
                             Some(backend.keep_part(&kept))
                         }
-                        Added::Complete(_) => None,
+                        Added::Complete(_) | Added::TooLong => None,
                     };
                     (added, kept)
                 };
                 match added {
+                    Added::TooLong => {
+                        tracing::debug!(part, total, "a part that makes its message too long refused");
+                        return self
+                            .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRinvmsglen, seq)
+                            .await;
+                    }
                     Added::Buffered { part_id } => {
                         tracing::debug!(part, total, message_id = %part_id, "part buffered");
                         // Durable before its submit_sm_resp, as a whole

@@ -743,6 +743,52 @@ async fn multipart_ucs2_reaches_the_backend_as_one_text() {
     smsc.stop().await;
 }
 
+/// A long message may carry 64 KiB of user data, whatever its parts: a
+/// part (SAR with a message_payload) that would take it past that is
+/// refused with ESME_RINVMSGLEN and the parts before it wait on, so that a
+/// peer cannot make the SMSC hold more than its limits.
+#[tokio::test]
+async fn a_part_that_makes_its_message_longer_than_64_kib_gets_esme_rinvmsglen() {
+    let mut smsc = TestSmsc::start().await;
+    let mut conn = raw(smsc.addr).await;
+    let bind = bind_transceiver("esme", "secret");
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    let part = |seq: u8, len: usize| {
+        let mut sm = submit_sm("819012345678", 4, 0, vec![]);
+        sm.push_tlv(MessageSubmissionRequestTlvValue::MessagePayload(
+            rusmpp::values::MessagePayload::new(AnyOctetString::from_vec(vec![b'x'; len])),
+        ));
+        sm.push_tlv(MessageSubmissionRequestTlvValue::SarMsgRefNum(301));
+        sm.push_tlv(MessageSubmissionRequestTlvValue::SarTotalSegments(3));
+        sm.push_tlv(MessageSubmissionRequestTlvValue::SarSegmentSeqnum(seq));
+        sm
+    };
+    let big = concat::DEFAULT_MAX_MESSAGE_BYTES / 2;
+    assert_eq!(
+        raw_call(&mut conn, 2, part(1, big)).await.status(),
+        CommandStatus::EsmeRok
+    );
+    assert_eq!(
+        raw_call(&mut conn, 3, part(2, big)).await.status(),
+        CommandStatus::EsmeRok
+    );
+    assert_eq!(
+        raw_call(&mut conn, 4, part(3, 1)).await.status(),
+        CommandStatus::EsmeRinvmsglen
+    );
+    assert_eq!(
+        raw_call(&mut conn, 5, part(2, big - 1)).await.status(),
+        CommandStatus::EsmeRok
+    );
+    assert_eq!(
+        raw_call(&mut conn, 6, part(3, 1)).await.status(),
+        CommandStatus::EsmeRok
+    );
+    let whole = smsc.submissions.try_recv().expect("the message, whole at 64 KiB");
+    assert_eq!(whole.part_ids.len(), 2);
+    smsc.stop().await;
+}
+
 #[tokio::test]
 async fn sar_parts_and_payload_are_reassembled_and_queryable() {
     let mut smsc = TestSmsc::start().await;
