@@ -411,6 +411,35 @@ async fn validity_period_ends_the_retries_of_an_absent_phone_at_that_time() {
     server.stop().await;
 }
 
+/// schedule_delivery_time holds a message back: nothing is tried before
+/// it, then it is delivered as any other; one after the end of the
+/// validity period, or unreadable, is refused with ESME_RINVSCHED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedule_delivery_time_holds_the_message_until_then() {
+    let server = TestServer::start().await;
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let held = esme
+        .send(&sms(PHONE, "in ten minutes").scheduled("000000001000000R"))
+        .await;
+    server.advance(9 * 60).await;
+    assert_eq!(esme.query(&held).await.map(|q| q.0), Ok(1), "ENROUTE, not tried yet");
+    assert!(server.inbox(PHONE).await.is_empty());
+    let events = logged_events(&server, PHONE).await;
+    assert_eq!(events, ["smsc_accepted"], "no attempt before the time");
+    server.advance(60 + RUN).await;
+    let receipt = esme.receipt().await;
+    assert_eq!((receipt.id.as_str(), receipt.stat.as_str()), (held.as_str(), "DELIVRD"));
+    assert_eq!(server.inbox(PHONE).await.len(), 1);
+
+    for refused in ["000004000000000R", "tomorrow please!"] {
+        let status = esme.submit(&sms(PHONE, "never").scheduled(refused)).await;
+        assert_eq!(status, Err(0x61), "{refused}: ESME_RINVSCHED");
+    }
+    esme.unbind().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_for_a_transmitter_goes_to_a_receiver_or_waits_until_one_binds() {
     let server = TestServer::start().await;

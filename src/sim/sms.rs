@@ -396,6 +396,7 @@ impl SmsNetwork {
             .and_then(|v| parse_smpp_time(v, now))
             .map(|t| t.clamp(now, validity_end))
             .unwrap_or(validity_end);
+        let scheduled = scheduled_delivery(sub.schedule_delivery_time.as_deref(), now, expires_at)?;
         let shown = carrier.displayed_sender(&sub.source_addr, &inner.world.profile);
         let mut accepted = Event::new("smsc_accepted", now).state(State::Submitted).detail(format!(
             "accepted for {} ({})",
@@ -403,6 +404,11 @@ impl SmsNetwork {
             carrier.id
         ));
         accepted.smsc_message_id = Some(id.clone());
+        if let Some(at) = scheduled {
+            accepted.detail = accepted
+                .detail
+                .map(|d| format!("{d}; delivery scheduled for {}", crate::clock::rfc3339(at)));
+        }
         let existing = match &sub.message_ref {
             Some(r) => inner.log.get(r).map_err(sys)?,
             None => None,
@@ -440,7 +446,7 @@ impl SmsNetwork {
             }
         };
         let log_id = written.message.id.clone();
-        let first_attempt_at = now
+        let first_attempt_at = scheduled.unwrap_or(now)
             + carrier
                 .delivery_delay_ms(&mut self.rng(&id, 0, 2), chaos.enabled)
                 .max(0);
@@ -811,6 +817,21 @@ impl SmsNetwork {
     }
 }
 
+/// When a submit_sm's `schedule_delivery_time` asks the first delivery to
+/// be tried: `None` for now (none given, or one already past). A time that
+/// cannot be read, or that falls after the message's validity ends, is
+/// refused with ESME_RINVSCHED, as an SMSC that honours it does.
+fn scheduled_delivery(given: Option<&str>, now: Millis, expires_at: Millis) -> Result<Option<Millis>, SubmitRefusal> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    match parse_smpp_time(given, now) {
+        Some(at) if at > expires_at => Err(SubmitRefusal::Status(0x61)),
+        Some(at) => Ok((at > now).then_some(at)),
+        None => Err(SubmitRefusal::Status(0x61)),
+    }
+}
+
 /// The receipt a message made final with `codes` at `now` owes its ESME,
 /// if its `registered_delivery` asked for one (1: any outcome, 2: a
 /// failure); it quotes the start of `text`.
@@ -959,6 +980,28 @@ mod tests {
             Some(crate::clock::DEFAULT_VIRTUAL_START)
         );
         assert_eq!(parse_smpp_time("garbage", 0), None);
+    }
+
+    #[test]
+    fn scheduled_deliveries() {
+        let now = crate::clock::DEFAULT_VIRTUAL_START;
+        let end = now + 86_400_000;
+        assert_eq!(scheduled_delivery(None, now, end), Ok(None));
+        assert_eq!(
+            scheduled_delivery(Some("000000000500000R"), now, end),
+            Ok(Some(now + 300_000))
+        );
+        // 2025-01-01 00:00 UTC: past, so now.
+        assert_eq!(scheduled_delivery(Some("250101000000000+"), now, end), Ok(None));
+        assert_eq!(
+            scheduled_delivery(Some("000002000000000R"), now, end),
+            Err(SubmitRefusal::Status(0x61)),
+            "two days, past the validity"
+        );
+        assert_eq!(
+            scheduled_delivery(Some("soon"), now, end),
+            Err(SubmitRefusal::Status(0x61))
+        );
     }
 
     #[test]

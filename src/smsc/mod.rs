@@ -124,6 +124,8 @@ pub struct Submission {
     pub registered_delivery: u8,
     /// Raw SMPP time string if given.
     pub validity_period: Option<String>,
+    /// Raw SMPP time string if given: no delivery is tried before it.
+    pub schedule_delivery_time: Option<String>,
     /// Vendor TLV 0x1401 (ASCII): the reference otpgate's own client puts on
     /// each part so the delivery log can match the submission to its message.
     pub message_ref: Option<String>,
@@ -145,6 +147,7 @@ impl std::fmt::Debug for Submission {
             .field("parts", &self.parts)
             .field("registered_delivery", &self.registered_delivery)
             .field("validity_period", &self.validity_period)
+            .field("schedule_delivery_time", &self.schedule_delivery_time)
             .field("message_ref", &self.message_ref)
             .finish_non_exhaustive()
     }

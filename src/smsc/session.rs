@@ -109,6 +109,8 @@ pub struct PartMeta {
     registered_delivery: u8,
     validity_period: Option<String>,
     message_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule_delivery_time: Option<String>,
 }
 
 /// A submit_sm, read.
@@ -938,6 +940,7 @@ fn read_submit(system_id: &str, sm: &SubmitSm) -> Result<Incoming, CommandStatus
         _ => None,
     };
     let validity = sm.validity_period.as_str();
+    let scheduled = sm.schedule_delivery_time.as_str();
     let meta = PartMeta {
         source_ton: u8::from(sm.source_addr_ton),
         source_npi: u8::from(sm.source_addr_npi),
@@ -947,6 +950,7 @@ fn read_submit(system_id: &str, sm: &SubmitSm) -> Result<Incoming, CommandStatus
         registered_delivery: u8::from(sm.registered_delivery),
         validity_period: (!validity.is_empty()).then(|| validity.to_string()),
         message_ref,
+        schedule_delivery_time: (!scheduled.is_empty()).then(|| scheduled.to_string()),
     };
     match concat {
         Some(concat) if concat.total > 1 => Ok(Incoming::Part {
@@ -988,6 +992,7 @@ fn submission(
         parts,
         registered_delivery: meta.registered_delivery,
         validity_period: meta.validity_period,
+        schedule_delivery_time: meta.schedule_delivery_time,
         message_ref: meta.message_ref,
         part_ids: Vec::new(),
     }

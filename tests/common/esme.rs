@@ -54,6 +54,7 @@ pub struct Sms {
     pub text: String,
     pub registered_delivery: u8,
     pub validity_period: Option<String>,
+    pub schedule_delivery_time: Option<String>,
     /// The UDH reference of a long message.
     pub reference: u8,
 }
@@ -67,6 +68,7 @@ pub fn sms(to: &str, text: &str) -> Sms {
         text: text.to_string(),
         registered_delivery: 1,
         validity_period: None,
+        schedule_delivery_time: None,
         reference: 42,
     }
 }
@@ -80,6 +82,12 @@ impl Sms {
     /// An SMPP time, e.g. `000000001000000R` for ten minutes.
     pub fn validity(mut self, period: &str) -> Sms {
         self.validity_period = Some(period.to_string());
+        self
+    }
+
+    /// An SMPP time, e.g. `000000000500000R` for in five minutes.
+    pub fn scheduled(mut self, at: &str) -> Sms {
+        self.schedule_delivery_time = Some(at.to_string());
         self
     }
 
@@ -122,6 +130,7 @@ impl Sms {
 
     fn pdu(&self, data_coding: u8, esm_class: u8, body: Vec<u8>) -> SubmitSm {
         let validity = self.validity_period.as_deref().unwrap_or("");
+        let scheduled = self.schedule_delivery_time.as_deref().unwrap_or("");
         SubmitSm::builder()
             .source_addr_ton(Ton::National)
             .source_addr_npi(Npi::Isdn)
@@ -131,6 +140,7 @@ impl Sms {
             .destination_addr(COctetString::from_str(&self.to).expect("destination address"))
             .esm_class(EsmClass::from(esm_class))
             .validity_period(EmptyOrFullCOctetString::from_str(validity).expect("validity period"))
+            .schedule_delivery_time(EmptyOrFullCOctetString::from_str(scheduled).expect("schedule"))
             .registered_delivery(RegisteredDelivery::from(self.registered_delivery))
             .data_coding(DataCoding::from(data_coding))
             .short_message(OctetString::from_vec(body).expect("short message"))
