@@ -156,3 +156,62 @@ fn a_data_directory_of_a_newer_format_is_refused_at_start_up() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
     assert!(!data.join("db").exists(), "nothing opened: {stderr}");
 }
+
+/// A write-ahead log damaged before writes it acknowledged (a byte of the
+/// newest log file's first frame flipped, its later frames sound) is
+/// refused at start-up, naming the file and what to do, rather than
+/// replayed up to the damage and started without what came after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_ahead_log_damaged_before_acknowledged_writes_is_refused_at_start_up() {
+    let mut server = common::BinServer::start(None).await;
+    for i in 0..10 {
+        server
+            .handset(&format!("0902222{i:04}"), json!({"carrier": "docomo"}))
+            .await;
+    }
+    let mut child = server.child.take().expect("running");
+    child.kill().await.expect("SIGKILL");
+    let data = server.dir.path().join("data");
+    let newest = std::fs::read_dir(data.join("wal"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .max()
+        .expect("a log file");
+    let number: u64 = newest.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    // Frames start on 4 KiB pages with their length and file number.
+    let frames: Vec<usize> = (0..bytes.len())
+        .step_by(4096)
+        .filter(|&at| bytes.get(at + 4..at + 12) == Some(&number.to_le_bytes()[..]))
+        .collect();
+    assert!(
+        frames.len() >= 2,
+        "acknowledged writes in {}: {frames:?}",
+        newest.display()
+    );
+    bytes[frames[0] + 16 + 3] ^= 0xff;
+    std::fs::write(&newest, &bytes).unwrap();
+
+    let mut again = tokio::process::Command::new(env!("CARGO_BIN_EXE_otpgate"));
+    again
+        .env("OTPGATE_LOG", "off")
+        .arg("serve")
+        .args(common::ON_ANY_PORTS)
+        .arg("--data")
+        .arg(&data)
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), again.output())
+        .await
+        .expect("refused, not started")
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = newest.file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        stderr.contains(&format!("{file} is damaged at byte {}", frames[0])),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Restore the data directory from a copy"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}

@@ -194,6 +194,11 @@ impl Wal {
         for (_, path) in &legacy {
             replayed += replay_records(&fs::read(path)?, db).map_err(io::Error::other)?;
         }
+        let mut surveys = Vec::with_capacity(files.len());
+        for (number, path) in &files {
+            surveys.push((*number, path.clone(), survey(&fs::read(path)?, *number)));
+        }
+        check_log_files(&surveys)?;
         for (number, path) in &files {
             replayed += replay(&fs::read(path)?, *number, db).map_err(io::Error::other)?;
         }
@@ -618,26 +623,100 @@ fn numbered_files(dir: &Path, extension: &str) -> io::Result<Vec<(u64, PathBuf)>
     Ok(files)
 }
 
-/// Applies the frames of log file `number` to sled, up to the first one
-/// that is short, of another number or fails its checksum; returns how
-/// many records they held.
-fn replay(bytes: &[u8], number: u64, db: &sled::Db) -> Result<usize, String> {
-    let mut records = 0;
-    let mut at = 0;
-    while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
+/// Where the frames of log file `number` end, and what follows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Survey {
+    /// The byte after the last frame that replays.
+    end: usize,
+    frames: usize,
+    /// The replay ends at a frame of this file that is short or fails its
+    /// checksum (not at zeros, the end, or an older file's frame): the
+    /// write a crash cut off, if nothing of this file's came after it.
+    torn: bool,
+    /// A frame of this file that passes its checksum, after the end: the
+    /// frame at the end was written and synced once (the writer writes
+    /// the next frame only after syncing one), and has been damaged since.
+    resumes: Option<usize>,
+}
+
+/// The frames of log file `number`: they replay up to the first one that
+/// is short, of another number or fails its checksum.
+fn survey(bytes: &[u8], number: u64) -> Survey {
+    let frame_at = |at: usize| -> Result<usize, bool> {
+        let header = bytes.get(at..at + FRAME_HEADER).ok_or(false)?;
         let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
         let file = u64::from_le_bytes(header[4..12].try_into().unwrap_or_default());
         let crc = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
-        let Some(body) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
-            break;
-        };
-        if file != number || crc32fast::hash(body) != crc {
-            break;
+        if file != number {
+            return Err(false);
         }
-        records += replay_records(body, db)?;
+        match bytes.get(at + FRAME_HEADER..(at + FRAME_HEADER).saturating_add(len)) {
+            Some(body) if crc32fast::hash(body) == crc => Ok((at + FRAME_HEADER + len).next_multiple_of(PAGE)),
+            _ => Err(true),
+        }
+    };
+    let (mut end, mut frames) = (0, 0);
+    let torn = loop {
+        match frame_at(end) {
+            Ok(next) => {
+                end = next;
+                frames += 1;
+            }
+            Err(torn) => break torn,
+        }
+    };
+    let resumes = (end + PAGE..bytes.len()).step_by(PAGE).find(|&at| frame_at(at).is_ok());
+    Survey {
+        end,
+        frames,
+        torn,
+        resumes,
+    }
+}
+
+/// Applies the frames of log file `number` to sled, up to the first one
+/// that is short, of another number or fails its checksum ([`survey`]);
+/// returns how many records they held.
+fn replay(bytes: &[u8], number: u64, db: &sled::Db) -> Result<usize, String> {
+    let end = survey(bytes, number).end;
+    let mut records = 0;
+    let mut at = 0;
+    while at < end {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default()) as usize;
+        records += replay_records(&bytes[at + FRAME_HEADER..at + FRAME_HEADER + len], db)?;
         at = (at + FRAME_HEADER + len).next_multiple_of(PAGE);
     }
     Ok(records)
+}
+
+/// Refuses log files whose replay would end before writes that were
+/// acknowledged: a frame that fails its checksum, or is short, with a
+/// sound frame of the same file after it, or at the end of a file when a
+/// later file holds frames (the writer starts a file only once the one
+/// before is synced whole). A crash cuts off only the last write it did
+/// not acknowledge, so either is damage done since; replaying up to it
+/// would start the server without what came after, or with later writes
+/// over a gap. Not caught: damage to the last frame of the newest file,
+/// or to a frame's file number, both indistinguishable from where a
+/// crash or a recycled file ends a log.
+fn check_log_files(surveys: &[(u64, PathBuf, Survey)]) -> io::Result<()> {
+    for (i, (_, path, survey)) in surveys.iter().enumerate() {
+        let later = surveys[i + 1..].iter().any(|(_, _, s)| s.frames > 0);
+        let damaged = match survey.resumes {
+            Some(_) => true,
+            None => survey.torn && later,
+        };
+        if damaged {
+            return Err(io::Error::other(format!(
+                "the write-ahead log file {} is damaged at byte {}, with acknowledged writes after it: starting \
+                 would lose them. Restore the data directory from a copy; or move that file (and any later \
+                 .log files) out of the directory to start without the writes from there on",
+                path.display(),
+                survey.end
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Applies whole records to sled; returns how many.
@@ -807,6 +886,103 @@ mod tests {
         let mut bad = [frame(7, &put(b"a", b"1")), frame(7, &put(b"b", b"2"))].concat();
         bad[PAGE + FRAME_HEADER + 3] ^= 0xff;
         assert_eq!(replay(&bad, 7, &db), Ok(1), "a bad checksum ends the replay");
+    }
+
+    /// Where a log ends and why: the frames that pass, whether the end is
+    /// a frame of this file gone bad, and whether a sound frame of it
+    /// comes after that.
+    #[test]
+    fn a_survey_tells_a_torn_end_from_damage_in_the_middle() {
+        let frames = |n: u64| {
+            [
+                frame(n, &put(b"a", b"1")),
+                frame(n, &put(b"b", b"2")),
+                frame(n, &put(b"c", b"3")),
+            ]
+        };
+        let log = frames(7).concat();
+        assert_eq!(
+            survey(&log, 7),
+            Survey {
+                end: 3 * PAGE,
+                frames: 3,
+                torn: false,
+                resumes: None
+            }
+        );
+        let mut torn = log.clone();
+        torn[2 * PAGE + FRAME_HEADER + 3] ^= 0xff;
+        assert_eq!(
+            survey(&torn, 7),
+            Survey {
+                end: 2 * PAGE,
+                frames: 2,
+                torn: true,
+                resumes: None
+            },
+            "the last frame: a crash's"
+        );
+        let mut damaged = log.clone();
+        damaged[PAGE + FRAME_HEADER + 3] ^= 0xff;
+        assert_eq!(
+            survey(&damaged, 7).resumes,
+            Some(2 * PAGE),
+            "a sound frame after a bad one"
+        );
+        let mut header = log.clone();
+        header[PAGE + 5] ^= 0x01;
+        assert_eq!(
+            (survey(&header, 7).torn, survey(&header, 7).resumes),
+            (false, Some(2 * PAGE)),
+            "a damaged file number, caught by what follows"
+        );
+        // A spare written over: its old frames are another file's.
+        let mut spare = frames(3).concat();
+        spare[..PAGE].copy_from_slice(&frame(7, &put(b"a", b"new")));
+        assert_eq!(
+            survey(&spare, 7),
+            Survey {
+                end: PAGE,
+                frames: 1,
+                torn: false,
+                resumes: None
+            }
+        );
+    }
+
+    /// The log refuses to open when its replay would end before writes
+    /// that were acknowledged, and says which file and what to do; a torn
+    /// end of the newest file (a crash's) opens.
+    #[test]
+    fn a_log_damaged_before_acknowledged_writes_is_refused() {
+        let open = |files: &[(u64, Vec<u8>)]| {
+            let dir = tempfile::tempdir().unwrap();
+            for (number, bytes) in files {
+                fs::write(file_named(dir.path(), *number, "log"), bytes).unwrap();
+            }
+            let sled_dir = tempfile::tempdir().unwrap();
+            let db = sled::Config::new().path(sled_dir.path()).open().unwrap();
+            let opened = Wal::open(dir.path(), &db, sled_dir.path(), Arc::new(Layers::new()));
+            (opened.map(drop).map_err(|e| e.to_string()), value(&db, "a"))
+        };
+        let sound = |n: u64, key: &[u8]| frame(n, &put(key, b"1"));
+        let mut torn_tail = [sound(4, b"a"), sound(4, b"b")].concat();
+        torn_tail[PAGE + FRAME_HEADER + 3] ^= 0xff;
+        let (opened, a) = open(&[(4, torn_tail.clone())]);
+        assert_eq!((opened, a.as_deref()), (Ok(()), Some(&b"1"[..])), "a crash's torn end");
+
+        let (opened, a) = open(&[(4, torn_tail), (5, sound(5, b"c"))]);
+        let refusal = opened.unwrap_err();
+        assert!(
+            refusal.contains("0000000000000004.log is damaged at byte 4096"),
+            "{refusal}"
+        );
+        assert!(refusal.contains("Restore the data directory from a copy"), "{refusal}");
+        assert_eq!(a, None, "nothing replayed");
+
+        let mut middle = [sound(4, b"a"), sound(4, b"b"), sound(4, b"c")].concat();
+        middle[PAGE + FRAME_HEADER + 3] ^= 0xff;
+        assert!(open(&[(4, middle)]).0.unwrap_err().contains("damaged at byte 4096"));
     }
 
     /// A checkpoint thread with nothing to drain waits without a timer,
