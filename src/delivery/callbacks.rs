@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use crate::clock::{rfc3339, Clock, Millis};
 use crate::delivery::log::{Event, Message, Observer};
 use crate::shutdown::Shutdown;
+use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
 
 /// The first wait after a failed POST; it doubles up to [`BACKOFF_MAX`].
@@ -43,6 +44,12 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// How long a POST under way may still take once shutdown began, so that an
 /// answered callback is not sent again after the restart.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The most callbacks that wait for the receiver: past it the oldest are
+/// dropped unsent, so that an outbox whose receiver went away (a test
+/// suite that finished) does not grow with every event for ever.
+pub const OUTBOX_KEPT: usize = 100_000;
+/// How often, at most, dropped callbacks are told in the server's log.
+const DROPS_TOLD_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
@@ -139,6 +146,11 @@ pub struct Callbacks {
     clock: Arc<Clock>,
     target: Target,
     wake: Arc<Notify>,
+    /// At most [`OUTBOX_KEPT`] wait.
+    retention: Arc<Retention>,
+    /// Callbacks dropped unsent since the last time the log told, and when
+    /// it last did.
+    dropped: Arc<std::sync::Mutex<(usize, Option<std::time::Instant>)>>,
 }
 
 impl std::fmt::Debug for Callbacks {
@@ -175,12 +187,15 @@ impl Callbacks {
     /// previous run left unsent is sent first.
     pub fn open(store: &Store, clock: Arc<Clock>, url: String) -> Result<Callbacks, CallbackError> {
         let target = Target::parse(&url)?;
+        let outbox = store.tree("callback_outbox")?;
         let callbacks = Callbacks {
             store: store.clone(),
-            outbox: store.tree("callback_outbox")?,
+            retention: Arc::new(Retention::new(OUTBOX_KEPT, outbox.len())),
+            outbox,
             clock,
             target,
             wake: Arc::new(Notify::new()),
+            dropped: Arc::default(),
         };
         if !callbacks.outbox.is_empty() {
             tracing::info!(
@@ -211,8 +226,42 @@ impl Callbacks {
         // Ids only grow, also across restarts, so key order is queue order.
         let key = format!("{:020}", self.store.next_id()?);
         self.outbox.put(&key, &entry)?;
+        self.retention.added();
+        self.drop_oldest();
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Drops the oldest callbacks past [`OUTBOX_KEPT`], unsent, and says so
+    /// in the server's log (every [`DROPS_TOLD_EVERY`] at most).
+    fn drop_oldest(&self) {
+        let mut dropped = 0;
+        self.retention
+            .remove_oldest("status callbacks", &self.store, &self.outbox, |key, batch| {
+                batch.remove(&self.outbox, key);
+                dropped += 1;
+                Ok(Some(()))
+            });
+        if dropped == 0 {
+            return;
+        }
+        let mut told = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        told.0 += dropped;
+        let now = std::time::Instant::now();
+        if told.1.is_none_or(|at| now.duration_since(at) >= DROPS_TOLD_EVERY) {
+            tracing::warn!(
+                dropped = told.0,
+                kept = OUTBOX_KEPT,
+                "status callbacks dropped unsent: the receiver has not taken the older ones"
+            );
+            *told = (0, Some(now));
+        }
+    }
+
+    /// Keeps at most `callbacks` waiting from now on.
+    #[cfg(test)]
+    fn keep(&self, callbacks: usize) {
+        self.retention.keep(callbacks);
     }
 
     /// How many callbacks wait to be acknowledged.
@@ -259,8 +308,9 @@ impl Callbacks {
             };
             let failure = match sent {
                 Ok(status) if (200..300).contains(&status) => {
-                    if let Err(error) = self.outbox.remove(&key) {
-                        tracing::error!(%error, "removing a sent status callback");
+                    match self.outbox.remove(&key) {
+                        Ok(()) => self.retention.removed(),
+                        Err(error) => tracing::error!(%error, "removing a sent status callback"),
                     }
                     backoff = BACKOFF_MIN;
                     continue;
@@ -452,6 +502,35 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// With no receiver taking them, at most the cap of callbacks wait:
+    /// the oldest are dropped, the newest kept in order.
+    #[tokio::test]
+    async fn callbacks_nobody_takes_wait_up_to_the_cap_and_the_oldest_go() {
+        let store = Store::temporary().unwrap();
+        let log = DeliveryLog::open(&store).unwrap();
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let url = format!("http://{closed}/hooks");
+        let callbacks = Callbacks::open(&store, Clock::virtual_at(DEFAULT_VIRTUAL_START), url).unwrap();
+        callbacks.keep(4);
+        log.observe(callbacks.observer());
+        for _ in 0..3 {
+            three_events(&log).await;
+        }
+        assert_eq!(callbacks.waiting(), 4);
+        let kinds: Vec<String> = callbacks
+            .outbox
+            .scan_prefix::<Queued>("")
+            .unwrap()
+            .into_iter()
+            .map(|(_, q)| q.payload["event"]["kind"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            kinds,
+            ["delivered", "queued", "submitted", "delivered"],
+            "the newest, in order"
+        );
     }
 
     #[tokio::test]

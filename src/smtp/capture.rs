@@ -404,14 +404,25 @@ struct Inner {
     mailboxes: Tree,
     /// `recipient \x1f sender` -> when the pair was first seen.
     greylist: Tree,
+    /// Order of first sight (`{n:015}` -> (pair, first seen)), oldest
+    /// first, for the greylist's retention.
+    greylist_order: Tree,
+    /// The most pairs the greylist remembers ([`GREYLIST_KEPT`]): senders
+    /// are whatever clients say, so it would grow with traffic.
+    greylist_retention: Retention,
     /// Serialises explicit deletes.
     removing: Mutex<()>,
     observer: RwLock<Option<MailObserver>>,
 }
 
+/// The most (recipient, sender) pairs the greylist remembers; past it the
+/// oldest are forgotten.
+pub const GREYLIST_KEPT: usize = 100_000;
+
 impl MailWorld {
     pub fn new(store: &Store, clock: Arc<Clock>, retention: usize) -> Result<MailWorld, StoreError> {
         let messages = store.tree("mail_messages")?;
+        let greylist_order = store.tree("mail_greylist_order")?;
         Ok(MailWorld {
             inner: Arc::new(Inner {
                 store: store.clone(),
@@ -422,6 +433,8 @@ impl MailWorld {
                 entries: store.tree("mail_mailbox_entries")?,
                 mailboxes: store.tree("mail_mailboxes")?,
                 greylist: store.tree("mail_greylist")?,
+                greylist_retention: Retention::new(GREYLIST_KEPT, greylist_order.len()),
+                greylist_order,
                 removing: Mutex::new(()),
                 observer: RwLock::new(None),
             }),
@@ -638,6 +651,42 @@ impl MailWorld {
         Ok(true)
     }
 
+    /// Remembers at most `pairs` greylisted pairs from now on.
+    #[cfg(test)]
+    pub(crate) fn keep_greylist(&self, pairs: usize) {
+        self.inner.greylist_retention.keep(pairs);
+    }
+
+    /// Remembers a greylisted pair's first attempt, and forgets the
+    /// oldest pairs past [`GREYLIST_KEPT`]: a pair forgotten is greylisted
+    /// again, as a greylisting server's expired entry is.
+    fn remember_pair(&self, pair: &str, now: Millis) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let mut batch = inner.store.batch();
+        batch.put(&inner.greylist, pair, &now)?;
+        let order = format!("{:015}", inner.store.next_id()?);
+        batch.put(&inner.greylist_order, &order, &(pair, now))?;
+        inner.store.apply(batch)?;
+        inner.greylist_retention.added();
+        inner.greylist_retention.remove_oldest(
+            "greylist pairs",
+            &inner.store,
+            &inner.greylist_order,
+            |order, batch| {
+                // Unless the pair was seen afresh since (its mailbox turned
+                // greylisting on again): that sighting has its own entry.
+                if let Some((pair, first_seen)) = inner.greylist_order.get::<(String, Millis)>(order)? {
+                    if inner.greylist.get::<Millis>(&pair)? == Some(first_seen) {
+                        batch.remove(&inner.greylist, &pair);
+                    }
+                }
+                batch.remove(&inner.greylist_order, order);
+                Ok(Some(()))
+            },
+        );
+        Ok(())
+    }
+
     /// Removes the oldest messages past the retention (see [`Retention`]).
     fn enforce_retention(&self) {
         let inner = &self.inner;
@@ -672,7 +721,7 @@ impl MailWorld {
                 let key = format!("{address}{KEY_SEPARATOR}{sender}");
                 let state = greylist_state(self.inner.greylist.get(&key)?, now);
                 if state == Greylist::FirstAttempt {
-                    self.inner.greylist.put(&key, &now)?;
+                    self.remember_pair(&key, now)?;
                 }
                 state
             } else {

@@ -334,6 +334,36 @@ async fn greylisting_defers_the_first_attempt_and_passes_a_retry_after_the_delay
     w.stop().await;
 }
 
+/// Senders are whatever clients say, so the greylist keeps at most its
+/// cap of (recipient, sender) pairs: past it the oldest are forgotten, and
+/// such a sender is greylisted afresh, as an expired entry of a
+/// greylisting server is.
+#[tokio::test]
+async fn the_greylist_forgets_its_oldest_pairs_past_its_cap() {
+    let store = Store::temporary().unwrap();
+    let clock = Clock::virtual_at(0);
+    let world = MailWorld::new(&store, clock.clone(), 10).unwrap();
+    world.keep_greylist(3);
+    let patch = MailboxPatch {
+        greylist: Some(true),
+        ..Default::default()
+    };
+    world.put_mailbox("grey@example.com", patch).await.unwrap();
+    let senders: Vec<String> = (0..6).map(|i| format!("s{i}@example.com")).collect();
+    for sender in &senders {
+        let first = world.rcpt(sender, "grey@example.com").await;
+        assert!(matches!(first, RcptVerdict::Reject { code: 451, .. }), "{first:?}");
+    }
+    clock.advance(61_000).await;
+    let mut passed = Vec::new();
+    for sender in senders.iter().rev() {
+        passed.push(world.rcpt(sender, "grey@example.com").await == RcptVerdict::Accept);
+    }
+    assert_eq!(passed, [true, true, true, false, false, false], "newest first");
+    assert_eq!(store.tree("mail_greylist").unwrap().len(), 3);
+    assert_eq!(store.tree("mail_greylist_order").unwrap().len(), 3);
+}
+
 #[tokio::test]
 async fn an_oversized_message_answers_552_and_is_not_stored() {
     let w = start(SmtpConfig {

@@ -1,7 +1,7 @@
 //! A cap on how many records of one kind are kept: past it the oldest go,
 //! a few at a time, as new ones come. The delivery log, the SMS network's
-//! records, the OTP core's finished OTPs and the mail capture each keep
-//! one.
+//! records, the OTP core's finished OTPs, the mail capture, its greylist
+//! and the status callbacks' outbox each keep one.
 //!
 //! Removals are not synced on their own: a removal a crash undoes is made
 //! again by a later one. Whoever finds another caller removing goes on
