@@ -17,6 +17,7 @@ pub mod fixtures;
 pub mod http;
 pub mod member;
 pub mod otp;
+pub mod recent;
 pub mod scenario;
 pub mod service;
 pub mod shutdown;

@@ -14,6 +14,7 @@ use crate::delivery::email::{self, EmailClientConfig, OutgoingEmail, SendOutcome
 use crate::delivery::log::{DeliveryLog, Event, State};
 use crate::delivery::sms::{IncomingReceipt, OutgoingSms, ReceiptSink, SmsClient, SmsError};
 use crate::member::Channel;
+use crate::recent::Recent;
 use crate::service::{sms_text, SendJob, Sender};
 
 /// How long a greylisted or deferred email waits before the next try.
@@ -319,14 +320,19 @@ impl ReceiptSink for ReceiptRecorder {
 /// retry after a deferral (greylisting) continues the entry of the attempt it
 /// repeats. The SMTP server waits for each event to be recorded before it
 /// answers, so a timeline is in the order the client heard the replies.
+/// Application mail waiting for a retry that is remembered at most; a
+/// retry of one forgotten is logged as a new message.
+const MAX_DEFERRED: usize = 10_000;
+
 #[derive(Clone)]
 pub struct MailLink {
     log: DeliveryLog,
     /// Recipient → the log message of the OTP email on its way there.
     expected: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
     /// (sender, recipient) → the log message of an application's deferred
-    /// mail, until a retry settles it.
-    deferred: Arc<std::sync::Mutex<std::collections::HashMap<(String, String), String>>>,
+    /// mail, until a retry settles it; the newest [`MAX_DEFERRED`] (an
+    /// application may never retry, and senders are whatever it says).
+    deferred: Arc<std::sync::Mutex<Recent<(String, String), String>>>,
     own_sender: String,
 }
 
@@ -335,7 +341,7 @@ impl MailLink {
         MailLink {
             log,
             expected: Default::default(),
-            deferred: Default::default(),
+            deferred: Arc::new(std::sync::Mutex::new(Recent::new(MAX_DEFERRED))),
             own_sender,
         }
     }

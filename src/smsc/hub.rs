@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Receipt;
+use crate::recent::Recent;
 
 /// Receipts kept per system_id while no session can take them; the oldest
 /// is dropped (its sender told `false`) beyond this.
@@ -49,15 +50,13 @@ struct Attached {
 
 type MessageKey = (String, String);
 
-#[derive(Default)]
 struct HubState {
     /// Receiver and transceiver sessions by system_id.
     sessions: HashMap<String, Vec<Attached>>,
     pending: HashMap<String, VecDeque<Queued>>,
-    /// The session that submitted each message.
-    origins: HashMap<MessageKey, u64>,
-    /// Insertion order of `origins`, to forget the oldest.
-    order: VecDeque<MessageKey>,
+    /// The session that submitted each message, for the newest
+    /// [`MAX_ORIGINS`].
+    origins: Recent<MessageKey, u64>,
     round_robin: usize,
 }
 
@@ -206,13 +205,17 @@ impl ReceiptHub {
     pub(crate) fn note_submitted(&self, system_id: &str, message_id: &str, session: u64) {
         let mut state = self.lock();
         let key = (system_id.to_string(), message_id.to_string());
-        state.origins.insert(key.clone(), session);
-        state.order.push_back(key);
-        while state.order.len() > MAX_ORIGINS {
-            let Some(old) = state.order.pop_front() else {
-                break;
-            };
-            state.origins.remove(&old);
+        state.origins.insert(key, session);
+    }
+}
+
+impl Default for HubState {
+    fn default() -> Self {
+        HubState {
+            sessions: HashMap::new(),
+            pending: HashMap::new(),
+            origins: Recent::new(MAX_ORIGINS),
+            round_robin: 0,
         }
     }
 }
