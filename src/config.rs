@@ -124,6 +124,9 @@ pub struct SmscSettings {
     /// Requests (`submit_sm`, `query_sm`, `cancel_sm`) one SMPP session may
     /// have in progress; past it they are answered ESME_RTHROTTLED.
     pub submit_window: usize,
+    /// Messages the simulated network holds not yet final; past it a
+    /// submit is answered ESME_RMSGQFUL.
+    pub max_pending: usize,
 }
 
 /// An external SMSC for the OTP core instead of the embedded one.
@@ -371,6 +374,7 @@ struct File {
     accounts: Vec<SmscAccount>,
     window: Option<usize>,
     submit_window: Option<usize>,
+    max_pending: Option<usize>,
     sms_out: Option<SmsOut>,
     email_out: Option<EmailOut>,
     default_carrier: Option<String>,
@@ -547,6 +551,7 @@ impl Config {
                 accounts,
                 window: file.window.unwrap_or(10).max(1),
                 submit_window: file.submit_window.unwrap_or(crate::smsc::DEFAULT_SUBMIT_WINDOW).max(1),
+                max_pending: file.max_pending.unwrap_or(crate::sim::sms::DEFAULT_MAX_PENDING).max(1),
             },
             sms_out: file.sms_out,
             email_out: file.email_out,

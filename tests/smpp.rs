@@ -440,6 +440,37 @@ async fn schedule_delivery_time_holds_the_message_until_then() {
     server.stop().await;
 }
 
+/// The store-and-forward queue is bounded: past `max_pending` messages not
+/// yet final (a phone that is off keeps its messages until their validity
+/// ends) a submit gets ESME_RMSGQFUL, and once some are final submits are
+/// taken again; `/metrics` shows how many wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_pending_messages_not_yet_final_a_submit_gets_esme_rmsgqful() {
+    let server = TestServer::start_with(|c| c.smsc.max_pending = 2).await;
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    for n in 0..2 {
+        esme.send(&sms(OFF_PHONE, &format!("held {n}"))).await;
+    }
+    assert_eq!(esme.submit(&sms(OFF_PHONE, "one too many")).await, Err(0x14));
+    let (_, metrics) = server.get("/metrics").await;
+    let pending = metrics
+        .as_str()
+        .and_then(|text| text.lines().find(|l| l.starts_with("otpgate_smsc_pending ")));
+    assert_eq!(pending, Some("otpgate_smsc_pending 2"), "{metrics}");
+
+    server.handset(OFF_PHONE, json!({"powered_on": true})).await;
+    server.advance(RUN).await;
+    for _ in 0..2 {
+        assert_eq!(esme.receipt().await.stat, "DELIVRD");
+    }
+    esme.send(&sms(OFF_PHONE, "taken again")).await;
+    esme.unbind().await;
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_for_a_transmitter_goes_to_a_receiver_or_waits_until_one_binds() {
     let server = TestServer::start().await;

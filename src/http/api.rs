@@ -714,6 +714,10 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         ),
         None => text,
     };
+    let text = format!(
+        "{text}# TYPE otpgate_smsc_pending gauge\notpgate_smsc_pending {}\n",
+        ctx.network.pending()
+    );
     // Asked first: it reads the free space when a reading is due.
     let refusal = ctx.store.refusal();
     let text = match ctx.store.space() {

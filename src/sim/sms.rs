@@ -8,6 +8,7 @@
 //! whatever order the messages interleave in.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -115,6 +116,37 @@ struct Inner {
     /// How many records are kept (the log's `log_retention`): past it the
     /// oldest final ones go, with the inbox messages they became.
     retention: Retention,
+    /// Messages not yet final (the `pending` entries), and the most there
+    /// may be (`max_pending`): past it a submit gets ESME_RMSGQFUL, as a
+    /// store-and-forward queue that is full answers.
+    pending_count: AtomicUsize,
+    max_pending: AtomicUsize,
+}
+
+/// The most messages the SMSC holds not yet final, by default.
+pub const DEFAULT_MAX_PENDING: usize = 1_000_000;
+
+/// A place in the SMSC's queue, taken before a submit writes anything;
+/// given back when the submit fails before its queue entry is written.
+struct QueueSlot<'a> {
+    count: &'a AtomicUsize,
+    taken: bool,
+}
+
+impl QueueSlot<'_> {
+    /// The queue entry is written: the slot stays taken until the message
+    /// is final.
+    fn fill(mut self) {
+        self.taken = false;
+    }
+}
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        if self.taken {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 fn stable_hash(s: &str) -> u64 {
@@ -166,12 +198,15 @@ impl SmsNetwork {
         internal_system_id: String,
     ) -> Result<SmsNetwork, StoreError> {
         let records = store.tree("sms_records")?;
+        let pending = store.tree("sms_pending")?;
         Ok(SmsNetwork {
             inner: Arc::new(Inner {
                 store: store.clone(),
                 retention: Retention::new(crate::delivery::log::DEFAULT_RETENTION, records.len()),
                 records,
-                pending: store.tree("sms_pending")?,
+                pending_count: AtomicUsize::new(pending.len()),
+                max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
+                pending,
                 receipts: store.tree("sms_receipts")?,
                 parts: store.tree("sms_parts")?,
                 kept_parts: store.tree("sms_kept_parts")?,
@@ -189,6 +224,36 @@ impl SmsNetwork {
     /// Keeps at most `records` SMS records (at least one).
     pub fn keep(&self, records: usize) {
         self.inner.retention.keep(records);
+    }
+
+    /// Holds at most `messages` not yet final (at least one).
+    pub fn hold_at_most(&self, messages: usize) {
+        self.inner.max_pending.store(messages.max(1), Ordering::SeqCst);
+    }
+
+    /// How many messages the SMSC holds not yet final.
+    pub fn pending(&self) -> usize {
+        self.inner.pending_count.load(Ordering::SeqCst)
+    }
+
+    /// A place in the queue, or ESME_RMSGQFUL when it is full.
+    fn queue_slot(&self) -> Result<QueueSlot<'_>, SubmitRefusal> {
+        let (count, max) = (&self.inner.pending_count, self.inner.max_pending.load(Ordering::SeqCst));
+        match count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)) {
+            Ok(_) => Ok(QueueSlot { count, taken: true }),
+            Err(_) => {
+                tracing::debug!(max, "submit_sm refused: the queue is full");
+                Err(SubmitRefusal::QueueFull)
+            }
+        }
+    }
+
+    /// A message left the queue (made final, or a stray entry dropped).
+    fn left_queue(&self) {
+        let _ = self
+            .inner
+            .pending_count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| Some(n.saturating_sub(1)));
     }
 
     fn lock_for(&self, id: &str) -> &tokio::sync::Mutex<()> {
@@ -311,7 +376,10 @@ impl SmsNetwork {
                     resumed += 1;
                 }
                 // A crash cut a submit or a final write in two.
-                _ => self.inner.pending.remove(&key)?,
+                _ => {
+                    self.inner.pending.remove(&key)?;
+                    self.left_queue();
+                }
             }
         }
         Ok(resumed)
@@ -389,6 +457,7 @@ impl SmsNetwork {
         if chaos.enabled && carrier.chaos_throttle(&mut self.rng(&id, 0, 1)) {
             return Err(SubmitRefusal::Throttled);
         }
+        let slot = self.queue_slot()?;
         let validity_end = now + carrier.validity_ms();
         let expires_at = sub
             .validity_period
@@ -474,6 +543,7 @@ impl SmsNetwork {
         // would leave a record that nothing resumes. (Not a multi-tree
         // transaction: sled's halved the SMSC's throughput.)
         inner.pending.put(&format!("{to}\0{id}"), &id).map_err(sys)?;
+        slot.fill();
         for part in &record.part_ids {
             inner.parts.put(part, &id).map_err(sys)?;
             // Now part of the whole: synced with it below, so a crash keeps
@@ -769,7 +839,9 @@ impl SmsNetwork {
         if let Some(receipt) = receipt {
             batch.put(&inner.receipts, &rec.id, receipt)?;
         }
-        inner.store.apply(batch)
+        inner.store.apply(batch)?;
+        self.left_queue();
+        Ok(())
     }
 
     /// Makes a message final, logs it and sends the receipt it asked for.
