@@ -306,6 +306,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // durably; with 10 at a time its receipts fell seconds behind.
         window: Some(CORE_RECEIPT_WINDOW),
     });
+    let smsc_counters = Arc::new(crate::smsc::SmscCounters::default());
+    let smtp_counters = Arc::new(crate::smtp::SmtpCounters::default());
     let smpp_addr = match config.smpp {
         Some(addr) => {
             let (listener, local) = listen(addr)?;
@@ -315,6 +317,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 window: config.smsc.window,
                 submit_window: config.smsc.submit_window,
                 max_pdu_len: 64 * 1024,
+                counters: smsc_counters.clone(),
             };
             tasks.push((
                 "SMSC",
@@ -358,6 +361,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     .iter()
                     .map(|a| (a.username.clone(), a.password.clone()))
                     .collect(),
+                counters: smtp_counters.clone(),
             };
             tasks.push((
                 "SMTP server",
@@ -481,6 +485,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_token: config.admin_token.clone(),
         loopback: config.http_is_loopback(),
         metrics: Default::default(),
+        smsc_counters,
+        smtp_counters,
         sms_link,
         store: store.clone(),
     });

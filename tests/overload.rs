@@ -117,6 +117,13 @@ async fn over_the_message_rate_smtp_mail_gets_451_and_the_session_goes_on() {
     client.expect("RCPT TO:<someone@example.com>", 503).await;
     client.expect("NOOP", 250).await;
     client.quit().await;
+    let (_, metrics) = server.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains("\notpgate_smtp_refused_total{reason=\"busy\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("\notpgate_smtp_accepted_total 0\n"), "{metrics}");
     server.stop().await;
 }
 
@@ -158,5 +165,11 @@ async fn short_of_disk_space_writes_get_507_and_mail_452_while_reads_go_on() {
     let mail = smtp.cmd("MAIL FROM:<qa@tester.example>").await;
     assert_eq!((mail.code, mail.enhanced()), (452, "4.3.1"), "{}", mail.text());
     smtp.quit().await;
+    let (_, metrics) = server.get("/metrics").await;
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics.contains("\notpgate_smtp_refused_total{reason=\"storage\"} 1\n"),
+        "{metrics}"
+    );
     server.stop().await;
 }

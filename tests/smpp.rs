@@ -460,6 +460,17 @@ async fn past_max_pending_messages_not_yet_final_a_submit_gets_esme_rmsgqful() {
         .as_str()
         .and_then(|text| text.lines().find(|l| l.starts_with("otpgate_smsc_pending ")));
     assert_eq!(pending, Some("otpgate_smsc_pending 2"), "{metrics}");
+    let text = metrics.as_str().unwrap_or_default();
+    for answer in [
+        r#"{answer="ok"} 2"#,
+        r#"{answer="queue_full"} 1"#,
+        r#"{answer="throttled"} 0"#,
+    ] {
+        assert!(
+            text.contains(&format!("\notpgate_smpp_submit_sm_total{answer}\n")),
+            "{text}"
+        );
+    }
 
     server.handset(OFF_PHONE, json!({"powered_on": true})).await;
     server.advance(RUN).await;

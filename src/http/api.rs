@@ -27,6 +27,9 @@ pub struct Ctx {
     pub admin_token: Option<String>,
     pub loopback: bool,
     pub metrics: Metrics,
+    /// The SMSC's and the SMTP server's answers, for `/metrics`.
+    pub smsc_counters: Arc<crate::smsc::SmscCounters>,
+    pub smtp_counters: Arc<crate::smtp::SmtpCounters>,
     /// The OTP core's SMPP client, for `/metrics` to say whether it is bound.
     pub sms_link: Option<crate::delivery::sms::SmsClient>,
     /// For `/metrics` to say whether writes wait for sled.
@@ -714,9 +717,28 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         ),
         None => text,
     };
+    let (smsc, smtp) = (&ctx.smsc_counters, &ctx.smtp_counters);
     let text = format!(
-        "{text}# TYPE otpgate_smsc_pending gauge\notpgate_smsc_pending {}\n",
-        ctx.network.pending()
+        "{text}# TYPE otpgate_smsc_pending gauge\notpgate_smsc_pending {}\n\
+         # TYPE otpgate_smpp_submit_sm_total counter\n\
+         otpgate_smpp_submit_sm_total{{answer=\"ok\"}} {}\n\
+         otpgate_smpp_submit_sm_total{{answer=\"throttled\"}} {}\n\
+         otpgate_smpp_submit_sm_total{{answer=\"queue_full\"}} {}\n\
+         otpgate_smpp_submit_sm_total{{answer=\"other_error\"}} {}\n\
+         # TYPE otpgate_smtp_accepted_total counter\notpgate_smtp_accepted_total {}\n\
+         # TYPE otpgate_smtp_refused_total counter\n\
+         otpgate_smtp_refused_total{{reason=\"connections\"}} {}\n\
+         otpgate_smtp_refused_total{{reason=\"busy\"}} {}\n\
+         otpgate_smtp_refused_total{{reason=\"storage\"}} {}\n",
+        ctx.network.pending(),
+        smsc.submits_ok.load(Relaxed),
+        smsc.throttled.load(Relaxed),
+        smsc.queue_full.load(Relaxed),
+        smsc.refused_other.load(Relaxed),
+        smtp.accepted.load(Relaxed),
+        smtp.refused_connections.load(Relaxed),
+        smtp.refused_busy.load(Relaxed),
+        smtp.refused_storage.load(Relaxed),
     );
     // Asked first: it reads the free space when a reading is due.
     let refusal = ctx.store.refusal();

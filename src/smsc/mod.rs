@@ -24,6 +24,8 @@ pub mod text;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
+
+use rusmpp::CommandStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +77,32 @@ impl std::fmt::Debug for Account {
     }
 }
 
+/// How the SMSC answered `submit_sm`, for `/metrics`: taken, or refused
+/// and why, so a load test can tell otpgate's refusals from its own.
+#[derive(Debug, Default)]
+pub struct SmscCounters {
+    pub submits_ok: AtomicU64,
+    /// ESME_RTHROTTLED: an account's rate, a session's `submit_window`, or
+    /// the carrier chaos.
+    pub throttled: AtomicU64,
+    /// ESME_RMSGQFUL: `max_pending` reached, or the disk short of space.
+    pub queue_full: AtomicU64,
+    /// Any other error status (a bad destination, a system error ...).
+    pub refused_other: AtomicU64,
+}
+
+impl SmscCounters {
+    fn count(&self, status: CommandStatus) {
+        let counter = match status {
+            CommandStatus::EsmeRok => &self.submits_ok,
+            CommandStatus::EsmeRthrottled => &self.throttled,
+            CommandStatus::EsmeRmsgqful => &self.queue_full,
+            _ => &self.refused_other,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The SMSC's configuration, validated by whoever builds it.
 #[derive(Debug, Clone)]
 pub struct SmscConfig {
@@ -88,6 +116,8 @@ pub struct SmscConfig {
     pub submit_window: usize,
     /// Largest PDU accepted; a longer `command_length` closes the connection.
     pub max_pdu_len: usize,
+    /// Counted answers, shared with whoever reports them.
+    pub counters: Arc<SmscCounters>,
 }
 
 impl Default for SmscConfig {
@@ -100,6 +130,7 @@ impl Default for SmscConfig {
             window: 10,
             submit_window: DEFAULT_SUBMIT_WINDOW,
             max_pdu_len: codec::DEFAULT_MAX_PDU_LEN,
+            counters: Arc::default(),
         }
     }
 }

@@ -364,6 +364,9 @@ impl Session {
     }
 
     async fn reject(&mut self, id: CommandId, status: CommandStatus, seq: u32) -> Result<(), SessionError> {
+        if id == CommandId::SubmitSmResp {
+            self.shared.config.counters.count(status);
+        }
         self.send(Outbound::Bare {
             command_id: u32::from(id),
             status,
@@ -619,7 +622,10 @@ impl Session {
 
     async fn answer_submit(&mut self, seq: u32, message_id: &str) -> Result<(), SessionError> {
         match COctetString::from_str(message_id) {
-            Ok(id) => self.send(Outbound::command(seq, SubmitSmResp::new(id, vec![]))).await,
+            Ok(id) => {
+                self.shared.config.counters.count(CommandStatus::EsmeRok);
+                self.send(Outbound::command(seq, SubmitSmResp::new(id, vec![]))).await
+            }
             Err(error) => {
                 tracing::error!(message_id, %error, "message id cannot travel in SMPP");
                 self.reject(CommandId::SubmitSmResp, CommandStatus::EsmeRsyserr, seq)

@@ -68,6 +68,28 @@ pub struct SmtpConfig {
     pub shed_after: Option<std::time::Duration>,
     /// Accounts for AUTH PLAIN and LOGIN; empty means no AUTH at all.
     pub auth: Vec<(String, String)>,
+    /// Counted answers, shared with whoever reports them.
+    pub counters: Arc<SmtpCounters>,
+}
+
+/// How the SMTP server answered, for `/metrics`: mail taken, and mail or
+/// connections refused because of the server's own limits and state.
+#[derive(Debug, Default)]
+pub struct SmtpCounters {
+    /// `250` after DATA.
+    pub accepted: std::sync::atomic::AtomicU64,
+    /// `421` at connect, past `max_connections`.
+    pub refused_connections: std::sync::atomic::AtomicU64,
+    /// `451 4.3.2` at MAIL: past `max_messages_per_sec`, `max_in_flight`,
+    /// or while captures are slow (`shed_after_ms`).
+    pub refused_busy: std::sync::atomic::AtomicU64,
+    /// A storage refusal at MAIL or after DATA (low disk space, a failed
+    /// store).
+    pub refused_storage: std::sync::atomic::AtomicU64,
+}
+
+pub(crate) fn bump(counter: &std::sync::atomic::AtomicU64) {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// `[smtp] shed_after_ms` when the config file does not say. At the
@@ -89,6 +111,7 @@ impl Default for SmtpConfig {
             max_in_flight: None,
             shed_after: Some(std::time::Duration::from_millis(DEFAULT_SHED_AFTER_MS)),
             auth: Vec::new(),
+            counters: Arc::default(),
         }
     }
 }
@@ -229,6 +252,7 @@ pub(crate) async fn serve_with(
                             server.hostname()
                         );
                         let _ = stream.try_write(goodbye.as_bytes());
+                        bump(&server.counters().refused_connections);
                         tracing::debug!(%peer, "smtp connection refused: too many connections");
                     }
                 }

@@ -91,6 +91,10 @@ impl Server {
         self.tls.as_ref()
     }
 
+    pub(crate) fn counters(&self) -> &super::SmtpCounters {
+        &self.config.counters
+    }
+
     fn auth_enabled(&self) -> bool {
         !self.config.auth.is_empty()
     }
@@ -408,6 +412,7 @@ impl Session {
                 // before anything is kept; the server's state, no error.
                 if let Some(refusal) = self.server.backend.refusal() {
                     self.excused = self.server.limits.max_recipients + 1;
+                    super::bump(&self.server.counters().refused_storage);
                     return storage_refused(&refusal);
                 }
                 // Over the message rate or with every slot taken: a
@@ -417,6 +422,7 @@ impl Session {
                 let Ok(slot) = self.server.admit_message() else {
                     // Its group's recipients and DATA.
                     self.excused = self.server.limits.max_recipients + 1;
+                    super::bump(&self.server.counters().refused_busy);
                     return Step::reply(451, "4.3.2", "Too many messages right now, try again later");
                 };
                 let response = self.machine.process(&canonical);
@@ -594,6 +600,7 @@ impl Session {
             return Step::reply(552, "5.3.4", "Message size exceeds fixed maximum message size");
         }
         if let Some(refusal) = self.server.backend.refusal() {
+            super::bump(&self.server.counters().refused_storage);
             return storage_refused(&refusal);
         }
         // The backlog hears how long the capture took, the server's part of
@@ -606,6 +613,7 @@ impl Session {
             .finished(now.saturating_duration_since(started), now);
         match verdict {
             DataVerdict::Accepted { id } => {
+                super::bump(&self.server.counters().accepted);
                 // As Postfix does: a message taken forgives the session's
                 // earlier errors and junk commands, so a pooled connection
                 // that sends RSET or NOOP between messages is never cut off
