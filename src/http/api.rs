@@ -686,84 +686,114 @@ fn health(ctx: &Ctx) -> ApiResult {
     }
 }
 
+/// The Prometheus text format, written one metric family at a time.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    /// A family of one sample.
+    fn one(&mut self, name: &str, kind: &str, value: impl std::fmt::Display) {
+        self.by(name, kind, "", &[("", value)]);
+    }
+
+    /// A family with one sample per value of `label` (none when empty).
+    fn by<V: std::fmt::Display>(&mut self, name: &str, kind: &str, label: &str, samples: &[(&str, V)]) {
+        use std::fmt::Write;
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        for (value, sample) in samples {
+            let _ = match label {
+                "" => writeln!(self.0, "{name} {sample}"),
+                _ => writeln!(self.0, "{name}{{{label}=\"{value}\"}} {sample}"),
+            };
+        }
+    }
+}
+
 fn metrics(ctx: &Ctx) -> ApiResult {
     use std::sync::atomic::Ordering::Relaxed;
-    let m = &ctx.metrics;
-    let text = format!(
-        "# TYPE otpgate_http_requests_total counter\notpgate_http_requests_total {}\n\
-         # TYPE otpgate_otps_issued_total counter\notpgate_otps_issued_total {}\n\
-         # TYPE otpgate_verifies_total counter\notpgate_verifies_total{{result=\"ok\"}} {}\notpgate_verifies_total{{result=\"failed\"}} {}\n\
-         # TYPE otpgate_sends_rate_limited_total counter\notpgate_sends_rate_limited_total {}\n\
-         # TYPE otpgate_http_refused_total counter\n\
-         otpgate_http_refused_total{{reason=\"connections\"}} {}\n\
-         otpgate_http_refused_total{{reason=\"in_flight\"}} {}\n\
-         otpgate_http_refused_total{{reason=\"rate\"}} {}\n\
-         otpgate_http_refused_total{{reason=\"storage\"}} {}\n",
-        m.requests.load(Relaxed),
-        m.otps_issued.load(Relaxed),
-        m.verifies_ok.load(Relaxed),
-        m.verifies_failed.load(Relaxed),
+    let (m, smsc, smtp) = (&ctx.metrics, &ctx.smsc_counters, &ctx.smtp_counters);
+    let mut out = Exposition::default();
+    out.one("otpgate_http_requests_total", "counter", m.requests.load(Relaxed));
+    out.one("otpgate_otps_issued_total", "counter", m.otps_issued.load(Relaxed));
+    let verifies = [("ok", &m.verifies_ok), ("failed", &m.verifies_failed)];
+    out.by(
+        "otpgate_verifies_total",
+        "counter",
+        "result",
+        &verifies.map(|(r, c)| (r, c.load(Relaxed))),
+    );
+    out.one(
+        "otpgate_sends_rate_limited_total",
+        "counter",
         m.rate_limited.load(Relaxed),
-        m.refused_connections.load(Relaxed),
-        m.refused_in_flight.load(Relaxed),
-        m.refused_rate.load(Relaxed),
-        m.refused_storage.load(Relaxed),
+    );
+    let refused = [
+        ("connections", &m.refused_connections),
+        ("in_flight", &m.refused_in_flight),
+        ("rate", &m.refused_rate),
+        ("storage", &m.refused_storage),
+    ];
+    out.by(
+        "otpgate_http_refused_total",
+        "counter",
+        "reason",
+        &refused.map(|(r, c)| (r, c.load(Relaxed))),
     );
     // Without an SMS channel there is no link to report.
-    let text = match &ctx.sms_link {
-        Some(link) => format!(
-            "{text}# TYPE otpgate_smpp_client_bound gauge\notpgate_smpp_client_bound {}\n",
-            u8::from(link.is_connected())
-        ),
-        None => text,
-    };
-    let (smsc, smtp) = (&ctx.smsc_counters, &ctx.smtp_counters);
-    let text = format!(
-        "{text}# TYPE otpgate_smsc_pending gauge\notpgate_smsc_pending {}\n\
-         # TYPE otpgate_smpp_submit_sm_total counter\n\
-         otpgate_smpp_submit_sm_total{{answer=\"ok\"}} {}\n\
-         otpgate_smpp_submit_sm_total{{answer=\"throttled\"}} {}\n\
-         otpgate_smpp_submit_sm_total{{answer=\"queue_full\"}} {}\n\
-         otpgate_smpp_submit_sm_total{{answer=\"other_error\"}} {}\n\
-         # TYPE otpgate_smtp_accepted_total counter\notpgate_smtp_accepted_total {}\n\
-         # TYPE otpgate_smtp_refused_total counter\n\
-         otpgate_smtp_refused_total{{reason=\"connections\"}} {}\n\
-         otpgate_smtp_refused_total{{reason=\"busy\"}} {}\n\
-         otpgate_smtp_refused_total{{reason=\"storage\"}} {}\n",
-        ctx.network.pending(),
-        smsc.submits_ok.load(Relaxed),
-        smsc.throttled.load(Relaxed),
-        smsc.queue_full.load(Relaxed),
-        smsc.refused_other.load(Relaxed),
-        smtp.accepted.load(Relaxed),
-        smtp.refused_connections.load(Relaxed),
-        smtp.refused_busy.load(Relaxed),
-        smtp.refused_storage.load(Relaxed),
+    if let Some(link) = &ctx.sms_link {
+        out.one("otpgate_smpp_client_bound", "gauge", u8::from(link.is_connected()));
+    }
+    out.one("otpgate_smsc_pending", "gauge", ctx.network.pending());
+    let answers = [
+        ("ok", &smsc.submits_ok),
+        ("throttled", &smsc.throttled),
+        ("queue_full", &smsc.queue_full),
+        ("other_error", &smsc.refused_other),
+    ];
+    out.by(
+        "otpgate_smpp_submit_sm_total",
+        "counter",
+        "answer",
+        &answers.map(|(a, c)| (a, c.load(Relaxed))),
+    );
+    out.one("otpgate_smtp_accepted_total", "counter", smtp.accepted.load(Relaxed));
+    let refused = [
+        ("connections", &smtp.refused_connections),
+        ("busy", &smtp.refused_busy),
+        ("storage", &smtp.refused_storage),
+    ];
+    out.by(
+        "otpgate_smtp_refused_total",
+        "counter",
+        "reason",
+        &refused.map(|(r, c)| (r, c.load(Relaxed))),
     );
     // Asked first: it reads the free space when a reading is due.
     let refusal = ctx.store.refusal();
-    let text = match ctx.store.space() {
-        Some((free, min_free)) => format!(
-            "{text}# TYPE otpgate_store_free_bytes gauge\notpgate_store_free_bytes {}\n\
-             # TYPE otpgate_store_min_free_bytes gauge\notpgate_store_min_free_bytes {min_free}\n",
-            // Unreadable free space is reported as none known.
-            if free == u64::MAX { -1 } else { free as i64 }
+    if let Some((free, min_free)) = ctx.store.space() {
+        // Unreadable free space is reported as none known.
+        out.one(
+            "otpgate_store_free_bytes",
+            "gauge",
+            if free == u64::MAX { -1 } else { free as i64 },
+        );
+        out.one("otpgate_store_min_free_bytes", "gauge", min_free);
+    }
+    let refusing = [
+        (
+            "low_space",
+            u8::from(refusal.as_ref().is_some_and(|r| r.is_temporary())),
         ),
-        None => text,
-    };
-    let text = format!(
-        "{text}# TYPE otpgate_store_refusing gauge\n\
-         otpgate_store_refusing{{reason=\"low_space\"}} {}\n\
-         otpgate_store_refusing{{reason=\"failed\"}} {}\n",
-        u8::from(refusal.as_ref().is_some_and(|r| r.is_temporary())),
-        u8::from(refusal.as_ref().is_some_and(|r| !r.is_temporary())),
-    );
+        ("failed", u8::from(refusal.as_ref().is_some_and(|r| !r.is_temporary()))),
+    ];
+    out.by("otpgate_store_refusing", "gauge", "reason", &refusing);
     let p = ctx.store.pressure();
-    let text = format!(
-        "{text}# TYPE otpgate_store_pending_bytes gauge\notpgate_store_pending_bytes {}\n\
-         # TYPE otpgate_store_write_waits_total counter\notpgate_store_write_waits_total {}\n\
-         # TYPE otpgate_store_write_wait_seconds_total counter\notpgate_store_write_wait_seconds_total {}\n",
-        p.pending_bytes, p.write_waits, p.write_wait_seconds
+    out.one("otpgate_store_pending_bytes", "gauge", p.pending_bytes);
+    out.one("otpgate_store_write_waits_total", "counter", p.write_waits);
+    out.one(
+        "otpgate_store_write_wait_seconds_total",
+        "counter",
+        p.write_wait_seconds,
     );
-    Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", text))
+    Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", out.0))
 }
