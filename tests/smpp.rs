@@ -482,6 +482,74 @@ async fn past_max_pending_messages_not_yet_final_a_submit_gets_esme_rmsgqful() {
     server.stop().await;
 }
 
+/// data_sm, SMPP 3.4's other way to submit (the text in message_payload),
+/// is taken as submit_sm is: data_sm_resp with the message id, the phone
+/// shows the text, and the receipt names that id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_sm_submits_a_message_as_submit_sm_does() {
+    use futures::StreamExt;
+    use rusmpp::pdus::{BindTransceiver, DataSm, DeliverSmResp};
+    use rusmpp::tlvs::MessageSubmissionRequestTlvValue;
+    use rusmpp::tokio_codec::CommandCodec;
+    use rusmpp::types::{AnyOctetString, COctetString};
+    use rusmpp::values::{DataCoding, InterfaceVersion, MessagePayload, Npi, RegisteredDelivery, Ton};
+    use rusmpp::{Command, CommandStatus, Pdu};
+    use std::str::FromStr;
+    use tokio_util::codec::Framed;
+    let server = TestServer::start().await;
+    server.handset(PHONE, json!({"carrier": "au"})).await;
+    let stream = TcpStream::connect(server.smpp).await.expect("connect");
+    let mut conn = Framed::new(stream, CommandCodec::new());
+    let bind = BindTransceiver::builder()
+        .system_id(COctetString::from_str("otpgate").expect("system_id"))
+        .password(COctetString::from_str("otpgate").expect("password"))
+        .interface_version(InterfaceVersion::Smpp3_4)
+        .build();
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    let text = b"Your code is 482913 (data_sm)";
+    let data_sm = DataSm::builder()
+        .source_addr_ton(Ton::National)
+        .source_addr_npi(Npi::Isdn)
+        .source_addr(COctetString::from_str(SENDER).expect("source"))
+        .dest_addr_ton(Ton::National)
+        .dest_addr_npi(Npi::Isdn)
+        .destination_addr(COctetString::from_str(PHONE).expect("destination"))
+        .registered_delivery(RegisteredDelivery::from(1))
+        .data_coding(DataCoding::from(1))
+        .tlvs(vec![MessageSubmissionRequestTlvValue::MessagePayload(
+            MessagePayload::new(AnyOctetString::from_static_slice(text)),
+        )])
+        .build();
+    let answer = raw_call(&mut conn, 2, data_sm).await;
+    let Some(Pdu::DataSmResp(resp)) = answer.pdu() else {
+        panic!("data_sm_resp expected: {answer:?}");
+    };
+    assert_eq!(answer.status(), CommandStatus::EsmeRok);
+    let id = resp.message_id().as_str().to_string();
+    server.advance(RUN).await;
+    let inbox = server.inbox(PHONE).await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].text, "Your code is 482913 (data_sm)");
+    let receipt = loop {
+        let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
+        if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
+            let receipt = common::esme::DeliveryReceipt::read(deliver);
+            let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
+            futures::SinkExt::send(
+                &mut conn,
+                Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok),
+            )
+            .await
+            .expect("deliver_sm_resp");
+            break receipt;
+        }
+    };
+    assert_eq!((receipt.id.as_str(), receipt.stat.as_str()), (id.as_str(), "DELIVRD"));
+    let bye = raw_call(&mut conn, 3, Pdu::Unbind).await;
+    assert_eq!(bye.status(), CommandStatus::EsmeRok);
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_for_a_transmitter_goes_to_a_receiver_or_waits_until_one_binds() {
     let server = TestServer::start().await;

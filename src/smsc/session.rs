@@ -21,7 +21,8 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use rusmpp::pdus::{
-    BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DeliverSm, QuerySmResp, SubmitSm, SubmitSmResp,
+    BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DataSm, DataSmResp, DeliverSm, QuerySmResp, SubmitSm,
+    SubmitSmResp,
 };
 use rusmpp::tlvs::{MessageDeliveryRequestTlvValue, TlvValue};
 use rusmpp::types::{COctetString, EmptyOrFullCOctetString, OctetString};
@@ -133,6 +134,8 @@ enum Finished {
         result: Result<String, SubmitRefusal>,
         /// The parts of a long message, put back if the store failed.
         whole: Option<Complete<PartMeta>>,
+        /// `submit_sm_resp` or `data_sm_resp`.
+        resp: CommandId,
     },
     Query {
         seq: u32,
@@ -364,7 +367,7 @@ impl Session {
     }
 
     async fn reject(&mut self, id: CommandId, status: CommandStatus, seq: u32) -> Result<(), SessionError> {
-        if id == CommandId::SubmitSmResp {
+        if matches!(id, CommandId::SubmitSmResp | CommandId::DataSmResp) {
             self.shared.config.counters.count(status);
         }
         self.send(Outbound::Bare {
@@ -411,7 +414,14 @@ impl Session {
                 self.enter(State::Unbound);
                 return Ok(Flow::Close);
             }
-            (CommandId::SubmitSm, Some(Pdu::SubmitSm(sm))) => self.on_submit(seq, sm).await?,
+            (CommandId::SubmitSm, Some(Pdu::SubmitSm(sm))) => {
+                self.on_submit(seq, CommandId::SubmitSmResp, SubmitFields::from(&sm))
+                    .await?
+            }
+            (CommandId::DataSm, Some(Pdu::DataSm(sm))) => {
+                self.on_submit(seq, CommandId::DataSmResp, SubmitFields::from(&sm))
+                    .await?
+            }
             (CommandId::QuerySm, Some(Pdu::QuerySm(query))) => {
                 let message_id = query.message_id.as_str().to_string();
                 self.on_query(seq, message_id).await?
@@ -490,32 +500,29 @@ impl Session {
         self.in_flight.len() >= self.shared.config.submit_window.max(1)
     }
 
-    async fn on_submit(&mut self, seq: u32, sm: SubmitSm) -> Result<(), SessionError> {
+    /// A `submit_sm` or a `data_sm` (`resp` says which answer it gets):
+    /// both submit a message, a `data_sm` with its text in the
+    /// `message_payload` TLV.
+    async fn on_submit(&mut self, seq: u32, resp: CommandId, sm: SubmitFields<'_>) -> Result<(), SessionError> {
         let Some(system_id) = self.submitter() else {
-            return self
-                .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRinvbndsts, seq)
-                .await;
+            return self.reject(resp, CommandStatus::EsmeRinvbndsts, seq).await;
         };
         if self.saturated() {
-            return self
-                .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRthrottled, seq)
-                .await;
+            return self.reject(resp, CommandStatus::EsmeRthrottled, seq).await;
         }
         let per_sec = self.account(&system_id).and_then(|a| a.throughput_per_sec);
         if !self.shared.throttle.admit(&system_id, per_sec, Instant::now()) {
-            return self
-                .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRthrottled, seq)
-                .await;
+            return self.reject(resp, CommandStatus::EsmeRthrottled, seq).await;
         }
         if let Some(refusal) = self.shared.backend.refusal() {
             let status = CommandStatus::from(refusal.command_status());
-            return self.reject(CommandId::SubmitSmResp, status, seq).await;
+            return self.reject(resp, status, seq).await;
         }
         let incoming = match read_submit(&system_id, &sm) {
             Ok(incoming) => incoming,
             Err(status) => {
                 tracing::debug!(?status, "submit_sm refused");
-                return self.reject(CommandId::SubmitSmResp, status, seq).await;
+                return self.reject(resp, status, seq).await;
             }
         };
         let (submission, whole) = match incoming {
@@ -568,9 +575,7 @@ impl Session {
                 match added {
                     Added::TooLong => {
                         tracing::debug!(part, total, "a part that makes its message too long refused");
-                        return self
-                            .reject(CommandId::SubmitSmResp, CommandStatus::EsmeRinvmsglen, seq)
-                            .await;
+                        return self.reject(resp, CommandStatus::EsmeRinvmsglen, seq).await;
                     }
                     Added::Buffered { part_id } => {
                         tracing::debug!(part, total, message_id = %part_id, "part buffered");
@@ -582,6 +587,7 @@ impl Session {
                             system_id: system_id.clone(),
                             result: Err(SubmitRefusal::System("keeping the part stopped unexpectedly".into())),
                             whole: None,
+                            resp,
                         };
                         self.run(failed, async move {
                             let result = match kept {
@@ -593,6 +599,7 @@ impl Session {
                                 system_id,
                                 result,
                                 whole: None,
+                                resp,
                             }
                         });
                         return Ok(());
@@ -607,6 +614,7 @@ impl Session {
             system_id: system_id.clone(),
             result: Err(SubmitRefusal::System("the submit stopped unexpectedly".into())),
             whole: None,
+            resp,
         };
         self.run(failed, async move {
             let result = backend.submit(submission).await;
@@ -615,21 +623,25 @@ impl Session {
                 system_id,
                 result,
                 whole,
+                resp,
             }
         });
         Ok(())
     }
 
-    async fn answer_submit(&mut self, seq: u32, message_id: &str) -> Result<(), SessionError> {
+    async fn answer_submit(&mut self, seq: u32, resp: CommandId, message_id: &str) -> Result<(), SessionError> {
         match COctetString::from_str(message_id) {
             Ok(id) => {
                 self.shared.config.counters.count(CommandStatus::EsmeRok);
-                self.send(Outbound::command(seq, SubmitSmResp::new(id, vec![]))).await
+                let pdu = match resp {
+                    CommandId::DataSmResp => Pdu::from(DataSmResp::new(id, vec![])),
+                    _ => Pdu::from(SubmitSmResp::new(id, vec![])),
+                };
+                self.send(Outbound::command(seq, pdu)).await
             }
             Err(error) => {
                 tracing::error!(message_id, %error, "message id cannot travel in SMPP");
-                self.reject(CommandId::SubmitSmResp, CommandStatus::EsmeRsyserr, seq)
-                    .await
+                self.reject(resp, CommandStatus::EsmeRsyserr, seq).await
             }
         }
     }
@@ -721,16 +733,18 @@ impl Session {
                 seq,
                 system_id,
                 result: Ok(message_id),
+                resp,
                 ..
             } => {
                 self.shared.hub.note_submitted(&system_id, &message_id, self.id);
                 tracing::debug!(%message_id, "submitted");
-                self.answer_submit(seq, &message_id).await
+                self.answer_submit(seq, resp, &message_id).await
             }
             Finished::Submit {
                 seq,
                 result: Err(refusal),
                 whole,
+                resp,
                 ..
             } => {
                 if let Some(complete) = whole {
@@ -744,7 +758,7 @@ impl Session {
                 }
                 log_refusal(&refusal);
                 let status = CommandStatus::from(refusal.command_status());
-                self.reject(CommandId::SubmitSmResp, status, seq).await
+                self.reject(resp, status, seq).await
             }
             Finished::Query {
                 seq,
@@ -897,16 +911,75 @@ fn part_message_id() -> String {
 /// Reads a submit_sm: its addresses and text, and whether it is a whole
 /// message or part of a long one (UDH or SAR TLVs). Refusals carry the
 /// status to answer with.
-fn read_submit(system_id: &str, sm: &SubmitSm) -> Result<Incoming, CommandStatus> {
-    let source = sm.source_addr.as_str().to_string();
-    let dest = sm.destination_addr.as_str().to_string();
+/// What a `submit_sm` and a `data_sm` say of the message they submit; a
+/// `data_sm` has no `short_message` (its text is in `message_payload`), no
+/// validity period and no schedule.
+struct SubmitFields<'a> {
+    source_addr: &'a str,
+    source_ton: u8,
+    source_npi: u8,
+    dest_addr: &'a str,
+    dest_ton: u8,
+    dest_npi: u8,
+    esm_class: u8,
+    registered_delivery: u8,
+    data_coding: u8,
+    validity_period: &'a str,
+    schedule_delivery_time: &'a str,
+    short_message: &'a [u8],
+    tlvs: &'a [rusmpp::tlvs::Tlv],
+}
+
+impl<'a> From<&'a SubmitSm> for SubmitFields<'a> {
+    fn from(sm: &'a SubmitSm) -> Self {
+        SubmitFields {
+            source_addr: sm.source_addr.as_str(),
+            source_ton: u8::from(sm.source_addr_ton),
+            source_npi: u8::from(sm.source_addr_npi),
+            dest_addr: sm.destination_addr.as_str(),
+            dest_ton: u8::from(sm.dest_addr_ton),
+            dest_npi: u8::from(sm.dest_addr_npi),
+            esm_class: u8::from(sm.esm_class),
+            registered_delivery: u8::from(sm.registered_delivery),
+            data_coding: u8::from(sm.data_coding),
+            validity_period: sm.validity_period.as_str(),
+            schedule_delivery_time: sm.schedule_delivery_time.as_str(),
+            short_message: sm.short_message(),
+            tlvs: sm.tlvs(),
+        }
+    }
+}
+
+impl<'a> From<&'a DataSm> for SubmitFields<'a> {
+    fn from(sm: &'a DataSm) -> Self {
+        SubmitFields {
+            source_addr: sm.source_addr.as_str(),
+            source_ton: u8::from(sm.source_addr_ton),
+            source_npi: u8::from(sm.source_addr_npi),
+            dest_addr: sm.destination_addr.as_str(),
+            dest_ton: u8::from(sm.dest_addr_ton),
+            dest_npi: u8::from(sm.dest_addr_npi),
+            esm_class: u8::from(sm.esm_class),
+            registered_delivery: u8::from(sm.registered_delivery),
+            data_coding: u8::from(sm.data_coding),
+            validity_period: "",
+            schedule_delivery_time: "",
+            short_message: &[],
+            tlvs: sm.tlvs(),
+        }
+    }
+}
+
+fn read_submit(system_id: &str, sm: &SubmitFields<'_>) -> Result<Incoming, CommandStatus> {
+    let source = sm.source_addr.to_string();
+    let dest = sm.dest_addr.to_string();
     if dest.is_empty() {
         return Err(CommandStatus::EsmeRinvdstadr);
     }
     let mut payload = None;
     let (mut sar_ref, mut sar_total, mut sar_seq) = (None, None, None);
     let mut message_ref = None;
-    for tlv in sm.tlvs() {
+    for tlv in sm.tlvs {
         match tlv.value() {
             Some(TlvValue::MessagePayload(p)) => payload = Some(p.value.to_vec()),
             Some(TlvValue::SarMsgRefNum(r)) => sar_ref = Some(*r),
@@ -923,12 +996,12 @@ fn read_submit(system_id: &str, sm: &SubmitSm) -> Result<Incoming, CommandStatus
             _ => {}
         }
     }
-    let short_message: &[u8] = sm.short_message();
+    let short_message: &[u8] = sm.short_message;
     let body: Vec<u8> = match payload {
         Some(payload) if short_message.is_empty() => payload,
         _ => short_message.to_vec(),
     };
-    let esm_class = u8::from(sm.esm_class);
+    let esm_class = sm.esm_class;
     let (concat, user_data) = if esm_class & text::ESM_UDHI != 0 {
         let (concat, data) = text::split_udh(&body).map_err(|_| CommandStatus::EsmeRinvesmclass)?;
         (concat, data.to_vec())
@@ -945,15 +1018,15 @@ fn read_submit(system_id: &str, sm: &SubmitSm) -> Result<Incoming, CommandStatus
         }
         _ => None,
     };
-    let validity = sm.validity_period.as_str();
-    let scheduled = sm.schedule_delivery_time.as_str();
+    let validity = sm.validity_period;
+    let scheduled = sm.schedule_delivery_time;
     let meta = PartMeta {
-        source_ton: u8::from(sm.source_addr_ton),
-        source_npi: u8::from(sm.source_addr_npi),
-        dest_ton: u8::from(sm.dest_addr_ton),
-        dest_npi: u8::from(sm.dest_addr_npi),
-        data_coding: u8::from(sm.data_coding),
-        registered_delivery: u8::from(sm.registered_delivery),
+        source_ton: sm.source_ton,
+        source_npi: sm.source_npi,
+        dest_ton: sm.dest_ton,
+        dest_npi: sm.dest_npi,
+        data_coding: sm.data_coding,
+        registered_delivery: sm.registered_delivery,
         validity_period: (!validity.is_empty()).then(|| validity.to_string()),
         message_ref,
         schedule_delivery_time: (!scheduled.is_empty()).then(|| scheduled.to_string()),

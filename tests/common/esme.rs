@@ -181,7 +181,7 @@ impl DeliveryReceipt {
         format!("{} err:{} state:{state} nec:{nec}", self.stat, self.err)
     }
 
-    fn read(deliver: &rusmpp::pdus::DeliverSm) -> DeliveryReceipt {
+    pub fn read(deliver: &rusmpp::pdus::DeliverSm) -> DeliveryReceipt {
         let text = String::from_utf8_lossy(deliver.short_message().as_ref()).into_owned();
         // Fields before `text:`, which quotes the message and may contain anything.
         let head = text.split(" text:").next().unwrap_or("");
