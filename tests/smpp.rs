@@ -484,7 +484,8 @@ async fn past_max_pending_messages_not_yet_final_a_submit_gets_esme_rmsgqful() {
 
 /// data_sm, SMPP 3.4's other way to submit (the text in message_payload),
 /// is taken as submit_sm is: data_sm_resp with the message id, the phone
-/// shows the text, and the receipt names that id.
+/// shows the text, and the receipt names that id; its qos_time_to_live
+/// ends the retries of a phone that is off, as a validity period does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_sm_submits_a_message_as_submit_sm_does() {
     use futures::StreamExt;
@@ -506,46 +507,66 @@ async fn data_sm_submits_a_message_as_submit_sm_does() {
         .interface_version(InterfaceVersion::Smpp3_4)
         .build();
     assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
-    let text = b"Your code is 482913 (data_sm)";
-    let data_sm = DataSm::builder()
-        .source_addr_ton(Ton::National)
-        .source_addr_npi(Npi::Isdn)
-        .source_addr(COctetString::from_str(SENDER).expect("source"))
-        .dest_addr_ton(Ton::National)
-        .dest_addr_npi(Npi::Isdn)
-        .destination_addr(COctetString::from_str(PHONE).expect("destination"))
-        .registered_delivery(RegisteredDelivery::from(1))
-        .data_coding(DataCoding::from(1))
-        .tlvs(vec![MessageSubmissionRequestTlvValue::MessagePayload(
-            MessagePayload::new(AnyOctetString::from_static_slice(text)),
-        )])
-        .build();
-    let answer = raw_call(&mut conn, 2, data_sm).await;
-    let Some(Pdu::DataSmResp(resp)) = answer.pdu() else {
-        panic!("data_sm_resp expected: {answer:?}");
-    };
-    assert_eq!(answer.status(), CommandStatus::EsmeRok);
-    let id = resp.message_id().as_str().to_string();
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    type Conn = Framed<TcpStream, CommandCodec>;
+    fn data_sm(to: &str, text: &'static [u8], ttl: Option<u32>) -> DataSm {
+        let mut tlvs = vec![MessageSubmissionRequestTlvValue::MessagePayload(MessagePayload::new(
+            AnyOctetString::from_static_slice(text),
+        ))];
+        tlvs.extend(ttl.map(MessageSubmissionRequestTlvValue::QosTimeToLive));
+        DataSm::builder()
+            .source_addr_ton(Ton::National)
+            .source_addr_npi(Npi::Isdn)
+            .source_addr(COctetString::from_str(SENDER).expect("source"))
+            .dest_addr_ton(Ton::National)
+            .dest_addr_npi(Npi::Isdn)
+            .destination_addr(COctetString::from_str(to).expect("destination"))
+            .registered_delivery(RegisteredDelivery::from(1))
+            .data_coding(DataCoding::from(1))
+            .tlvs(tlvs)
+            .build()
+    }
+    async fn submit(conn: &mut Conn, seq: u32, pdu: DataSm) -> String {
+        let answer = raw_call(conn, seq, pdu).await;
+        let Some(Pdu::DataSmResp(resp)) = answer.pdu() else {
+            panic!("data_sm_resp expected: {answer:?}");
+        };
+        assert_eq!(answer.status(), CommandStatus::EsmeRok);
+        resp.message_id().as_str().to_string()
+    }
+    async fn receipt(conn: &mut Conn) -> common::esme::DeliveryReceipt {
+        loop {
+            let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
+            if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
+                let receipt = common::esme::DeliveryReceipt::read(deliver);
+                let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
+                let answer = Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok);
+                futures::SinkExt::send(conn, answer).await.expect("deliver_sm_resp");
+                return receipt;
+            }
+        }
+    }
+    let id = submit(&mut conn, 2, data_sm(PHONE, b"Your code is 482913 (data_sm)", None)).await;
+    // Ten minutes to live, to a phone that stays off.
+    let lives = submit(&mut conn, 3, data_sm(OFF_PHONE, b"ten minutes to live", Some(600))).await;
     server.advance(RUN).await;
     let inbox = server.inbox(PHONE).await;
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].text, "Your code is 482913 (data_sm)");
-    let receipt = loop {
-        let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
-        if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
-            let receipt = common::esme::DeliveryReceipt::read(deliver);
-            let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
-            futures::SinkExt::send(
-                &mut conn,
-                Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok),
-            )
-            .await
-            .expect("deliver_sm_resp");
-            break receipt;
-        }
-    };
-    assert_eq!((receipt.id.as_str(), receipt.stat.as_str()), (id.as_str(), "DELIVRD"));
-    let bye = raw_call(&mut conn, 3, Pdu::Unbind).await;
+    let delivered = receipt(&mut conn).await;
+    assert_eq!(
+        (delivered.id.as_str(), delivered.stat.as_str()),
+        (id.as_str(), "DELIVRD")
+    );
+    server.advance(600 - RUN).await;
+    let expired = receipt(&mut conn).await;
+    assert_eq!(
+        (expired.id.as_str(), expired.stat.as_str()),
+        (lives.as_str(), "EXPIRED")
+    );
+    let bye = raw_call(&mut conn, 4, Pdu::Unbind).await;
     assert_eq!(bye.status(), CommandStatus::EsmeRok);
     server.stop().await;
 }

@@ -970,6 +970,15 @@ impl<'a> From<&'a DataSm> for SubmitFields<'a> {
     }
 }
 
+/// `seconds` from now as a relative SMPP time (`00MMDDhhmmss000R`, at most
+/// 99 days), as `validity_period` is written.
+pub(super) fn relative_smpp_time(seconds: u32) -> String {
+    let seconds = seconds.min(99 * 86_400 + 86_399);
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let (hours, rest) = (rest / 3_600, rest % 3_600);
+    format!("0000{days:02}{hours:02}{:02}{:02}000R", rest / 60, rest % 60)
+}
+
 fn read_submit(system_id: &str, sm: &SubmitFields<'_>) -> Result<Incoming, CommandStatus> {
     let source = sm.source_addr.to_string();
     let dest = sm.dest_addr.to_string();
@@ -979,9 +988,11 @@ fn read_submit(system_id: &str, sm: &SubmitFields<'_>) -> Result<Incoming, Comma
     let mut payload = None;
     let (mut sar_ref, mut sar_total, mut sar_seq) = (None, None, None);
     let mut message_ref = None;
+    let mut time_to_live = None;
     for tlv in sm.tlvs {
         match tlv.value() {
             Some(TlvValue::MessagePayload(p)) => payload = Some(p.value.to_vec()),
+            Some(TlvValue::QosTimeToLive(seconds)) => time_to_live = Some(*seconds),
             Some(TlvValue::SarMsgRefNum(r)) => sar_ref = Some(*r),
             Some(TlvValue::SarTotalSegments(t)) => sar_total = Some(*t),
             Some(TlvValue::SarSegmentSeqnum(s)) => sar_seq = Some(*s),
@@ -1027,7 +1038,12 @@ fn read_submit(system_id: &str, sm: &SubmitFields<'_>) -> Result<Incoming, Comma
         dest_npi: sm.dest_npi,
         data_coding: sm.data_coding,
         registered_delivery: sm.registered_delivery,
-        validity_period: (!validity.is_empty()).then(|| validity.to_string()),
+        // A data_sm says how long to try in `qos_time_to_live` (seconds).
+        validity_period: match (validity.is_empty(), time_to_live) {
+            (false, _) => Some(validity.to_string()),
+            (true, Some(seconds)) => Some(relative_smpp_time(seconds)),
+            (true, None) => None,
+        },
         message_ref,
         schedule_delivery_time: (!scheduled.is_empty()).then(|| scheduled.to_string()),
     };

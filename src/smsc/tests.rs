@@ -869,3 +869,22 @@ async fn shutdown_unbinds_bound_sessions() {
     }
     within("serve to return", smsc.task).await.unwrap();
 }
+
+/// A data_sm's `qos_time_to_live` (seconds) becomes a relative validity
+/// period, read back as the same time.
+#[test]
+fn time_to_live_is_written_as_a_relative_validity_period() {
+    assert_eq!(session::relative_smpp_time(90), "000000000130000R");
+    let ttl = 2 * 86_400 + 3 * 3_600 + 4 * 60 + 5;
+    let written = session::relative_smpp_time(ttl);
+    assert_eq!(written, "000002030405000R");
+    assert_eq!(
+        crate::sim::sms::parse_smpp_time(&written, 0),
+        Some(i64::from(ttl) * 1000)
+    );
+    assert_eq!(
+        session::relative_smpp_time(u32::MAX),
+        "000099235959000R",
+        "99 days at most"
+    );
+}
