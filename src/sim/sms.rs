@@ -719,7 +719,7 @@ impl SmsNetwork {
         let came = parts_that_came(&kept);
         let why = match dropped.cause {
             DropCause::TooOld => "the other parts did not come within 10 minutes",
-            DropCause::TooMany => "too many long messages were waiting for parts, and this was the oldest",
+            DropCause::TooMany => "the SMSC held as many partial long messages as it may, and this was the oldest",
             DropCause::StartedOver => "a part under the same reference announced another number of parts",
             DropCause::Cancelled => "cancelled by cancel_sm",
         };
