@@ -930,43 +930,42 @@ struct SubmitFields<'a> {
     tlvs: &'a [rusmpp::tlvs::Tlv],
 }
 
+/// A [`SubmitFields`] from the fields `submit_sm` and `data_sm` share,
+/// and the three only a `submit_sm` has.
+macro_rules! submit_fields {
+    ($sm:expr, $validity:expr, $schedule:expr, $short_message:expr) => {
+        SubmitFields {
+            source_addr: $sm.source_addr.as_str(),
+            source_ton: u8::from($sm.source_addr_ton),
+            source_npi: u8::from($sm.source_addr_npi),
+            dest_addr: $sm.destination_addr.as_str(),
+            dest_ton: u8::from($sm.dest_addr_ton),
+            dest_npi: u8::from($sm.dest_addr_npi),
+            esm_class: u8::from($sm.esm_class),
+            registered_delivery: u8::from($sm.registered_delivery),
+            data_coding: u8::from($sm.data_coding),
+            validity_period: $validity,
+            schedule_delivery_time: $schedule,
+            short_message: $short_message,
+            tlvs: $sm.tlvs(),
+        }
+    };
+}
+
 impl<'a> From<&'a SubmitSm> for SubmitFields<'a> {
     fn from(sm: &'a SubmitSm) -> Self {
-        SubmitFields {
-            source_addr: sm.source_addr.as_str(),
-            source_ton: u8::from(sm.source_addr_ton),
-            source_npi: u8::from(sm.source_addr_npi),
-            dest_addr: sm.destination_addr.as_str(),
-            dest_ton: u8::from(sm.dest_addr_ton),
-            dest_npi: u8::from(sm.dest_addr_npi),
-            esm_class: u8::from(sm.esm_class),
-            registered_delivery: u8::from(sm.registered_delivery),
-            data_coding: u8::from(sm.data_coding),
-            validity_period: sm.validity_period.as_str(),
-            schedule_delivery_time: sm.schedule_delivery_time.as_str(),
-            short_message: sm.short_message(),
-            tlvs: sm.tlvs(),
-        }
+        submit_fields!(
+            sm,
+            sm.validity_period.as_str(),
+            sm.schedule_delivery_time.as_str(),
+            sm.short_message()
+        )
     }
 }
 
 impl<'a> From<&'a DataSm> for SubmitFields<'a> {
     fn from(sm: &'a DataSm) -> Self {
-        SubmitFields {
-            source_addr: sm.source_addr.as_str(),
-            source_ton: u8::from(sm.source_addr_ton),
-            source_npi: u8::from(sm.source_addr_npi),
-            dest_addr: sm.destination_addr.as_str(),
-            dest_ton: u8::from(sm.dest_addr_ton),
-            dest_npi: u8::from(sm.dest_addr_npi),
-            esm_class: u8::from(sm.esm_class),
-            registered_delivery: u8::from(sm.registered_delivery),
-            data_coding: u8::from(sm.data_coding),
-            validity_period: "",
-            schedule_delivery_time: "",
-            short_message: &[],
-            tlvs: sm.tlvs(),
-        }
+        submit_fields!(sm, "", "", &[])
     }
 }
 
