@@ -1,17 +1,12 @@
 //! `otpgate demo` finishes by itself, and what it prints is what the README shows.
 
+mod common;
+
 #[test]
 fn the_demo_finishes_and_prints_what_the_readme_shows() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"))
-        .args([
-            "demo",
-            "--http",
-            "127.0.0.1:0",
-            "--smpp",
-            "127.0.0.1:0",
-            "--smtp",
-            "127.0.0.1:0",
-        ])
+        .arg("demo")
+        .args(common::ON_ANY_PORTS)
         .env("OTPGATE_LOG", "off")
         .output()
         .expect("run otpgate demo");

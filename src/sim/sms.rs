@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::carrier::{Attempt, Carrier, Outcome, ReceiptCodes};
 use crate::clock::{Clock, Millis};
-use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State};
+use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State, Written};
 use crate::member::{self, Channel};
 use crate::sim::{InboxMessage, World};
 use crate::smsc::{
@@ -478,42 +478,15 @@ impl SmsNetwork {
                 .detail
                 .map(|d| format!("{d}; delivery scheduled for {}", crate::clock::rfc3339(at)));
         }
-        let existing = match &sub.message_ref {
-            Some(r) => inner.log.get(r).map_err(sys)?,
-            None => None,
-        };
         // The log entry, the queue entry and the record are written in that
         // order and made durable by one sync: the store's log replays a
         // prefix, so a crash between them leaves only states that
         // `resume` and the log's `settle_after_restart` already handle.
-        let written = match existing {
-            Some(m) => {
-                let (carrier_id, shown) = (carrier.id.clone(), shown);
-                inner
-                    .log
-                    .write_append(&m.id, accepted, |m| {
-                        m.carrier = Some(carrier_id);
-                        m.from = shown;
-                    })
-                    .await
-                    .map_err(sys)?
-                    .ok_or_else(|| SubmitRefusal::System("the logged message vanished".into()))?
-            }
-            None => {
-                let new = NewMessage {
-                    channel: Channel::Sms,
-                    to: to.clone(),
-                    from: shown,
-                    origin: sub.system_id.clone(),
-                    member_id: None,
-                    otp_id: None,
-                    text: crate::otp::mask_digits(&sub.text),
-                    carrier: Some(carrier.id.clone()),
-                    at: now,
-                };
-                inner.log.write_create(new, accepted).map_err(sys)?
-            }
-        };
+        let written = self
+            .log_accepted(&sub, &to, &carrier.id, shown, accepted)
+            .await
+            .map_err(sys)?
+            .ok_or_else(|| SubmitRefusal::System("the logged message vanished".into()))?;
         let log_id = written.message.id.clone();
         let first_attempt_at = scheduled.unwrap_or(now)
             + carrier
@@ -556,6 +529,47 @@ impl SmsNetwork {
         self.schedule(id.clone(), first_attempt_at, Trigger::Planned(first_attempt_at));
         self.enforce_retention();
         Ok(id)
+    }
+
+    /// Logs the SMSC's acceptance of `sub`: as an event of the message its
+    /// `message_ref` names (the OTP core's own, which now shows the carrier
+    /// and the sender the phone will show), else as a new message with
+    /// its text masked. Written, not yet durable ([`DeliveryLog::publish`]);
+    /// `None` if the named message vanished meanwhile.
+    async fn log_accepted(
+        &self,
+        sub: &Submission,
+        to: &str,
+        carrier_id: &str,
+        shown: String,
+        accepted: Event,
+    ) -> Result<Option<Written>, StoreError> {
+        let log = &self.inner.log;
+        let existing = match &sub.message_ref {
+            Some(r) => log.get(r)?,
+            None => None,
+        };
+        if let Some(m) = existing {
+            let carrier_id = carrier_id.to_string();
+            return log
+                .write_append(&m.id, accepted, |m| {
+                    m.carrier = Some(carrier_id);
+                    m.from = shown;
+                })
+                .await;
+        }
+        let new = NewMessage {
+            channel: Channel::Sms,
+            to: to.to_string(),
+            from: shown,
+            origin: sub.system_id.clone(),
+            member_id: None,
+            otp_id: None,
+            text: crate::otp::mask_digits(&sub.text),
+            carrier: Some(carrier_id.to_string()),
+            at: accepted.at,
+        };
+        log.write_create(new, accepted).map(Some)
     }
 
     /// One delivery attempt, when it falls due.
@@ -756,29 +770,11 @@ impl SmsNetwork {
         let (log_id, written) = match inner.log.id_by_smsc_id(&id)? {
             Some(log_id) => (log_id, None),
             None => {
-                let existing = match &sub.message_ref {
-                    Some(r) => inner.log.get(r)?.map(|m| m.id),
-                    None => None,
-                };
-                let log_id = match existing {
-                    Some(log_id) => {
-                        inner.log.write_append(&log_id, accepted, |_| {}).await?;
-                        log_id
-                    }
-                    None => {
-                        let new = NewMessage {
-                            channel: Channel::Sms,
-                            to: to.clone(),
-                            from: carrier.displayed_sender(&sub.source_addr, &inner.world.profile),
-                            origin: sub.system_id.clone(),
-                            member_id: None,
-                            otp_id: None,
-                            text: crate::otp::mask_digits(&sub.text),
-                            carrier: Some(carrier.id.clone()),
-                            at: came_at,
-                        };
-                        inner.log.write_create(new, accepted)?.message.id
-                    }
+                let shown = carrier.displayed_sender(&sub.source_addr, &inner.world.profile);
+                let log_id = match self.log_accepted(&sub, &to, &carrier.id, shown, accepted).await? {
+                    Some(written) => written.message.id,
+                    // The message its reference named went meanwhile.
+                    None => sub.message_ref.clone().unwrap_or_default(),
                 };
                 let written = inner.log.write_append(&log_id, incomplete, |_| {}).await?;
                 (log_id, written)

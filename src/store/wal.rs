@@ -194,13 +194,16 @@ impl Wal {
         for (_, path) in &legacy {
             replayed += replay_records(&fs::read(path)?, db).map_err(io::Error::other)?;
         }
+        // Every file is surveyed before any is replayed, so that a damaged
+        // one refuses the start with sled untouched; each is read again to
+        // replay it rather than all held in memory at once.
         let mut surveys = Vec::with_capacity(files.len());
         for (number, path) in &files {
-            surveys.push((*number, path.clone(), survey(&fs::read(path)?, *number)));
+            surveys.push((path.clone(), survey(&fs::read(path)?, *number)));
         }
         check_log_files(&surveys)?;
-        for (number, path) in &files {
-            replayed += replay(&fs::read(path)?, *number, db).map_err(io::Error::other)?;
+        for (path, survey) in &surveys {
+            replayed += replay_frames(&fs::read(path)?, survey.end, db).map_err(io::Error::other)?;
         }
         // Above every number on disk, so no frame a spare still holds can
         // pass for one of the new file's.
@@ -677,8 +680,14 @@ fn survey(bytes: &[u8], number: u64) -> Survey {
 /// Applies the frames of log file `number` to sled, up to the first one
 /// that is short, of another number or fails its checksum ([`survey`]);
 /// returns how many records they held.
+#[cfg(test)]
 fn replay(bytes: &[u8], number: u64, db: &sled::Db) -> Result<usize, String> {
-    let end = survey(bytes, number).end;
+    replay_frames(bytes, survey(bytes, number).end, db)
+}
+
+/// Applies the frames that end at `end` ([`Survey::end`]) to sled;
+/// returns how many records they held.
+fn replay_frames(bytes: &[u8], end: usize, db: &sled::Db) -> Result<usize, String> {
     let mut records = 0;
     let mut at = 0;
     while at < end {
@@ -699,9 +708,9 @@ fn replay(bytes: &[u8], number: u64, db: &sled::Db) -> Result<usize, String> {
 /// over a gap. Not caught: damage to the last frame of the newest file,
 /// or to a frame's file number, both indistinguishable from where a
 /// crash or a recycled file ends a log.
-fn check_log_files(surveys: &[(u64, PathBuf, Survey)]) -> io::Result<()> {
-    for (i, (_, path, survey)) in surveys.iter().enumerate() {
-        let later = surveys[i + 1..].iter().any(|(_, _, s)| s.frames > 0);
+fn check_log_files(surveys: &[(PathBuf, Survey)]) -> io::Result<()> {
+    for (i, (path, survey)) in surveys.iter().enumerate() {
+        let later = surveys[i + 1..].iter().any(|(_, s)| s.frames > 0);
         let damaged = match survey.resumes {
             Some(_) => true,
             None => survey.torn && later,
