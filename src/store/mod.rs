@@ -713,18 +713,26 @@ mod tests {
 
     /// A database sled cannot recover (here: segments in the middle of its
     /// log overwritten, which leaves holes in its page table) makes sled
-    /// panic; opening answers an error instead.
+    /// panic; opening answers an error instead. Which pages those segments
+    /// hold depends on when sled's own flusher ran during the inserts, so
+    /// now and then (a loaded machine, a clean clone's CI) the damage missed
+    /// every page sled still needs and it opened: a fresh database is
+    /// damaged again then, up to five times, and every opening must be an
+    /// error or a database, never a panic.
     #[test]
     fn a_database_sled_panics_on_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_sled(dir.path(), DEFAULT_CACHE_MIB).unwrap();
-        for i in 0..20_000u32 {
-            db.insert(i.to_be_bytes(), vec![1u8; 100]).unwrap();
-        }
-        db.flush().unwrap();
-        drop(db);
-        zero_segments(dir.path(), 1..=4);
-        let failed = open_sled(dir.path(), DEFAULT_CACHE_MIB).expect_err("not opened");
+        let failed = (0..5).find_map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let db = open_sled(dir.path(), DEFAULT_CACHE_MIB).unwrap();
+            for i in 0..20_000u32 {
+                db.insert(i.to_be_bytes(), vec![1u8; 100]).unwrap();
+            }
+            db.flush().unwrap();
+            drop(db);
+            zero_segments(dir.path(), 1..=4);
+            open_sled(dir.path(), DEFAULT_CACHE_MIB).err()
+        });
+        let failed = failed.expect("not opened, in five tries");
         assert!(
             failed.to_string().contains("sled could not read the database"),
             "{failed}"
