@@ -286,7 +286,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // The SMSC, with the configured accounts and the core's own.
     let mut core_password = [0u8; 4]; // SMPP passwords are at most 8 characters
     OsRng.fill_bytes(&mut core_password);
-    let core_password: String = core_password.iter().map(|b| format!("{b:02x}")).collect();
+    let core_password = crate::otp::hex(&core_password);
     let mut accounts: Vec<Account> = config
         .smsc
         .accounts

@@ -454,7 +454,7 @@ impl OtpService {
         let now = self.now();
         let mut raw = [0u8; 12];
         OsRng.fill_bytes(&mut raw);
-        let id = format!("otp_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let id = format!("otp_{}", otp::hex(&raw));
         let sender = self.sender.shown_sender(channel, destination);
         let (mut otp, code) = otp::issue(
             &self.key,
