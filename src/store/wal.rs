@@ -12,7 +12,11 @@
 //! ([`SledFiles`]: sled's flush alone would not survive a power cut) and
 //! recycles the old log files. At start-up the files left over are
 //! replayed into sled in order; replaying a write sled already has is
-//! harmless, because records carry whole values.
+//! harmless, because records carry whole values. Each checkpoint also
+//! puts into sled, before flushing it, the number of the last file it
+//! covers ([`CHECKPOINTED_KEY`]): a file left behind at or below it (one
+//! that could be neither recycled nor removed) is not replayed again, for
+//! its old values would go over newer ones whose files are gone.
 //!
 //! Files are written over, not grown: a checkpointed file is kept as a
 //! spare (`N.spare`, at most [`SPARES`]) and becomes the next log file by a
@@ -58,6 +62,9 @@ const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 const PAGE: usize = 4096;
 /// A frame's length, file number and checksum.
 const FRAME_HEADER: usize = 16;
+/// In sled's meta tree: the number of the last log file whose writes sled
+/// holds and has flushed (as JSON, as the store's meta values are).
+const CHECKPOINTED_KEY: &str = "wal_checkpointed";
 /// How many checkpointed files are kept to be written over.
 const SPARES: usize = 2;
 /// The largest record buffer the writer keeps for the next group; a
@@ -188,7 +195,19 @@ impl Wal {
     pub(super) fn open(dir: &Path, db: &sled::Db, sled_dir: &Path, layers: Arc<Layers>) -> io::Result<Wal> {
         fs::create_dir_all(dir)?;
         let legacy = numbered_files(dir, "wal")?;
-        let files = numbered_files(dir, "log")?;
+        let covered = checkpointed(db)?;
+        // Files a checkpoint already covered: left behind when they could
+        // be neither recycled nor removed. Replayed, they would put old
+        // values back over newer ones whose own files are gone.
+        let (left_behind, files): (Vec<_>, Vec<_>) = numbered_files(dir, "log")?
+            .into_iter()
+            .partition(|(n, _)| covered.is_some_and(|c| *n <= c));
+        if !left_behind.is_empty() {
+            tracing::warn!(
+                files = left_behind.len(),
+                "log files an earlier checkpoint covered were left behind; not replayed"
+            );
+        }
         let spares = numbered_files(dir, "spare")?;
         let mut replayed = 0usize;
         for (_, path) in &legacy {
@@ -206,15 +225,22 @@ impl Wal {
             replayed += replay_frames(&fs::read(path)?, survey.end, db).map_err(io::Error::other)?;
         }
         // Above every number on disk, so no frame a spare still holds can
-        // pass for one of the new file's.
-        let number = [&legacy, &files, &spares]
+        // pass for one of the new file's, and above the last checkpoint's,
+        // so the new file is never taken for one it covered.
+        let last_replayed = [&legacy, &files]
             .iter()
-            .filter_map(|found| found.last().map(|(n, _)| n + 1))
+            .filter_map(|found| found.last().map(|(n, _)| *n))
+            .max();
+        let number = [&legacy, &files, &spares, &left_behind]
+            .iter()
+            .filter_map(|found| found.last().map(|(n, _)| *n))
+            .chain(covered)
             .max()
-            .unwrap_or(1);
+            .map_or(1, |n| n + 1);
         let replayed_files = legacy.len() + files.len();
         let mut sled_files = SledFiles::new(sled_dir);
-        if replayed_files > 0 {
+        if let Some(last) = last_replayed {
+            mark_checkpointed(db, last)?;
             sled_files.persist(db)?;
             for (_, path) in &legacy {
                 fs::remove_file(path)?;
@@ -235,7 +261,7 @@ impl Wal {
             has_failed: AtomicBool::new(false),
             layers: layers.clone(),
         });
-        for (n, path) in spares.into_iter().chain(files) {
+        for (n, path) in spares.into_iter().chain(left_behind).chain(files) {
             shared.retire(dir, n, &path);
         }
         let segment = Segment::open(&shared, dir, number)?;
@@ -507,7 +533,10 @@ fn checkpoint_loop(
                 upto = later;
             }
         }
-        if let Err(e) = drain().and_then(|()| sled_files.persist(db).map(drop)) {
+        let checkpoint = drain()
+            .and_then(|()| mark_checkpointed(db, upto))
+            .and_then(|()| sled_files.persist(db).map(drop));
+        if let Err(e) = checkpoint {
             shared.fail(&e);
             return;
         }
@@ -518,6 +547,24 @@ fn checkpoint_loop(
             shared.retire(dir, n, &path);
         }
     }
+}
+
+/// The number of the last log file a checkpoint covered, if any did.
+fn checkpointed(db: &sled::Db) -> io::Result<Option<u64>> {
+    let meta = db.open_tree(super::META_TREE).map_err(io::Error::other)?;
+    match meta.get(CHECKPOINTED_KEY).map_err(io::Error::other)? {
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(io::Error::other),
+        None => Ok(None),
+    }
+}
+
+/// Puts into sled (flushed by the checkpoint that follows) that sled holds
+/// every write of the log files up to `number`.
+fn mark_checkpointed(db: &sled::Db, number: u64) -> io::Result<()> {
+    let meta = db.open_tree(super::META_TREE).map_err(io::Error::other)?;
+    meta.insert(CHECKPOINTED_KEY, number.to_string().as_bytes())
+        .map_err(io::Error::other)?;
+    Ok(())
 }
 
 /// sled's files, made durable before a log file that holds the same
@@ -992,6 +1039,38 @@ mod tests {
         let mut middle = [sound(4, b"a"), sound(4, b"b"), sound(4, b"c")].concat();
         middle[PAGE + FRAME_HEADER + 3] ^= 0xff;
         assert!(open(&[(4, middle)]).0.unwrap_err().contains("damaged at byte 4096"));
+    }
+
+    /// A log file a checkpoint covered but could not recycle or remove is
+    /// not replayed over the newer values sled holds, and the new log is
+    /// numbered past the checkpoint even when no file is left on disk.
+    #[test]
+    fn a_log_file_a_checkpoint_covered_is_not_replayed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let sled_dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(sled_dir.path()).open().unwrap();
+        // File 5 was checkpointed, then file 6 (whose writes set `a` anew)
+        // was checkpointed and recycled; file 5 stayed behind. File 7 is
+        // the one the crash left.
+        db.open_tree("t").unwrap().insert("a", "new").unwrap();
+        mark_checkpointed(&db, 6).unwrap();
+        fs::write(file_named(dir.path(), 5, "log"), frame(5, &put(b"a", b"old"))).unwrap();
+        fs::write(file_named(dir.path(), 7, "log"), frame(7, &put(b"b", b"1"))).unwrap();
+        drop(Wal::open(dir.path(), &db, sled_dir.path(), Arc::new(Layers::new())).unwrap());
+        assert_eq!(value(&db, "a").as_deref(), Some(&b"new"[..]));
+        assert_eq!(value(&db, "b").as_deref(), Some(&b"1"[..]));
+        assert!(checkpointed(&db).unwrap() >= Some(7));
+        assert!(!file_named(dir.path(), 5, "log").exists(), "recycled now");
+
+        let dir = tempfile::tempdir().unwrap();
+        mark_checkpointed(&db, 41).unwrap();
+        let wal = Wal::open(dir.path(), &db, sled_dir.path(), Arc::new(Layers::new())).unwrap();
+        assert!(
+            file_named(dir.path(), 42, "log").exists(),
+            "numbered past the checkpoint"
+        );
+        drop(wal);
+        assert_eq!(checkpointed(&db).unwrap(), Some(42), "a clean stop's checkpoint");
     }
 
     /// A checkpoint thread with nothing to drain waits without a timer,
