@@ -2,7 +2,7 @@
 //! on rusmppc (not otpgate's code) binds to the real server on port 0,
 //! submits, and reads delivery receipts off its event stream while the test
 //! moves the virtual clock over HTTP. Binds, receipts and their TLVs, bad
-//! PDUs, enquire_link and unbind, query_sm and cancel_sm,
+//! PDUs, enquire_link and unbind, query_sm, cancel_sm and replace_sm,
 //! registered_delivery, validity_period, receipts kept for a later bind,
 //! long messages, throttling, seed reproducibility, and the status
 //! callbacks a suite waits on instead of polling.
@@ -567,6 +567,159 @@ async fn data_sm_submits_a_message_as_submit_sm_does() {
         (lives.as_str(), "EXPIRED")
     );
     let bye = raw_call(&mut conn, 4, Pdu::Unbind).await;
+    assert_eq!(bye.status(), CommandStatus::EsmeRok);
+    server.stop().await;
+}
+
+/// `replace_sm` over raw rusmpp PDUs: a message still waiting (its phone
+/// off, or its delivery scheduled) gets the new text, receipt request and
+/// schedule, and the handset shows the new text; the delivery log shows
+/// the replacement with the code masked. A wrong source address, an
+/// unknown id and a message already delivered get ESME_RREPLACEFAIL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_sm_replaces_a_message_still_waiting_for_delivery() {
+    use futures::StreamExt;
+    use rusmpp::pdus::{BindTransceiver, DeliverSmResp, ReplaceSm, SubmitSm};
+    use rusmpp::tokio_codec::CommandCodec;
+    use rusmpp::types::{COctetString, EmptyOrFullCOctetString, OctetString};
+    use rusmpp::values::{InterfaceVersion, Npi, RegisteredDelivery, Ton};
+    use rusmpp::{Command, CommandStatus, Pdu};
+    use std::str::FromStr;
+    use tokio_util::codec::Framed;
+    type Conn = Framed<TcpStream, CommandCodec>;
+    let server = TestServer::start().await;
+    let stream = TcpStream::connect(server.smpp).await.expect("connect");
+    let mut conn: Conn = Framed::new(stream, CommandCodec::new());
+    let bind = BindTransceiver::builder()
+        .system_id(COctetString::from_str("otpgate").expect("system_id"))
+        .password(COctetString::from_str("otpgate").expect("password"))
+        .interface_version(InterfaceVersion::Smpp3_4)
+        .build();
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    server.handset(PHONE, json!({"carrier": "au"})).await;
+    let time = |t: &str| EmptyOrFullCOctetString::from_str(t).expect("an SMPP time");
+    let submit = |to: &str, text: &'static [u8], schedule: &str| {
+        SubmitSm::builder()
+            .source_addr_ton(Ton::National)
+            .source_addr_npi(Npi::Isdn)
+            .source_addr(COctetString::from_str(SENDER).expect("source"))
+            .dest_addr_ton(Ton::National)
+            .dest_addr_npi(Npi::Isdn)
+            .destination_addr(COctetString::from_str(to).expect("destination"))
+            .schedule_delivery_time(time(schedule))
+            .registered_delivery(RegisteredDelivery::from(0))
+            .short_message(OctetString::from_static_slice(text).expect("text"))
+            .build()
+    };
+    let replace = |id: &str, source: &str, text: &'static [u8], schedule: &str| {
+        ReplaceSm::builder()
+            .message_id(COctetString::from_str(id).expect("id"))
+            .source_addr_ton(Ton::National)
+            .source_addr_npi(Npi::Isdn)
+            .source_addr(COctetString::from_str(source).expect("source"))
+            .schedule_delivery_time(time(schedule))
+            .registered_delivery(RegisteredDelivery::from(1))
+            .short_message(OctetString::from_static_slice(text).expect("text"))
+            .build()
+    };
+    async fn submitted(conn: &mut Conn, seq: u32, pdu: SubmitSm) -> String {
+        let answer = raw_call(conn, seq, pdu).await;
+        let Some(Pdu::SubmitSmResp(resp)) = answer.pdu() else {
+            panic!("submit_sm_resp expected: {answer:?}");
+        };
+        assert_eq!(answer.status(), CommandStatus::EsmeRok);
+        resp.message_id().as_str().to_string()
+    }
+    async fn replaced(conn: &mut Conn, seq: u32, pdu: ReplaceSm) -> CommandStatus {
+        let answer = raw_call(conn, seq, pdu).await;
+        assert!(
+            matches!(answer.pdu(), Some(Pdu::ReplaceSmResp) | None),
+            "replace_sm_resp expected: {answer:?}"
+        );
+        answer.status()
+    }
+    async fn receipt(conn: &mut Conn) -> common::esme::DeliveryReceipt {
+        loop {
+            let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
+            if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
+                let receipt = common::esme::DeliveryReceipt::read(deliver);
+                let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
+                let answer = Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok);
+                futures::SinkExt::send(conn, answer).await.expect("deliver_sm_resp");
+                return receipt;
+            }
+        }
+    }
+
+    // To a phone that is off: waiting, so it can be replaced; the
+    // replacement asks for the receipt the original did not.
+    let waiting = submitted(&mut conn, 2, submit(OFF_PHONE, b"Your code is 111111", "")).await;
+    let new_code = b"Your code is 222222";
+    assert_eq!(
+        replaced(&mut conn, 3, replace(&waiting, SENDER, new_code, "")).await,
+        CommandStatus::EsmeRok
+    );
+    assert_eq!(
+        replaced(&mut conn, 4, replace(&waiting, "0312345678", new_code, "")).await,
+        CommandStatus::EsmeRreplacefail,
+        "another source address"
+    );
+    assert_eq!(
+        replaced(&mut conn, 5, replace("9999999999", SENDER, new_code, "")).await,
+        CommandStatus::EsmeRreplacefail,
+        "an unknown id"
+    );
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": true}))
+        .await;
+    server.advance(RUN).await;
+    let inbox = server.inbox(OFF_PHONE).await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].text, "Your code is 222222");
+    let delivered = receipt(&mut conn).await;
+    assert_eq!(
+        (delivered.id.as_str(), delivered.stat.as_str()),
+        (waiting.as_str(), "DELIVRD")
+    );
+    assert_eq!(
+        replaced(&mut conn, 6, replace(&waiting, SENDER, b"too late", "")).await,
+        CommandStatus::EsmeRreplacefail,
+        "delivered already"
+    );
+    let (_, log) = server.get("/v1/messages?to=%2B819011110002").await;
+    let message = &log["items"][0];
+    let kinds: Vec<&str> = message["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"replaced"), "{message}");
+    assert!(
+        !log.to_string().contains("222222"),
+        "the log holds the plain code: {log}"
+    );
+
+    // Scheduled an hour on, then brought forward to a minute on.
+    let scheduled = submitted(&mut conn, 7, submit(PHONE, b"in an hour", "000000010000000R")).await;
+    assert_eq!(
+        replaced(
+            &mut conn,
+            8,
+            replace(&scheduled, SENDER, b"in a minute", "000000000100000R")
+        )
+        .await,
+        CommandStatus::EsmeRok
+    );
+    server.advance(RUN).await;
+    let inbox = server.inbox(PHONE).await;
+    assert_eq!(inbox.len(), 1, "delivered a minute on, not an hour: {inbox:?}");
+    assert_eq!(inbox[0].text, "in a minute");
+    assert_eq!(receipt(&mut conn).await.id, scheduled);
+    let bye = raw_call(&mut conn, 9, Pdu::Unbind).await;
     assert_eq!(bye.status(), CommandStatus::EsmeRok);
     server.stop().await;
 }

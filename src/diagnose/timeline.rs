@@ -298,6 +298,10 @@ fn event_summary(f: &Facts, msg: &Message, ev: &Event) -> String {
             format!("長いメッセージの一部が届かず、配信を打ち切り{}", paren(true)),
             format!("Not delivered: parts of the long message never came{}", paren(false)),
         ),
+        "replaced" => l.pick(
+            "配信前に送信元がメッセージを差し替え（replace_sm）".to_string(),
+            "Replaced by its sender before delivery (replace_sm)".to_string(),
+        ),
         "receipt" => l.pick(
             format!("配信レシート{}", paren(true)),
             format!("Delivery receipt{}", paren(false)),

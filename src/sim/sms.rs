@@ -22,7 +22,8 @@ use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State, Writt
 use crate::member::{self, Channel};
 use crate::sim::{InboxMessage, World};
 use crate::smsc::{
-    DropCause, Dropped, KeptPart, MessageStatus, Receipt, ReceiptHub, SmscBackend, Submission, SubmitRefusal,
+    DropCause, Dropped, KeptPart, MessageStatus, Receipt, ReceiptHub, Replacement, SmscBackend, Submission,
+    SubmitRefusal,
 };
 use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
@@ -64,6 +65,10 @@ pub struct SmsRecord {
     /// The ids of a long message's earlier parts (see `Inner::parts`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub part_ids: Vec<String>,
+    /// The submitted data coding, which a `replace_sm`'s text is read in
+    /// (records from before it was kept: the GSM default alphabet).
+    #[serde(default)]
+    pub data_coding: u8,
 }
 
 /// Why a delivery attempt runs.
@@ -510,6 +515,7 @@ impl SmsNetwork {
             next_attempt_at: Some(first_attempt_at),
             inbox_key: None,
             part_ids: sub.part_ids,
+            data_coding: sub.data_coding,
         };
         // The queue entry first: a crash between the two writes leaves an
         // entry without a record, which `resume` drops; the other order
@@ -690,6 +696,70 @@ impl SmsNetwork {
         }
     }
 
+    /// A `replace_sm` ([`SmscBackend::replace`]): a message of `system_id`
+    /// from the same source, not yet final, gets the new text, receipt
+    /// request and, when given, validity and schedule (a schedule plans
+    /// the next attempt anew; a validity ending before the planned attempt
+    /// brings it forward to the end). The record and the log's event and
+    /// text (masked) are durable before it returns; the handset gets the
+    /// new text at delivery.
+    async fn replace_pending(
+        &self,
+        system_id: &str,
+        message_id: &str,
+        replacement: Replacement,
+    ) -> Result<(), SubmitRefusal> {
+        let inner = &self.inner;
+        let id = self.whole_id(message_id).map_err(sys)?;
+        let _guard = self.lock_for(&id).lock().await;
+        let mut rec = match inner.records.get::<SmsRecord>(&id).map_err(sys)? {
+            Some(r) if r.system_id == system_id && r.source == replacement.source_addr && !r.is_final() => r,
+            _ => return Err(SubmitRefusal::NotFound),
+        };
+        let now = inner.clock.now();
+        let expires_at = match replacement.validity_period.as_deref() {
+            Some(given) => {
+                let handset = inner.world.handset_or_default(&rec.to).map_err(sys)?;
+                let carrier = self
+                    .carrier_for(&handset.carrier)
+                    .ok_or_else(|| SubmitRefusal::System("no carrier models loaded".into()))?;
+                // ESME_RINVEXPIRY, as a submit_sm's would be if unreadable.
+                let end = parse_smpp_time(given, now).ok_or(SubmitRefusal::Status(0x62))?;
+                end.clamp(now, now + carrier.validity_ms())
+            }
+            None => rec.expires_at,
+        };
+        let scheduled = scheduled_delivery(replacement.schedule_delivery_time.as_deref(), now, expires_at)?;
+        rec.text = crate::smsc::text::decode(rec.data_coding, &replacement.short_message);
+        rec.registered_delivery = replacement.registered_delivery;
+        rec.expires_at = expires_at;
+        let planned = rec.next_attempt_at;
+        let next = match scheduled {
+            Some(at) => Some(at),
+            None => planned.map(|at| at.min(expires_at)),
+        };
+        rec.next_attempt_at = next;
+        let mut event = Event::new("replaced", now).reason("replace_sm");
+        if let Some(at) = scheduled {
+            event = event.detail(format!("delivery scheduled for {}", crate::clock::rfc3339(at)));
+        }
+        let masked = crate::otp::mask_digits(&rec.text);
+        inner.records.put(&id, &rec).map_err(sys)?;
+        let written = inner
+            .log
+            .write_append(&rec.log_id, event, |m| m.text = masked)
+            .await
+            .map_err(sys)?;
+        match written {
+            Some(written) => inner.log.publish(written).await.map_err(sys)?,
+            None => inner.store.flush().await.map_err(sys)?,
+        }
+        if let Some(at) = next.filter(|at| Some(*at) != planned) {
+            self.schedule(id, at, Trigger::Planned(at));
+        }
+        Ok(())
+    }
+
     /// Settles a long message the SMSC dropped unfinished
     /// ([`SmscBackend::abandon`]): it becomes a final record, EXPIRED with
     /// the carrier's codes, so that query_sm by any of its parts' ids
@@ -798,6 +868,7 @@ impl SmsNetwork {
             next_attempt_at: None,
             inbox_key: None,
             part_ids: sub.part_ids,
+            data_coding: sub.data_coding,
         };
         let receipt = receipt_asked(&record, &codes, &sub.text, now).filter(|_| !cancelled);
         let mut batch = inner.store.batch();
@@ -1008,6 +1079,17 @@ impl SmscBackend for SmsNetwork {
             })
         });
         Box::pin(async move { found })
+    }
+
+    fn replace(
+        &self,
+        system_id: &str,
+        message_id: &str,
+        replacement: Replacement,
+    ) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
+        let system_id = system_id.to_string();
+        let message_id = message_id.to_string();
+        Box::pin(async move { self.replace_pending(&system_id, &message_id, replacement).await })
     }
 
     fn cancel(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {

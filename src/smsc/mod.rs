@@ -166,6 +166,21 @@ pub struct Submission {
     pub part_ids: Vec<String>,
 }
 
+/// What a `replace_sm` puts in place of a message still waiting for
+/// delivery. No `Debug`: the text may carry a code.
+pub struct Replacement {
+    /// As the ESME gives it: it must be the original message's.
+    pub source_addr: String,
+    /// The new text, encoded in the original message's data coding
+    /// (`replace_sm` has none of its own).
+    pub short_message: Vec<u8>,
+    /// Raw SMPP times, when given: the original's stay otherwise.
+    pub schedule_delivery_time: Option<String>,
+    pub validity_period: Option<String>,
+    /// Always given: it replaces the original's.
+    pub registered_delivery: u8,
+}
+
 /// Submission's Debug leaves the text out: it carries OTP codes.
 impl std::fmt::Debug for Submission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -252,6 +267,18 @@ pub trait SmscBackend: Send + Sync + 'static {
     /// `cancel`.
     fn query(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>>;
     fn cancel(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>>;
+    /// Replaces a message of `system_id` still waiting for delivery
+    /// (`replace_sm`), matched by its id and its source address. Ok once
+    /// the change is durable; a message that is final, another account's
+    /// or unknown is [`SubmitRefusal::NotFound`] (ESME_RREPLACEFAIL).
+    fn replace(
+        &self,
+        _system_id: &str,
+        _message_id: &str,
+        _replacement: Replacement,
+    ) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
+        Box::pin(async { Err(SubmitRefusal::NotFound) })
+    }
     /// Keeps a part of a long message until its message is whole (made
     /// durable by [`SmscBackend::sync`] before the part's `submit_sm_resp`):
     /// the submit of the whole message ([`Submission::part_ids`] names the

@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use rusmpp::pdus::{
-    BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DataSm, DataSmResp, DeliverSm, QuerySmResp, SubmitSm,
-    SubmitSmResp,
+    BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DataSm, DataSmResp, DeliverSm, QuerySmResp, ReplaceSm,
+    SubmitSm, SubmitSmResp,
 };
 use rusmpp::tlvs::{MessageDeliveryRequestTlvValue, TlvValue};
 use rusmpp::types::{COctetString, EmptyOrFullCOctetString, OctetString};
@@ -142,8 +142,10 @@ enum Finished {
         message_id: String,
         result: Option<super::MessageStatus>,
     },
-    Cancel {
+    /// A `cancel_sm` or a `replace_sm` (`resp` says which answer it gets).
+    Change {
         seq: u32,
+        resp: CommandId,
         result: Result<(), SubmitRefusal>,
     },
 }
@@ -430,6 +432,7 @@ impl Session {
                 let message_id = cancel.message_id.as_str().to_string();
                 self.on_cancel(seq, message_id).await?
             }
+            (CommandId::ReplaceSm, Some(Pdu::ReplaceSm(replace))) => self.on_replace(seq, &replace).await?,
             (CommandId::DeliverSmResp, _) => self.on_deliver_sm_resp(seq, status),
             (CommandId::GenericNack, _) => {
                 tracing::info!(?status, seq, "ESME sent generic_nack");
@@ -646,17 +649,21 @@ impl Session {
         }
     }
 
-    async fn on_query(&mut self, seq: u32, message_id: String) -> Result<(), SessionError> {
-        let Some(system_id) = self.submitter() else {
-            return self
-                .reject(CommandId::QuerySmResp, CommandStatus::EsmeRinvbndsts, seq)
-                .await;
-        };
+    /// The account of a session that may ask about or change a message it
+    /// submitted now, or why it may not.
+    fn may_ask(&self) -> Result<String, CommandStatus> {
+        let system_id = self.submitter().ok_or(CommandStatus::EsmeRinvbndsts)?;
         if self.saturated() {
-            return self
-                .reject(CommandId::QuerySmResp, CommandStatus::EsmeRthrottled, seq)
-                .await;
+            return Err(CommandStatus::EsmeRthrottled);
         }
+        Ok(system_id)
+    }
+
+    async fn on_query(&mut self, seq: u32, message_id: String) -> Result<(), SessionError> {
+        let system_id = match self.may_ask() {
+            Ok(system_id) => system_id,
+            Err(status) => return self.reject(CommandId::QuerySmResp, status, seq).await,
+        };
         let backend = self.shared.backend.clone();
         let failed = Finished::Query {
             seq,
@@ -675,16 +682,11 @@ impl Session {
     }
 
     async fn on_cancel(&mut self, seq: u32, message_id: String) -> Result<(), SessionError> {
-        let Some(system_id) = self.submitter() else {
-            return self
-                .reject(CommandId::CancelSmResp, CommandStatus::EsmeRinvbndsts, seq)
-                .await;
+        let resp = CommandId::CancelSmResp;
+        let system_id = match self.may_ask() {
+            Ok(system_id) => system_id,
+            Err(status) => return self.reject(resp, status, seq).await,
         };
-        if self.saturated() {
-            return self
-                .reject(CommandId::CancelSmResp, CommandStatus::EsmeRthrottled, seq)
-                .await;
-        }
         if message_id.is_empty() {
             // Cancelling by source and destination alone is not offered.
             return self
@@ -692,8 +694,9 @@ impl Session {
                 .await;
         }
         let backend = self.shared.backend.clone();
-        let failed = Finished::Cancel {
+        let failed = Finished::Change {
             seq,
+            resp,
             result: Err(SubmitRefusal::System("the cancel stopped unexpectedly".into())),
         };
         // A long message still waiting for parts is cancelled here, by any
@@ -707,7 +710,42 @@ impl Session {
                 Some(dropped) => backend.abandon(dropped).await,
                 None => backend.cancel(&system_id, &message_id).await,
             };
-            Finished::Cancel { seq, result }
+            Finished::Change { seq, resp, result }
+        });
+        Ok(())
+    }
+
+    /// A `replace_sm`: a message still waiting for delivery gets new text
+    /// (in its original data coding), and the schedule, validity and
+    /// receipt request given.
+    async fn on_replace(&mut self, seq: u32, replace: &ReplaceSm) -> Result<(), SessionError> {
+        let resp = CommandId::ReplaceSmResp;
+        let system_id = match self.may_ask() {
+            Ok(system_id) => system_id,
+            Err(status) => return self.reject(resp, status, seq).await,
+        };
+        let given = |time: &str| Some(time.to_string()).filter(|t| !t.is_empty());
+        let short_message = match replace.message_payload() {
+            Some(payload) if replace.short_message().is_empty() => payload.value.to_vec(),
+            _ => replace.short_message().to_vec(),
+        };
+        let replacement = super::Replacement {
+            source_addr: replace.source_addr.as_str().to_string(),
+            short_message,
+            schedule_delivery_time: given(replace.schedule_delivery_time.as_str()),
+            validity_period: given(replace.validity_period.as_str()),
+            registered_delivery: u8::from(replace.registered_delivery),
+        };
+        let message_id = replace.message_id.as_str().to_string();
+        let backend = self.shared.backend.clone();
+        let failed = Finished::Change {
+            seq,
+            resp,
+            result: Err(SubmitRefusal::System("the replace stopped unexpectedly".into())),
+        };
+        self.run(failed, async move {
+            let result = backend.replace(&system_id, &message_id, replacement).await;
+            Finished::Change { seq, resp, result }
         });
         Ok(())
     }
@@ -784,21 +822,35 @@ impl Session {
                 self.reject(CommandId::QuerySmResp, CommandStatus::EsmeRqueryfail, seq)
                     .await
             }
-            Finished::Cancel { seq, result: Ok(()) } => self.send(Outbound::command(seq, Pdu::CancelSmResp)).await,
-            Finished::Cancel {
+            Finished::Change {
                 seq,
+                resp,
+                result: Ok(()),
+            } => {
+                let pdu = match resp {
+                    CommandId::ReplaceSmResp => Pdu::ReplaceSmResp,
+                    _ => Pdu::CancelSmResp,
+                };
+                self.send(Outbound::command(seq, pdu)).await
+            }
+            Finished::Change {
+                seq,
+                resp,
                 result: Err(refusal),
             } => {
-                // Whatever the backend's reason, the ESME learns the cancel
-                // failed (ESME_RCANCELFAIL); only throttling says to retry.
-                tracing::debug!(%refusal, "cancel_sm refused");
+                // Whatever the backend's reason, the ESME learns the change
+                // failed (ESME_RCANCELFAIL, ESME_RREPLACEFAIL); only
+                // throttling, or a status of its own (a schedule that
+                // cannot be read), says more.
+                tracing::debug!(%refusal, ?resp, "change refused");
                 let status = match refusal {
                     SubmitRefusal::Throttled | SubmitRefusal::Status(_) => {
                         CommandStatus::from(refusal.command_status())
                     }
+                    _ if resp == CommandId::ReplaceSmResp => CommandStatus::EsmeRreplacefail,
                     _ => CommandStatus::EsmeRcancelfail,
                 };
-                self.reject(CommandId::CancelSmResp, status, seq).await
+                self.reject(resp, status, seq).await
             }
         }
     }
