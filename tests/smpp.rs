@@ -2,7 +2,8 @@
 //! on rusmppc (not otpgate's code) binds to the real server on port 0,
 //! submits, and reads delivery receipts off its event stream while the test
 //! moves the virtual clock over HTTP. Binds, receipts and their TLVs, bad
-//! PDUs, enquire_link and unbind, query_sm, cancel_sm and replace_sm,
+//! PDUs, enquire_link and unbind, submit_multi, query_sm, cancel_sm and
+//! replace_sm,
 //! registered_delivery, validity_period, receipts kept for a later bind,
 //! long messages, throttling, seed reproducibility, and the status
 //! callbacks a suite waits on instead of polling.
@@ -720,6 +721,142 @@ async fn replace_sm_replaces_a_message_still_waiting_for_delivery() {
     assert_eq!(inbox[0].text, "in a minute");
     assert_eq!(receipt(&mut conn).await.id, scheduled);
     let bye = raw_call(&mut conn, 9, Pdu::Unbind).await;
+    assert_eq!(bye.status(), CommandStatus::EsmeRok);
+    server.stop().await;
+}
+
+/// `submit_multi` over raw rusmpp PDUs: one id for every destination,
+/// the one the SMSC cannot take listed in `unsuccess_sme`; each phone gets
+/// the message, each receipt carries the one id (told apart by its
+/// source address); `query_sm` by it is ENROUTE while any destination
+/// waits, and `cancel_sm` by it cancels those still waiting. A
+/// distribution list gets ESME_RINVDLNAME.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_multi_sends_to_each_destination_under_one_id() {
+    use futures::StreamExt;
+    use rusmpp::pdus::{BindTransceiver, CancelSm, DeliverSmResp, QuerySm, SubmitMulti};
+    use rusmpp::tokio_codec::CommandCodec;
+    use rusmpp::types::{COctetString, OctetString};
+    use rusmpp::values::{
+        DestAddress, DistributionListName, InterfaceVersion, MessageState, Npi, RegisteredDelivery, SmeAddress, Ton,
+    };
+    use rusmpp::{Command, CommandStatus, Pdu};
+    use std::str::FromStr;
+    use tokio_util::codec::Framed;
+    type Conn = Framed<TcpStream, CommandCodec>;
+    let server = TestServer::start().await;
+    let stream = TcpStream::connect(server.smpp).await.expect("connect");
+    let mut conn: Conn = Framed::new(stream, CommandCodec::new());
+    let bind = BindTransceiver::builder()
+        .system_id(COctetString::from_str("otpgate").expect("system_id"))
+        .password(COctetString::from_str("otpgate").expect("password"))
+        .interface_version(InterfaceVersion::Smpp3_4)
+        .build();
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    let address = |n: &str| COctetString::from_str(n).expect("an address");
+    let to = |n: &str| DestAddress::SmeAddress(SmeAddress::new(Ton::National, Npi::Isdn, address(n)));
+    let multi = |dests: Vec<DestAddress>| {
+        SubmitMulti::builder()
+            .source_addr_ton(Ton::National)
+            .source_addr_npi(Npi::Isdn)
+            .source_addr(address(SENDER))
+            .dest_address(dests)
+            .registered_delivery(RegisteredDelivery::from(1))
+            .short_message(OctetString::from_static_slice(b"Your code is 333333").expect("text"))
+            .build()
+    };
+    async fn state_of(conn: &mut Conn, seq: u32, id: &str) -> MessageState {
+        let query = QuerySm::builder()
+            .message_id(COctetString::from_str(id).expect("id"))
+            .build();
+        let answer = raw_call(conn, seq, query).await;
+        let Some(Pdu::QuerySmResp(resp)) = answer.pdu() else {
+            panic!("query_sm_resp expected: {answer:?}");
+        };
+        resp.message_state
+    }
+    async fn receipt(conn: &mut Conn) -> common::esme::DeliveryReceipt {
+        loop {
+            let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
+            if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
+                let receipt = common::esme::DeliveryReceipt::read(deliver);
+                let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
+                let answer = Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok);
+                futures::SinkExt::send(conn, answer).await.expect("deliver_sm_resp");
+                return receipt;
+            }
+        }
+    }
+
+    let answer = raw_call(&mut conn, 2, multi(vec![to(PHONE), to(OFF_PHONE), to("12")])).await;
+    let Some(Pdu::SubmitMultiResp(resp)) = answer.pdu() else {
+        panic!("submit_multi_resp expected: {answer:?}");
+    };
+    assert_eq!(answer.status(), CommandStatus::EsmeRok);
+    let id = resp.message_id.as_str().to_string();
+    let refused: Vec<(String, CommandStatus)> = resp
+        .unsuccess_sme()
+        .iter()
+        .map(|u| (u.destination_addr.as_str().to_string(), u.error_status_code))
+        .collect();
+    assert_eq!(refused, [("12".to_string(), CommandStatus::EsmeRinvdstadr)]);
+
+    server.advance(RUN).await;
+    let inbox = server.inbox(PHONE).await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].text, "Your code is 333333");
+    let delivered = receipt(&mut conn).await;
+    assert_eq!(
+        (
+            delivered.id.as_str(),
+            delivered.stat.as_str(),
+            delivered.source_addr.as_str()
+        ),
+        (id.as_str(), "DELIVRD", "819011110001")
+    );
+    assert_eq!(
+        state_of(&mut conn, 3, &id).await,
+        MessageState::Enroute,
+        "one still waits"
+    );
+
+    let cancel = |seq: u32| {
+        let pdu = CancelSm::builder()
+            .message_id(COctetString::from_str(&id).expect("id"))
+            .build();
+        Command::new(CommandStatus::EsmeRok, seq, pdu)
+    };
+    futures::SinkExt::send(&mut conn, cancel(4)).await.expect("cancel_sm");
+    let answer = within("cancel_sm_resp", conn.next())
+        .await
+        .expect("open")
+        .expect("a PDU");
+    assert_eq!((answer.sequence_number(), answer.status()), (4, CommandStatus::EsmeRok));
+    assert_eq!(
+        state_of(&mut conn, 5, &id).await,
+        MessageState::Deleted,
+        "delivered to one, cancelled for the other"
+    );
+    futures::SinkExt::send(&mut conn, cancel(6)).await.expect("cancel_sm");
+    let answer = within("cancel_sm_resp", conn.next())
+        .await
+        .expect("open")
+        .expect("a PDU");
+    assert_eq!(
+        answer.status(),
+        CommandStatus::EsmeRcancelfail,
+        "nothing left to cancel"
+    );
+    assert!(server.inbox(OFF_PHONE).await.is_empty());
+
+    let list = DestAddress::DistributionListName(DistributionListName::new(address("friends")));
+    let answer = raw_call(&mut conn, 7, multi(vec![to(PHONE), list])).await;
+    assert_eq!(answer.status(), CommandStatus::EsmeRinvdlname);
+    let bye = raw_call(&mut conn, 8, Pdu::Unbind).await;
     assert_eq!(bye.status(), CommandStatus::EsmeRok);
     server.stop().await;
 }

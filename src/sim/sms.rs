@@ -22,8 +22,8 @@ use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State, Writt
 use crate::member::{self, Channel};
 use crate::sim::{InboxMessage, World};
 use crate::smsc::{
-    DropCause, Dropped, KeptPart, MessageStatus, Receipt, ReceiptHub, Replacement, SmscBackend, Submission,
-    SubmitRefusal,
+    DropCause, Dropped, KeptPart, MessageStatus, MultiSubmitted, Receipt, ReceiptHub, Replacement, SmscBackend,
+    Submission, SubmitRefusal,
 };
 use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
@@ -65,6 +65,10 @@ pub struct SmsRecord {
     /// The ids of a long message's earlier parts (see `Inner::parts`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub part_ids: Vec<String>,
+    /// The one id of the `submit_multi` this message is a destination of:
+    /// its receipts carry it, and `query_sm` and `cancel_sm` take it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_id: Option<String>,
     /// The submitted data coding, which a `replace_sm`'s text is read in
     /// (records from before it was kept: the GSM default alphabet).
     #[serde(default)]
@@ -109,6 +113,9 @@ struct Inner {
     /// id (`SmscBackend::keep_part`); removed with the whole message's
     /// record, or when the SMSC drops them unfinished.
     kept_parts: Tree,
+    /// A `submit_multi`'s one id → the ids of its destinations' messages;
+    /// removed with the first of them.
+    multis: Tree,
     world: World,
     log: DeliveryLog,
     clock: Arc<Clock>,
@@ -215,6 +222,7 @@ impl SmsNetwork {
                 receipts: store.tree("sms_receipts")?,
                 parts: store.tree("sms_parts")?,
                 kept_parts: store.tree("sms_kept_parts")?,
+                multis: store.tree("sms_multi")?,
                 world,
                 log,
                 clock,
@@ -289,6 +297,11 @@ impl SmsNetwork {
                         for part in &rec.part_ids {
                             batch.remove(&inner.parts, part);
                         }
+                        // Its destinations went out together and go near
+                        // together: the first to go takes the shared id.
+                        if let Some(multi) = &rec.multi_id {
+                            batch.remove(&inner.multis, multi);
+                        }
                         batch.remove(&inner.records, id);
                         Ok(Some(guard))
                     }
@@ -343,8 +356,7 @@ impl SmsNetwork {
     /// or refused). When the server stops first the copy stays, and the next
     /// start sends it again: an ESME may see a receipt twice, never none.
     /// The returned receiver fires when the hub is done.
-    fn send_receipt(&self, receipt: Receipt) -> ReceiptAnswered {
-        let id = receipt.message_id.clone();
+    fn send_receipt(&self, id: String, receipt: Receipt) -> ReceiptAnswered {
         let acked = self.inner.hub.deliver(receipt);
         let receipts = self.inner.receipts.clone();
         let (done, finished) = tokio::sync::oneshot::channel();
@@ -369,8 +381,8 @@ impl SmsNetwork {
                 "receipts from before the restart wait for their ESMEs"
             );
         }
-        for (_, receipt) in waiting {
-            drop(self.send_receipt(receipt));
+        for (id, receipt) in waiting {
+            drop(self.send_receipt(id, receipt));
         }
         let now = self.inner.clock.now();
         let mut resumed = 0;
@@ -444,12 +456,9 @@ impl SmsNetwork {
         Ok(self.inner.parts.get::<String>(id)?.unwrap_or_else(|| id.to_string()))
     }
 
-    /// The record of a message by its id or one of its parts' ids.
-    fn record_named(&self, id: &str) -> Result<Option<SmsRecord>, StoreError> {
-        self.record(&self.whole_id(id)?)
-    }
-
-    async fn accept(&self, sub: Submission) -> Result<String, SubmitRefusal> {
+    /// Stores a submitted message (`multi`: the id of the `submit_multi`
+    /// it came in) and plans its first delivery attempt.
+    async fn accept(&self, sub: Submission, multi: Option<&str>) -> Result<String, SubmitRefusal> {
         let inner = &self.inner;
         let to = destination_e164(&sub.dest_addr, sub.dest_ton)?;
         let now = inner.clock.now();
@@ -478,6 +487,11 @@ impl SmsNetwork {
             carrier.id
         ));
         accepted.smsc_message_id = Some(id.clone());
+        if let Some(multi) = multi {
+            accepted.detail = accepted
+                .detail
+                .map(|d| format!("{d}; a destination of submit_multi {multi}, the id its receipts carry"));
+        }
         if let Some(at) = scheduled {
             accepted.detail = accepted
                 .detail
@@ -515,6 +529,7 @@ impl SmsNetwork {
             next_attempt_at: Some(first_attempt_at),
             inbox_key: None,
             part_ids: sub.part_ids,
+            multi_id: multi.map(str::to_string),
             data_coding: sub.data_coding,
         };
         // The queue entry first: a crash between the two writes leaves an
@@ -535,6 +550,41 @@ impl SmsNetwork {
         self.schedule(id.clone(), first_attempt_at, Trigger::Planned(first_attempt_at));
         self.enforce_retention();
         Ok(id)
+    }
+
+    /// A `submit_multi` ([`SmscBackend::submit_multi`]): each destination
+    /// a message of its own, as a `submit_sm`'s, under one id that its
+    /// receipts carry; the id's list of messages made durable after them.
+    async fn accept_multi(
+        &self,
+        subs: Vec<Submission>,
+    ) -> Result<(String, Vec<(usize, SubmitRefusal)>), SubmitRefusal> {
+        let inner = &self.inner;
+        let multi = format!("{:010}", inner.store.next_id().map_err(sys)?);
+        let (mut ids, mut refused) = (Vec::new(), Vec::new());
+        for (index, sub) in subs.into_iter().enumerate() {
+            match self.accept(sub, Some(&multi)).await {
+                Ok(id) => ids.push(id),
+                Err(refusal) => refused.push((index, refusal)),
+            }
+        }
+        if ids.is_empty() {
+            let first = refused.into_iter().next().map(|(_, refusal)| refusal);
+            return Err(first.unwrap_or(SubmitRefusal::Status(0x33)));
+        }
+        inner.multis.put(&multi, &ids).map_err(sys)?;
+        inner.store.flush().await.map_err(sys)?;
+        Ok((multi, refused))
+    }
+
+    /// The ids of the messages an id an ESME was given names: a
+    /// `submit_multi`'s one per destination, else the one it (or a long
+    /// message's part's id) names.
+    fn ids_named(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
+        match self.inner.multis.get::<Vec<String>>(message_id)? {
+            Some(ids) => Ok(ids),
+            None => Ok(vec![self.whole_id(message_id)?]),
+        }
     }
 
     /// Logs the SMSC's acceptance of `sub`: as an event of the message its
@@ -703,18 +753,18 @@ impl SmsNetwork {
     /// brings it forward to the end). The record and the log's event and
     /// text (masked) are durable before it returns; the handset gets the
     /// new text at delivery.
+    /// `false` if message `id` is not one to replace.
     async fn replace_pending(
         &self,
         system_id: &str,
-        message_id: &str,
-        replacement: Replacement,
-    ) -> Result<(), SubmitRefusal> {
+        id: &str,
+        replacement: &Replacement,
+    ) -> Result<bool, SubmitRefusal> {
         let inner = &self.inner;
-        let id = self.whole_id(message_id).map_err(sys)?;
-        let _guard = self.lock_for(&id).lock().await;
-        let mut rec = match inner.records.get::<SmsRecord>(&id).map_err(sys)? {
+        let _guard = self.lock_for(id).lock().await;
+        let mut rec = match inner.records.get::<SmsRecord>(id).map_err(sys)? {
             Some(r) if r.system_id == system_id && r.source == replacement.source_addr && !r.is_final() => r,
-            _ => return Err(SubmitRefusal::NotFound),
+            _ => return Ok(false),
         };
         let now = inner.clock.now();
         let expires_at = match replacement.validity_period.as_deref() {
@@ -744,7 +794,7 @@ impl SmsNetwork {
             event = event.detail(format!("delivery scheduled for {}", crate::clock::rfc3339(at)));
         }
         let masked = crate::otp::mask_digits(&rec.text);
-        inner.records.put(&id, &rec).map_err(sys)?;
+        inner.records.put(id, &rec).map_err(sys)?;
         let written = inner
             .log
             .write_append(&rec.log_id, event, |m| m.text = masked)
@@ -755,9 +805,30 @@ impl SmsNetwork {
             None => inner.store.flush().await.map_err(sys)?,
         }
         if let Some(at) = next.filter(|at| Some(*at) != planned) {
-            self.schedule(id, at, Trigger::Planned(at));
+            self.schedule(id.to_string(), at, Trigger::Planned(at));
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// A `cancel_sm` of message `id`: DELETED, no receipt, logged; `false`
+    /// if it is not one to cancel (another account's, or final).
+    async fn cancel_pending(&self, system_id: &str, id: &str) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let _guard = self.lock_for(id).lock().await;
+        let mut rec = match inner.records.get::<SmsRecord>(id)? {
+            Some(r) if r.system_id == system_id && !r.is_final() => r,
+            _ => return Ok(false),
+        };
+        let now = inner.clock.now();
+        rec.stat = "DELETED".into();
+        rec.message_state = 4;
+        rec.final_at = Some(now);
+        rec.next_attempt_at = None;
+        self.store_final(&rec, None)?;
+        let event = Event::new("cancelled", now).state(State::Failed).reason("cancel_sm");
+        inner.log.append(&rec.log_id, event).await?;
+        inner.retention.may_go(&rec.id);
+        Ok(true)
     }
 
     /// Settles a long message the SMSC dropped unfinished
@@ -868,6 +939,7 @@ impl SmsNetwork {
             next_attempt_at: None,
             inbox_key: None,
             part_ids: sub.part_ids,
+            multi_id: None,
             data_coding: sub.data_coding,
         };
         let receipt = receipt_asked(&record, &codes, &sub.text, now).filter(|_| !cancelled);
@@ -890,7 +962,7 @@ impl SmsNetwork {
         drop(_guard);
         self.enforce_retention();
         if let Some(receipt) = receipt {
-            drop(self.send_receipt(receipt));
+            drop(self.send_receipt(id, receipt));
         }
         Ok(())
     }
@@ -951,9 +1023,29 @@ impl SmsNetwork {
         let Some(receipt) = receipt else {
             return Ok(None);
         };
-        let answered = self.send_receipt(receipt);
+        let answered = self.send_receipt(rec.id.clone(), receipt);
         Ok((rec.system_id == inner.internal_system_id).then_some(answered))
     }
+}
+
+/// What `query_sm` answers for the records an id names (one, or a
+/// `submit_multi`'s destinations): ENROUTE while any is, else DELIVERED
+/// if all were, else the first that was not; dated by the last to end.
+fn status_of(records: &[SmsRecord]) -> Option<MessageStatus> {
+    let status = |r: &SmsRecord| MessageStatus {
+        final_date: r.final_at,
+        state: r.message_state,
+        error_code: r.err.min(255) as u8,
+    };
+    if let Some(waiting) = records.iter().find(|r| !r.is_final()) {
+        return Some(status(waiting));
+    }
+    let last_end = records.iter().filter_map(|r| r.final_at).max();
+    let telling = records.iter().find(|r| r.stat != "DELIVRD").or(records.first())?;
+    Some(MessageStatus {
+        final_date: last_end,
+        ..status(telling)
+    })
 }
 
 /// When a submit_sm's `schedule_delivery_time` asks the first delivery to
@@ -982,7 +1074,7 @@ fn receipt_asked(rec: &SmsRecord, codes: &ReceiptCodes, text: &str, now: Millis)
     };
     wanted.then(|| Receipt {
         system_id: rec.system_id.clone(),
-        message_id: rec.id.clone(),
+        message_id: rec.multi_id.clone().unwrap_or_else(|| rec.id.clone()),
         source_addr: rec.to.trim_start_matches('+').to_string(),
         dest_addr: rec.source.clone(),
         stat: codes.stat.clone(),
@@ -1024,7 +1116,11 @@ fn sys(e: StoreError) -> SubmitRefusal {
 
 impl SmscBackend for SmsNetwork {
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<String, SubmitRefusal>> {
-        Box::pin(self.accept(sub))
+        Box::pin(self.accept(sub, None))
+    }
+
+    fn submit_multi(&self, subs: Vec<Submission>) -> BoxFuture<'_, Result<MultiSubmitted, SubmitRefusal>> {
+        Box::pin(self.accept_multi(subs))
     }
 
     fn keep_part(&self, part: &KeptPart) -> Result<(), SubmitRefusal> {
@@ -1059,16 +1155,14 @@ impl SmscBackend for SmsNetwork {
     }
 
     fn query(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Option<MessageStatus>> {
-        let found = self
-            .record_named(message_id)
-            .ok()
-            .flatten()
+        let records: Vec<SmsRecord> = self
+            .ids_named(message_id)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| self.record(id).ok().flatten())
             .filter(|r| r.system_id == system_id)
-            .map(|r| MessageStatus {
-                final_date: r.final_at,
-                state: r.message_state,
-                error_code: r.err.min(255) as u8,
-            });
+            .collect();
+        let found = status_of(&records);
         // A part of a long message still waiting for the rest is en route.
         let found = found.or_else(|| {
             let kept = self.inner.kept_parts.get::<KeptPart>(message_id).ok().flatten()?;
@@ -1089,30 +1183,30 @@ impl SmscBackend for SmsNetwork {
     ) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
         let system_id = system_id.to_string();
         let message_id = message_id.to_string();
-        Box::pin(async move { self.replace_pending(&system_id, &message_id, replacement).await })
+        Box::pin(async move {
+            let mut replaced = false;
+            for id in self.ids_named(&message_id).map_err(sys)? {
+                replaced |= self.replace_pending(&system_id, &id, &replacement).await?;
+            }
+            match replaced {
+                true => Ok(()),
+                false => Err(SubmitRefusal::NotFound),
+            }
+        })
     }
 
     fn cancel(&self, system_id: &str, message_id: &str) -> BoxFuture<'_, Result<(), SubmitRefusal>> {
         let system_id = system_id.to_string();
         let message_id = message_id.to_string();
         Box::pin(async move {
-            let inner = &self.inner;
-            let message_id = self.whole_id(&message_id).map_err(sys)?;
-            let _guard = self.lock_for(&message_id).lock().await;
-            let mut rec = match inner.records.get::<SmsRecord>(&message_id) {
-                Ok(Some(r)) if r.system_id == system_id && !r.is_final() => r,
-                _ => return Err(SubmitRefusal::System("no pending message with that id".into())),
-            };
-            let now = inner.clock.now();
-            rec.stat = "DELETED".into();
-            rec.message_state = 4;
-            rec.final_at = Some(now);
-            rec.next_attempt_at = None;
-            self.store_final(&rec, None).map_err(sys)?;
-            let event = Event::new("cancelled", now).state(State::Failed).reason("cancel_sm");
-            inner.log.append(&rec.log_id, event).await.map_err(sys)?;
-            inner.retention.may_go(&rec.id);
-            Ok(())
+            let mut cancelled = false;
+            for id in self.ids_named(&message_id).map_err(sys)? {
+                cancelled |= self.cancel_pending(&system_id, &id).await.map_err(sys)?;
+            }
+            match cancelled {
+                true => Ok(()),
+                false => Err(SubmitRefusal::System("no pending message with that id".into())),
+            }
         })
     }
 }

@@ -166,8 +166,13 @@ pub struct Submission {
     pub part_ids: Vec<String>,
 }
 
+/// A `submit_multi`'s one id, and the index of each submission the
+/// backend did not take, with why.
+pub type MultiSubmitted = (String, Vec<(usize, SubmitRefusal)>);
+
 /// What a `replace_sm` puts in place of a message still waiting for
 /// delivery. No `Debug`: the text may carry a code.
+#[derive(Clone)]
 pub struct Replacement {
     /// As the ESME gives it: it must be the original message's.
     pub source_addr: String,
@@ -262,6 +267,13 @@ pub trait SmscBackend: Send + Sync + 'static {
     /// Stores the message durably and returns the SMSC message id; the SMSC
     /// answers submit_sm_resp only after this returns Ok.
     fn submit(&self, sub: Submission) -> BoxFuture<'_, Result<String, SubmitRefusal>>;
+    /// Stores one message per destination of a `submit_multi`, all under
+    /// one id, which it returns with the index of each submission it could
+    /// not take and why; an error if it took none. Not offered unless a
+    /// backend says otherwise (ESME_RINVCMDID).
+    fn submit_multi(&self, _subs: Vec<Submission>) -> BoxFuture<'_, Result<MultiSubmitted, SubmitRefusal>> {
+        Box::pin(async { Err(SubmitRefusal::Status(0x03)) })
+    }
     /// `message_id` may be an earlier part's id of a long message
     /// ([`Submission::part_ids`]); it stands for the whole, here and in
     /// `cancel`.

@@ -22,12 +22,13 @@ use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use rusmpp::pdus::{
     BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DataSm, DataSmResp, DeliverSm, QuerySmResp, ReplaceSm,
-    SubmitSm, SubmitSmResp,
+    SubmitMulti, SubmitMultiResp, SubmitSm, SubmitSmResp,
 };
 use rusmpp::tlvs::{MessageDeliveryRequestTlvValue, TlvValue};
 use rusmpp::types::{COctetString, EmptyOrFullCOctetString, OctetString};
 use rusmpp::values::{
-    DataCoding, ErrorCodeNetworkType, EsmClass, InterfaceVersion, MessageState, NetworkErrorCode, Npi, ServiceType, Ton,
+    DataCoding, DestAddress, ErrorCodeNetworkType, EsmClass, InterfaceVersion, MessageState, NetworkErrorCode, Npi,
+    ServiceType, SmeAddress, Ton, UnsuccessSme,
 };
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use subtle::ConstantTimeEq;
@@ -136,6 +137,13 @@ enum Finished {
         whole: Option<Complete<PartMeta>>,
         /// `submit_sm_resp` or `data_sm_resp`.
         resp: CommandId,
+    },
+    /// A `submit_multi`: its one id and the destinations refused, or why
+    /// none was taken.
+    SubmitMulti {
+        seq: u32,
+        system_id: String,
+        result: Result<(String, Vec<UnsuccessSme>), SubmitRefusal>,
     },
     Query {
         seq: u32,
@@ -424,6 +432,7 @@ impl Session {
                 self.on_submit(seq, CommandId::DataSmResp, SubmitFields::from(&sm))
                     .await?
             }
+            (CommandId::SubmitMulti, Some(Pdu::SubmitMulti(sm))) => self.on_submit_multi(seq, &sm).await?,
             (CommandId::QuerySm, Some(Pdu::QuerySm(query))) => {
                 let message_id = query.message_id.as_str().to_string();
                 self.on_query(seq, message_id).await?
@@ -506,21 +515,29 @@ impl Session {
     /// A `submit_sm` or a `data_sm` (`resp` says which answer it gets):
     /// both submit a message, a `data_sm` with its text in the
     /// `message_payload` TLV.
-    async fn on_submit(&mut self, seq: u32, resp: CommandId, sm: SubmitFields<'_>) -> Result<(), SessionError> {
-        let Some(system_id) = self.submitter() else {
-            return self.reject(resp, CommandStatus::EsmeRinvbndsts, seq).await;
-        };
+    /// The account of a session that may submit a message now, or why it
+    /// may not: not bound to submit, its window full, its account over
+    /// its rate, or the backend unable to take anything.
+    fn may_submit(&self) -> Result<String, CommandStatus> {
+        let system_id = self.submitter().ok_or(CommandStatus::EsmeRinvbndsts)?;
         if self.saturated() {
-            return self.reject(resp, CommandStatus::EsmeRthrottled, seq).await;
+            return Err(CommandStatus::EsmeRthrottled);
         }
         let per_sec = self.account(&system_id).and_then(|a| a.throughput_per_sec);
         if !self.shared.throttle.admit(&system_id, per_sec, Instant::now()) {
-            return self.reject(resp, CommandStatus::EsmeRthrottled, seq).await;
+            return Err(CommandStatus::EsmeRthrottled);
         }
         if let Some(refusal) = self.shared.backend.refusal() {
-            let status = CommandStatus::from(refusal.command_status());
-            return self.reject(resp, status, seq).await;
+            return Err(CommandStatus::from(refusal.command_status()));
         }
+        Ok(system_id)
+    }
+
+    async fn on_submit(&mut self, seq: u32, resp: CommandId, sm: SubmitFields<'_>) -> Result<(), SessionError> {
+        let system_id = match self.may_submit() {
+            Ok(system_id) => system_id,
+            Err(status) => return self.reject(resp, status, seq).await,
+        };
         let incoming = match read_submit(&system_id, &sm) {
             Ok(incoming) => incoming,
             Err(status) => {
@@ -628,6 +645,59 @@ impl Session {
                 whole,
                 resp,
             }
+        });
+        Ok(())
+    }
+
+    /// A `submit_multi`: one message per destination, all under one id
+    /// (its receipts carry it, `query_sm` and `cancel_sm` take it). A
+    /// destination the SMSC cannot take is listed in the answer's
+    /// `unsuccess_sme` with its reason; none taken, the first reason is
+    /// the answer's. Distribution lists are not offered
+    /// (ESME_RINVDLNAME), nor a long message in parts (ESME_RSUBMITFAIL:
+    /// its parts would each go to every destination).
+    async fn on_submit_multi(&mut self, seq: u32, sm: &SubmitMulti) -> Result<(), SessionError> {
+        let resp = CommandId::SubmitMultiResp;
+        let system_id = match self.may_submit() {
+            Ok(system_id) => system_id,
+            Err(status) => return self.reject(resp, status, seq).await,
+        };
+        let mut to = Vec::new();
+        let mut refused = Vec::new();
+        for dest in sm.dest_address() {
+            let DestAddress::SmeAddress(sme) = dest else {
+                return self.reject(resp, CommandStatus::EsmeRinvdlname, seq).await;
+            };
+            match read_submit(&system_id, &SubmitFields::of_multi(sm, sme)) {
+                Ok(Incoming::Single(submission)) => to.push((sme.clone(), submission)),
+                Ok(Incoming::Part { .. }) => return self.reject(resp, CommandStatus::EsmeRsubmitfail, seq).await,
+                Err(status) => refused.push(unsuccess(sme, status)),
+            }
+        }
+        if to.is_empty() {
+            let status = match refused.first() {
+                Some(first) => first.error_status_code,
+                None => CommandStatus::EsmeRinvnumdests,
+            };
+            return self.reject(resp, status, seq).await;
+        }
+        let backend = self.shared.backend.clone();
+        let failed = Finished::SubmitMulti {
+            seq,
+            system_id: system_id.clone(),
+            result: Err(SubmitRefusal::System("the submit stopped unexpectedly".into())),
+        };
+        self.run(failed, async move {
+            let (dests, submissions): (Vec<SmeAddress>, Vec<Submission>) = to.into_iter().unzip();
+            let result = backend.submit_multi(submissions).await.map(|(id, failures)| {
+                for (index, refusal) in failures {
+                    log_refusal(&refusal);
+                    let status = CommandStatus::from(refusal.command_status());
+                    refused.push(unsuccess(&dests[index], status));
+                }
+                (id, refused)
+            });
+            Finished::SubmitMulti { seq, system_id, result }
         });
         Ok(())
     }
@@ -798,6 +868,31 @@ impl Session {
                 let status = CommandStatus::from(refusal.command_status());
                 self.reject(resp, status, seq).await
             }
+            Finished::SubmitMulti {
+                seq,
+                system_id,
+                result: Ok((message_id, refused)),
+            } => {
+                let Ok(id) = COctetString::from_str(&message_id) else {
+                    tracing::error!(message_id, "message id cannot travel in SMPP");
+                    return self
+                        .reject(CommandId::SubmitMultiResp, CommandStatus::EsmeRsyserr, seq)
+                        .await;
+                };
+                self.shared.hub.note_submitted(&system_id, &message_id, self.id);
+                tracing::debug!(%message_id, refused = refused.len(), "submitted to several destinations");
+                let pdu = SubmitMultiResp::new(id, refused, vec![]);
+                self.send(Outbound::command(seq, pdu)).await
+            }
+            Finished::SubmitMulti {
+                seq,
+                result: Err(refusal),
+                ..
+            } => {
+                log_refusal(&refusal);
+                let status = CommandStatus::from(refusal.command_status());
+                self.reject(CommandId::SubmitMultiResp, status, seq).await
+            }
             Finished::Query {
                 seq,
                 message_id,
@@ -963,7 +1058,8 @@ fn part_message_id() -> String {
 /// Reads a submit_sm: its addresses and text, and whether it is a whole
 /// message or part of a long one (UDH or SAR TLVs). Refusals carry the
 /// status to answer with.
-/// What a `submit_sm` and a `data_sm` say of the message they submit; a
+/// What a `submit_sm`, a `data_sm` or one destination of a `submit_multi`
+/// say of the message they submit; a
 /// `data_sm` has no `short_message` (its text is in `message_payload`), no
 /// validity period and no schedule.
 struct SubmitFields<'a> {
@@ -982,17 +1078,18 @@ struct SubmitFields<'a> {
     tlvs: &'a [rusmpp::tlvs::Tlv],
 }
 
-/// A [`SubmitFields`] from the fields `submit_sm` and `data_sm` share,
-/// and the three only a `submit_sm` has.
+/// A [`SubmitFields`] from the fields `submit_sm`, `data_sm` and
+/// `submit_multi` share, the destination (one of a `submit_multi`'s), and
+/// the three a `data_sm` lacks.
 macro_rules! submit_fields {
-    ($sm:expr, $validity:expr, $schedule:expr, $short_message:expr) => {
+    ($sm:expr, $dest:expr, $validity:expr, $schedule:expr, $short_message:expr) => {
         SubmitFields {
             source_addr: $sm.source_addr.as_str(),
             source_ton: u8::from($sm.source_addr_ton),
             source_npi: u8::from($sm.source_addr_npi),
-            dest_addr: $sm.destination_addr.as_str(),
-            dest_ton: u8::from($sm.dest_addr_ton),
-            dest_npi: u8::from($sm.dest_addr_npi),
+            dest_addr: $dest.destination_addr.as_str(),
+            dest_ton: u8::from($dest.dest_addr_ton),
+            dest_npi: u8::from($dest.dest_addr_npi),
             esm_class: u8::from($sm.esm_class),
             registered_delivery: u8::from($sm.registered_delivery),
             data_coding: u8::from($sm.data_coding),
@@ -1008,6 +1105,7 @@ impl<'a> From<&'a SubmitSm> for SubmitFields<'a> {
     fn from(sm: &'a SubmitSm) -> Self {
         submit_fields!(
             sm,
+            sm,
             sm.validity_period.as_str(),
             sm.schedule_delivery_time.as_str(),
             sm.short_message()
@@ -1017,8 +1115,31 @@ impl<'a> From<&'a SubmitSm> for SubmitFields<'a> {
 
 impl<'a> From<&'a DataSm> for SubmitFields<'a> {
     fn from(sm: &'a DataSm) -> Self {
-        submit_fields!(sm, "", "", &[])
+        submit_fields!(sm, sm, "", "", &[])
     }
+}
+
+impl<'a> SubmitFields<'a> {
+    /// One destination's share of a `submit_multi`.
+    fn of_multi(sm: &'a SubmitMulti, dest: &'a SmeAddress) -> Self {
+        submit_fields!(
+            sm,
+            dest,
+            sm.validity_period.as_str(),
+            sm.schedule_delivery_time.as_str(),
+            sm.short_message()
+        )
+    }
+}
+
+/// A destination of a `submit_multi` the SMSC did not take, and why.
+fn unsuccess(dest: &SmeAddress, status: CommandStatus) -> UnsuccessSme {
+    UnsuccessSme::new(
+        dest.dest_addr_ton,
+        dest.dest_addr_npi,
+        dest.destination_addr.clone(),
+        status,
+    )
 }
 
 /// `seconds` from now as a relative SMPP time (`00MMDDhhmmss000R`, at most
