@@ -809,6 +809,12 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
     let inbox = server.inbox(PHONE).await;
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].text, "Your code is 333333");
+    let (_, shown) = server.get("/v1/sim/handsets/09011110001/messages").await;
+    assert_eq!(
+        shown["items"][0]["message_id"],
+        id.as_str(),
+        "the id the ESME was given"
+    );
     let delivered = receipt(&mut conn).await;
     assert_eq!(
         (

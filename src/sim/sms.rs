@@ -713,7 +713,8 @@ impl SmsNetwork {
                         from: shown_sender.clone(),
                         text: rec.text.clone(),
                         received_at: now,
-                        message_id: rec.id.clone(),
+                        // The id its ESME was given (a submit_multi's one).
+                        message_id: rec.multi_id.clone().unwrap_or_else(|| rec.id.clone()),
                     },
                 )?);
                 let event = Event::new("delivered", now)
