@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::esme::{raw_call, sms, within, Bind, Esme, Sms, SENDER};
+use common::esme::{raw_call, raw_receipt, raw_transceiver, sms, within, Bind, Esme, RawConn, Sms, SENDER};
 use common::handsets::receipt_date;
 use common::hooks::HookReceiver;
 use common::TestServer;
@@ -489,29 +489,18 @@ async fn past_max_pending_messages_not_yet_final_a_submit_gets_esme_rmsgqful() {
 /// ends the retries of a phone that is off, as a validity period does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_sm_submits_a_message_as_submit_sm_does() {
-    use futures::StreamExt;
-    use rusmpp::pdus::{BindTransceiver, DataSm, DeliverSmResp};
+    use rusmpp::pdus::DataSm;
     use rusmpp::tlvs::MessageSubmissionRequestTlvValue;
-    use rusmpp::tokio_codec::CommandCodec;
     use rusmpp::types::{AnyOctetString, COctetString};
-    use rusmpp::values::{DataCoding, InterfaceVersion, MessagePayload, Npi, RegisteredDelivery, Ton};
-    use rusmpp::{Command, CommandStatus, Pdu};
+    use rusmpp::values::{DataCoding, MessagePayload, Npi, RegisteredDelivery, Ton};
+    use rusmpp::{CommandStatus, Pdu};
     use std::str::FromStr;
-    use tokio_util::codec::Framed;
     let server = TestServer::start().await;
     server.handset(PHONE, json!({"carrier": "au"})).await;
-    let stream = TcpStream::connect(server.smpp).await.expect("connect");
-    let mut conn = Framed::new(stream, CommandCodec::new());
-    let bind = BindTransceiver::builder()
-        .system_id(COctetString::from_str("otpgate").expect("system_id"))
-        .password(COctetString::from_str("otpgate").expect("password"))
-        .interface_version(InterfaceVersion::Smpp3_4)
-        .build();
-    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    let mut conn = raw_transceiver(server.smpp).await;
     server
         .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
         .await;
-    type Conn = Framed<TcpStream, CommandCodec>;
     fn data_sm(to: &str, text: &'static [u8], ttl: Option<u32>) -> DataSm {
         let mut tlvs = vec![MessageSubmissionRequestTlvValue::MessagePayload(MessagePayload::new(
             AnyOctetString::from_static_slice(text),
@@ -529,25 +518,13 @@ async fn data_sm_submits_a_message_as_submit_sm_does() {
             .tlvs(tlvs)
             .build()
     }
-    async fn submit(conn: &mut Conn, seq: u32, pdu: DataSm) -> String {
+    async fn submit(conn: &mut RawConn, seq: u32, pdu: DataSm) -> String {
         let answer = raw_call(conn, seq, pdu).await;
         let Some(Pdu::DataSmResp(resp)) = answer.pdu() else {
             panic!("data_sm_resp expected: {answer:?}");
         };
         assert_eq!(answer.status(), CommandStatus::EsmeRok);
         resp.message_id().as_str().to_string()
-    }
-    async fn receipt(conn: &mut Conn) -> common::esme::DeliveryReceipt {
-        loop {
-            let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
-            if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
-                let receipt = common::esme::DeliveryReceipt::read(deliver);
-                let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
-                let answer = Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok);
-                futures::SinkExt::send(conn, answer).await.expect("deliver_sm_resp");
-                return receipt;
-            }
-        }
     }
     let id = submit(&mut conn, 2, data_sm(PHONE, b"Your code is 482913 (data_sm)", None)).await;
     // Ten minutes to live, to a phone that stays off.
@@ -556,13 +533,13 @@ async fn data_sm_submits_a_message_as_submit_sm_does() {
     let inbox = server.inbox(PHONE).await;
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].text, "Your code is 482913 (data_sm)");
-    let delivered = receipt(&mut conn).await;
+    let delivered = raw_receipt(&mut conn).await;
     assert_eq!(
         (delivered.id.as_str(), delivered.stat.as_str()),
         (id.as_str(), "DELIVRD")
     );
     server.advance(600 - RUN).await;
-    let expired = receipt(&mut conn).await;
+    let expired = raw_receipt(&mut conn).await;
     assert_eq!(
         (expired.id.as_str(), expired.stat.as_str()),
         (lives.as_str(), "EXPIRED")
@@ -579,24 +556,13 @@ async fn data_sm_submits_a_message_as_submit_sm_does() {
 /// unknown id and a message already delivered get ESME_RREPLACEFAIL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_sm_replaces_a_message_still_waiting_for_delivery() {
-    use futures::StreamExt;
-    use rusmpp::pdus::{BindTransceiver, DeliverSmResp, ReplaceSm, SubmitSm};
-    use rusmpp::tokio_codec::CommandCodec;
+    use rusmpp::pdus::{ReplaceSm, SubmitSm};
     use rusmpp::types::{COctetString, EmptyOrFullCOctetString, OctetString};
-    use rusmpp::values::{InterfaceVersion, Npi, RegisteredDelivery, Ton};
-    use rusmpp::{Command, CommandStatus, Pdu};
+    use rusmpp::values::{Npi, RegisteredDelivery, Ton};
+    use rusmpp::{CommandStatus, Pdu};
     use std::str::FromStr;
-    use tokio_util::codec::Framed;
-    type Conn = Framed<TcpStream, CommandCodec>;
     let server = TestServer::start().await;
-    let stream = TcpStream::connect(server.smpp).await.expect("connect");
-    let mut conn: Conn = Framed::new(stream, CommandCodec::new());
-    let bind = BindTransceiver::builder()
-        .system_id(COctetString::from_str("otpgate").expect("system_id"))
-        .password(COctetString::from_str("otpgate").expect("password"))
-        .interface_version(InterfaceVersion::Smpp3_4)
-        .build();
-    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    let mut conn = raw_transceiver(server.smpp).await;
     server
         .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
         .await;
@@ -626,7 +592,7 @@ async fn replace_sm_replaces_a_message_still_waiting_for_delivery() {
             .short_message(OctetString::from_static_slice(text).expect("text"))
             .build()
     };
-    async fn submitted(conn: &mut Conn, seq: u32, pdu: SubmitSm) -> String {
+    async fn submitted(conn: &mut RawConn, seq: u32, pdu: SubmitSm) -> String {
         let answer = raw_call(conn, seq, pdu).await;
         let Some(Pdu::SubmitSmResp(resp)) = answer.pdu() else {
             panic!("submit_sm_resp expected: {answer:?}");
@@ -634,25 +600,13 @@ async fn replace_sm_replaces_a_message_still_waiting_for_delivery() {
         assert_eq!(answer.status(), CommandStatus::EsmeRok);
         resp.message_id().as_str().to_string()
     }
-    async fn replaced(conn: &mut Conn, seq: u32, pdu: ReplaceSm) -> CommandStatus {
+    async fn replaced(conn: &mut RawConn, seq: u32, pdu: ReplaceSm) -> CommandStatus {
         let answer = raw_call(conn, seq, pdu).await;
         assert!(
             matches!(answer.pdu(), Some(Pdu::ReplaceSmResp) | None),
             "replace_sm_resp expected: {answer:?}"
         );
         answer.status()
-    }
-    async fn receipt(conn: &mut Conn) -> common::esme::DeliveryReceipt {
-        loop {
-            let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
-            if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
-                let receipt = common::esme::DeliveryReceipt::read(deliver);
-                let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
-                let answer = Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok);
-                futures::SinkExt::send(conn, answer).await.expect("deliver_sm_resp");
-                return receipt;
-            }
-        }
     }
 
     // To a phone that is off: waiting, so it can be replaced; the
@@ -680,7 +634,7 @@ async fn replace_sm_replaces_a_message_still_waiting_for_delivery() {
     let inbox = server.inbox(OFF_PHONE).await;
     assert_eq!(inbox.len(), 1);
     assert_eq!(inbox[0].text, "Your code is 222222");
-    let delivered = receipt(&mut conn).await;
+    let delivered = raw_receipt(&mut conn).await;
     assert_eq!(
         (delivered.id.as_str(), delivered.stat.as_str()),
         (waiting.as_str(), "DELIVRD")
@@ -719,7 +673,7 @@ async fn replace_sm_replaces_a_message_still_waiting_for_delivery() {
     let inbox = server.inbox(PHONE).await;
     assert_eq!(inbox.len(), 1, "delivered a minute on, not an hour: {inbox:?}");
     assert_eq!(inbox[0].text, "in a minute");
-    assert_eq!(receipt(&mut conn).await.id, scheduled);
+    assert_eq!(raw_receipt(&mut conn).await.id, scheduled);
     let bye = raw_call(&mut conn, 9, Pdu::Unbind).await;
     assert_eq!(bye.status(), CommandStatus::EsmeRok);
     server.stop().await;
@@ -734,25 +688,13 @@ async fn replace_sm_replaces_a_message_still_waiting_for_delivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_multi_sends_to_each_destination_under_one_id() {
     use futures::StreamExt;
-    use rusmpp::pdus::{BindTransceiver, CancelSm, DeliverSmResp, QuerySm, SubmitMulti};
-    use rusmpp::tokio_codec::CommandCodec;
+    use rusmpp::pdus::{CancelSm, QuerySm, SubmitMulti};
     use rusmpp::types::{COctetString, OctetString};
-    use rusmpp::values::{
-        DestAddress, DistributionListName, InterfaceVersion, MessageState, Npi, RegisteredDelivery, SmeAddress, Ton,
-    };
+    use rusmpp::values::{DestAddress, DistributionListName, MessageState, Npi, RegisteredDelivery, SmeAddress, Ton};
     use rusmpp::{Command, CommandStatus, Pdu};
     use std::str::FromStr;
-    use tokio_util::codec::Framed;
-    type Conn = Framed<TcpStream, CommandCodec>;
     let server = TestServer::start().await;
-    let stream = TcpStream::connect(server.smpp).await.expect("connect");
-    let mut conn: Conn = Framed::new(stream, CommandCodec::new());
-    let bind = BindTransceiver::builder()
-        .system_id(COctetString::from_str("otpgate").expect("system_id"))
-        .password(COctetString::from_str("otpgate").expect("password"))
-        .interface_version(InterfaceVersion::Smpp3_4)
-        .build();
-    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    let mut conn = raw_transceiver(server.smpp).await;
     server
         .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
         .await;
@@ -769,7 +711,7 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
             .short_message(OctetString::from_static_slice(b"Your code is 333333").expect("text"))
             .build()
     };
-    async fn state_of(conn: &mut Conn, seq: u32, id: &str) -> MessageState {
+    async fn state_of(conn: &mut RawConn, seq: u32, id: &str) -> MessageState {
         let query = QuerySm::builder()
             .message_id(COctetString::from_str(id).expect("id"))
             .build();
@@ -778,18 +720,6 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
             panic!("query_sm_resp expected: {answer:?}");
         };
         resp.message_state
-    }
-    async fn receipt(conn: &mut Conn) -> common::esme::DeliveryReceipt {
-        loop {
-            let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
-            if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
-                let receipt = common::esme::DeliveryReceipt::read(deliver);
-                let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
-                let answer = Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok);
-                futures::SinkExt::send(conn, answer).await.expect("deliver_sm_resp");
-                return receipt;
-            }
-        }
     }
 
     let answer = raw_call(&mut conn, 2, multi(vec![to(PHONE), to(OFF_PHONE), to("12")])).await;
@@ -815,7 +745,7 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
         id.as_str(),
         "the id the ESME was given"
     );
-    let delivered = receipt(&mut conn).await;
+    let delivered = raw_receipt(&mut conn).await;
     assert_eq!(
         (
             delivered.id.as_str(),

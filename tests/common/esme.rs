@@ -427,8 +427,41 @@ impl Esme {
     }
 }
 
+/// A connection framed with rusmpp's codec, for PDUs rusmppc does not send.
+pub type RawConn = Framed<TcpStream, CommandCodec>;
+
+/// A raw connection bound as a transceiver with the default account
+/// (sequence number 1).
+pub async fn raw_transceiver(addr: SocketAddr) -> RawConn {
+    let stream = within("connect", TcpStream::connect(addr)).await.expect("connect");
+    let mut conn = Framed::new(stream, CommandCodec::new());
+    let bind = BindTransceiver::builder()
+        .system_id(COctetString::from_str("otpgate").expect("system_id"))
+        .password(COctetString::from_str("otpgate").expect("password"))
+        .interface_version(InterfaceVersion::Smpp3_4)
+        .build();
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    conn
+}
+
+/// The next receipt on a raw connection, answered.
+pub async fn raw_receipt(conn: &mut RawConn) -> DeliveryReceipt {
+    loop {
+        let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
+        if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
+            let receipt = DeliveryReceipt::read(deliver);
+            let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
+            let answer = Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok);
+            within("deliver_sm_resp", conn.send(answer))
+                .await
+                .expect("deliver_sm_resp");
+            return receipt;
+        }
+    }
+}
+
 /// One request and its answer over a connection framed with rusmpp's codec.
-pub async fn raw_call(conn: &mut Framed<TcpStream, CommandCodec>, seq: u32, pdu: impl Into<Pdu>) -> Command {
+pub async fn raw_call(conn: &mut RawConn, seq: u32, pdu: impl Into<Pdu>) -> Command {
     within("send", conn.send(Command::new(CommandStatus::EsmeRok, seq, pdu)))
         .await
         .expect("send a PDU");
