@@ -49,13 +49,22 @@ impl TokenBucket {
 
     /// Takes a token if there is one at `now`.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.take_many(now, 1)
+    }
+
+    /// Takes `n` tokens if there are that many at `now`. More than a full
+    /// bucket holds are taken from a full one, the rest owed: the bucket
+    /// stays below zero until they are paid back, so a burst larger than
+    /// the rate still costs its whole share of time.
+    pub fn take_many(&mut self, now: Instant, n: u32) -> bool {
         if let Some(last) = self.last {
             let elapsed = now.saturating_duration_since(last).as_secs_f64();
             self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
         }
         self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let n = f64::from(n.max(1));
+        if self.tokens >= n.min(self.per_sec) {
+            self.tokens -= n;
             true
         } else {
             false
@@ -97,9 +106,10 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// Takes a token for one `submit_sm` of `system_id`. `None` or `Some(0)`
-    /// means the account has no limit.
-    pub fn admit(&self, system_id: &str, per_sec: Option<u32>, now: Instant) -> bool {
+    /// Takes a token for each of the `messages` one submit of `system_id`
+    /// makes (a `submit_multi`'s destinations; 1 otherwise). `None` or
+    /// `Some(0)` means the account has no limit.
+    pub fn admit(&self, system_id: &str, per_sec: Option<u32>, now: Instant, messages: u32) -> bool {
         let rate = match per_sec {
             None | Some(0) => return true,
             Some(rate) => rate,
@@ -107,7 +117,7 @@ impl Throttle {
         lock(&self.buckets)
             .entry(system_id.to_string())
             .or_insert_with(|| TokenBucket::new(rate))
-            .take(now)
+            .take_many(now, messages)
     }
 }
 
@@ -225,13 +235,38 @@ mod tests {
     fn bursts_up_to_the_rate_then_refills() {
         let throttle = Throttle::default();
         let t0 = Instant::now();
-        let admitted = (0..5).filter(|_| throttle.admit("esme", Some(3), t0)).count();
+        let admitted = (0..5).filter(|_| throttle.admit("esme", Some(3), t0, 1)).count();
         assert_eq!(admitted, 3);
-        assert!(!throttle.admit("esme", Some(3), t0 + Duration::from_millis(200)));
-        assert!(throttle.admit("esme", Some(3), t0 + Duration::from_millis(400)));
+        assert!(!throttle.admit("esme", Some(3), t0 + Duration::from_millis(200), 1));
+        assert!(throttle.admit("esme", Some(3), t0 + Duration::from_millis(400), 1));
         // Another account has its own bucket; no limit means no bucket.
-        assert!(throttle.admit("other", Some(1), t0));
-        assert!((0..100).all(|_| throttle.admit("free", None, t0)));
+        assert!(throttle.admit("other", Some(1), t0, 1));
+        assert!((0..100).all(|_| throttle.admit("free", None, t0, 1)));
+    }
+
+    /// A `submit_multi` takes a token per destination; one to more
+    /// destinations than the rate needs a full bucket and leaves a debt.
+    #[test]
+    fn a_submit_to_several_destinations_takes_a_token_for_each() {
+        let throttle = Throttle::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(throttle.admit("esme", Some(10), at(0), 4));
+        assert!(!throttle.admit("esme", Some(10), at(0), 8), "6 left");
+        assert!(throttle.admit("esme", Some(10), at(0), 6));
+        assert!(
+            !throttle.admit("esme", Some(10), at(500), 20),
+            "5 back, a full bucket needed"
+        );
+        assert!(
+            throttle.admit("esme", Some(10), at(1500), 20),
+            "full: 10 taken, 10 owed"
+        );
+        assert!(
+            !throttle.admit("esme", Some(10), at(2500), 1),
+            "the debt paid, nothing more"
+        );
+        assert!(throttle.admit("esme", Some(10), at(2600), 1));
     }
 
     #[test]

@@ -1110,7 +1110,13 @@ async fn over_the_accounts_limit_or_under_carrier_chaos_submits_get_esme_rthrott
             password: "slow".into(),
             throughput_per_sec: Some(1),
             window: None,
-        })
+        });
+        c.smsc.accounts.push(SmscAccount {
+            system_id: "multi".into(),
+            password: "multi".into(),
+            throughput_per_sec: Some(2),
+            window: None,
+        });
     })
     .await;
     server.handset(PHONE, json!({"carrier": "docomo"})).await;
@@ -1129,6 +1135,39 @@ async fn over_the_accounts_limit_or_under_carrier_chaos_submits_get_esme_rthrott
     .await;
     assert_eq!(burst, vec![Ok(()), Err(0x58), Err(0x58)]);
     slow.unbind().await;
+
+    // A submit_multi takes a token per destination: three, at two a
+    // second, leave the account a second in debt (one a token would have
+    // left one for the next submit).
+    {
+        use rusmpp::pdus::SubmitMulti;
+        use rusmpp::types::{COctetString, OctetString};
+        use rusmpp::values::{DestAddress, Npi, SmeAddress, Ton};
+        use std::str::FromStr;
+        let mut conn = common::esme::raw_transceiver_as(server.smpp, "multi", "multi").await;
+        let to = |n: &str| {
+            let addr = COctetString::from_str(n).expect("an address");
+            DestAddress::SmeAddress(SmeAddress::new(Ton::National, Npi::Isdn, addr))
+        };
+        let multi = SubmitMulti::builder()
+            .source_addr(COctetString::from_str(SENDER).expect("source"))
+            .dest_address(vec![to(PHONE), to("09044440001"), to("08044440002")])
+            .short_message(OctetString::from_static_slice(b"to three").expect("text"))
+            .build();
+        assert_eq!(
+            raw_call(&mut conn, 2, multi).await.status(),
+            rusmpp::CommandStatus::EsmeRok
+        );
+        let one = rusmpp::pdus::SubmitSm::builder()
+            .source_addr(COctetString::from_str(SENDER).expect("source"))
+            .destination_addr(COctetString::from_str(PHONE).expect("destination"))
+            .short_message(OctetString::from_static_slice(b"one more").expect("text"))
+            .build();
+        assert_eq!(
+            raw_call(&mut conn, 3, one).await.status(),
+            rusmpp::CommandStatus::EsmeRthrottled
+        );
+    }
 
     // The default account has no limit.
     let esme = Esme::bind(server.smpp, Bind::Transceiver).await;

@@ -515,16 +515,22 @@ impl Session {
     /// A `submit_sm` or a `data_sm` (`resp` says which answer it gets):
     /// both submit a message, a `data_sm` with its text in the
     /// `message_payload` TLV.
-    /// The account of a session that may submit a message now, or why it
-    /// may not: not bound to submit, its window full, its account over
-    /// its rate, or the backend unable to take anything.
-    fn may_submit(&self) -> Result<String, CommandStatus> {
+    /// The account of a session that may submit `messages` messages now
+    /// (a `submit_multi`'s destinations), or why it may not: not bound to
+    /// submit, its window full, its account over its rate, or the backend
+    /// unable to take anything.
+    fn may_submit(&self, messages: usize) -> Result<String, CommandStatus> {
         let system_id = self.submitter().ok_or(CommandStatus::EsmeRinvbndsts)?;
         if self.saturated() {
             return Err(CommandStatus::EsmeRthrottled);
         }
         let per_sec = self.account(&system_id).and_then(|a| a.throughput_per_sec);
-        if !self.shared.throttle.admit(&system_id, per_sec, Instant::now()) {
+        let messages = u32::try_from(messages).unwrap_or(u32::MAX);
+        if !self
+            .shared
+            .throttle
+            .admit(&system_id, per_sec, Instant::now(), messages)
+        {
             return Err(CommandStatus::EsmeRthrottled);
         }
         if let Some(refusal) = self.shared.backend.refusal() {
@@ -534,7 +540,7 @@ impl Session {
     }
 
     async fn on_submit(&mut self, seq: u32, resp: CommandId, sm: SubmitFields<'_>) -> Result<(), SessionError> {
-        let system_id = match self.may_submit() {
+        let system_id = match self.may_submit(1) {
             Ok(system_id) => system_id,
             Err(status) => return self.reject(resp, status, seq).await,
         };
@@ -658,7 +664,7 @@ impl Session {
     /// its parts would each go to every destination).
     async fn on_submit_multi(&mut self, seq: u32, sm: &SubmitMulti) -> Result<(), SessionError> {
         let resp = CommandId::SubmitMultiResp;
-        let system_id = match self.may_submit() {
+        let system_id = match self.may_submit(sm.dest_address().len()) {
             Ok(system_id) => system_id,
             Err(status) => return self.reject(resp, status, seq).await,
         };

@@ -433,11 +433,16 @@ pub type RawConn = Framed<TcpStream, CommandCodec>;
 /// A raw connection bound as a transceiver with the default account
 /// (sequence number 1).
 pub async fn raw_transceiver(addr: SocketAddr) -> RawConn {
+    raw_transceiver_as(addr, "otpgate", "otpgate").await
+}
+
+/// A raw connection bound as a transceiver with this account.
+pub async fn raw_transceiver_as(addr: SocketAddr, system_id: &str, password: &str) -> RawConn {
     let stream = within("connect", TcpStream::connect(addr)).await.expect("connect");
     let mut conn = Framed::new(stream, CommandCodec::new());
     let bind = BindTransceiver::builder()
-        .system_id(COctetString::from_str("otpgate").expect("system_id"))
-        .password(COctetString::from_str("otpgate").expect("password"))
+        .system_id(COctetString::from_str(system_id).expect("system_id"))
+        .password(COctetString::from_str(password).expect("password"))
         .interface_version(InterfaceVersion::Smpp3_4)
         .build();
     assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
