@@ -1412,6 +1412,52 @@ async fn past_log_retention_the_oldest_final_records_go_and_pending_ones_stay_wi
     server.stop().await;
 }
 
+/// A `submit_multi`'s one id answers `query_sm` while any of its
+/// destinations' records is kept, and is forgotten with the last of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_log_retention_a_submit_multis_id_answers_until_its_last_record_goes() {
+    use rusmpp::pdus::SubmitMulti;
+    use rusmpp::types::{COctetString, OctetString};
+    use rusmpp::values::{DestAddress, Npi, SmeAddress, Ton};
+    use std::str::FromStr;
+    let server = TestServer::start_with(|c| c.log_retention = 2).await;
+    let other = "09011110003";
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    server.handset(other, json!({"carrier": "docomo"})).await;
+    let mut raw = raw_transceiver(server.smpp).await;
+    let to = |n: &str| {
+        let addr = COctetString::from_str(n).expect("an address");
+        DestAddress::SmeAddress(SmeAddress::new(Ton::National, Npi::Isdn, addr))
+    };
+    let multi = SubmitMulti::builder()
+        .source_addr(COctetString::from_str(SENDER).expect("source"))
+        .dest_address(vec![to(PHONE), to(other)])
+        .short_message(OctetString::from_static_slice(b"to two").expect("text"))
+        .build();
+    let answer = raw_call(&mut raw, 2, multi).await;
+    let Some(rusmpp::Pdu::SubmitMultiResp(resp)) = answer.pdu() else {
+        panic!("submit_multi_resp expected: {answer:?}");
+    };
+    let id = resp.message_id.as_str().to_string();
+    server.advance(RUN).await;
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    assert_eq!(esme.query(&id).await.map(|q| q.0), Ok(2), "DELIVERED to both");
+    // One more record past a cap of two takes the multi's first away: its
+    // id still answers for the second.
+    let later = esme.send(&sms(PHONE, "later")).await;
+    server.advance(RUN).await;
+    assert_eq!(esme.receipt().await.id, later);
+    assert_eq!(esme.query(&id).await.map(|q| q.0), Ok(2), "the second still kept");
+    // One more, and the second goes too, with the id.
+    let last = esme.send(&sms(PHONE, "last")).await;
+    server.advance(RUN).await;
+    assert_eq!(esme.receipt().await.id, last);
+    assert_eq!(esme.query(&id).await, Err(0x67), "ESME_RQUERYFAIL once all are gone");
+    esme.unbind().await;
+    raw_call(&mut raw, 3, rusmpp::Pdu::Unbind).await;
+    server.stop().await;
+}
+
 /// The kinds of the delivery log's events for the message sent to `number`.
 async fn logged_events(server: &TestServer, number: &str) -> Vec<String> {
     let (_, log) = server

@@ -114,7 +114,7 @@ struct Inner {
     /// record, or when the SMSC drops them unfinished.
     kept_parts: Tree,
     /// A `submit_multi`'s one id → the ids of its destinations' messages;
-    /// removed with the first of them.
+    /// removed with the last of them.
     multis: Tree,
     world: World,
     log: DeliveryLog,
@@ -297,10 +297,13 @@ impl SmsNetwork {
                         for part in &rec.part_ids {
                             batch.remove(&inner.parts, part);
                         }
-                        // Its destinations went out together and go near
-                        // together: the first to go takes the shared id.
+                        // The oldest go first, so the shared id goes with
+                        // the last of its destinations' messages.
                         if let Some(multi) = &rec.multi_id {
-                            batch.remove(&inner.multis, multi);
+                            let ids = inner.multis.get::<Vec<String>>(multi)?;
+                            if ids.is_none_or(|ids| ids.last().is_none_or(|last| last == id)) {
+                                batch.remove(&inner.multis, multi);
+                            }
                         }
                         batch.remove(&inner.records, id);
                         Ok(Some(guard))
