@@ -89,6 +89,11 @@ impl SmsRecord {
     fn is_final(&self) -> bool {
         self.stat != "ENROUTE"
     }
+
+    /// The id its ESME was given: a `submit_multi`'s one, else its own.
+    fn given_id(&self) -> String {
+        self.multi_id.clone().unwrap_or_else(|| self.id.clone())
+    }
 }
 
 #[derive(Clone)]
@@ -558,10 +563,7 @@ impl SmsNetwork {
     /// A `submit_multi` ([`SmscBackend::submit_multi`]): each destination
     /// a message of its own, as a `submit_sm`'s, under one id that its
     /// receipts carry; the id's list of messages made durable after them.
-    async fn accept_multi(
-        &self,
-        subs: Vec<Submission>,
-    ) -> Result<(String, Vec<(usize, SubmitRefusal)>), SubmitRefusal> {
+    async fn accept_multi(&self, subs: Vec<Submission>) -> Result<MultiSubmitted, SubmitRefusal> {
         let inner = &self.inner;
         let multi = format!("{:010}", inner.store.next_id().map_err(sys)?);
         let (mut ids, mut refused) = (Vec::new(), Vec::new());
@@ -716,8 +718,7 @@ impl SmsNetwork {
                         from: shown_sender.clone(),
                         text: rec.text.clone(),
                         received_at: now,
-                        // The id its ESME was given (a submit_multi's one).
-                        message_id: rec.multi_id.clone().unwrap_or_else(|| rec.id.clone()),
+                        message_id: rec.given_id(),
                     },
                 )?);
                 let event = Event::new("delivered", now)
@@ -756,8 +757,7 @@ impl SmsNetwork {
     /// the next attempt anew; a validity ending before the planned attempt
     /// brings it forward to the end). The record and the log's event and
     /// text (masked) are durable before it returns; the handset gets the
-    /// new text at delivery.
-    /// `false` if message `id` is not one to replace.
+    /// new text at delivery. `false` if message `id` is not one to replace.
     async fn replace_pending(
         &self,
         system_id: &str,
@@ -777,7 +777,8 @@ impl SmsNetwork {
                 let carrier = self
                     .carrier_for(&handset.carrier)
                     .ok_or_else(|| SubmitRefusal::System("no carrier models loaded".into()))?;
-                // ESME_RINVEXPIRY, as a submit_sm's would be if unreadable.
+                // ESME_RINVEXPIRY. (A submit_sm's unreadable validity
+                // falls back to the carrier's, as it always has.)
                 let end = parse_smpp_time(given, now).ok_or(SubmitRefusal::Status(0x62))?;
                 end.clamp(now, now + carrier.validity_ms())
             }
@@ -1078,7 +1079,7 @@ fn receipt_asked(rec: &SmsRecord, codes: &ReceiptCodes, text: &str, now: Millis)
     };
     wanted.then(|| Receipt {
         system_id: rec.system_id.clone(),
-        message_id: rec.multi_id.clone().unwrap_or_else(|| rec.id.clone()),
+        message_id: rec.given_id(),
         source_addr: rec.to.trim_start_matches('+').to_string(),
         dest_addr: rec.source.clone(),
         stat: codes.stat.clone(),

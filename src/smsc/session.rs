@@ -512,9 +512,6 @@ impl Session {
         self.in_flight.len() >= self.shared.config.submit_window.max(1)
     }
 
-    /// A `submit_sm` or a `data_sm` (`resp` says which answer it gets):
-    /// both submit a message, a `data_sm` with its text in the
-    /// `message_payload` TLV.
     /// The account of a session that may submit `messages` messages now
     /// (a `submit_multi`'s destinations), or why it may not: not bound to
     /// submit, its window full, its account over its rate, or the backend
@@ -539,6 +536,9 @@ impl Session {
         Ok(system_id)
     }
 
+    /// A `submit_sm` or a `data_sm` (`resp` says which answer it gets):
+    /// both submit a message, a `data_sm` with its text in the
+    /// `message_payload` TLV.
     async fn on_submit(&mut self, seq: u32, resp: CommandId, sm: SubmitFields<'_>) -> Result<(), SessionError> {
         let system_id = match self.may_submit(1) {
             Ok(system_id) => system_id,
@@ -1061,13 +1061,9 @@ fn part_message_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Reads a submit_sm: its addresses and text, and whether it is a whole
-/// message or part of a long one (UDH or SAR TLVs). Refusals carry the
-/// status to answer with.
 /// What a `submit_sm`, a `data_sm` or one destination of a `submit_multi`
-/// say of the message they submit; a
-/// `data_sm` has no `short_message` (its text is in `message_payload`), no
-/// validity period and no schedule.
+/// say of the message they submit; a `data_sm` has no `short_message` (its
+/// text is in `message_payload`), no validity period and no schedule.
 struct SubmitFields<'a> {
     source_addr: &'a str,
     source_ton: u8,
@@ -1157,6 +1153,9 @@ pub(super) fn relative_smpp_time(seconds: u32) -> String {
     format!("0000{days:02}{hours:02}{:02}{:02}000R", rest / 60, rest % 60)
 }
 
+/// Reads a submit: its addresses and text, and whether it is a whole
+/// message or part of a long one (UDH or SAR TLVs). Refusals carry the
+/// status to answer with.
 fn read_submit(system_id: &str, sm: &SubmitFields<'_>) -> Result<Incoming, CommandStatus> {
     let source = sm.source_addr.to_string();
     let dest = sm.dest_addr.to_string();
