@@ -16,7 +16,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::esme::{raw_call, raw_receipt, raw_transceiver, sms, within, Bind, Esme, RawConn, Sms, SENDER};
+use common::esme::{raw_call, raw_receipt, raw_transceiver, sme, sms, within, Bind, Esme, RawConn, Sms, SENDER};
 use common::handsets::receipt_date;
 use common::hooks::HookReceiver;
 use common::TestServer;
@@ -690,7 +690,7 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
     use futures::StreamExt;
     use rusmpp::pdus::{CancelSm, QuerySm, SubmitMulti};
     use rusmpp::types::{COctetString, OctetString};
-    use rusmpp::values::{DestAddress, DistributionListName, MessageState, Npi, RegisteredDelivery, SmeAddress, Ton};
+    use rusmpp::values::{DestAddress, DistributionListName, MessageState, Npi, RegisteredDelivery, Ton};
     use rusmpp::{Command, CommandStatus, Pdu};
     use std::str::FromStr;
     let server = TestServer::start().await;
@@ -700,7 +700,6 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
         .await;
     server.handset(PHONE, json!({"carrier": "docomo"})).await;
     let address = |n: &str| COctetString::from_str(n).expect("an address");
-    let to = |n: &str| DestAddress::SmeAddress(SmeAddress::new(Ton::National, Npi::Isdn, address(n)));
     let multi = |dests: Vec<DestAddress>| {
         SubmitMulti::builder()
             .source_addr_ton(Ton::National)
@@ -722,7 +721,7 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
         resp.message_state
     }
 
-    let answer = raw_call(&mut conn, 2, multi(vec![to(PHONE), to(OFF_PHONE), to("12")])).await;
+    let answer = raw_call(&mut conn, 2, multi(vec![sme(PHONE), sme(OFF_PHONE), sme("12")])).await;
     let Some(Pdu::SubmitMultiResp(resp)) = answer.pdu() else {
         panic!("submit_multi_resp expected: {answer:?}");
     };
@@ -790,7 +789,7 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
     assert!(server.inbox(OFF_PHONE).await.is_empty());
 
     let list = DestAddress::DistributionListName(DistributionListName::new(address("friends")));
-    let answer = raw_call(&mut conn, 7, multi(vec![to(PHONE), list])).await;
+    let answer = raw_call(&mut conn, 7, multi(vec![sme(PHONE), list])).await;
     assert_eq!(answer.status(), CommandStatus::EsmeRinvdlname);
     let bye = raw_call(&mut conn, 8, Pdu::Unbind).await;
     assert_eq!(bye.status(), CommandStatus::EsmeRok);
@@ -1142,16 +1141,11 @@ async fn over_the_accounts_limit_or_under_carrier_chaos_submits_get_esme_rthrott
     {
         use rusmpp::pdus::SubmitMulti;
         use rusmpp::types::{COctetString, OctetString};
-        use rusmpp::values::{DestAddress, Npi, SmeAddress, Ton};
         use std::str::FromStr;
         let mut conn = common::esme::raw_transceiver_as(server.smpp, "multi", "multi").await;
-        let to = |n: &str| {
-            let addr = COctetString::from_str(n).expect("an address");
-            DestAddress::SmeAddress(SmeAddress::new(Ton::National, Npi::Isdn, addr))
-        };
         let multi = SubmitMulti::builder()
             .source_addr(COctetString::from_str(SENDER).expect("source"))
-            .dest_address(vec![to(PHONE), to("09044440001"), to("08044440002")])
+            .dest_address(vec![sme(PHONE), sme("09044440001"), sme("08044440002")])
             .short_message(OctetString::from_static_slice(b"to three").expect("text"))
             .build();
         assert_eq!(
@@ -1418,20 +1412,15 @@ async fn past_log_retention_the_oldest_final_records_go_and_pending_ones_stay_wi
 async fn past_log_retention_a_submit_multis_id_answers_until_its_last_record_goes() {
     use rusmpp::pdus::SubmitMulti;
     use rusmpp::types::{COctetString, OctetString};
-    use rusmpp::values::{DestAddress, Npi, SmeAddress, Ton};
     use std::str::FromStr;
     let server = TestServer::start_with(|c| c.log_retention = 2).await;
     let other = "09011110003";
     server.handset(PHONE, json!({"carrier": "docomo"})).await;
     server.handset(other, json!({"carrier": "docomo"})).await;
     let mut raw = raw_transceiver(server.smpp).await;
-    let to = |n: &str| {
-        let addr = COctetString::from_str(n).expect("an address");
-        DestAddress::SmeAddress(SmeAddress::new(Ton::National, Npi::Isdn, addr))
-    };
     let multi = SubmitMulti::builder()
         .source_addr(COctetString::from_str(SENDER).expect("source"))
-        .dest_address(vec![to(PHONE), to(other)])
+        .dest_address(vec![sme(PHONE), sme(other)])
         .short_message(OctetString::from_static_slice(b"to two").expect("text"))
         .build();
     let answer = raw_call(&mut raw, 2, multi).await;

@@ -19,7 +19,7 @@ use rusmpp::pdus::{BindReceiver, BindTransceiver, BindTransmitter, CancelSm, Del
 use rusmpp::tlvs::TlvValue;
 use rusmpp::tokio_codec::CommandCodec;
 use rusmpp::types::{COctetString, EmptyOrFullCOctetString, OctetString};
-use rusmpp::values::{DataCoding, EsmClass, InterfaceVersion, Npi, RegisteredDelivery, Ton};
+use rusmpp::values::{DataCoding, DestAddress, EsmClass, InterfaceVersion, Npi, RegisteredDelivery, SmeAddress, Ton};
 use rusmpp::{Command, CommandStatus, Pdu};
 use rusmppc::{ConnectionBuilder, Event};
 use tokio::net::TcpStream;
@@ -463,6 +463,12 @@ pub async fn raw_receipt(conn: &mut RawConn) -> DeliveryReceipt {
             return receipt;
         }
     }
+}
+
+/// A `submit_multi` destination: a national number.
+pub fn sme(number: &str) -> DestAddress {
+    let addr = COctetString::from_str(number).expect("an address");
+    DestAddress::SmeAddress(SmeAddress::new(Ton::National, Npi::Isdn, addr))
 }
 
 /// One request and its answer over a connection framed with rusmpp's codec.
