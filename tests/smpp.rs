@@ -408,6 +408,11 @@ async fn validity_period_ends_the_retries_of_an_absent_phone_at_that_time() {
         "2601010030",
     )
     .await;
+    // One that cannot be read is the ESME's bug, not the carrier's default.
+    for unreadable in ["next tuesday!!!!", "261301000000000+"] {
+        let status = esme.submit(&sms(PHONE, "never").validity(unreadable)).await;
+        assert_eq!(status, Err(0x62), "{unreadable}: ESME_RINVEXPIRY");
+    }
     esme.unbind().await;
     server.stop().await;
 }
@@ -441,6 +446,19 @@ async fn schedule_delivery_time_holds_the_message_until_then() {
     server.stop().await;
 }
 
+/// How many submits `/metrics` counts for each of `answers`.
+async fn submit_answers<const N: usize>(server: &TestServer, answers: [&str; N]) -> [u64; N] {
+    let (_, metrics) = server.get("/metrics").await;
+    let text = metrics.as_str().unwrap_or_default();
+    answers.map(|answer| {
+        let line = format!("otpgate_smpp_submit_sm_total{{answer=\"{answer}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {answer} count: {text}"))
+    })
+}
+
 /// The store-and-forward queue is bounded: past `max_pending` messages not
 /// yet final (a phone that is off keeps its messages until their validity
 /// ends) a submit gets ESME_RMSGQFUL, and once some are final submits are
@@ -461,17 +479,8 @@ async fn past_max_pending_messages_not_yet_final_a_submit_gets_esme_rmsgqful() {
         .as_str()
         .and_then(|text| text.lines().find(|l| l.starts_with("otpgate_smsc_pending ")));
     assert_eq!(pending, Some("otpgate_smsc_pending 2"), "{metrics}");
-    let text = metrics.as_str().unwrap_or_default();
-    for answer in [
-        r#"{answer="ok"} 2"#,
-        r#"{answer="queue_full"} 1"#,
-        r#"{answer="throttled"} 0"#,
-    ] {
-        assert!(
-            text.contains(&format!("\notpgate_smpp_submit_sm_total{answer}\n")),
-            "{text}"
-        );
-    }
+    let answers = ["ok", "queue_full", "throttled"];
+    assert_eq!(submit_answers(&server, answers).await, [2, 1, 0]);
 
     server.handset(OFF_PHONE, json!({"powered_on": true})).await;
     server.advance(RUN).await;
@@ -791,6 +800,11 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
     let list = DestAddress::DistributionListName(DistributionListName::new(address("friends")));
     let answer = raw_call(&mut conn, 7, multi(vec![sme(PHONE), list])).await;
     assert_eq!(answer.status(), CommandStatus::EsmeRinvdlname);
+    assert_eq!(
+        submit_answers(&server, ["ok", "other_error"]).await,
+        [1, 1],
+        "a submit_multi's answers are counted with submit_sm's"
+    );
     let bye = raw_call(&mut conn, 8, Pdu::Unbind).await;
     assert_eq!(bye.status(), CommandStatus::EsmeRok);
     server.stop().await;
@@ -1441,6 +1455,53 @@ async fn past_log_retention_a_submit_multis_id_answers_until_its_last_record_goe
     let last = esme.send(&sms(PHONE, "last")).await;
     server.advance(RUN).await;
     assert_eq!(esme.receipt().await.id, last);
+    assert_eq!(esme.query(&id).await, Err(0x67), "ESME_RQUERYFAIL once all are gone");
+    esme.unbind().await;
+    raw_call(&mut raw, 3, rusmpp::Pdu::Unbind).await;
+    server.stop().await;
+}
+
+/// Retention keeps a message still waiting past newer final ones: a
+/// `submit_multi`'s one id stays with it, though the destinations listed
+/// after it are gone, and goes once it is final and removed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_multis_id_stays_while_a_destination_still_waits_past_the_retention() {
+    use rusmpp::pdus::SubmitMulti;
+    use rusmpp::types::{COctetString, OctetString};
+    use std::str::FromStr;
+    let server = TestServer::start_with(|c| c.log_retention = 2).await;
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    let mut raw = raw_transceiver(server.smpp).await;
+    let multi = SubmitMulti::builder()
+        .source_addr(COctetString::from_str(SENDER).expect("source"))
+        .dest_address(vec![sme(OFF_PHONE), sme(PHONE)])
+        .short_message(OctetString::from_static_slice(b"to two").expect("text"))
+        .build();
+    let answer = raw_call(&mut raw, 2, multi).await;
+    let Some(rusmpp::Pdu::SubmitMultiResp(resp)) = answer.pdu() else {
+        panic!("submit_multi_resp expected: {answer:?}");
+    };
+    let id = resp.message_id.as_str().to_string();
+    let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    // Two more past a cap of two: the multi's delivered destination goes,
+    // the one to the phone that is off stays.
+    for text in ["later", "later still"] {
+        esme.send(&sms(PHONE, text)).await;
+        server.advance(RUN).await;
+        esme.receipt().await;
+    }
+    assert_eq!(esme.query(&id).await.map(|q| q.0), Ok(1), "ENROUTE: one still waits");
+    server.handset(OFF_PHONE, json!({"powered_on": true})).await;
+    server.advance(RUN).await;
+    assert_eq!(esme.query(&id).await.map(|q| q.0), Ok(2), "DELIVERED once it arrives");
+    assert_eq!(server.inbox(OFF_PHONE).await.len(), 1);
+    // Final now, it is the oldest record, and goes with the id.
+    esme.send(&sms(PHONE, "last")).await;
+    server.advance(RUN).await;
+    esme.receipt().await;
     assert_eq!(esme.query(&id).await, Err(0x67), "ESME_RQUERYFAIL once all are gone");
     esme.unbind().await;
     raw_call(&mut raw, 3, rusmpp::Pdu::Unbind).await;

@@ -302,15 +302,23 @@ impl SmsNetwork {
                         for part in &rec.part_ids {
                             batch.remove(&inner.parts, part);
                         }
-                        // The oldest go first, so the shared id goes with
-                        // the last of its destinations' messages.
+                        batch.remove(&inner.records, id);
+                        // The shared id goes with the last of its
+                        // destinations' messages, whichever that is (a
+                        // pending one stays past newer final ones).
                         if let Some(multi) = &rec.multi_id {
-                            let ids = inner.multis.get::<Vec<String>>(multi)?;
-                            if ids.is_none_or(|ids| ids.last().is_none_or(|last| last == id)) {
+                            let ids = inner.multis.get::<Vec<String>>(multi)?.unwrap_or_default();
+                            let mut any_kept = false;
+                            for other in &ids {
+                                if !batch.removes(&inner.records, other) && inner.records.contains(other)? {
+                                    any_kept = true;
+                                    break;
+                                }
+                            }
+                            if !any_kept {
                                 batch.remove(&inner.multis, multi);
                             }
                         }
-                        batch.remove(&inner.records, id);
                         Ok(Some(guard))
                     }
                     _ => Ok(None),
@@ -480,13 +488,7 @@ impl SmsNetwork {
             return Err(SubmitRefusal::Throttled);
         }
         let slot = self.queue_slot()?;
-        let validity_end = now + carrier.validity_ms();
-        let expires_at = sub
-            .validity_period
-            .as_deref()
-            .and_then(|v| parse_smpp_time(v, now))
-            .map(|t| t.clamp(now, validity_end))
-            .unwrap_or(validity_end);
+        let expires_at = expiry(sub.validity_period.as_deref(), now, carrier.validity_ms())?;
         let scheduled = scheduled_delivery(sub.schedule_delivery_time.as_deref(), now, expires_at)?;
         let shown = carrier.displayed_sender(&sub.source_addr, &inner.world.profile);
         let mut accepted = Event::new("smsc_accepted", now).state(State::Submitted).detail(format!(
@@ -777,10 +779,7 @@ impl SmsNetwork {
                 let carrier = self
                     .carrier_for(&handset.carrier)
                     .ok_or_else(|| SubmitRefusal::System("no carrier models loaded".into()))?;
-                // ESME_RINVEXPIRY. (A submit_sm's unreadable validity
-                // falls back to the carrier's, as it always has.)
-                let end = parse_smpp_time(given, now).ok_or(SubmitRefusal::Status(0x62))?;
-                end.clamp(now, now + carrier.validity_ms())
+                expiry(Some(given), now, carrier.validity_ms())?
             }
             None => rec.expires_at,
         };
@@ -1051,6 +1050,21 @@ fn status_of(records: &[SmsRecord]) -> Option<MessageStatus> {
         final_date: last_end,
         ..status(telling)
     })
+}
+
+/// When a message's validity ends: the `validity_period` given, held
+/// within the carrier's own (`carrier_validity` from `now`), or the
+/// carrier's when none is given. One that cannot be read is refused with
+/// ESME_RINVEXPIRY: the carrier's in its place would hide the ESME's bug.
+fn expiry(given: Option<&str>, now: Millis, carrier_validity: Millis) -> Result<Millis, SubmitRefusal> {
+    let end = now + carrier_validity;
+    match given {
+        None => Ok(end),
+        Some(given) => match parse_smpp_time(given, now) {
+            Some(at) => Ok(at.clamp(now, end)),
+            None => Err(SubmitRefusal::Status(0x62)),
+        },
+    }
 }
 
 /// When a submit_sm's `schedule_delivery_time` asks the first delivery to

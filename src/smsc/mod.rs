@@ -77,8 +77,9 @@ impl std::fmt::Debug for Account {
     }
 }
 
-/// How the SMSC answered `submit_sm`, for `/metrics`: taken, or refused
-/// and why, so a load test can tell otpgate's refusals from its own.
+/// How the SMSC answered `submit_sm`, `data_sm` and `submit_multi`, for
+/// `/metrics`: taken, or refused and why, so a load test can tell
+/// otpgate's refusals from its own.
 #[derive(Debug, Default)]
 pub struct SmscCounters {
     pub submits_ok: AtomicU64,

@@ -377,7 +377,10 @@ impl Session {
     }
 
     async fn reject(&mut self, id: CommandId, status: CommandStatus, seq: u32) -> Result<(), SessionError> {
-        if matches!(id, CommandId::SubmitSmResp | CommandId::DataSmResp) {
+        if matches!(
+            id,
+            CommandId::SubmitSmResp | CommandId::DataSmResp | CommandId::SubmitMultiResp
+        ) {
             self.shared.config.counters.count(status);
         }
         self.send(Outbound::Bare {
@@ -886,6 +889,7 @@ impl Session {
                         .await;
                 };
                 self.shared.hub.note_submitted(&system_id, &message_id, self.id);
+                self.shared.config.counters.count(CommandStatus::EsmeRok);
                 tracing::debug!(%message_id, refused = refused.len(), "submitted to several destinations");
                 let pdu = SubmitMultiResp::new(id, refused, vec![]);
                 self.send(Outbound::command(seq, pdu)).await

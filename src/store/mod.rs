@@ -457,6 +457,15 @@ impl Batch {
     pub fn remove(&mut self, tree: &Tree, key: &str) {
         self.ops.push((tree.name.clone(), key.as_bytes().to_vec(), None));
     }
+
+    /// Whether the batch, as it stands, ends with `key` removed from `tree`.
+    pub fn removes(&self, tree: &Tree, key: &str) -> bool {
+        self.ops
+            .iter()
+            .rev()
+            .find(|(name, k, _)| *name == tree.name && k == key.as_bytes())
+            .is_some_and(|(_, _, value)| value.is_none())
+    }
 }
 
 /// Range reads' keys as the strings otpgate wrote them.
@@ -1087,5 +1096,25 @@ mod tests {
         assert_eq!(tree.keys_rev("", None).take(2).count(), 2);
         assert_eq!(prefix_successor(b"a\xff"), Some(b"b".to_vec()));
         assert_eq!(prefix_successor(b"\xff\xff"), None);
+    }
+
+    /// Retention asks a batch being built whether it already removes a
+    /// key (a `submit_multi`'s destinations removed in one turn): the
+    /// batch's last word on that key in that tree.
+    #[test]
+    fn a_batch_tells_whether_it_ends_with_a_key_removed() {
+        let store = Store::temporary().unwrap();
+        let (records, other) = (store.tree("records").unwrap(), store.tree("other").unwrap());
+        let mut batch = store.batch();
+        assert!(!batch.removes(&records, "a"));
+        batch.remove(&records, "a");
+        batch.put(&records, "b", &1).unwrap();
+        assert!(batch.removes(&records, "a"));
+        assert!(!batch.removes(&other, "a"), "another tree's key");
+        assert!(!batch.removes(&records, "b"), "written, not removed");
+        batch.remove(&records, "b");
+        assert!(batch.removes(&records, "b"), "removed after");
+        batch.put(&records, "a", &2).unwrap();
+        assert!(!batch.removes(&records, "a"), "written again after");
     }
 }
