@@ -767,6 +767,21 @@ async fn submit_multi_sends_to_each_destination_under_one_id() {
         MessageState::Enroute,
         "one still waits"
     );
+    // The delivery log finds both destinations' messages by the one id.
+    let (_, found) = server.get(&format!("/v1/messages?smsc_message_id={id}")).await;
+    let found: Vec<(&str, &str)> = found["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a list: {found}"))
+        .iter()
+        .map(|m| (m["to"].as_str().unwrap_or("?"), m["state"].as_str().unwrap_or("?")))
+        .collect();
+    assert_eq!(
+        found,
+        [("+819011110002", "enroute"), ("+819011110001", "delivered")],
+        "newest first"
+    );
+    let (_, none) = server.get("/v1/messages?smsc_message_id=9999999999").await;
+    assert_eq!(none["items"], json!([]));
 
     let cancel = |seq: u32| {
         let pdu = CancelSm::builder()
@@ -1095,6 +1110,13 @@ async fn a_200_character_japanese_message_arrives_whole_and_in_order() {
     receipted.sort();
     ids.sort();
     assert_eq!(receipted, ids);
+    // Any part's id finds the one message in the delivery log.
+    for id in &ids {
+        let (_, found) = server.get(&format!("/v1/messages?smsc_message_id={id}")).await;
+        let items = found["items"].as_array().unwrap_or_else(|| panic!("a list: {found}"));
+        assert_eq!(items.len(), 1, "{found}");
+        assert_eq!(items[0]["state"], "delivered", "{found}");
+    }
 
     // Parts that arrive last part first are still put together in order.
     let mut backwards = Sms {

@@ -177,8 +177,20 @@ pub struct Query {
     pub member_id: Option<String>,
     pub to: Option<String>,
     pub otp_id: Option<String>,
+    /// The messages the SMSC knows by any of these ids (those one id an
+    /// ESME was given names: a `submit_multi`'s destinations).
+    pub smsc_message_ids: Option<Vec<String>>,
     pub before: Option<String>,
     pub limit: usize,
+}
+
+impl Query {
+    /// Whether `m` passes the member, `to` and OTP filters.
+    fn keeps(&self, m: &Message) -> bool {
+        self.member_id.as_ref().is_none_or(|v| m.member_id.as_ref() == Some(v))
+            && self.to.as_ref().is_none_or(|v| &m.to == v)
+            && self.otp_id.as_ref().is_none_or(|v| m.otp_id.as_ref() == Some(v))
+    }
 }
 
 /// A message just written, with the event written with it, not yet
@@ -459,6 +471,9 @@ impl DeliveryLog {
     /// Messages newest first, filtered; `before` is a message id cursor.
     pub fn query(&self, q: &Query) -> Result<(Vec<Message>, Option<String>), StoreError> {
         let limit = if q.limit == 0 { 100 } else { q.limit.min(1000) };
+        if let Some(smsc_ids) = &q.smsc_message_ids {
+            return self.query_by_smsc_ids(smsc_ids, q, limit);
+        }
         let filter = [("member", &q.member_id), ("to", &q.to), ("otp", &q.otp_id)]
             .into_iter()
             .find_map(|(kind, v)| v.as_ref().map(|v| (kind, v.clone())));
@@ -481,10 +496,7 @@ impl DeliveryLog {
         for key in source.keys_rev(&prefix, before.as_deref()) {
             let key = key?;
             let Some(m) = self.get(&key[strip..])? else { continue };
-            let keep = q.member_id.as_ref().is_none_or(|v| m.member_id.as_ref() == Some(v))
-                && q.to.as_ref().is_none_or(|v| &m.to == v)
-                && q.otp_id.as_ref().is_none_or(|v| m.otp_id.as_ref() == Some(v));
-            if keep {
+            if q.keeps(&m) {
                 if out.len() == limit {
                     let next = out.last().map(|m: &Message| m.id.clone());
                     return Ok((out, next));
@@ -493,6 +505,31 @@ impl DeliveryLog {
             }
         }
         Ok((out, None))
+    }
+
+    /// [`DeliveryLog::query`] for the messages the SMSC knows by `smsc_ids`:
+    /// a few, read through the index at once.
+    fn query_by_smsc_ids(
+        &self,
+        smsc_ids: &[String],
+        q: &Query,
+        limit: usize,
+    ) -> Result<(Vec<Message>, Option<String>), StoreError> {
+        let mut out = Vec::new();
+        for smsc_id in smsc_ids {
+            let Some(id) = self.id_by_smsc_id(smsc_id)? else {
+                continue;
+            };
+            if let Some(m) = self.get(&id)? {
+                out.push(m);
+            }
+        }
+        out.retain(|m| q.keeps(m) && q.before.as_ref().is_none_or(|before| m.id < *before));
+        out.sort_by(|a, b| b.id.cmp(&a.id));
+        out.dedup_by(|a, b| a.id == b.id);
+        let next = (out.len() > limit).then(|| out[limit - 1].id.clone());
+        out.truncate(limit);
+        Ok((out, next))
     }
 }
 
@@ -576,6 +613,44 @@ mod tests {
     fn by_smsc_id(log: &DeliveryLog, smsc_id: &str) -> Option<Message> {
         let id = log.id_by_smsc_id(smsc_id).unwrap()?;
         log.get(&id).unwrap()
+    }
+
+    /// The SMSC's ids of a `submit_multi`'s destinations find their
+    /// messages newest first, a page at a time, with the other filters.
+    #[tokio::test]
+    async fn messages_are_found_by_the_smsc_ids_a_page_at_a_time() {
+        let log = DeliveryLog::open(&Store::temporary().unwrap()).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            let mut accepted = Event::new("smsc_accepted", n).state(State::Submitted);
+            accepted.smsc_message_id = Some(format!("s{n}"));
+            ids.push(
+                log.create(new(&format!("+8190111100{n:02}")), accepted)
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let smsc_ids = ["s0", "s1", "s2", "unknown"].map(String::from).to_vec();
+        let page = |before: Option<String>, member: &str| Query {
+            smsc_message_ids: Some(smsc_ids.clone()),
+            member_id: Some(member.into()),
+            before,
+            limit: 2,
+            ..Default::default()
+        };
+        let found = |(messages, next): (Vec<Message>, Option<String>)| {
+            (messages.into_iter().map(|m| m.id).collect::<Vec<_>>(), next)
+        };
+        let first = found(log.query(&page(None, "M1")).unwrap());
+        assert_eq!(first, (vec![ids[2].clone(), ids[1].clone()], Some(ids[1].clone())));
+        let rest = found(log.query(&page(first.1, "M1")).unwrap());
+        assert_eq!(rest, (vec![ids[0].clone()], None));
+        assert_eq!(
+            found(log.query(&page(None, "M2")).unwrap()),
+            (vec![], None),
+            "another member's"
+        );
     }
 
     fn new(to: &str) -> NewMessage {

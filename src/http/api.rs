@@ -345,6 +345,13 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
                     None => None,
                 },
                 otp_id: req.query("otp_id").map(str::to_string),
+                // The id an ESME was given names its destinations' and
+                // parts' messages in the simulated network; one the network
+                // does not know (an external SMSC's) is looked up as it is.
+                smsc_message_ids: match req.query("smsc_message_id") {
+                    Some(id) => Some(ctx.network.ids_named(id)?),
+                    None => None,
+                },
                 before: req.query("before").map(str::to_string),
                 limit: req.query("limit").and_then(|l| l.parse().ok()).unwrap_or(100),
             };

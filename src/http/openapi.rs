@@ -107,7 +107,7 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/messages",
         "delivery",
-        "The delivery log (?member_id=&to=&otp_id=&before=&limit=)",
+        "The delivery log (?member_id=&to=&otp_id=&smsc_message_id=&before=&limit=)",
         &[],
     ),
     r(

@@ -587,7 +587,7 @@ impl SmsNetwork {
     /// The ids of the messages an id an ESME was given names: a
     /// `submit_multi`'s one per destination, else the one it (or a long
     /// message's part's id) names.
-    fn ids_named(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
+    pub fn ids_named(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
         match self.inner.multis.get::<Vec<String>>(message_id)? {
             Some(ids) => Ok(ids),
             None => Ok(vec![self.whole_id(message_id)?]),
