@@ -16,7 +16,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use common::esme::{raw_call, raw_receipt, raw_transceiver, sme, sms, within, Bind, Esme, RawConn, Sms, SENDER};
+use common::esme::{
+    multi_id, raw_call, raw_receipt, raw_submit_multi, raw_transceiver, sme, sms, within, Bind, Esme, RawConn, Sms,
+    SENDER,
+};
 use common::handsets::receipt_date;
 use common::hooks::HookReceiver;
 use common::TestServer;
@@ -1175,19 +1178,11 @@ async fn over_the_accounts_limit_or_under_carrier_chaos_submits_get_esme_rthrott
     // second, leave the account a second in debt (one a token would have
     // left one for the next submit).
     {
-        use rusmpp::pdus::SubmitMulti;
         use rusmpp::types::{COctetString, OctetString};
         use std::str::FromStr;
         let mut conn = common::esme::raw_transceiver_as(server.smpp, "multi", "multi").await;
-        let multi = SubmitMulti::builder()
-            .source_addr(COctetString::from_str(SENDER).expect("source"))
-            .dest_address(vec![sme(PHONE), sme("09044440001"), sme("08044440002")])
-            .short_message(OctetString::from_static_slice(b"to three").expect("text"))
-            .build();
-        assert_eq!(
-            raw_call(&mut conn, 2, multi).await.status(),
-            rusmpp::CommandStatus::EsmeRok
-        );
+        let to = [PHONE, "09044440001", "08044440002"];
+        multi_id(&raw_submit_multi(&mut conn, 2, SENDER, &to, "to three").await);
         let one = rusmpp::pdus::SubmitSm::builder()
             .source_addr(COctetString::from_str(SENDER).expect("source"))
             .destination_addr(COctetString::from_str(PHONE).expect("destination"))
@@ -1446,24 +1441,12 @@ async fn past_log_retention_the_oldest_final_records_go_and_pending_ones_stay_wi
 /// destinations' records is kept, and is forgotten with the last of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_log_retention_a_submit_multis_id_answers_until_its_last_record_goes() {
-    use rusmpp::pdus::SubmitMulti;
-    use rusmpp::types::{COctetString, OctetString};
-    use std::str::FromStr;
     let server = TestServer::start_with(|c| c.log_retention = 2).await;
     let other = "09011110003";
     server.handset(PHONE, json!({"carrier": "docomo"})).await;
     server.handset(other, json!({"carrier": "docomo"})).await;
     let mut raw = raw_transceiver(server.smpp).await;
-    let multi = SubmitMulti::builder()
-        .source_addr(COctetString::from_str(SENDER).expect("source"))
-        .dest_address(vec![sme(PHONE), sme(other)])
-        .short_message(OctetString::from_static_slice(b"to two").expect("text"))
-        .build();
-    let answer = raw_call(&mut raw, 2, multi).await;
-    let Some(rusmpp::Pdu::SubmitMultiResp(resp)) = answer.pdu() else {
-        panic!("submit_multi_resp expected: {answer:?}");
-    };
-    let id = resp.message_id.as_str().to_string();
+    let id = multi_id(&raw_submit_multi(&mut raw, 2, SENDER, &[PHONE, other], "to two").await);
     server.advance(RUN).await;
     let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
     assert_eq!(esme.query(&id).await.map(|q| q.0), Ok(2), "DELIVERED to both");
@@ -1488,25 +1471,13 @@ async fn past_log_retention_a_submit_multis_id_answers_until_its_last_record_goe
 /// after it are gone, and goes once it is final and removed too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_submit_multis_id_stays_while_a_destination_still_waits_past_the_retention() {
-    use rusmpp::pdus::SubmitMulti;
-    use rusmpp::types::{COctetString, OctetString};
-    use std::str::FromStr;
     let server = TestServer::start_with(|c| c.log_retention = 2).await;
     server.handset(PHONE, json!({"carrier": "docomo"})).await;
     server
         .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
         .await;
     let mut raw = raw_transceiver(server.smpp).await;
-    let multi = SubmitMulti::builder()
-        .source_addr(COctetString::from_str(SENDER).expect("source"))
-        .dest_address(vec![sme(OFF_PHONE), sme(PHONE)])
-        .short_message(OctetString::from_static_slice(b"to two").expect("text"))
-        .build();
-    let answer = raw_call(&mut raw, 2, multi).await;
-    let Some(rusmpp::Pdu::SubmitMultiResp(resp)) = answer.pdu() else {
-        panic!("submit_multi_resp expected: {answer:?}");
-    };
-    let id = resp.message_id.as_str().to_string();
+    let id = multi_id(&raw_submit_multi(&mut raw, 2, SENDER, &[OFF_PHONE, PHONE], "to two").await);
     let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;
     // Two more past a cap of two: the multi's delivered destination goes,
     // the one to the phone that is off stays.

@@ -471,6 +471,27 @@ pub fn sme(number: &str) -> DestAddress {
     DestAddress::SmeAddress(SmeAddress::new(Ton::National, Npi::Isdn, addr))
 }
 
+/// A `submit_multi` of `text` from `source` to `numbers`, sent as `seq`:
+/// its answer.
+pub async fn raw_submit_multi(conn: &mut RawConn, seq: u32, source: &str, numbers: &[&str], text: &str) -> Command {
+    let multi = rusmpp::pdus::SubmitMulti::builder()
+        .source_addr(COctetString::from_str(source).expect("source"))
+        .dest_address(numbers.iter().map(|n| sme(n)).collect())
+        .short_message(rusmpp::types::OctetString::from_str(text).expect("text"))
+        .build();
+    raw_call(conn, seq, multi).await
+}
+
+/// The id a `submit_multi_resp` gave.
+pub fn multi_id(answer: &Command) -> String {
+    match answer.pdu() {
+        Some(Pdu::SubmitMultiResp(resp)) if answer.status() == CommandStatus::EsmeRok => {
+            resp.message_id.as_str().to_string()
+        }
+        _ => panic!("submit_multi_resp OK expected: {answer:?}"),
+    }
+}
+
 /// One request and its answer over a connection framed with rusmpp's codec.
 pub async fn raw_call(conn: &mut RawConn, seq: u32, pdu: impl Into<Pdu>) -> Command {
     within("send", conn.send(Command::new(CommandStatus::EsmeRok, seq, pdu)))
