@@ -161,6 +161,8 @@ enum Ack {
     Verified { otp_id: String },
     /// `submit_sm_resp` OK.
     Smpp { message_id: String },
+    /// `submit_multi_resp` OK, to `destinations` numbers, none refused.
+    SmppMulti { message_id: String, destinations: usize },
     /// `250 ... queued as <id>` after DATA; `large` for a mail over
     /// [`LARGE_MAIL_BYTES`] (stored by sled in a file of its own).
     Mail { id: String, large: bool },
@@ -309,6 +311,87 @@ async fn smpp_load(addr: SocketAddr, round: u32, acks: Acks, stop: Arc<AtomicBoo
     drain.abort();
 }
 
+/// An ESME sending `submit_multi` to two of the crash phones at a time, over
+/// a raw connection (rusmppc has no `submit_multi`); it answers what the
+/// SMSC sends meanwhile (a receipt meant for the other ESME of its account,
+/// the goodbye of a SIGTERM).
+async fn smpp_multi_load(addr: SocketAddr, round: u32, acks: Acks, stop: Arc<AtomicBool>) {
+    use rusmpp::types::{COctetString, OctetString};
+    use std::str::FromStr;
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return;
+    };
+    let mut conn = tokio_util::codec::Framed::new(stream, rusmpp::tokio_codec::CommandCodec::new());
+    let bind = rusmpp::pdus::BindTransceiver::builder()
+        .system_id(COctetString::from_str("otpgate").expect("system_id"))
+        .password(COctetString::from_str("otpgate").expect("password"))
+        .interface_version(rusmpp::values::InterfaceVersion::Smpp3_4)
+        .build();
+    if !matches!(tolerant_call(&mut conn, 1, bind).await, Some(c) if c.status() == rusmpp::CommandStatus::EsmeRok) {
+        return;
+    }
+    let mut seq = 2;
+    while !stop.load(Ordering::Relaxed) {
+        let to = [0, 1].map(|k| CRASH_ESME_PHONES[(seq as usize + k) % CRASH_ESME_PHONES.len()]);
+        let text = format!("reliability round {round} multi {seq}");
+        let multi = rusmpp::pdus::SubmitMulti::builder()
+            .source_addr(COctetString::from_str(esme::SENDER).expect("source"))
+            .dest_address(to.iter().map(|n| esme::sme(n)).collect())
+            .registered_delivery(rusmpp::values::RegisteredDelivery::from(1))
+            .short_message(OctetString::from_str(&text).expect("text"))
+            .build();
+        let Some(answer) = tolerant_call(&mut conn, seq, multi).await else {
+            break;
+        };
+        if let Some(rusmpp::Pdu::SubmitMultiResp(resp)) = answer.pdu() {
+            if answer.status() == rusmpp::CommandStatus::EsmeRok && resp.unsuccess_sme().is_empty() {
+                record(
+                    &acks,
+                    Ack::SmppMulti {
+                        message_id: resp.message_id.as_str().to_string(),
+                        destinations: to.len(),
+                    },
+                );
+            }
+        }
+        seq += 1;
+    }
+}
+
+/// Sends `pdu` as `seq` and reads on to its answer, answering the SMSC's
+/// own requests on the way; `None` once the server is gone or says goodbye.
+async fn tolerant_call(conn: &mut esme::RawConn, seq: u32, pdu: impl Into<rusmpp::Pdu>) -> Option<rusmpp::Command> {
+    use futures::SinkExt;
+    use rusmpp::{Command, CommandStatus, Pdu};
+    conn.send(Command::new(CommandStatus::EsmeRok, seq, pdu)).await.ok()?;
+    loop {
+        let command = tokio::time::timeout(Duration::from_secs(10), conn.next())
+            .await
+            .ok()??
+            .ok()?;
+        let reply: Pdu = match command.pdu() {
+            Some(Pdu::DeliverSm(_)) => {
+                rusmpp::pdus::DeliverSmResp::new(rusmpp::types::COctetString::empty(), vec![]).into()
+            }
+            Some(Pdu::Unbind) => {
+                let _ = conn
+                    .send(Command::new(
+                        CommandStatus::EsmeRok,
+                        command.sequence_number(),
+                        Pdu::UnbindResp,
+                    ))
+                    .await;
+                return None;
+            }
+            _ if command.sequence_number() == seq => return Some(command),
+            _ => continue,
+        };
+        conn.send(Command::new(CommandStatus::EsmeRok, command.sequence_number(), reply))
+            .await
+            .ok()?;
+    }
+}
+
 /// A tolerant SMTP client: every step may meet a dead server.
 struct LoadSmtp {
     reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
@@ -451,6 +534,18 @@ async fn check_after_restart(api: &Api, acks: &[Ack], round: u32) {
                     "round {round}: submit_sm_resp {message_id} is not in the delivery log"
                 );
             }
+            Ack::SmppMulti {
+                message_id,
+                destinations,
+            } => {
+                let (s, found) = api.get(&format!("/v1/messages?smsc_message_id={message_id}")).await;
+                let logged = found["items"].as_array().map_or(0, Vec::len);
+                assert_eq!(
+                    (s, logged),
+                    (200, *destinations),
+                    "round {round}: submit_multi_resp {message_id}'s destinations in the delivery log: {found}"
+                );
+            }
             Ack::Mail { id, large } => {
                 let (s, b) = api.get(&format!("/v1/mail/{id}")).await;
                 assert_eq!(s, 200, "round {round}: mail {id} acknowledged with 250 is gone: {b}");
@@ -568,8 +663,9 @@ fn large_mail_text() -> String {
 }
 
 /// One round's mixed load: OTPs to SMS and email members (email codes read
-/// and verified), the virtual clock moving, an ESME submitting and an SMTP
-/// client sending, until `stop` or the server is gone.
+/// and verified), the virtual clock moving, an ESME submitting, another
+/// sending `submit_multi`, and an SMTP client sending, until `stop` or the
+/// server is gone.
 struct MixedLoad {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -594,6 +690,7 @@ impl MixedLoad {
             tokio::spawn(otp_load(http, email_members, acks.clone(), stop.clone())),
             tokio::spawn(clock_load(http, stop.clone())),
             tokio::spawn(smpp_load(smpp, round, acks.clone(), stop.clone())),
+            tokio::spawn(smpp_multi_load(smpp, round, acks.clone(), stop.clone())),
             tokio::spawn(smtp_load(smtp, round, acks.clone(), stop.clone())),
         ];
         MixedLoad { stop, tasks }
@@ -631,6 +728,7 @@ fn ack_kinds(acks: &[Ack]) -> BTreeMap<&'static str, usize> {
                 Ack::Otp { .. } => "otp",
                 Ack::Verified { .. } => "verified",
                 Ack::Smpp { .. } => "submit_sm_resp",
+                Ack::SmppMulti { .. } => "submit_multi_resp",
                 Ack::Mail { .. } => "smtp 250",
             })
             .or_default() += 1;
