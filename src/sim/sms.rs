@@ -565,12 +565,15 @@ impl SmsNetwork {
     /// A `submit_multi` ([`SmscBackend::submit_multi`]): each destination
     /// a message of its own, as a `submit_sm`'s, under one id that its
     /// receipts carry; the id's list of messages made durable after them.
+    /// The destinations are taken together, so that their syncs are one
+    /// group commit (one after another, 255 took 45–80 ms).
     async fn accept_multi(&self, subs: Vec<Submission>) -> Result<MultiSubmitted, SubmitRefusal> {
         let inner = &self.inner;
         let multi = format!("{:010}", inner.store.next_id().map_err(sys)?);
+        let accepts = subs.into_iter().map(|sub| self.accept(sub, Some(&multi)));
         let (mut ids, mut refused) = (Vec::new(), Vec::new());
-        for (index, sub) in subs.into_iter().enumerate() {
-            match self.accept(sub, Some(&multi)).await {
+        for (index, accepted) in futures::future::join_all(accepts).await.into_iter().enumerate() {
+            match accepted {
                 Ok(id) => ids.push(id),
                 Err(refusal) => refused.push((index, refusal)),
             }
