@@ -1206,9 +1206,13 @@ impl SmscBackend for SmsNetwork {
         let system_id = system_id.to_string();
         let message_id = message_id.to_string();
         Box::pin(async move {
+            // A submit_multi's destinations together, their syncs one group
+            // commit (as in `accept_multi`).
+            let ids = self.ids_named(&message_id).map_err(sys)?;
+            let replaces = ids.iter().map(|id| self.replace_pending(&system_id, id, &replacement));
             let mut replaced = false;
-            for id in self.ids_named(&message_id).map_err(sys)? {
-                replaced |= self.replace_pending(&system_id, &id, &replacement).await?;
+            for result in futures::future::join_all(replaces).await {
+                replaced |= result?;
             }
             match replaced {
                 true => Ok(()),
@@ -1221,9 +1225,11 @@ impl SmscBackend for SmsNetwork {
         let system_id = system_id.to_string();
         let message_id = message_id.to_string();
         Box::pin(async move {
+            let ids = self.ids_named(&message_id).map_err(sys)?;
+            let cancels = ids.iter().map(|id| self.cancel_pending(&system_id, id));
             let mut cancelled = false;
-            for id in self.ids_named(&message_id).map_err(sys)? {
-                cancelled |= self.cancel_pending(&system_id, &id).await.map_err(sys)?;
+            for result in futures::future::join_all(cancels).await {
+                cancelled |= result.map_err(sys)?;
             }
             match cancelled {
                 true => Ok(()),
