@@ -308,8 +308,10 @@ impl SmsNetwork {
                         // pending one stays past newer final ones).
                         if let Some(multi) = &rec.multi_id {
                             let ids = inner.multis.get::<Vec<String>>(multi)?.unwrap_or_default();
+                            // Newest first: retention removes the oldest
+                            // first, so the newest answer at once.
                             let mut any_kept = false;
-                            for other in &ids {
+                            for other in ids.iter().rev() {
                                 if !batch.removes(&inner.records, other) && inner.records.contains(other)? {
                                     any_kept = true;
                                     break;
