@@ -163,13 +163,14 @@ async fn enquire_link_is_answered_and_unbind_closes_the_connection() {
 }
 
 /// Writes raw bytes on a fresh connection and expects `expect` back: the
-/// 16-octet header of a generic_nack (length, id, status, sequence).
+/// 16-octet header of the answer (length, id, status, sequence), a
+/// generic_nack or the operation's response.
 /// `then_closed` says whether the SMSC must close the connection after it.
 async fn check_bad_pdu(server: &TestServer, bytes: &[u8], expect: [u32; 4], then_closed: bool) -> TcpStream {
     let mut stream = TcpStream::connect(server.smpp).await.expect("connect");
     stream.write_all(bytes).await.expect("write");
     let mut head = [0u8; 16];
-    within("generic_nack", stream.read_exact(&mut head))
+    within("an answer", stream.read_exact(&mut head))
         .await
         .expect("an answer");
     let words: Vec<u32> = head
@@ -214,10 +215,11 @@ async fn malformed_pdus_get_the_protocol_answer_and_the_smsc_keeps_serving() {
         .await
         .expect("answer");
     assert_eq!(&head[4..8], &0x8000_0015u32.to_be_bytes(), "still serving");
-    // A bind whose system_id never ends: generic_nack ESME_RINVSYSID, the
-    // connection stays.
+    // A bind whose system_id never ends: its own response with
+    // ESME_RINVSYSID (a body it cannot read; generic_nack is for headers),
+    // and the connection stays.
     let broken = pdu(20, 0x0000_0002, 9, &[0xFF; 4]);
-    let mut stream = check_bad_pdu(&server, &broken, [16, 0x8000_0000, 0x0F, 9], false).await;
+    let mut stream = check_bad_pdu(&server, &broken, [16, 0x8000_0002, 0x0F, 9], false).await;
     stream
         .write_all(&pdu(16, 0x0000_0015, 10, &[]))
         .await
@@ -241,6 +243,18 @@ async fn malformed_pdus_get_the_protocol_answer_and_the_smsc_keeps_serving() {
         true,
     )
     .await;
+    // A submit_sm whose source address never ends: submit_sm_resp
+    // ESME_RINVSRCADR, counted in /metrics as the SMSC's refusal.
+    let mut body = b"\0\x00\x00".to_vec();
+    body.extend_from_slice(&[b'9'; 40]);
+    check_bad_pdu(
+        &server,
+        &pdu(16 + 43, 0x0000_0004, 13, &body),
+        [16, 0x8000_0004, 0x0A, 13],
+        false,
+    )
+    .await;
+    assert_eq!(submit_answers(&server, ["ok", "other_error"]).await, [0, 1]);
 
     // The next client is served as if nothing happened.
     let mut esme = Esme::bind(server.smpp, Bind::Transceiver).await;

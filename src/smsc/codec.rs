@@ -34,12 +34,17 @@ pub enum Inbound {
     Invalid(InvalidPdu),
 }
 
-/// A frame the SMSC cannot act on, with what the `generic_nack` needs.
+/// A frame the SMSC cannot act on, with what its answer needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidPdu {
     pub command_id: u32,
     pub sequence_number: u32,
     pub status: CommandStatus,
+    /// The answer's command id: `generic_nack` for a header the SMSC
+    /// cannot act on (an unknown command id, a bad length: SMPP 3.4
+    /// section 4.3.1), else the response of the operation whose body was
+    /// unreadable, header only, as an error response is sent.
+    pub answer_id: u32,
     /// For the log; never contains message text.
     pub reason: String,
 }
@@ -141,18 +146,21 @@ impl Decoder for SmppCodec {
         }
         let mut frame = src.split_to(frame_len);
         frame.advance(4);
-        let invalid = |status: CommandStatus, reason: String| {
+        let invalid_answered_by = |answer_id: CommandId, status: CommandStatus, reason: String| {
             Ok(Some(Inbound::Invalid(InvalidPdu {
                 command_id,
                 sequence_number,
                 status,
+                answer_id: u32::from(answer_id),
                 reason,
             })))
         };
+        let invalid = |status, reason| invalid_answered_by(CommandId::GenericNack, status, reason);
         let command = match Command::decode(&mut frame, frame_len - 4) {
             Ok((command, _)) => command,
             Err(error) => {
-                return invalid(status_for(&error), format!("undecodable body: {error}"));
+                let answer_id = response_to(CommandId::from(command_id)).unwrap_or(CommandId::GenericNack);
+                return invalid_answered_by(answer_id, status_for(&error), format!("undecodable body: {error}"));
             }
         };
         match command.pdu() {
@@ -165,6 +173,22 @@ impl Decoder for SmppCodec {
             },
         }
     }
+}
+
+/// The response to an operation the SMSC serves (those an ESME sends it).
+fn response_to(request: CommandId) -> Option<CommandId> {
+    Some(match request {
+        CommandId::BindTransmitter => CommandId::BindTransmitterResp,
+        CommandId::BindReceiver => CommandId::BindReceiverResp,
+        CommandId::BindTransceiver => CommandId::BindTransceiverResp,
+        CommandId::SubmitSm => CommandId::SubmitSmResp,
+        CommandId::DataSm => CommandId::DataSmResp,
+        CommandId::SubmitMulti => CommandId::SubmitMultiResp,
+        CommandId::QuerySm => CommandId::QuerySmResp,
+        CommandId::CancelSm => CommandId::CancelSmResp,
+        CommandId::ReplaceSm => CommandId::ReplaceSmResp,
+        _ => return None,
+    })
 }
 
 /// Requests whose PDU is the header alone.
@@ -278,6 +302,13 @@ mod tests {
         }
     }
 
+    fn answer_id(item: &Result<Inbound, String>) -> Option<u32> {
+        match item {
+            Ok(Inbound::Invalid(i)) => Some(i.answer_id),
+            _ => None,
+        }
+    }
+
     #[test]
     fn bind_resp_bytes() {
         let resp = BindTransceiverResp::new(
@@ -352,6 +383,7 @@ mod tests {
         let (id, seq, status) = invalid(&items[0]).unwrap();
         assert_eq!((id, seq), (2, 5));
         assert_ne!(status, CommandStatus::EsmeRok);
+        assert_eq!(answer_id(&items[0]), Some(0x8000_0002), "bind_transmitter_resp");
         // submit_sm with a 30-character destination address.
         let mut body = vec![0u8, 1, 1];
         body.extend_from_slice(b"0354600124\0");
@@ -361,9 +393,14 @@ mod tests {
         body.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
         let items = decode_all(&pdu(0x04, 6, &body));
         assert_eq!(invalid(&items[0]), Some((4, 6, CommandStatus::EsmeRinvdstadr)));
-        // A bind with no body at all.
+        assert_eq!(answer_id(&items[0]), Some(0x8000_0004), "submit_sm_resp");
+        // A bind with no body at all: a bad length, so generic_nack.
         let items = decode_all(&pdu(0x09, 8, &[]));
         assert_eq!(invalid(&items[0]), Some((9, 8, CommandStatus::EsmeRinvcmdlen)));
+        assert_eq!(answer_id(&items[0]), Some(0x8000_0000));
+        // A deliver_sm is not the ESME's to send: its body unread, generic_nack.
+        let items = decode_all(&pdu(0x05, 9, b"abc"));
+        assert_eq!(answer_id(&items[0]), Some(0x8000_0000));
     }
 
     #[test]

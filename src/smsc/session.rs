@@ -297,11 +297,13 @@ impl Session {
                         Some(Ok(Inbound::Invalid(invalid))) => {
                             tracing::debug!(
                                 command_id = format_args!("0x{:08X}", invalid.command_id),
+                                answer_id = format_args!("0x{:08X}", invalid.answer_id),
                                 status = ?invalid.status,
                                 reason = %invalid.reason,
-                                "answering an invalid PDU with generic_nack"
+                                "answering an invalid PDU"
                             );
-                            self.send(Outbound::generic_nack(invalid.status, invalid.sequence_number)).await?;
+                            let answer_id = CommandId::from(invalid.answer_id);
+                            self.reject(answer_id, invalid.status, invalid.sequence_number).await?;
                         }
                         Some(Ok(Inbound::Command(command))) => {
                             if let Flow::Close = self.on_command(*command).await? {
