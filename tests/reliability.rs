@@ -369,26 +369,21 @@ async fn tolerant_call(conn: &mut esme::RawConn, seq: u32, pdu: impl Into<rusmpp
             .await
             .ok()??
             .ok()?;
-        let reply: Pdu = match command.pdu() {
+        let (reply, goodbye): (Pdu, bool) = match command.pdu() {
             Some(Pdu::DeliverSm(_)) => {
-                rusmpp::pdus::DeliverSmResp::new(rusmpp::types::COctetString::empty(), vec![]).into()
+                let resp = rusmpp::pdus::DeliverSmResp::new(rusmpp::types::COctetString::empty(), vec![]);
+                (resp.into(), false)
             }
-            Some(Pdu::Unbind) => {
-                let _ = conn
-                    .send(Command::new(
-                        CommandStatus::EsmeRok,
-                        command.sequence_number(),
-                        Pdu::UnbindResp,
-                    ))
-                    .await;
-                return None;
-            }
+            Some(Pdu::Unbind) => (Pdu::UnbindResp, true),
             _ if command.sequence_number() == seq => return Some(command),
             _ => continue,
         };
         conn.send(Command::new(CommandStatus::EsmeRok, command.sequence_number(), reply))
             .await
             .ok()?;
+        if goodbye {
+            return None;
+        }
     }
 }
 
