@@ -263,12 +263,11 @@ async fn smpp_load(addr: SocketAddr, round: u32, acks: Acks, stop: Arc<AtomicBoo
         .no_enquire_link_interval()
         .response_timeout(Duration::from_secs(10))
         .connected(stream);
-    let bind = rusmpp::pdus::BindTransceiver::builder()
-        .system_id(std::str::FromStr::from_str("otpgate").expect("system_id"))
-        .password(std::str::FromStr::from_str("otpgate").expect("password"))
-        .interface_version(rusmpp::values::InterfaceVersion::Smpp3_4)
-        .build();
-    if client.bind_transceiver(bind).await.is_err() {
+    if client
+        .bind_transceiver(esme::transceiver_bind("otpgate", "otpgate"))
+        .await
+        .is_err()
+    {
         return;
     }
     let answering = client.clone();
@@ -316,17 +315,11 @@ async fn smpp_load(addr: SocketAddr, round: u32, acks: Acks, stop: Arc<AtomicBoo
 /// SMSC sends meanwhile (a receipt meant for the other ESME of its account,
 /// the goodbye of a SIGTERM).
 async fn smpp_multi_load(addr: SocketAddr, round: u32, acks: Acks, stop: Arc<AtomicBool>) {
-    use rusmpp::types::{COctetString, OctetString};
-    use std::str::FromStr;
     let Ok(stream) = TcpStream::connect(addr).await else {
         return;
     };
     let mut conn = tokio_util::codec::Framed::new(stream, rusmpp::tokio_codec::CommandCodec::new());
-    let bind = rusmpp::pdus::BindTransceiver::builder()
-        .system_id(COctetString::from_str("otpgate").expect("system_id"))
-        .password(COctetString::from_str("otpgate").expect("password"))
-        .interface_version(rusmpp::values::InterfaceVersion::Smpp3_4)
-        .build();
+    let bind = esme::transceiver_bind("otpgate", "otpgate");
     if !matches!(tolerant_call(&mut conn, 1, bind).await, Some(c) if c.status() == rusmpp::CommandStatus::EsmeRok) {
         return;
     }
@@ -334,12 +327,8 @@ async fn smpp_multi_load(addr: SocketAddr, round: u32, acks: Acks, stop: Arc<Ato
     while !stop.load(Ordering::Relaxed) {
         let to = [0, 1].map(|k| CRASH_ESME_PHONES[(seq as usize + k) % CRASH_ESME_PHONES.len()]);
         let text = format!("reliability round {round} multi {seq}");
-        let multi = rusmpp::pdus::SubmitMulti::builder()
-            .source_addr(COctetString::from_str(esme::SENDER).expect("source"))
-            .dest_address(to.iter().map(|n| esme::sme(n)).collect())
-            .registered_delivery(rusmpp::values::RegisteredDelivery::from(1))
-            .short_message(OctetString::from_str(&text).expect("text"))
-            .build();
+        let mut multi = esme::submit_multi(esme::SENDER, &to, &text);
+        multi.registered_delivery = rusmpp::values::RegisteredDelivery::from(1);
         let Some(answer) = tolerant_call(&mut conn, seq, multi).await else {
             break;
         };

@@ -440,13 +440,18 @@ pub async fn raw_transceiver(addr: SocketAddr) -> RawConn {
 pub async fn raw_transceiver_as(addr: SocketAddr, system_id: &str, password: &str) -> RawConn {
     let stream = within("connect", TcpStream::connect(addr)).await.expect("connect");
     let mut conn = Framed::new(stream, CommandCodec::new());
-    let bind = BindTransceiver::builder()
+    let bind = transceiver_bind(system_id, password);
+    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
+    conn
+}
+
+/// A `bind_transceiver` for SMPP 3.4 with this account.
+pub fn transceiver_bind(system_id: &str, password: &str) -> BindTransceiver {
+    BindTransceiver::builder()
         .system_id(COctetString::from_str(system_id).expect("system_id"))
         .password(COctetString::from_str(password).expect("password"))
         .interface_version(InterfaceVersion::Smpp3_4)
-        .build();
-    assert_eq!(raw_call(&mut conn, 1, bind).await.status(), CommandStatus::EsmeRok);
-    conn
+        .build()
 }
 
 /// The next receipt on a raw connection, answered.
@@ -474,12 +479,16 @@ pub fn sme(number: &str) -> DestAddress {
 /// A `submit_multi` of `text` from `source` to `numbers`, sent as `seq`:
 /// its answer.
 pub async fn raw_submit_multi(conn: &mut RawConn, seq: u32, source: &str, numbers: &[&str], text: &str) -> Command {
-    let multi = rusmpp::pdus::SubmitMulti::builder()
+    raw_call(conn, seq, submit_multi(source, numbers, text)).await
+}
+
+/// A `submit_multi` of `text` from `source` to `numbers`, no receipt asked.
+pub fn submit_multi(source: &str, numbers: &[&str], text: &str) -> rusmpp::pdus::SubmitMulti {
+    rusmpp::pdus::SubmitMulti::builder()
         .source_addr(COctetString::from_str(source).expect("source"))
         .dest_address(numbers.iter().map(|n| sme(n)).collect())
         .short_message(rusmpp::types::OctetString::from_str(text).expect("text"))
-        .build();
-    raw_call(conn, seq, multi).await
+        .build()
 }
 
 /// The id a `submit_multi_resp` gave.
