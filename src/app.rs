@@ -119,6 +119,7 @@ pub fn open_desk(config: &Config) -> Result<(crate::desk::Desk, Arc<Clock>), Sta
         carriers,
         profile,
         email_from: config.sender.email_from.clone(),
+        smsc_ids: crate::sim::sms::SmscIds::open(&store).map_err(|e| data(&e))?,
     };
     Ok((desk, clock))
 }
@@ -473,6 +474,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             short_code: config.sender.short_code.clone(),
         },
         email_from: config.sender.email_from.clone(),
+        smsc_ids: crate::sim::sms::SmscIds::open(&store).map_err(|e| data(&e))?,
     };
     let ctx = Arc::new(Ctx {
         service,

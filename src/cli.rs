@@ -42,14 +42,19 @@ pub struct DemoArgs {
 #[derive(Args, Clone)]
 pub struct DiagnoseArgs {
     /// A member ID.
-    #[arg(long, conflicts_with_all = ["phone", "email"])]
+    #[arg(long, conflicts_with_all = ["phone", "email", "message_id"])]
     pub member: Option<String>,
     /// A phone number in any spelling.
-    #[arg(long, conflicts_with = "email")]
+    #[arg(long, conflicts_with_all = ["email", "message_id"])]
     pub phone: Option<String>,
     /// An email address.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "message_id")]
     pub email: Option<String>,
+    /// A message id: the SMSC's (a submit_sm_resp's or a receipt's), the
+    /// SMTP server's (after "queued as") or the delivery log's. The report
+    /// is for the member or destination that message went to.
+    #[arg(long)]
+    pub message_id: Option<String>,
     /// ja or en (default: the member's language).
     #[arg(long)]
     pub lang: Option<String>,
@@ -249,8 +254,11 @@ pub async fn run_in_process(
 }
 
 async fn diagnose(args: DiagnoseArgs) -> ExitCode {
-    let Some(who) = args.member.clone().or(args.phone.clone()).or(args.email.clone()) else {
-        eprintln!("otpgate: diagnose needs --member, --phone or --email");
+    let who = [&args.member, &args.phone, &args.email, &args.message_id]
+        .into_iter()
+        .find_map(|w| w.clone());
+    let Some(who) = who else {
+        eprintln!("otpgate: diagnose needs --member, --phone, --email or --message-id");
         return ExitCode::from(2);
     };
     if let Some(l) = &args.lang {

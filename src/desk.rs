@@ -12,6 +12,7 @@ use crate::diagnose::{self, Case, Report};
 use crate::member::{self, Member};
 use crate::otp::Otp;
 use crate::service::{OtpService, Refusal, ServiceError};
+use crate::sim::sms::SmscIds;
 use crate::sim::World;
 use crate::smtp::MailWorld;
 use crate::smtp::Mailbox;
@@ -25,6 +26,8 @@ pub struct Desk {
     pub carriers: Arc<CarrierSet>,
     pub profile: SenderProfile,
     pub email_from: String,
+    /// Resolves the ids the SMSC gave ESMEs, for a search by one.
+    pub smsc_ids: SmscIds,
 }
 
 /// What a lookup found: a member, or only a destination.
@@ -33,33 +36,115 @@ pub enum Subject {
     Destination(String),
 }
 
+impl Subject {
+    /// The member's id, or the destination.
+    pub fn name(&self) -> String {
+        match self {
+            Subject::Member(m) => m.id.clone(),
+            Subject::Destination(d) => d.clone(),
+        }
+    }
+}
+
 impl Desk {
     fn messages(&self, q: Query) -> Result<Vec<Message>, ServiceError> {
         Ok(self.log.query(&Query { limit: 1000, ..q })?.0)
     }
 
-    /// Finds who a support agent means: a member id, a phone number in any spelling, or an email address.
+    /// Finds who a support agent means: a member id, a phone number in any
+    /// spelling, an email address, or a message id: the delivery log's,
+    /// the one the SMSC gave an ESME (in its `submit_sm_resp`, a receipt,
+    /// a log line; a long message's by any part's) or the one the SMTP
+    /// server gave a client (`250 ... queued as`). An id naming messages to
+    /// several destinations (a `submit_multi`'s, a mail's to several
+    /// recipients) is a `Conflict` that names them; [`Desk::lookup_all`]
+    /// gives each.
     pub fn lookup(&self, text: &str) -> Result<Subject, ServiceError> {
+        let mut found = self.lookup_all(text)?;
+        if found.len() == 1 {
+            return Ok(found.remove(0));
+        }
+        let names: Vec<String> = found.iter().map(Subject::name).collect();
+        Err(ServiceError::Conflict(format!(
+            "message id {} names messages to {} destinations; look up one of them: {}",
+            text.trim(),
+            names.len(),
+            names.join(", ")
+        )))
+    }
+
+    /// [`Desk::lookup`], with every destination a message id names (one,
+    /// or several, newest first); never empty.
+    pub fn lookup_all(&self, text: &str) -> Result<Vec<Subject>, ServiceError> {
         let text = text.trim();
         if let Ok(m) = self.service.member(text) {
-            return Ok(Subject::Member(m));
+            return Ok(vec![Subject::Member(m)]);
         }
-        let (phone, email) = if text.contains('@') {
-            (None, Some(text))
-        } else {
-            (Some(text), None)
-        };
-        let found = self.service.find_members(phone, email)?;
-        if let [one] = found.as_slice() {
-            return Ok(Subject::Member(one.clone()));
+        if text.contains('@') {
+            return Ok(vec![self.destination(text)?]);
         }
-        if let Some(e) = email {
-            return Ok(Subject::Destination(e.to_ascii_lowercase()));
+        if let [one] = self.service.find_members(Some(text), None)?.as_slice() {
+            return Ok(vec![Subject::Member(one.clone())]);
         }
-        match member::parse_mobile(text) {
-            Ok(e164) => Ok(Subject::Destination(e164)),
+        let mobile = member::parse_mobile(text);
+        if mobile.is_err() && !text.is_empty() {
+            let sent = self.sent_under(text)?;
+            if !sent.is_empty() {
+                return Ok(sent);
+            }
+        }
+        match mobile {
+            Ok(e164) => Ok(vec![Subject::Destination(e164)]),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The one member registered with a phone number or email address,
+    /// else the destination itself (an address in lower case).
+    fn destination(&self, to: &str) -> Result<Subject, ServiceError> {
+        let email = to.contains('@');
+        let (phone, address) = if email { (None, Some(to)) } else { (Some(to), None) };
+        if let [one] = self.service.find_members(phone, address)?.as_slice() {
+            return Ok(Subject::Member(one.clone()));
+        }
+        Ok(Subject::Destination(if email {
+            to.trim().to_ascii_lowercase()
+        } else {
+            to.to_string()
+        }))
+    }
+
+    /// Who the messages a message id names went to: their member where
+    /// the OTP core sent them (and the member is still there), else their
+    /// destination; each once, newest message first. Empty for an id
+    /// nothing knows.
+    fn sent_under(&self, id: &str) -> Result<Vec<Subject>, ServiceError> {
+        let messages = match self.log.get(id)? {
+            Some(m) => vec![m],
+            None => self.messages(Query {
+                smsc_message_ids: Some(self.smsc_ids.named(id)?),
+                ..Query::default()
+            })?,
+        };
+        let mut found = Vec::new();
+        for m in messages {
+            found.push(match m.member_id.as_deref().map(|id| self.service.member(id)) {
+                Some(Ok(member)) => Subject::Member(member),
+                _ => self.destination(&m.to)?,
+            });
+        }
+        if found.is_empty() {
+            for to in self.mail.recipients(id)?.unwrap_or_default() {
+                found.push(self.destination(&to)?);
+            }
+        }
+        let mut subjects: Vec<Subject> = Vec::new();
+        for subject in found {
+            if !subjects.iter().any(|s| s.name() == subject.name()) {
+                subjects.push(subject);
+            }
+        }
+        Ok(subjects)
     }
 
     pub fn report(&self, subject: &Subject, lang: Option<&str>, now: Millis) -> Result<Report, ServiceError> {

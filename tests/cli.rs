@@ -116,6 +116,9 @@ async fn diagnose_prints_the_report_from_a_server_and_from_a_data_directory() {
     assert_eq!(report["handset"]["carrier"], "au");
     assert_eq!(report["handset"]["filters"]["reject_all"], true);
 
+    // The id the SMSC gave the rejected message finds the member too.
+    let smsc_id = rejected["smsc_message_id"].as_str().expect("an SMSC id").to_string();
+
     // The same report straight from the data directory, with the server stopped.
     server.terminate().await;
     let data = server.dir.path().join("data");
@@ -128,6 +131,14 @@ async fn diagnose_prints_the_report_from_a_server_and_from_a_data_directory() {
     let offline: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(offline["findings"][0]["code"], "blocked_by_sms_filter");
     assert_eq!(offline["findings"][0]["title"], report["findings"][0]["title"]);
+    let out = otpgate()
+        .args(["diagnose", "--message-id", &smsc_id, "--json", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let by_id: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(by_id["member_id"], "M-AU");
 
     let out = otpgate()
         .args(["diagnose", "--member", "NOBODY", "--data"])

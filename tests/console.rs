@@ -7,6 +7,7 @@ mod common;
 
 use common::browser;
 use common::pages::escaped;
+use common::smtp_client::{plain_message, RawSmtp};
 use common::{enc, TestServer};
 
 use serde_json::{json, Value};
@@ -220,5 +221,147 @@ async fn the_member_page_reads_right_in_a_real_browser() {
         browser::screenshot(&chromium, &url("en"), &dir.join("member-en.png"), 390, 844).await;
     }
     let _ = en;
+    server.stop().await;
+}
+
+/// A QA team's ESME or mail client holds only the ids the server
+/// answered; the agent pastes one into the console's search (or asks the
+/// API or the CLI) and lands on the diagnosis of whoever the message went
+/// to: the member registered with that number or address, else the
+/// destination itself. A long message is found by any part's id; an id
+/// naming several destinations (a `submit_multi`'s, a mail's to two
+/// recipients) lists them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_finds_a_message_by_the_id_the_smsc_gave_its_esme() {
+    use common::esme::{multi_id, raw_submit_multi, raw_transceiver, sms, Bind, Esme, SENDER};
+    const STRANGER: &str = "09022220002";
+    let server = TestServer::start().await;
+    server.sms_member("M-DOCOMO", "090-1111-0001", "docomo").await;
+    let esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let long = "A long message for the member: ".repeat(8);
+    let parts = esme.submit_parts(&sms("09011110001", &long)).await.expect("accepted");
+    assert_eq!(parts.len(), 2, "two parts: {parts:?}");
+    let to_stranger = esme.send(&sms(STRANGER, "hello")).await;
+    let mut raw = raw_transceiver(server.smpp).await;
+    let multi = multi_id(&raw_submit_multi(&mut raw, 2, SENDER, &["09011110001", STRANGER], "to two").await);
+    server.advance(60).await;
+    // The OTP core's own message, by the id its SMSC gave it.
+    let (_, core) = server.get("/v1/messages?member_id=M-DOCOMO").await;
+    let core_id = core["items"][0]["smsc_message_id"]
+        .as_str()
+        .expect("an SMSC id")
+        .to_string();
+
+    let search = |q: String| {
+        let server = &server;
+        async move { server.page(&format!("/console/search?q={}&lang=en", enc(&q))).await }
+    };
+    for id in parts.iter().chain([&core_id]) {
+        let page = search(format!(" {id} ")).await;
+        assert_eq!(page.status, 303, "search {id}: {}", page.body);
+        assert_eq!(
+            page.location.as_deref(),
+            Some("/console/members/M-DOCOMO?lang=en"),
+            "{id}"
+        );
+    }
+    let page = search(to_stranger.clone()).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(
+        page.location.as_deref(),
+        Some("/console/destinations/+819022220002?lang=en")
+    );
+    let page = server
+        .page(&format!("/console/destinations/{}", enc(&to_stranger)))
+        .await;
+    assert_eq!(page.status, 200, "the id as a destination: {}", page.body);
+    assert!(page.body.contains("090-****-0002"), "the destination it names, masked");
+
+    // One id for two destinations: a link to each.
+    let page = search(multi.clone()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("names messages to several destinations"),
+        "{}",
+        page.body
+    );
+    for href in [
+        "/console/members/M-DOCOMO?lang=en",
+        "/console/destinations/+819022220002?lang=en",
+    ] {
+        assert!(page.body.contains(&escaped(href)), "a link to {href}: {}", page.body);
+    }
+    assert!(!page.body.contains("2222-0002"), "the number masked in the list");
+    let page = server.page(&format!("/console/destinations/{multi}?lang=en")).await;
+    assert_eq!(page.status, 303);
+    assert_eq!(
+        page.location.as_deref(),
+        Some(format!("/console/search?q={multi}&lang=en").as_str())
+    );
+
+    // The SMTP server's id from `250 ... queued as`, and the delivery log's own.
+    let mut smtp = RawSmtp::connect(server.smtp).await;
+    let mail = |to: &[&str]| plain_message("app@qa.example", &to.join(", "), "Your code", "Code: 123456");
+    let both = ["m-docomo@example.com", "stranger@example.net"];
+    let to_both = smtp.transaction("app@qa.example", &both, &mail(&both)).await;
+    let to_both = to_both.queued_id().expect("queued");
+    let only = ["Stranger@Example.net"];
+    let to_one = smtp.transaction("app@qa.example", &only, &mail(&only)).await;
+    let to_one = to_one.queued_id().expect("queued");
+    smtp.quit().await;
+    let page = search(to_one).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(
+        page.location.as_deref(),
+        Some("/console/destinations/stranger@example.net?lang=en")
+    );
+    let page = search(to_both.clone()).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for href in [
+        "/console/members/M-DOCOMO?lang=en",
+        "/console/destinations/stranger@example.net?lang=en",
+    ] {
+        assert!(page.body.contains(&escaped(href)), "a link to {href}: {}", page.body);
+    }
+    let log_id = core["items"][0]["id"].as_str().expect("a log id").to_string();
+    let page = search(log_id).await;
+    assert_eq!(page.location.as_deref(), Some("/console/members/M-DOCOMO?lang=en"));
+
+    let page = search("0000999999".into()).await;
+    assert_eq!(page.status, 404, "an id the SMSC never gave: {}", page.body);
+
+    // The JSON diagnosis by the id, and a 409 naming both for the multi's.
+    let (s, report) = server.get(&format!("/v1/diagnostics/destinations/{}", parts[0])).await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["member_id"], "M-DOCOMO");
+    let (s, report) = server.get(&format!("/v1/diagnostics/destinations/{to_stranger}")).await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["member_id"], Value::Null, "{report}");
+    assert_eq!(report["messages"][0]["to"], "+819022220002", "{report}");
+    let (s, conflict) = server.get(&format!("/v1/diagnostics/destinations/{multi}")).await;
+    assert_eq!(s, 409, "{conflict}");
+    let message = conflict["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("M-DOCOMO") && message.contains("+819022220002"),
+        "{message}"
+    );
+
+    // The CLI asks the same server.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"))
+        .args(["diagnose", "--message-id", &parts[1], "--json", "--server"])
+        .arg(format!("http://{}", server.http))
+        .output()
+        .expect("otpgate diagnose");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(report["member_id"], "M-DOCOMO");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_otpgate"))
+        .args(["diagnose", "--message-id", &multi, "--server"])
+        .arg(format!("http://{}", server.http))
+        .output()
+        .expect("otpgate diagnose");
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("409") && said.contains("+819022220002"), "{said}");
     server.stop().await;
 }

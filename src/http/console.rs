@@ -88,13 +88,13 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("carrier", "携帯電話会社", "Carrier"),
     (
         "search_label",
-        "会員ID・電話番号・メールアドレスで検索",
-        "Search by member ID, phone number or email",
+        "会員ID・電話番号・メールアドレス・メッセージIDで検索",
+        "Search by member ID, phone number, email or message ID",
     ),
     (
         "search_hint",
-        "電話番号はどの書き方でも検索できます（090-1234-5678、+81 90 1234 5678）。",
-        "Phone numbers in any spelling (090-1234-5678, +81 90 1234 5678).",
+        "電話番号はどの書き方でも検索できます（090-1234-5678、+81 90 1234 5678）。メッセージIDは submit_sm_resp・配信通知の id、またはメール送信時の「queued as」の後の id です。",
+        "Phone numbers in any spelling (090-1234-5678, +81 90 1234 5678). A message ID is a submit_sm_resp's or a receipt's id, or the id after an SMTP reply's \"queued as\".",
     ),
     ("search", "検索", "Search"),
     (
@@ -104,8 +104,13 @@ const WORDS: &[(&str, &str, &str)] = &[
     ),
     (
         "enter_query",
-        "会員ID、電話番号、またはメールアドレスを入力してください。",
-        "Enter a member ID, a phone number or an email address.",
+        "会員ID、電話番号、メールアドレス、またはメッセージIDを入力してください。",
+        "Enter a member ID, a phone number, an email address or a message ID.",
+    ),
+    (
+        "several_for",
+        "このメッセージIDは複数の宛先へのメッセージです：",
+        "This message ID names messages to several destinations:",
     ),
     ("recent_members", "最近登録された会員", "Recent members"),
     ("recent_failures", "最近の配信失敗", "Recent failed messages"),
@@ -530,7 +535,9 @@ impl Page<'_> {
     }
 
     /// `?q=`: a member goes to their page, a destination no member has to
-    /// its own page, anything else back home with a notice.
+    /// its own page (a message id to its member's or destination's), an id
+    /// naming several destinations home with a link to each, anything else
+    /// home with a notice.
     fn search(&self) -> PageResult {
         let Some(q) = self.req.query("q").map(str::trim).filter(|q| !q.is_empty()) else {
             return self.home(
@@ -538,14 +545,38 @@ impl Page<'_> {
                 Some(json!({"kind": "hint", "text": word(self.lang, "enter_query")})),
             );
         };
-        match self.ctx.desk.lookup(q) {
-            Ok(Subject::Member(m)) => Ok(Answer::Redirect(self.href(&["console", "members", &m.id]))),
-            Ok(Subject::Destination(d)) => Ok(Answer::Redirect(self.href(&["console", "destinations", &d]))),
+        match self.ctx.desk.lookup_all(q) {
+            Ok(found) if found.len() == 1 => Ok(Answer::Redirect(self.subject_href(&found[0]))),
+            Ok(found) => {
+                let links: Vec<Value> = found
+                    .iter()
+                    .map(|s| {
+                        let label = match s {
+                            Subject::Member(m) => m.id.clone(),
+                            Subject::Destination(d) => masked(d),
+                        };
+                        json!({"href": self.subject_href(s), "label": label})
+                    })
+                    .collect();
+                let text = format!("{} {q}", word(self.lang, "several_for"));
+                self.home(
+                    StatusCode::OK,
+                    Some(json!({"kind": "several", "text": text, "links": links})),
+                )
+            }
             Err(ServiceError::NotFound(_) | ServiceError::Member(_)) => self.home(
                 StatusCode::NOT_FOUND,
                 Some(json!({"kind": "missing", "text": format!("{} {q}", word(self.lang, "not_found_for"))})),
             ),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The page of a member or of a destination no member has.
+    fn subject_href(&self, subject: &Subject) -> String {
+        match subject {
+            Subject::Member(m) => self.href(&["console", "members", &m.id]),
+            Subject::Destination(d) => self.href(&["console", "destinations", d]),
         }
     }
 
@@ -605,13 +636,21 @@ impl Page<'_> {
 
     fn destination(&self, destination: &str) -> PageResult {
         let ctx = self.ctx;
-        let d = match ctx
+        let found = ctx
             .desk
-            .lookup(destination)
-            .map_err(|e| self.not_found_as(e, "destination"))?
-        {
-            Subject::Member(m) => return Ok(Answer::Redirect(self.href(&["console", "members", &m.id]))),
-            Subject::Destination(d) => d,
+            .lookup_all(destination)
+            .map_err(|e| self.not_found_as(e, "destination"))?;
+        let d = match found.as_slice() {
+            [Subject::Destination(d)] => d.clone(),
+            [member] => return Ok(Answer::Redirect(self.subject_href(member))),
+            // A message id naming several: the search page lists them.
+            _ => {
+                return Ok(Answer::Redirect(format!(
+                    "/console/search?q={}&lang={}",
+                    enc(destination),
+                    self.lang.code()
+                )))
+            }
         };
         let dossier = ctx.desk.dossier(&Subject::Destination(d.clone()))?;
         let report = ctx.desk.diagnose(&dossier, Some(self.lang.code()), ctx.clock.now());

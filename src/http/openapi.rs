@@ -135,7 +135,7 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/diagnostics/destinations/{destination}",
         "diagnostics",
-        "The report for a phone number or email address, with or without a member",
+        "The report for a phone number, an email address or a message id (the SMSC's, the SMTP server's `queued as`, the delivery log's), with or without a member (409 for an id naming several destinations)",
         &[],
     ),
     r("get", "/v1/carriers", "simulation", "The loaded carrier models", &[]),

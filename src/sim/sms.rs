@@ -101,6 +101,45 @@ pub struct SmsNetwork {
     inner: Arc<Inner>,
 }
 
+/// What an id the SMSC gave an ESME names, read from the SMSC's own trees:
+/// the network answers query_sm, cancel_sm and replace_sm through it, and
+/// the troubleshooting desk a support agent's search by that id.
+#[derive(Clone)]
+pub struct SmscIds {
+    /// An earlier part's id of a long message → the whole message's id,
+    /// so query_sm and cancel_sm by a part's id work after a restart too;
+    /// removed with the record.
+    parts: Tree,
+    /// A `submit_multi`'s one id → the ids of its destinations' messages;
+    /// removed with the last of them.
+    multis: Tree,
+}
+
+impl SmscIds {
+    pub fn open(store: &Store) -> Result<SmscIds, StoreError> {
+        Ok(SmscIds {
+            parts: store.tree("sms_parts")?,
+            multis: store.tree("sms_multi")?,
+        })
+    }
+
+    /// The whole message's id for a long message's part's id; any other id
+    /// as it is.
+    fn whole(&self, id: &str) -> Result<String, StoreError> {
+        Ok(self.parts.get::<String>(id)?.unwrap_or_else(|| id.to_string()))
+    }
+
+    /// The ids of the messages `message_id` names: a `submit_multi`'s one
+    /// per destination, else the one it (or a long message's part's id)
+    /// names.
+    pub fn named(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
+        match self.multis.get::<Vec<String>>(message_id)? {
+            Some(ids) => Ok(ids),
+            None => Ok(vec![self.whole(message_id)?]),
+        }
+    }
+}
+
 struct Inner {
     store: Store,
     records: Tree,
@@ -110,17 +149,13 @@ struct Inner {
     /// final record, removed once the hub is done with them, handed to the
     /// hub again by `resume` after a restart.
     receipts: Tree,
-    /// An earlier part's id of a long message → the whole message's id,
-    /// so query_sm and cancel_sm by a part's id work after a restart too;
-    /// removed with the record.
-    parts: Tree,
+    /// What the ids an ESME was given name (long messages' parts,
+    /// `submit_multi`s).
+    ids: SmscIds,
     /// Parts of long messages acknowledged before their last part, by part
     /// id (`SmscBackend::keep_part`); removed with the whole message's
     /// record, or when the SMSC drops them unfinished.
     kept_parts: Tree,
-    /// A `submit_multi`'s one id → the ids of its destinations' messages;
-    /// removed with the last of them.
-    multis: Tree,
     world: World,
     log: DeliveryLog,
     clock: Arc<Clock>,
@@ -225,9 +260,8 @@ impl SmsNetwork {
                 max_pending: AtomicUsize::new(DEFAULT_MAX_PENDING),
                 pending,
                 receipts: store.tree("sms_receipts")?,
-                parts: store.tree("sms_parts")?,
+                ids: SmscIds::open(store)?,
                 kept_parts: store.tree("sms_kept_parts")?,
-                multis: store.tree("sms_multi")?,
                 world,
                 log,
                 clock,
@@ -300,14 +334,14 @@ impl SmsNetwork {
                             inner.world.remove_inbox(batch, key);
                         }
                         for part in &rec.part_ids {
-                            batch.remove(&inner.parts, part);
+                            batch.remove(&inner.ids.parts, part);
                         }
                         batch.remove(&inner.records, id);
                         // The shared id goes with the last of its
                         // destinations' messages, whichever that is (a
                         // pending one stays past newer final ones).
                         if let Some(multi) = &rec.multi_id {
-                            let ids = inner.multis.get::<Vec<String>>(multi)?.unwrap_or_default();
+                            let ids = inner.ids.multis.get::<Vec<String>>(multi)?.unwrap_or_default();
                             // Newest first: retention removes the oldest
                             // first, so the newest answer at once.
                             let mut any_kept = false;
@@ -318,7 +352,7 @@ impl SmsNetwork {
                                 }
                             }
                             if !any_kept {
-                                batch.remove(&inner.multis, multi);
+                                batch.remove(&inner.ids.multis, multi);
                             }
                         }
                         Ok(Some(guard))
@@ -470,10 +504,6 @@ impl SmsNetwork {
     }
 
     /// The whole message's id for an earlier part's id; any other id as is.
-    fn whole_id(&self, id: &str) -> Result<String, StoreError> {
-        Ok(self.inner.parts.get::<String>(id)?.unwrap_or_else(|| id.to_string()))
-    }
-
     /// Stores a submitted message (`multi`: the id of the `submit_multi`
     /// it came in) and plans its first delivery attempt.
     async fn accept(&self, sub: Submission, multi: Option<&str>) -> Result<String, SubmitRefusal> {
@@ -551,7 +581,7 @@ impl SmsNetwork {
         inner.pending.put(&format!("{to}\0{id}"), &id).map_err(sys)?;
         slot.fill();
         for part in &record.part_ids {
-            inner.parts.put(part, &id).map_err(sys)?;
+            inner.ids.parts.put(part, &id).map_err(sys)?;
             // Now part of the whole: synced with it below, so a crash keeps
             // either the kept part or the message, never both or neither.
             inner.kept_parts.remove(part).map_err(sys)?;
@@ -584,19 +614,15 @@ impl SmsNetwork {
             let first = refused.into_iter().next().map(|(_, refusal)| refusal);
             return Err(first.unwrap_or(SubmitRefusal::Status(0x33)));
         }
-        inner.multis.put(&multi, &ids).map_err(sys)?;
+        inner.ids.multis.put(&multi, &ids).map_err(sys)?;
         inner.store.flush().await.map_err(sys)?;
         Ok((multi, refused))
     }
 
-    /// The ids of the messages an id an ESME was given names: a
-    /// `submit_multi`'s one per destination, else the one it (or a long
-    /// message's part's id) names.
+    /// The ids of the messages an id an ESME was given names
+    /// ([`SmscIds::named`]).
     pub fn ids_named(&self, message_id: &str) -> Result<Vec<String>, StoreError> {
-        match self.inner.multis.get::<Vec<String>>(message_id)? {
-            Some(ids) => Ok(ids),
-            None => Ok(vec![self.whole_id(message_id)?]),
-        }
+        self.inner.ids.named(message_id)
     }
 
     /// Logs the SMSC's acceptance of `sub`: as an event of the message its
@@ -955,7 +981,7 @@ impl SmsNetwork {
         let mut batch = inner.store.batch();
         batch.put(&inner.records, &id, &record)?;
         for part in &record.part_ids {
-            batch.put(&inner.parts, part, &id)?;
+            batch.put(&inner.ids.parts, part, &id)?;
         }
         let_go(&mut batch);
         if let Some(receipt) = &receipt {

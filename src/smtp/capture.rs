@@ -582,6 +582,13 @@ impl MailWorld {
         }))
     }
 
+    /// The recipients of a captured message (each of its deliveries'),
+    /// read without its text; `None` for an id the capture does not hold.
+    pub fn recipients(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
+        let mail = self.inner.messages.get::<Recipients>(id)?;
+        Ok(mail.map(|m| m.deliveries.into_iter().map(|d| d.recipient).collect()))
+    }
+
     /// The message exactly as received (for a `.eml` download).
     pub fn raw(&self, id: &str) -> Result<Option<Vec<u8>>, MailError> {
         Ok(self.inner.raw.get::<RawSource>(id)?.map(RawSource::into_bytes))
