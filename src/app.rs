@@ -128,6 +128,8 @@ pub fn open_desk(config: &Config) -> Result<(crate::desk::Desk, Arc<Clock>), Sta
 pub struct Running {
     pub http: SocketAddr,
     pub smpp: Option<SocketAddr>,
+    /// The SMSC's SMPP-over-TLS listener, when configured.
+    pub smpp_tls: Option<SocketAddr>,
     pub smtp: Option<SocketAddr>,
     trigger: Trigger,
     /// The server's long-running tasks, by name, for `stop` to wait on.
@@ -136,15 +138,20 @@ pub struct Running {
 }
 
 impl Running {
-    /// The line a harness parses: `otpgate listening http=... smpp=... smtp=...`.
+    /// The line a harness parses: `otpgate listening http=... smpp=... smtp=...`,
+    /// and ` smpps=...` after them when SMPP over TLS is configured.
     pub fn listening_line(&self) -> String {
         let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
-        format!(
+        let mut line = format!(
             "otpgate listening http={} smpp={} smtp={}",
             self.http,
             show(self.smpp),
             show(self.smtp)
-        )
+        );
+        if let Some(tls) = self.smpp_tls {
+            line.push_str(&format!(" smpps={tls}"));
+        }
+        line
     }
 
     pub fn base_url(&self) -> String {
@@ -309,9 +316,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     let smsc_counters = Arc::new(crate::smsc::SmscCounters::default());
     let smtp_counters = Arc::new(crate::smtp::SmtpCounters::default());
+    let mut smpp_tls_addr = None;
     let smpp_addr = match config.smpp {
         Some(addr) => {
             let (listener, local) = listen(addr)?;
+            let tls = match &config.smpp_tls {
+                Some(tls) => {
+                    let identity = crate::tls::TlsIdentity::load(&tls.files.cert, &tls.files.key)
+                        .map_err(|e| StartError::Other(format!("smpp TLS: {e}")))?;
+                    let (listener, local) = listen(tls.addr)?;
+                    smpp_tls_addr = Some(local);
+                    Some(crate::smsc::TlsListener { listener, identity })
+                }
+                None => None,
+            };
             let smsc_config = SmscConfig {
                 accounts,
                 max_connections: 1024,
@@ -324,6 +342,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 "SMSC",
                 tokio::spawn(crate::smsc::serve(
                     listener,
+                    tls,
                     smsc_config,
                     Arc::new(network.clone()),
                     hub.clone(),
@@ -393,6 +412,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             system_id: out.system_id.clone(),
             password: out.password.clone(),
             window: out.window.unwrap_or(SMPP_CLIENT_WINDOW),
+            tls: match out.tls {
+                true => Some(
+                    crate::tls::client_connector(out.tls_ca.as_deref())
+                        .map_err(|e| StartError::Other(format!("sms_out TLS: {e}")))?,
+                ),
+                false => None,
+            },
         }),
         (None, Some(local)) => Some(SmsClientConfig {
             addr: local.to_string(),
@@ -400,6 +426,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             password: core_password,
             // As many as the embedded SMSC takes at once from one session.
             window: config.smsc.submit_window,
+            tls: None,
         }),
         (None, None) => None,
     };
@@ -505,6 +532,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running {
         http: http_addr,
         smpp: smpp_addr,
+        smpp_tls: smpp_tls_addr,
         smtp: smtp_addr,
         trigger,
         tasks,

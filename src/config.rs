@@ -19,6 +19,9 @@ pub struct Config {
     pub http_admission: HttpAdmission,
     /// `None` turns the listener off.
     pub smpp: Option<SocketAddr>,
+    /// The SMSC's second listener, SMPP over TLS from the first byte
+    /// (`[smpp] tls_listen`, `tls_cert`, `tls_key`); `None`: none.
+    pub smpp_tls: Option<SmppTls>,
     pub smtp: Option<SocketAddr>,
     /// Accounts of the embedded SMTP server (`[smtp] auth`); empty means no
     /// AUTH is offered and none is needed.
@@ -129,6 +132,13 @@ pub struct SmscSettings {
     pub max_pending: usize,
 }
 
+/// SMPP over TLS: where the SMSC listens for it and what it presents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmppTls {
+    pub addr: SocketAddr,
+    pub files: TlsFiles,
+}
+
 /// An external SMSC for the OTP core instead of the embedded one.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +146,14 @@ pub struct SmsOut {
     pub addr: String,
     pub system_id: String,
     pub password: String,
+    /// Connect over TLS (as SMPP providers' TLS ports take it, from the
+    /// first byte), checking the SMSC's certificate for `addr`'s host.
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of the certificates to trust for `tls` instead of the
+    /// system's roots; relative to the config file's directory.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
     /// Messages submitted at once (default 10); more wait their turn.
     #[serde(default)]
     pub window: Option<usize>,
@@ -216,6 +234,18 @@ struct HttpTable {
     max_requests_per_sec: Option<u32>,
 }
 
+/// The config file's `smpp`: an address (`smpp = "127.0.0.1:2775"`) or an
+/// `[smpp]` table with the address as `listen` and a second listener for
+/// SMPP over TLS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SmppTable {
+    listen: Option<String>,
+    tls_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
 /// The config file's `smtp`: an address (`smtp = "127.0.0.1:2525"`) or an
 /// `[smtp]` table with the address as `listen`, the server's AUTH
 /// accounts and STARTTLS certificate, and its message rate limit.
@@ -258,6 +288,16 @@ impl ListenerTable for HttpTable {
         HttpTable {
             listen: Some(listen),
             ..HttpTable::default()
+        }
+    }
+}
+
+impl ListenerTable for SmppTable {
+    const EXAMPLE: &'static str = "an address like \"127.0.0.1:2775\" or an [smpp] table";
+    fn listening_on(listen: String) -> Self {
+        SmppTable {
+            listen: Some(listen),
+            ..SmppTable::default()
         }
     }
 }
@@ -312,6 +352,49 @@ fn http_admission(table: &HttpTable) -> Result<HttpAdmission, ConfigError> {
     Ok(admission)
 }
 
+/// Certificate and key files given together (or neither), relative to the
+/// config file's directory.
+fn tls_files(
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    base: &Path,
+    field: &'static str,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: base.join(cert),
+            key: base.join(key),
+        })),
+        (None, None) => Ok(None),
+        _ => Err(ConfigError::Invalid {
+            field,
+            message: "tls_cert and tls_key go together: give both or neither".into(),
+        }),
+    }
+}
+
+/// The SMSC's TLS listener, checked: an address needs the files, and files
+/// need an address.
+fn smpp_tls(table: &SmppTable, base: &Path) -> Result<Option<SmppTls>, ConfigError> {
+    let files = tls_files(&table.tls_cert, &table.tls_key, base, "smpp.tls_cert")?;
+    let addr = match &table.tls_listen {
+        Some(text) => parse_addr("smpp.tls_listen", text)?,
+        None => None,
+    };
+    match (addr, files) {
+        (Some(addr), Some(files)) => Ok(Some(SmppTls { addr, files })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(ConfigError::Invalid {
+            field: "smpp.tls_listen",
+            message: "SMPP over TLS needs tls_cert and tls_key".into(),
+        }),
+        (None, Some(_)) => Err(ConfigError::Invalid {
+            field: "smpp.tls_cert",
+            message: "a certificate needs tls_listen, the address for SMPP over TLS".into(),
+        }),
+    }
+}
+
 /// The SMTP server's AUTH accounts and TLS files, checked.
 fn smtp_security(table: &SmtpTable, base: &Path) -> Result<(Vec<SmtpAccount>, Option<TlsFiles>), ConfigError> {
     if let Some(bad) = table
@@ -324,19 +407,7 @@ fn smtp_security(table: &SmtpTable, base: &Path) -> Result<(Vec<SmtpAccount>, Op
             message: format!("account `{}` needs a username and a password", bad.username),
         });
     }
-    let tls = match (&table.tls_cert, &table.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsFiles {
-            cert: base.join(cert),
-            key: base.join(key),
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(ConfigError::Invalid {
-                field: "smtp.tls_cert",
-                message: "tls_cert and tls_key go together: give both or neither".into(),
-            })
-        }
-    };
+    let tls = tls_files(&table.tls_cert, &table.tls_key, base, "smtp.tls_cert")?;
     Ok((table.auth.clone(), tls))
 }
 
@@ -360,7 +431,8 @@ pub struct Overrides {
 struct File {
     #[serde(default, deserialize_with = "string_or_table")]
     http: Option<HttpTable>,
-    smpp: Option<String>,
+    #[serde(default, deserialize_with = "string_or_table")]
+    smpp: Option<SmppTable>,
     #[serde(default, deserialize_with = "string_or_table")]
     smtp: Option<SmtpTable>,
     data: Option<PathBuf>,
@@ -479,9 +551,13 @@ impl Config {
             field: "http",
             message: "the HTTP listener cannot be off".into(),
         })?;
+        let smpp_table = file.smpp.unwrap_or_default();
         let smpp = parse_addr(
             "smpp",
-            &flags.smpp.or(file.smpp).unwrap_or_else(|| "127.0.0.1:2775".into()),
+            &flags
+                .smpp
+                .or(smpp_table.listen.clone())
+                .unwrap_or_else(|| "127.0.0.1:2775".into()),
         )?;
         let smtp_table = file.smtp.unwrap_or_default();
         let smtp = parse_addr(
@@ -497,6 +573,17 @@ impl Config {
             .and_then(Path::parent)
             .unwrap_or_else(|| Path::new(""));
         let (smtp_auth, smtp_tls) = smtp_security(&smtp_table, config_dir)?;
+        let smpp_tls = smpp_tls(&smpp_table, config_dir)?;
+        if smpp.is_none() && smpp_tls.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "smpp.tls_listen",
+                message: "SMPP over TLS is the SMSC's second listener; the SMSC is off".into(),
+            });
+        }
+        let mut sms_out = file.sms_out;
+        if let Some(out) = &mut sms_out {
+            out.tls_ca = out.tls_ca.as_ref().map(|ca| config_dir.join(ca));
+        }
         not_zero(smtp_table.max_messages_per_sec, "smtp.max_messages_per_sec", NO_LIMIT)?;
         not_zero(smtp_table.max_connections, "smtp.max_connections", "")?;
         not_zero(smtp_table.max_in_flight, "smtp.max_in_flight", NO_LIMIT)?;
@@ -527,6 +614,7 @@ impl Config {
             http,
             http_admission,
             smpp,
+            smpp_tls,
             smtp,
             smtp_auth,
             smtp_tls,
@@ -553,7 +641,7 @@ impl Config {
                 submit_window: file.submit_window.unwrap_or(crate::smsc::DEFAULT_SUBMIT_WINDOW).max(1),
                 max_pending: file.max_pending.unwrap_or(crate::sim::sms::DEFAULT_MAX_PENDING).max(1),
             },
-            sms_out: file.sms_out,
+            sms_out,
             email_out: file.email_out,
             default_carrier: file.default_carrier.unwrap_or_else(|| "docomo".into()),
             chaos: file.chaos.unwrap_or(false),
@@ -675,6 +763,50 @@ mod tests {
         // Without `listen` the default address stays.
         let c = load_file("[smtp]\nauth = [{ username = \"qa\", password = \"pw\" }]\n").unwrap();
         assert_eq!(c.smtp.unwrap().to_string(), "127.0.0.1:2525");
+    }
+
+    #[test]
+    fn smpp_is_an_address_or_a_table_with_a_tls_listener() {
+        let c = load_file("smpp = \"127.0.0.1:2776\"\n").unwrap();
+        assert_eq!(c.smpp.unwrap().to_string(), "127.0.0.1:2776");
+        assert!(c.smpp_tls.is_none());
+
+        let c = load_file(
+            "[smpp]\nlisten = \"127.0.0.1:2777\"\ntls_listen = \"127.0.0.1:3550\"\n\
+             tls_cert = \"tls/cert.pem\"\ntls_key = \"/etc/key.pem\"\n\
+             [sms_out]\naddr = \"smsc.example:3550\"\nsystem_id = \"a\"\npassword = \"b\"\n\
+             tls = true\ntls_ca = \"tls/ca.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.smpp.unwrap().to_string(), "127.0.0.1:2777");
+        let tls = c.smpp_tls.unwrap();
+        assert_eq!(tls.addr.to_string(), "127.0.0.1:3550");
+        assert!(tls.files.cert.is_absolute() && tls.files.cert.ends_with("tls/cert.pem"));
+        assert_eq!(tls.files.key, PathBuf::from("/etc/key.pem"));
+        let out = c.sms_out.unwrap();
+        assert!(out.tls);
+        let ca = out.tls_ca.unwrap();
+        assert!(
+            ca.is_absolute() && ca.ends_with("tls/ca.pem"),
+            "relative to the file: {ca:?}"
+        );
+
+        for (text, field) in [
+            ("[smpp]\ntls_listen = \"127.0.0.1:3550\"\n", "smpp.tls_listen:"),
+            ("[smpp]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n", "smpp.tls_cert:"),
+            ("[smpp]\ntls_cert = \"c.pem\"\n", "smpp.tls_cert:"),
+            (
+                "[smpp]\ntls_listen = \"nowhere\"\ntls_cert = \"c\"\ntls_key = \"k\"\n",
+                "smpp.tls_listen:",
+            ),
+            (
+                "[smpp]\nlisten = \"off\"\ntls_listen = \"127.0.0.1:3550\"\ntls_cert = \"c\"\ntls_key = \"k\"\n",
+                "smpp.tls_listen:",
+            ),
+        ] {
+            let err = load_file(text).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -771,14 +771,6 @@ async fn mail_from_an_external_application_appears_in_the_delivery_log() {
 // ---------------------------------------------------------------------------
 // STARTTLS and AUTH, on an SMTP server configured with both.
 
-/// The test certificate (CN and SAN localhost, 127.0.0.1), made once with
-/// openssl and shipped under fixtures/tls/.
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/tls")
-        .join(name)
-}
-
 struct SecureSmtp {
     addr: SocketAddr,
     mail: otpgate::smtp::MailWorld,
@@ -792,8 +784,8 @@ impl SecureSmtp {
         let store = otpgate::store::Store::temporary().expect("store");
         let clock = otpgate::clock::Clock::virtual_at(otpgate::clock::DEFAULT_VIRTUAL_START);
         let mail = otpgate::smtp::MailWorld::new(&store, clock, 100).expect("mail world");
-        let tls =
-            otpgate::smtp::TlsIdentity::load(&fixture("cert.pem"), &fixture("key.pem")).expect("test certificate");
+        let tls = otpgate::smtp::TlsIdentity::load(&common::tls::fixture("cert.pem"), &common::tls::fixture("key.pem"))
+            .expect("test certificate");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = otpgate::smtp::SmtpConfig {
@@ -826,30 +818,6 @@ impl SecureSmtp {
         let page = self.mail.list(None, None, 100).expect("list");
         page.items.into_iter().map(|m| m.subject).collect()
     }
-}
-
-/// A TLS client that trusts only the fixture certificate.
-fn fixture_tls_connector() -> tokio_rustls::TlsConnector {
-    use tokio_rustls::rustls;
-    let pem = std::fs::read(fixture("cert.pem")).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile_certs(&pem) {
-        roots.add(cert).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<_, _>>()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -925,7 +893,7 @@ async fn starttls_resets_the_session_and_discards_pipelined_plaintext() {
     assert!(line.starts_with("220 2.0.0"), "{line}");
     assert!(stream.buffer().is_empty());
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = fixture_tls_connector()
+    let tls = common::tls::connector()
         .connect(name, stream.into_inner())
         .await
         .expect("the handshake succeeds with the fixture certificate");
@@ -996,10 +964,7 @@ async fn a_server_configured_with_tls_and_auth_offers_both_and_otps_still_arrive
             username: "qa".into(),
             password: "s3cret".into(),
         }];
-        c.smtp_tls = Some(otpgate::config::TlsFiles {
-            cert: fixture("cert.pem"),
-            key: fixture("key.pem"),
-        });
+        c.smtp_tls = Some(common::tls::files());
     })
     .await;
     let mut client = RawSmtp::connect(server.smtp).await;

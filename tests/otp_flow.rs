@@ -636,6 +636,8 @@ async fn an_otp_sent_while_the_smsc_is_down_goes_out_once_the_link_is_up() {
             system_id: "otpgate".into(),
             password: "otpgate".into(),
             window: None,
+            tls: false,
+            tls_ca: None,
         })
     })
     .await;
@@ -680,6 +682,64 @@ async fn an_otp_sent_while_the_smsc_is_down_goes_out_once_the_link_is_up() {
         matches!(message["state"].as_str(), Some("submitted" | "delivered")),
         "{message:#}"
     );
+    core.stop().await;
+    smsc.stop().await;
+}
+
+/// The OTP core submits to an external SMSC over TLS (`[sms_out] tls`,
+/// `tls_ca`): a second otpgate's SMPP-over-TLS listener, whose certificate
+/// the core checks against the CA file it was given. With the right CA
+/// the verification code arrives over TLS; a core that trusts another CA
+/// never binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_core_submits_to_an_external_smsc_over_tls_checking_its_certificate() {
+    let smsc = TestServer::start_with(|c| {
+        c.smpp_tls = Some(otpgate::config::SmppTls {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            files: common::tls::files(),
+        })
+    })
+    .await;
+    let tls_addr = smsc.running.as_ref().and_then(|r| r.smpp_tls).expect("a TLS listener");
+    let core_trusting = |ca: &str| {
+        let ca = common::tls::fixture(ca);
+        move |c: &mut otpgate::config::Config| {
+            c.sms_out = Some(otpgate::config::SmsOut {
+                addr: tls_addr.to_string(),
+                system_id: "otpgate".into(),
+                password: "otpgate".into(),
+                window: None,
+                tls: true,
+                tls_ca: Some(ca),
+            })
+        }
+    };
+
+    let stranger = TestServer::start_with(core_trusting("other-ca.pem")).await;
+    assert_eq!(
+        sms_link_bound(&stranger).await,
+        Some(false),
+        "a certificate from a CA the core does not trust"
+    );
+    stranger.stop().await;
+
+    let core = TestServer::start_with(core_trusting("cert.pem")).await;
+    until_link(&core, true).await;
+    let (s, b) = core
+        .post(
+            "/v1/members",
+            json!({"id": "M-TLS", "locale": "en", "residence": "JP", "email": "m-tls@example.com"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = core.post("/v1/members/M-TLS/phone", json!({"number": DOCOMO})).await;
+    assert_eq!(s, 202, "{b}");
+    smsc.advance(60).await;
+    let got = smsc.code_on_handset(DOCOMO, None).await;
+    let (s, b) = core
+        .post("/v1/members/M-TLS/phone/verify", json!({"code": got["code"]}))
+        .await;
+    assert_eq!(s, 200, "{b}");
     core.stop().await;
     smsc.stop().await;
 }

@@ -1567,3 +1567,78 @@ async fn only_a_phone_that_becomes_reachable_triggers_the_networks_alert() {
     esme.unbind().await;
     server.stop().await;
 }
+
+/// SMPP over TLS, as SMPP providers' TLS ports take it: a second listener
+/// (`[smpp] tls_listen`) where the handshake comes first. An ESME that
+/// trusts the server's certificate binds, submits and gets its receipt
+/// there; a client speaking plain SMPP to that port gets no answer and is
+/// closed, one that connects and says nothing holds up nobody, and the
+/// plain listener serves as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_esme_binds_over_tls_submits_and_gets_its_receipt() {
+    use common::esme::transceiver_bind;
+    use futures::{SinkExt, StreamExt};
+    use rusmpp::tokio_codec::CommandCodec;
+    use tokio_util::codec::Framed;
+    let server = TestServer::start_with(|c| {
+        c.smpp_tls = Some(otpgate::config::SmppTls {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            files: common::tls::files(),
+        })
+    })
+    .await;
+    let running = server.running.as_ref().expect("running");
+    let tls_addr = running.smpp_tls.expect("a TLS listener");
+    assert!(
+        running.listening_line().ends_with(&format!(" smpps={tls_addr}")),
+        "{}",
+        running.listening_line()
+    );
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+
+    // Connected and silent: the handshake waits, nobody else does.
+    let _silent = TcpStream::connect(tls_addr).await.expect("connect");
+    // Plain SMPP on the TLS port: no bind_resp, the connection closes.
+    let plain = TcpStream::connect(tls_addr).await.expect("connect");
+    let mut plain = Framed::new(plain, CommandCodec::new());
+    let bind = transceiver_bind("otpgate", "otpgate");
+    within(
+        "send",
+        plain.send(rusmpp::Command::new(rusmpp::CommandStatus::EsmeRok, 1, bind)),
+    )
+    .await
+    .expect("sent");
+    match within("the server's answer", plain.next()).await {
+        None | Some(Err(_)) => {}
+        Some(Ok(answer)) => panic!("plain SMPP answered on the TLS port: {answer:?}"),
+    }
+
+    let tcp = TcpStream::connect(tls_addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = within("TLS handshake", common::tls::connector().connect(name, tcp))
+        .await
+        .expect("handshake with the fixture certificate");
+    let mut esme = Esme::bind_over(
+        common::esme::over(tls),
+        server.smpp,
+        Bind::Transceiver,
+        "otpgate",
+        "otpgate",
+    )
+    .await
+    .expect("bound over TLS");
+    let id = esme.send(&sms(PHONE, "Your code is 424242")).await;
+    server.advance(RUN).await;
+    let receipt = esme.receipt().await;
+    assert_eq!((receipt.id.as_str(), receipt.stat.as_str()), (id.as_str(), "DELIVRD"));
+    let inbox = server.inbox(PHONE).await;
+    assert_eq!(inbox.len(), 1);
+    assert_eq!(inbox[0].text, "Your code is 424242");
+
+    // The plain listener is unchanged.
+    let plain = Esme::bind(server.smpp, Bind::Transceiver).await;
+    plain.send(&sms(PHONE, "over plain TCP")).await;
+    esme.unbind().await;
+    plain.unbind().await;
+    server.stop().await;
+}

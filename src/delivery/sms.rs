@@ -41,6 +41,9 @@ pub struct SmsClientConfig {
     /// answers ESME_RTHROTTLED past its own window, which would fail the
     /// OTP.
     pub window: usize,
+    /// TLS from the first byte, checking the SMSC's certificate for
+    /// `addr`'s host; `None`: plain TCP.
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl std::fmt::Debug for SmsClientConfig {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for SmsClientConfig {
             .field("system_id", &self.system_id)
             .field("password", &"<hidden>")
             .field("window", &self.window)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -370,12 +374,26 @@ async fn connect_and_bind(config: &SmsClientConfig) -> Result<(rusmppc::Client, 
         .map_err(|_| SmsError::Timeout)?
         .map_err(|e| SmsError::Io(e.to_string()))?;
     let _ = stream.set_nodelay(true);
-    let (client, events) = ConnectionBuilder::new()
+    let builder = ConnectionBuilder::new()
         .disable_interface_version_check()
         .max_command_length(MAX_PDU_LEN)
         .enquire_link_interval(ENQUIRE_LINK_INTERVAL)
-        .response_timeout(RESPONSE_TIMEOUT)
-        .connected(stream);
+        .response_timeout(RESPONSE_TIMEOUT);
+    let (client, events) = match &config.tls {
+        Some(connector) => {
+            let name = server_name(&config.addr)?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+                .await
+                .map_err(|_| SmsError::Timeout)?
+                .map_err(|e| SmsError::Io(format!("TLS: {e}")))?;
+            let (client, events) = builder.connected(stream);
+            (client, events.boxed())
+        }
+        None => {
+            let (client, events) = builder.connected(stream);
+            (client, events.boxed())
+        }
+    };
     let bind = BindTransceiver::builder()
         .system_id(COctetString::from_str(&config.system_id).map_err(|e| SmsError::Invalid(format!("system_id: {e}")))?)
         .password(COctetString::from_str(&config.password).map_err(|e| SmsError::Invalid(format!("password: {e}")))?)
@@ -385,7 +403,16 @@ async fn connect_and_bind(config: &SmsClientConfig) -> Result<(rusmppc::Client, 
         let _ = client.close().await;
         return Err(map_error(error));
     }
-    Ok((client, events.boxed()))
+    Ok((client, events))
+}
+
+/// The name a TLS SMSC's certificate must carry: `addr`'s host, a DNS name
+/// or an IP address.
+fn server_name(addr: &str) -> Result<rustls_pki_types::ServerName<'static>, SmsError> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| SmsError::Invalid(format!("`{host}` is no host name for TLS")))
 }
 
 /// How a connection ended.
@@ -594,6 +621,7 @@ mod tests {
             system_id: "otpgate".into(),
             password: "otpgate".into(),
             window: 10,
+            tls: None,
         }
     }
 

@@ -37,6 +37,7 @@ use tokio::task::JoinSet;
 use crate::admission::Throttle;
 use crate::clock::{Clock, Millis};
 use crate::shutdown::Shutdown;
+use crate::tls::TlsIdentity;
 
 pub use concat::{DropCause, Dropped};
 pub use hub::ReceiptHub;
@@ -497,11 +498,23 @@ fn hand_over_dropped(partials: &mut concat::Reassembler<session::PartMeta>, back
     }
 }
 
-/// Serves SMPP on `listener` until `shutdown` fires, then unbinds every
-/// bound session and returns once all connection tasks have finished.
-/// Partial long messages age by `clock`, the simulation's.
+/// The SMSC's second listener: SMPP over TLS from the first byte, as SMPP
+/// providers' TLS ports take it (SMPP 3.4 has no STARTTLS).
+pub struct TlsListener {
+    pub listener: TcpListener,
+    pub identity: TlsIdentity,
+}
+
+/// How long a client on the TLS listener has to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves SMPP on `listener` (and SMPP over TLS on `tls`) until `shutdown`
+/// fires, then unbinds every bound session and returns once all
+/// connection tasks have finished. Partial long messages age by `clock`,
+/// the simulation's.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsListener>,
     config: SmscConfig,
     backend: Arc<dyn SmscBackend>,
     hub: ReceiptHub,
@@ -528,7 +541,8 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(shared.config.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    tracing::info!(addr = ?listener.local_addr().ok(), "SMSC listening");
+    let mut tls_backoff = ACCEPT_BACKOFF_MIN;
+    tracing::info!(addr = ?listener.local_addr().ok(), tls = ?tls.as_ref().and_then(|t| t.listener.local_addr().ok()), "SMSC listening");
     loop {
         tokio::select! {
             biased;
@@ -539,13 +553,33 @@ pub async fn serve(
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move {
-                    session::run(stream, peer, shared, shutdown).await;
+                    session::run(Box::new(stream), peer, shared, shutdown).await;
+                    drop(permit);
+                });
+            }
+            accepted = accept_tls(tls.as_ref(), &permits, &mut tls_backoff) => {
+                let Some((stream, peer, permit)) = accepted else { break };
+                let Some(tls) = &tls else { continue };
+                let acceptor = tls.identity.acceptor().clone();
+                let shared = shared.clone();
+                let mut shutdown = shutdown.clone();
+                tasks.spawn(async move {
+                    let handshake = tokio::select! {
+                        _ = shutdown.wait() => return,
+                        done = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => session::run(Box::new(stream), peer, shared, shutdown).await,
+                        Ok(Err(error)) => tracing::info!(%peer, %error, "SMPP TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "SMPP TLS handshake timed out"),
+                    }
                     drop(permit);
                 });
             }
         }
     }
     drop(listener);
+    drop(tls);
     while let Some(joined) = tasks.join_next().await {
         log_task_end(joined);
     }
@@ -573,6 +607,18 @@ async fn accept(
                 *backoff = (*backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
+    }
+}
+
+/// [`accept`] on the TLS listener; never ready without one.
+async fn accept_tls(
+    tls: Option<&TlsListener>,
+    permits: &Arc<Semaphore>,
+    backoff: &mut Duration,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    match tls {
+        Some(tls) => accept(&tls.listener, permits, backoff).await,
+        None => std::future::pending().await,
     }
 }
 

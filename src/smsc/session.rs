@@ -32,7 +32,7 @@ use rusmpp::values::{
 };
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use subtle::ConstantTimeEq;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -176,7 +176,7 @@ struct Session {
     id: u64,
     shared: Arc<Shared>,
     state: State,
-    framed: Framed<TcpStream, SmppCodec>,
+    framed: Framed<Box<dyn Io>, SmppCodec>,
     in_flight: FuturesUnordered<BoxFuture<'static, Finished>>,
     /// Receipts the hub routed here; present while bound to receive.
     receipts: Option<mpsc::UnboundedReceiver<Queued>>,
@@ -196,9 +196,14 @@ struct Session {
     heard: Instant,
 }
 
+/// What a session reads and writes: a TCP connection, or TLS over one.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
 /// Runs one connection until the ESME unbinds or leaves, the connection
 /// breaks, or shutdown; logs how it ended.
-pub(crate) async fn run(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: Shutdown) {
+pub(crate) async fn run(stream: Box<dyn Io>, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: Shutdown) {
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("smpp", session = id, %peer);
     async move {

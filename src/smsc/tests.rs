@@ -190,6 +190,7 @@ impl TestSmsc {
         let clock = crate::clock::Clock::virtual_at(CLOCK_START);
         let task = tokio::spawn(serve(
             listener,
+            None,
             config,
             backend.clone(),
             hub.clone(),

@@ -19,7 +19,6 @@
 
 mod command;
 mod session;
-mod tls;
 
 pub mod capture;
 pub mod mailbox;
@@ -36,12 +35,12 @@ use tokio::sync::Semaphore;
 
 use crate::shutdown::Shutdown;
 
+pub use crate::tls::{TlsError, TlsIdentity};
 pub use capture::{
     Delivery, Folder, HeaderField, MailDetail, MailError, MailEvent, MailPage, MailStage, MailSummary, MailWorld,
     NewestCode, Outcome,
 };
 pub use mailbox::{Mailbox, MailboxPatch};
-pub use tls::{TlsError, TlsIdentity};
 
 /// The server's settings, read once from the configuration.
 #[derive(Debug, Clone)]

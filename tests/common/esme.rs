@@ -245,6 +245,14 @@ pub struct Esme {
 /// Connects without binding.
 pub async fn connect(addr: SocketAddr) -> (rusmppc::Client, Box<dyn Stream<Item = Event> + Unpin + Send>) {
     let stream = within("connect", TcpStream::connect(addr)).await.expect("connect smpp");
+    over(stream)
+}
+
+/// A client over a connection already open (TLS, say), not bound.
+pub fn over<S>(stream: S) -> (rusmppc::Client, Box<dyn Stream<Item = Event> + Unpin + Send>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
     let (client, events) = ConnectionBuilder::new()
         .disable_interface_version_check()
         .no_enquire_link_interval()
@@ -263,7 +271,18 @@ impl Esme {
 
     /// Binds with an account, or answers the refusal's command_status.
     pub async fn bind_as(addr: SocketAddr, kind: Bind, system_id: &str, password: &str) -> Result<Esme, u32> {
-        let (client, events) = connect(addr).await;
+        Esme::bind_over(connect(addr).await, addr, kind, system_id, password).await
+    }
+
+    /// Binds over a client from [`over`] (`addr`: where a second,
+    /// plain connection for `query_sm` and `cancel_sm` goes).
+    pub async fn bind_over(
+        (client, events): (rusmppc::Client, Box<dyn Stream<Item = Event> + Unpin + Send>),
+        addr: SocketAddr,
+        kind: Bind,
+        system_id: &str,
+        password: &str,
+    ) -> Result<Esme, u32> {
         let id = COctetString::from_str(system_id).expect("system_id");
         let pw = COctetString::from_str(password).expect("password");
         let version = InterfaceVersion::Smpp3_4;

@@ -333,3 +333,4 @@ pub mod hooks;
 pub mod pages;
 pub mod raw_http;
 pub mod smtp_client;
+pub mod tls;

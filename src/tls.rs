@@ -1,9 +1,13 @@
-//! The server's TLS identity for STARTTLS: a certificate chain and its
-//! private key, read from PEM files once at start into a rustls acceptor
+//! TLS for the embedded servers and the OTP core's clients, with rustls
 //! (the `ring` provider, TLS 1.2 and 1.3).
 //!
-//! It only loads and validates; the upgrade of a connection happens in the
-//! connection task. It must never log the key or keep the PEM text around.
+//! [`TlsIdentity`] is a server's certificate chain and private key, read
+//! from PEM files once at start: SMTP's STARTTLS and the SMSC's TLS
+//! listener present it. [`client_connector`] is what the OTP core trusts
+//! when it submits to an external SMSC over TLS: the system's roots, or a
+//! CA file of the operator's. This module only loads and validates; the
+//! handshakes happen in the connection tasks. It must never log a key or
+//! keep PEM text around.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -77,6 +81,45 @@ impl TlsIdentity {
     pub(crate) fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
+}
+
+/// A TLS client that trusts the certificates in `ca_file` (PEM), or the
+/// system's roots when there is none.
+pub fn client_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let error = |message: String| TlsError::Certificate {
+                path: path.display().to_string(),
+                message,
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| error(e.to_string()))? {
+                roots
+                    .add(cert.map_err(|e| error(e.to_string()))?)
+                    .map_err(|e| error(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(error("no CERTIFICATE block in the file".into()));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(TlsError::Certificate {
+                    path: "the system's certificate store".into(),
+                    message: "no root certificate found; give a CA file".into(),
+                });
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 #[cfg(test)]
