@@ -1642,3 +1642,59 @@ async fn an_esme_binds_over_tls_submits_and_gets_its_receipt() {
     plain.unbind().await;
     server.stop().await;
 }
+
+/// SMPP answers no response. A `deliver_sm_resp` whose body cannot be read
+/// (a `message_id` that never ends) still settles its receipt by its
+/// header's status: no `generic_nack` comes back, and the receipt is not
+/// delivered again on the next bind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipts_answer_with_an_unreadable_body_settles_it_by_its_header() {
+    use common::esme::DeliveryReceipt;
+    use futures::{SinkExt, StreamExt};
+    use rusmpp::{Command, CommandId, CommandStatus, Pdu};
+    fn submitted_id(answer: &Command) -> String {
+        match answer.pdu() {
+            Some(Pdu::SubmitSmResp(resp)) => resp.message_id().as_str().to_string(),
+            _ => panic!("submit_sm_resp expected: {answer:?}"),
+        }
+    }
+    let server = TestServer::start().await;
+    server.handset(PHONE, json!({"carrier": "docomo"})).await;
+    let mut conn = raw_transceiver(server.smpp).await;
+    let first = submitted_id(&raw_call(&mut conn, 2, sms(PHONE, "first").pdus().remove(0)).await);
+    server.advance(RUN).await;
+    let receipt = loop {
+        let command = within("a receipt", conn.next()).await.expect("open").expect("a PDU");
+        if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
+            break (command.sequence_number(), DeliveryReceipt::read(deliver));
+        }
+    };
+    assert_eq!(receipt.1.id, first);
+    // deliver_sm_resp, ESME_ROK, its message_id three bytes with no NUL.
+    let broken = pdu(19, 0x8000_0005, receipt.0, b"abc");
+    within("write", conn.get_mut().write_all(&broken))
+        .await
+        .expect("written");
+    within(
+        "send",
+        conn.send(Command::new(CommandStatus::EsmeRok, 3, Pdu::EnquireLink)),
+    )
+    .await
+    .expect("enquire_link");
+    let next = within("the next PDU", conn.next()).await.expect("open").expect("a PDU");
+    assert_eq!(
+        (next.id(), next.sequence_number()),
+        (CommandId::EnquireLinkResp, 3),
+        "no generic_nack for a response: {next:?}"
+    );
+    let bye = raw_call(&mut conn, 4, Pdu::Unbind).await;
+    assert_eq!(bye.id(), CommandId::UnbindResp);
+    drop(conn);
+
+    let mut conn = raw_transceiver(server.smpp).await;
+    let second = submitted_id(&raw_call(&mut conn, 2, sms(PHONE, "second").pdus().remove(0)).await);
+    server.advance(RUN).await;
+    assert_eq!(raw_receipt(&mut conn).await.id, second, "the first receipt was settled");
+    raw_call(&mut conn, 3, Pdu::Unbind).await;
+    server.stop().await;
+}

@@ -26,11 +26,12 @@ pub const DEFAULT_MAX_PDU_LEN: usize = 64 * 1024;
 #[derive(Debug)]
 pub enum Inbound {
     /// A PDU rusmpp decoded. Response PDUs that arrive without their body
-    /// (some ESMEs send a header-only `deliver_sm_resp`) come through as a
-    /// command without a PDU; their id, status and sequence still count.
+    /// (some ESMEs send a header-only `deliver_sm_resp`), or with one that
+    /// cannot be read, come through as a command without a PDU; their id,
+    /// status and sequence still count.
     Command(Box<Command>),
-    /// A frame whose boundary is sound but whose content is not: the session
-    /// answers it with `generic_nack` and `status`.
+    /// A request frame whose boundary is sound but whose content is not:
+    /// the session answers it with `answer_id` and `status`.
     Invalid(InvalidPdu),
 }
 
@@ -130,6 +131,7 @@ impl Decoder for SmppCodec {
         }
         let length = be_u32(src, 0);
         let command_id = be_u32(src, 4);
+        let command_status = be_u32(src, 8);
         let sequence_number = be_u32(src, 12);
         let frame_len = length as usize;
         if frame_len < HEADER_LEN || frame_len > self.max_len {
@@ -158,6 +160,11 @@ impl Decoder for SmppCodec {
         let invalid = |status, reason| invalid_answered_by(CommandId::GenericNack, status, reason);
         let command = match Command::decode(&mut frame, frame_len - 4) {
             Ok((command, _)) => command,
+            // SMPP answers no response: one whose body cannot be read
+            // still settles its request by its header's status.
+            Err(_) if CommandId::from(command_id).is_response() => {
+                header_only(command_id, command_status, sequence_number)?
+            }
             Err(error) => {
                 let answer_id = response_to(CommandId::from(command_id)).unwrap_or(CommandId::GenericNack);
                 return invalid_answered_by(answer_id, status_for(&error), format!("undecodable body: {error}"));
@@ -173,6 +180,18 @@ impl Decoder for SmppCodec {
             },
         }
     }
+}
+
+/// A response's header alone, as a command without a PDU (as a header-only
+/// `deliver_sm_resp` decodes).
+fn header_only(command_id: u32, command_status: u32, sequence_number: u32) -> Result<Command, CodecError> {
+    let mut header = BytesMut::with_capacity(HEADER_LEN - 4);
+    for word in [command_id, command_status, sequence_number] {
+        header.extend_from_slice(&word.to_be_bytes());
+    }
+    Command::decode(&mut header, HEADER_LEN - 4)
+        .map(|(command, _)| command)
+        .map_err(|e| CodecError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())))
 }
 
 /// The response to an operation the SMSC serves (those an ESME sends it).
@@ -401,6 +420,22 @@ mod tests {
         // A deliver_sm is not the ESME's to send: its body unread, generic_nack.
         let items = decode_all(&pdu(0x05, 9, b"abc"));
         assert_eq!(answer_id(&items[0]), Some(0x8000_0000));
+    }
+
+    #[test]
+    fn a_response_whose_body_cannot_be_read_counts_by_its_header() {
+        // deliver_sm_resp whose message_id never ends, status ESME_RX_T_APPN.
+        let mut bytes = pdu(0x8000_0005, 12, b"abc");
+        bytes[8..12].copy_from_slice(&0x64u32.to_be_bytes());
+        let items = decode_all(&bytes);
+        match &items[0] {
+            Ok(Inbound::Command(c)) => {
+                assert_eq!(c.id(), CommandId::DeliverSmResp);
+                assert_eq!((c.sequence_number(), c.status()), (12, CommandStatus::EsmeRxTAppn));
+                assert!(c.pdu().is_none());
+            }
+            other => panic!("expected deliver_sm_resp, got {other:?}"),
+        }
     }
 
     #[test]
