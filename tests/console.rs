@@ -256,6 +256,11 @@ async fn an_agent_finds_a_message_by_the_id_the_smsc_gave_its_esme() {
         let server = &server;
         async move { server.page(&format!("/console/search?q={}&lang=en", enc(&q))).await }
     };
+    let body = server.html("/console/members/M-DOCOMO?lang=en").await;
+    assert!(
+        body.contains(&format!("message_id: {core_id}")),
+        "the timeline names the SMSC's id: {body}"
+    );
     for id in parts.iter().chain([&core_id]) {
         let page = search(format!(" {id} ")).await;
         assert_eq!(page.status, 303, "search {id}: {}", page.body);

@@ -337,9 +337,10 @@ fn ms_to_s(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
-/// An event's protocol detail as name and value pairs: SMPP `stat`, `err`,
-/// `network_error_code` and `command_status`, the SMTP reply, and the
-/// model's reason and attempt number.
+/// An event's protocol detail as name and value pairs: the SMSC's message
+/// id (what the QA team's ESME was given, and what the search takes), SMPP
+/// `stat`, `err`, `network_error_code` and `command_status`, the SMTP
+/// reply, and the model's reason and attempt number.
 fn codes(e: &Event) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     let mut push = |name: &'static str, value: Option<String>| {
@@ -347,6 +348,7 @@ fn codes(e: &Event) -> Vec<(&'static str, String)> {
             out.push((name, v));
         }
     };
+    push("message_id", e.smsc_message_id.clone());
     push("stat", e.stat.clone());
     push("err", e.err.clone());
     push("network_error_code", e.network_error_code.clone());
