@@ -598,13 +598,7 @@ async fn a_throttled_submit_is_tried_again_and_the_code_arrives() {
 
 /// Whether the core's SMPP client is bound, from `/metrics`.
 async fn sms_link_bound(server: &common::Api) -> Option<bool> {
-    let (s, text) = server.get("/metrics").await;
-    assert_eq!(s, 200, "{text}");
-    let line = text
-        .as_str()?
-        .lines()
-        .find(|l| l.starts_with("otpgate_smpp_client_bound "))?;
-    Some(line.ends_with(" 1"))
+    Some(server.metrics().await.get("otpgate_smpp_client_bound")? == 1.0)
 }
 
 /// Waits (each probe a round trip, no sleeping) until the core's link is

@@ -67,20 +67,12 @@ async fn over_the_request_rate_changes_get_429_with_retry_after_and_reads_pass()
     let members = client.call("GET", "/v1/members", None).await;
     assert_eq!(members.status, 200, "{members:?}");
     assert_eq!(members.body["items"], serde_json::json!([]));
-    let (status, metrics) = server.get("/metrics").await;
-    assert_eq!(status, 200);
-    let metrics = metrics.as_str().unwrap_or_default();
-    assert!(
-        metrics.contains("otpgate_http_refused_total{reason=\"rate\"} 1"),
-        "{metrics}"
-    );
+    let metrics = server.metrics().await;
+    assert_eq!(metrics.value("otpgate_http_refused_total{reason=\"rate\"}"), 1.0);
     // A server this idle never made a write wait for sled.
-    assert!(metrics.contains("\notpgate_store_write_waits_total 0\n"), "{metrics}");
-    assert!(metrics.contains("\notpgate_store_pending_bytes "), "{metrics}");
-    assert!(
-        metrics.contains("\notpgate_store_write_wait_seconds_total 0\n"),
-        "{metrics}"
-    );
+    assert_eq!(metrics.value("otpgate_store_write_waits_total"), 0.0);
+    metrics.value("otpgate_store_pending_bytes");
+    assert_eq!(metrics.value("otpgate_store_write_wait_seconds_total"), 0.0);
     server.stop().await;
 }
 
@@ -117,13 +109,9 @@ async fn over_the_message_rate_smtp_mail_gets_451_and_the_session_goes_on() {
     client.expect("RCPT TO:<someone@example.com>", 503).await;
     client.expect("NOOP", 250).await;
     client.quit().await;
-    let (_, metrics) = server.get("/metrics").await;
-    let metrics = metrics.as_str().unwrap_or_default();
-    assert!(
-        metrics.contains("\notpgate_smtp_refused_total{reason=\"busy\"} 1\n"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("\notpgate_smtp_accepted_total 0\n"), "{metrics}");
+    let metrics = server.metrics().await;
+    assert_eq!(metrics.value("otpgate_smtp_refused_total{reason=\"busy\"}"), 1.0);
+    assert_eq!(metrics.value("otpgate_smtp_accepted_total"), 0.0);
     server.stop().await;
 }
 
@@ -149,27 +137,16 @@ async fn short_of_disk_space_writes_get_507_and_mail_452_while_reads_go_on() {
         (200, Some("low_on_space")),
         "{health:?}"
     );
-    let (_, metrics) = server.get("/metrics").await;
-    let metrics = metrics.as_str().unwrap_or_default().to_string();
-    assert!(
-        metrics.contains("otpgate_store_refusing{reason=\"low_space\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("otpgate_http_refused_total{reason=\"storage\"} 1"),
-        "{metrics}"
-    );
+    let metrics = server.metrics().await;
+    assert_eq!(metrics.value("otpgate_store_refusing{reason=\"low_space\"}"), 1.0);
+    assert_eq!(metrics.value("otpgate_http_refused_total{reason=\"storage\"}"), 1.0);
 
     let mut smtp = RawSmtp::connect(server.smtp).await;
     smtp.expect("EHLO tester.example", 250).await;
     let mail = smtp.cmd("MAIL FROM:<qa@tester.example>").await;
     assert_eq!((mail.code, mail.enhanced()), (452, "4.3.1"), "{}", mail.text());
     smtp.quit().await;
-    let (_, metrics) = server.get("/metrics").await;
-    let metrics = metrics.as_str().unwrap_or_default();
-    assert!(
-        metrics.contains("\notpgate_smtp_refused_total{reason=\"storage\"} 1\n"),
-        "{metrics}"
-    );
+    let metrics = server.metrics().await;
+    assert_eq!(metrics.value("otpgate_smtp_refused_total{reason=\"storage\"}"), 1.0);
     server.stop().await;
 }

@@ -1118,12 +1118,8 @@ async fn full_disk_round(dir: &Path, disk: &Disk, round: usize) {
     let api = server.api();
     let (s, health) = api.get("/healthz").await;
     assert_eq!((s, health["status"].as_str()), (200, Some("low_on_space")), "{health}");
-    let (_, metrics) = api.get("/metrics").await;
-    let metrics = metrics.as_str().unwrap_or_default();
-    assert!(
-        metrics.contains("otpgate_store_refusing{reason=\"low_space\"} 1"),
-        "{metrics}"
-    );
+    let metrics = api.metrics().await;
+    assert_eq!(metrics.value("otpgate_store_refusing{reason=\"low_space\"}"), 1.0);
     assert!(
         free_bytes(&disk.mount) > 8 * MIB,
         "the margin held: the disk never filled"

@@ -465,15 +465,8 @@ async fn schedule_delivery_time_holds_the_message_until_then() {
 
 /// How many submits `/metrics` counts for each of `answers`.
 async fn submit_answers<const N: usize>(server: &TestServer, answers: [&str; N]) -> [u64; N] {
-    let (_, metrics) = server.get("/metrics").await;
-    let text = metrics.as_str().unwrap_or_default();
-    answers.map(|answer| {
-        let line = format!("otpgate_smpp_submit_sm_total{{answer=\"{answer}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("no {answer} count: {text}"))
-    })
+    let metrics = server.metrics().await;
+    answers.map(|answer| metrics.value(&format!("otpgate_smpp_submit_sm_total{{answer=\"{answer}\"}}")) as u64)
 }
 
 /// The store-and-forward queue is bounded: past `max_pending` messages not
@@ -491,11 +484,7 @@ async fn past_max_pending_messages_not_yet_final_a_submit_gets_esme_rmsgqful() {
         esme.send(&sms(OFF_PHONE, &format!("held {n}"))).await;
     }
     assert_eq!(esme.submit(&sms(OFF_PHONE, "one too many")).await, Err(0x14));
-    let (_, metrics) = server.get("/metrics").await;
-    let pending = metrics
-        .as_str()
-        .and_then(|text| text.lines().find(|l| l.starts_with("otpgate_smsc_pending ")));
-    assert_eq!(pending, Some("otpgate_smsc_pending 2"), "{metrics}");
+    assert_eq!(server.metrics().await.value("otpgate_smsc_pending"), 2.0);
     let answers = ["ok", "queue_full", "throttled"];
     assert_eq!(submit_answers(&server, answers).await, [2, 1, 0]);
 

@@ -239,6 +239,24 @@ impl Api {
         (status, value)
     }
 
+    /// `/metrics`, read as Prometheus text: each series by its name and
+    /// labels as written (`otpgate_smtp_refused_total{reason="busy"}`).
+    pub async fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "/metrics: {body}");
+        let text = body
+            .as_str()
+            .unwrap_or_else(|| panic!("/metrics as text: {body}"))
+            .to_string();
+        let series = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(name, value)| Some((name.to_string(), value.parse().ok()?)))
+            .collect();
+        Metrics { series, text }
+    }
+
     pub async fn advance(&self, seconds: u64) {
         let (status, body) = self.post("/v1/sim/clock/advance", json!({ "seconds": seconds })).await;
         assert_eq!(status, 200, "advance: {body}");
@@ -288,6 +306,25 @@ impl Api {
         // Past the 60 s cooldown that the verification SMS started.
         self.advance(61).await;
         code
+    }
+}
+
+/// One reading of `/metrics`.
+pub struct Metrics {
+    series: std::collections::BTreeMap<String, f64>,
+    text: String,
+}
+
+impl Metrics {
+    /// A series' value, or `None` when the server does not export it.
+    pub fn get(&self, series: &str) -> Option<f64> {
+        self.series.get(series).copied()
+    }
+
+    /// A series' value; a series missing fails the test, showing the text.
+    pub fn value(&self, series: &str) -> f64 {
+        self.get(series)
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{}", self.text))
     }
 }
 
