@@ -596,6 +596,31 @@ async fn a_throttled_submit_is_tried_again_and_the_code_arrives() {
     server.stop().await;
 }
 
+/// A new member `id` registering the docomo number, whose verification
+/// code goes out.
+async fn register_phone(core: &common::Api, id: &str) {
+    let email = format!("{}@example.com", id.to_lowercase());
+    let body = json!({"id": id, "locale": "en", "residence": "JP", "email": email});
+    let (s, b) = core.post("/v1/members", body).await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = core
+        .post(&format!("/v1/members/{id}/phone"), json!({"number": DOCOMO}))
+        .await;
+    assert_eq!(s, 202, "{b}");
+}
+
+/// The core on the external SMSC at `addr`, plain TCP, the default account.
+fn sms_out(addr: std::net::SocketAddr) -> otpgate::config::SmsOut {
+    otpgate::config::SmsOut {
+        addr: addr.to_string(),
+        system_id: "otpgate".into(),
+        password: "otpgate".into(),
+        window: None,
+        tls: false,
+        tls_ca: None,
+    }
+}
+
 /// Whether the core's SMPP client is bound, from `/metrics`.
 async fn sms_link_bound(server: &common::Api) -> Option<bool> {
     Some(server.metrics().await.get("otpgate_smpp_client_bound")? == 1.0)
@@ -624,27 +649,9 @@ async fn an_otp_sent_while_the_smsc_is_down_goes_out_once_the_link_is_up() {
         spare.local_addr().unwrap()
     };
     // The core starts first, and does not give up on its SMSC.
-    let core = TestServer::start_with(|c| {
-        c.sms_out = Some(otpgate::config::SmsOut {
-            addr: smsc_addr.to_string(),
-            system_id: "otpgate".into(),
-            password: "otpgate".into(),
-            window: None,
-            tls: false,
-            tls_ca: None,
-        })
-    })
-    .await;
-    let (s, b) = core
-        .post(
-            "/v1/members",
-            json!({"id": "M-EXT", "locale": "en", "residence": "JP", "email": "m-ext@example.com"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    let core = TestServer::start_with(|c| c.sms_out = Some(sms_out(smsc_addr))).await;
     assert_eq!(sms_link_bound(&core).await, Some(false));
-    let (s, b) = core.post("/v1/members/M-EXT/phone", json!({"number": DOCOMO})).await;
-    assert_eq!(s, 202, "{b}");
+    register_phone(&core, "M-EXT").await;
     let smsc = TestServer::start_with(|c| c.smpp = Some(smsc_addr)).await;
     until_link(&core, true).await;
     core.advance(2).await;
@@ -687,24 +694,14 @@ async fn an_otp_sent_while_the_smsc_is_down_goes_out_once_the_link_is_up() {
 /// never binds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_core_submits_to_an_external_smsc_over_tls_checking_its_certificate() {
-    let smsc = TestServer::start_with(|c| {
-        c.smpp_tls = Some(otpgate::config::SmppTls {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            files: common::tls::files(),
-        })
-    })
-    .await;
-    let tls_addr = smsc.running.as_ref().and_then(|r| r.smpp_tls).expect("a TLS listener");
+    let (smsc, tls_addr) = common::tls::server_with_smpp_tls().await;
     let core_trusting = |ca: &str| {
         let ca = common::tls::fixture(ca);
         move |c: &mut otpgate::config::Config| {
             c.sms_out = Some(otpgate::config::SmsOut {
-                addr: tls_addr.to_string(),
-                system_id: "otpgate".into(),
-                password: "otpgate".into(),
-                window: None,
                 tls: true,
                 tls_ca: Some(ca),
+                ..sms_out(tls_addr)
             })
         }
     };
@@ -719,15 +716,7 @@ async fn the_core_submits_to_an_external_smsc_over_tls_checking_its_certificate(
 
     let core = TestServer::start_with(core_trusting("cert.pem")).await;
     until_link(&core, true).await;
-    let (s, b) = core
-        .post(
-            "/v1/members",
-            json!({"id": "M-TLS", "locale": "en", "residence": "JP", "email": "m-tls@example.com"}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
-    let (s, b) = core.post("/v1/members/M-TLS/phone", json!({"number": DOCOMO})).await;
-    assert_eq!(s, 202, "{b}");
+    register_phone(&core, "M-TLS").await;
     smsc.advance(60).await;
     let got = smsc.code_on_handset(DOCOMO, None).await;
     let (s, b) = core

@@ -1569,15 +1569,8 @@ async fn an_esme_binds_over_tls_submits_and_gets_its_receipt() {
     use futures::{SinkExt, StreamExt};
     use rusmpp::tokio_codec::CommandCodec;
     use tokio_util::codec::Framed;
-    let server = TestServer::start_with(|c| {
-        c.smpp_tls = Some(otpgate::config::SmppTls {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            files: common::tls::files(),
-        })
-    })
-    .await;
+    let (server, tls_addr) = common::tls::server_with_smpp_tls().await;
     let running = server.running.as_ref().expect("running");
-    let tls_addr = running.smpp_tls.expect("a TLS listener");
     assert!(
         running.listening_line().ends_with(&format!(" smpps={tls_addr}")),
         "{}",

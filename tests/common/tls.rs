@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,4 +37,22 @@ pub fn connector() -> tokio_rustls::TlsConnector {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A server under test whose SMSC also listens for SMPP over TLS, on any
+/// port with the fixture identity; and that listener's address.
+pub async fn server_with_smpp_tls() -> (super::TestServer, SocketAddr) {
+    let server = super::TestServer::start_with(|c| {
+        c.smpp_tls = Some(otpgate::config::SmppTls {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            files: files(),
+        })
+    })
+    .await;
+    let addr = server
+        .running
+        .as_ref()
+        .and_then(|r| r.smpp_tls)
+        .expect("a TLS listener");
+    (server, addr)
 }
