@@ -1680,3 +1680,44 @@ async fn a_receipts_answer_with_an_unreadable_body_settles_it_by_its_header() {
     raw_call(&mut conn, 3, Pdu::Unbind).await;
     server.stop().await;
 }
+
+/// `registered_delivery` 0x11 asks for an intermediate notification too:
+/// when the first attempt finds the phone off, the ESME gets a `deliver_sm`
+/// with esm_class 0x20 (SMPP 3.4 section 5.2.12), ENROUTE with the
+/// absence's codes, once; the final receipt (esm_class 0x04) follows when
+/// the phone comes back. A message asking only for the final receipt gets
+/// no notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intermediate_notification_tells_the_esme_its_message_waits_for_an_absent_phone() {
+    let server = TestServer::start().await;
+    let mut esme = one_phone_off_one_on(&server).await;
+    let noticed = esme
+        .send(&sms(OFF_PHONE, "asks for both").registered_delivery(0x11))
+        .await;
+    let final_only = esme.send(&sms(OFF_PHONE, "asks for the final one")).await;
+    server.advance(RUN).await;
+    let notice = esme.receipt().await;
+    assert_eq!(
+        (notice.id.as_str(), notice.esm_class, notice.stat.as_str()),
+        (noticed.as_str(), 0x20, "ENROUTE")
+    );
+    assert!(notice.summary().contains("state:1"), "{}", notice.summary());
+    // Another retry window passes: no second notification.
+    server.advance(3_600).await;
+    server.handset(OFF_PHONE, json!({"powered_on": true})).await;
+    server.advance(RUN).await;
+    let mut finals = [esme.receipt().await, esme.receipt().await];
+    finals.sort_by(|a, b| a.id.cmp(&b.id));
+    let seen: Vec<(&str, u8, &str)> = finals
+        .iter()
+        .map(|r| (r.id.as_str(), r.esm_class, r.stat.as_str()))
+        .collect();
+    let mut expected = vec![
+        (noticed.as_str(), 0x04, "DELIVRD"),
+        (final_only.as_str(), 0x04, "DELIVRD"),
+    ];
+    expected.sort();
+    assert_eq!(seen, expected);
+    esme.unbind().await;
+    server.stop().await;
+}

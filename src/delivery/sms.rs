@@ -649,6 +649,7 @@ mod tests {
             done_date: crate::clock::DEFAULT_VIRTUAL_START + 120_000,
             text: "認証コード 123456".into(),
             part_ids: Vec::new(),
+            intermediate: false,
         }
     }
 

@@ -770,8 +770,18 @@ impl SmsNetwork {
                 event.err = Some(format!("{:03}", codes.err));
                 event.network_error_code = codes.network_error_code.map(|(t, c)| format!("{t}:{c}"));
                 rec.next_attempt_at = Some(next);
-                inner.records.put(id, &rec)?;
+                let notice = intermediate_asked(&rec, &codes, now);
+                let mut batch = inner.store.batch();
+                batch.put(&inner.records, id, &rec)?;
+                if let Some(notice) = &notice {
+                    batch.put(&inner.receipts, &intermediate_key(id), &stored_copy(notice))?;
+                }
+                inner.store.apply(batch)?;
+                // Durable with the log's event: the store's log replays a prefix.
                 inner.log.append(&rec.log_id, event).await?;
+                if let Some(notice) = notice {
+                    drop(self.send_receipt(intermediate_key(id), notice));
+                }
                 self.schedule(id.to_string(), next, Trigger::Planned(next));
                 Ok(None)
             }
@@ -1135,7 +1145,36 @@ fn receipt_asked(rec: &SmsRecord, codes: &ReceiptCodes, text: &str, now: Millis)
         done_date: now,
         text: text.chars().take(20).collect(),
         part_ids: rec.part_ids.clone(),
+        intermediate: false,
     })
+}
+
+/// The intermediate notification a message whose first attempt found its
+/// phone absent owes its ESME, if its `registered_delivery` asked for one
+/// (bit 0x10): ENROUTE, with the absence's error codes. Sent once, not for
+/// every retry of a phone off for days.
+fn intermediate_asked(rec: &SmsRecord, codes: &ReceiptCodes, now: Millis) -> Option<Receipt> {
+    (rec.registered_delivery & 0x10 != 0 && rec.attempts == 1).then(|| Receipt {
+        system_id: rec.system_id.clone(),
+        message_id: rec.given_id(),
+        source_addr: rec.to.trim_start_matches('+').to_string(),
+        dest_addr: rec.source.clone(),
+        stat: "ENROUTE".into(),
+        err: codes.err,
+        message_state: 1,
+        network_error_code: codes.network_error_code,
+        submit_date: rec.submitted_at,
+        done_date: now,
+        text: rec.text.chars().take(20).collect(),
+        part_ids: rec.part_ids.clone(),
+        intermediate: true,
+    })
+}
+
+/// Where an intermediate notification waits for its ESME: beside the
+/// message's final receipt, which is stored under the message's id.
+fn intermediate_key(id: &str) -> String {
+    format!("{id}\0intermediate")
 }
 
 /// A receipt as it is stored until an ESME takes it: its quoted text with

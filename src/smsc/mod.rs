@@ -373,6 +373,10 @@ pub struct Receipt {
     /// The earlier parts' ids of a long message: each gets a copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub part_ids: Vec<String>,
+    /// An intermediate delivery notification (esm_class 0x20, asked with
+    /// `registered_delivery` bit 0x10): the message is not final yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub intermediate: bool,
 }
 
 /// Receipt's Debug leaves the quoted text out: it can carry an OTP code.
@@ -389,6 +393,7 @@ impl std::fmt::Debug for Receipt {
             .field("network_error_code", &self.network_error_code)
             .field("submit_date", &self.submit_date)
             .field("done_date", &self.done_date)
+            .field("intermediate", &self.intermediate)
             .finish_non_exhaustive()
     }
 }

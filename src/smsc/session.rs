@@ -1394,7 +1394,9 @@ pub(crate) fn receipt_pdu(receipt: &Receipt) -> Result<DeliverSm, String> {
         .dest_addr_ton(dest_ton)
         .dest_addr_npi(dest_npi)
         .destination_addr(COctetString::from_str(dest).map_err(|e| format!("destination address: {e}"))?)
-        .esm_class(EsmClass::from(0x04))
+        // SMPP 3.4 section 5.2.12: an SMSC delivery receipt, or an
+        // intermediate delivery notification.
+        .esm_class(EsmClass::from(if receipt.intermediate { 0x20 } else { 0x04 }))
         .data_coding(DataCoding::from(text::DCS_IA5))
         .short_message(OctetString::from_vec(body).map_err(|e| format!("text: {e}"))?)
         .tlvs(tlvs)

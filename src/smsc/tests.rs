@@ -273,6 +273,7 @@ pub(crate) fn receipt(system_id: &str, message_id: &str) -> Receipt {
         done_date: crate::clock::DEFAULT_VIRTUAL_START + 60_000,
         text: "Your code is 482913".into(),
         part_ids: Vec::new(),
+        intermediate: false,
     }
 }
 
