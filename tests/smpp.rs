@@ -1620,6 +1620,17 @@ async fn an_esme_binds_over_tls_submits_and_gets_its_receipt() {
     // The plain listener is unchanged.
     let plain = Esme::bind(server.smpp, Bind::Transceiver).await;
     plain.send(&sms(PHONE, "over plain TCP")).await;
+    // The failed handshake is counted, for a QA team whose client cannot
+    // connect (the server counts it after closing, so a few reads may come
+    // first; the silent client is not counted before its 10 s are up).
+    let mut failed = 0.0;
+    for _ in 0..1_000 {
+        failed = server.metrics().await.value("otpgate_smpp_tls_handshakes_failed_total");
+        if failed > 0.0 {
+            break;
+        }
+    }
+    assert_eq!(failed, 1.0);
     esme.unbind().await;
     plain.unbind().await;
     server.stop().await;

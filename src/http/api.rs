@@ -763,6 +763,11 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         "answer",
         &answers.map(|(a, c)| (a, c.load(Relaxed))),
     );
+    out.one(
+        "otpgate_smpp_tls_handshakes_failed_total",
+        "counter",
+        smsc.tls_handshakes_failed.load(Relaxed),
+    );
     out.one("otpgate_smtp_accepted_total", "counter", smtp.accepted.load(Relaxed));
     let refused = [
         ("connections", &smtp.refused_connections),

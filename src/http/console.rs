@@ -99,8 +99,8 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("search", "検索", "Search"),
     (
         "not_found_for",
-        "該当する会員・宛先が見つかりません：",
-        "No member or destination found for:",
+        "該当する会員・宛先・メッセージが見つかりません：",
+        "No member, destination or message found for:",
     ),
     (
         "enter_query",

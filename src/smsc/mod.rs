@@ -91,6 +91,10 @@ pub struct SmscCounters {
     pub queue_full: AtomicU64,
     /// Any other error status (a bad destination, a system error ...).
     pub refused_other: AtomicU64,
+    /// Connections to the TLS listener whose handshake failed or timed out
+    /// (a client speaking plain SMPP there, or one that does not trust the
+    /// certificate).
+    pub tls_handshakes_failed: AtomicU64,
 }
 
 impl SmscCounters {
@@ -573,10 +577,17 @@ pub async fn serve(
                         _ = shutdown.wait() => return,
                         done = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
                     };
+                    let failed = || shared.config.counters.tls_handshakes_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     match handshake {
                         Ok(Ok(stream)) => session::run(Box::new(stream), peer, shared, shutdown).await,
-                        Ok(Err(error)) => tracing::info!(%peer, %error, "SMPP TLS handshake failed"),
-                        Err(_) => tracing::info!(%peer, "SMPP TLS handshake timed out"),
+                        Ok(Err(error)) => {
+                            failed();
+                            tracing::info!(%peer, %error, "SMPP TLS handshake failed");
+                        }
+                        Err(_) => {
+                            failed();
+                            tracing::info!(%peer, "SMPP TLS handshake timed out");
+                        }
                     }
                     drop(permit);
                 });
