@@ -261,6 +261,12 @@ async fn an_agent_finds_a_message_by_the_id_the_smsc_gave_its_esme() {
         body.contains(&format!("message_id: {core_id}")),
         "the timeline names the SMSC's id: {body}"
     );
+    let (_, report) = server.get("/v1/diagnostics/members/M-DOCOMO?lang=en&format=text").await;
+    let report = report.as_str().unwrap_or_default();
+    assert!(
+        report.contains(&format!("message id {core_id}")),
+        "so does the text report: {report}"
+    );
     for id in parts.iter().chain([&core_id]) {
         let page = search(format!(" {id} ")).await;
         assert_eq!(page.status, 303, "search {id}: {}", page.body);

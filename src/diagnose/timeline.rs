@@ -206,6 +206,15 @@ fn is_failure(ev: &Event) -> bool {
     kind_fails || spam || bad_receipt || bad_state
 }
 
+/// The id the SMSC gave the message, as the QA team's ESME saw it and the
+/// desk's search takes it; empty without one.
+fn smsc_id_words(l: Lang, ev: &Event) -> String {
+    match &ev.smsc_message_id {
+        Some(id) => l.pick(format!("、メッセージID {id}"), format!(", message id {id}")),
+        None => String::new(),
+    }
+}
+
 fn event_summary(f: &Facts, msg: &Message, ev: &Event) -> String {
     let l = f.lang;
     let codes = protocol_codes(ev);
@@ -230,18 +239,20 @@ fn event_summary(f: &Facts, msg: &Message, ev: &Event) -> String {
                 .map(|c| f.carrier_name(c));
             l.pick(
                 format!(
-                    "SMSCが受付{}",
-                    carrier.as_deref().map(|c| format!("（{c}）")).unwrap_or_default()
+                    "SMSCが受付{}{}",
+                    carrier.as_deref().map(|c| format!("（{c}）")).unwrap_or_default(),
+                    smsc_id_words(l, ev)
                 ),
                 format!(
-                    "Accepted by the SMSC{}",
-                    carrier.as_deref().map(|c| format!(" for {c}")).unwrap_or_default()
+                    "Accepted by the SMSC{}{}",
+                    carrier.as_deref().map(|c| format!(" for {c}")).unwrap_or_default(),
+                    smsc_id_words(l, ev)
                 ),
             )
         }
         "submitted" => l.pick(
-            format!("SMSCへ送信{}", paren(true)),
-            format!("Submitted to the SMSC{}", paren(false)),
+            format!("SMSCへ送信{}{}", paren(true), smsc_id_words(l, ev)),
+            format!("Submitted to the SMSC{}{}", paren(false), smsc_id_words(l, ev)),
         ),
         "submit_refused" => l.pick(
             format!("SMSCが送信を拒否：{reason}{}{}", paren(true), retry_ja(&next)),
