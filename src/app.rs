@@ -257,6 +257,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     .map_err(|e| data(&e))?;
     network.keep(config.log_retention);
     network.hold_at_most(config.smsc.max_pending);
+    network.serve_accounts(config.smsc.accounts.iter().map(|a| a.system_id.clone()).collect());
 
     // A crash can leave messages open that nothing will move forward: an
     // OTP whose send was cut off (the plain code is gone, so it cannot be

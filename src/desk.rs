@@ -130,6 +130,8 @@ impl Desk {
         for m in messages {
             found.push(match m.member_id.as_deref().map(|id| self.service.member(id)) {
                 Some(Ok(member)) => Subject::Member(member),
+                // A handset's own message to an ESME: the phone is who it is about.
+                _ if m.origin == crate::sim::sms::HANDSET_ORIGIN => self.destination(&m.from)?,
                 _ => self.destination(&m.to)?,
             });
         }

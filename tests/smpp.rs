@@ -1732,3 +1732,118 @@ async fn an_intermediate_notification_tells_the_esme_its_message_waits_for_an_ab
     esme.unbind().await;
     server.stop().await;
 }
+
+/// The next `deliver_sm` on a raw connection, answered OK.
+async fn next_deliver_sm(conn: &mut RawConn) -> rusmpp::pdus::DeliverSm {
+    use futures::{SinkExt, StreamExt};
+    use rusmpp::pdus::DeliverSmResp;
+    use rusmpp::types::COctetString;
+    use rusmpp::{Command, CommandStatus, Pdu};
+    loop {
+        let command = within("a deliver_sm", conn.next()).await.expect("open").expect("a PDU");
+        if let Some(Pdu::DeliverSm(deliver)) = command.pdu() {
+            let ok = DeliverSmResp::new(COctetString::empty(), vec![]);
+            let answer = Command::new(CommandStatus::EsmeRok, command.sequence_number(), ok);
+            within("deliver_sm_resp", conn.send(answer)).await.expect("answered");
+            return deliver.clone();
+        }
+    }
+}
+
+/// A simulated phone sends an SMS to an ESME (mobile originated: "reply
+/// STOP", "YES to confirm"): `POST /v1/sim/handsets/{number}/send`. The
+/// ESME gets a `deliver_sm` with esm_class 0 from the phone's number, in
+/// GSM 7-bit or UCS-2 (`message_payload` past 254 octets). One sent for an
+/// account with no bind up is kept, across a crash, until it binds. The
+/// delivery log has it, findable by its id. A phone that is off, or a
+/// request naming no ESME while none or several are bound, gets 409.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handset_sends_an_sms_to_an_esme_as_a_deliver_sm() {
+    use rusmpp::tlvs::TlvValue;
+    let mut server = common::BinServer::start(None).await;
+    server.handset(PHONE, json!({"carrier": "au"})).await;
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    async fn send_from(api: &common::Api, number: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        api.post(&format!("/v1/sim/handsets/{number}/send"), body).await
+    }
+    let (s, b) = send_from(&server, PHONE, json!({"to": "22471", "text": "STOP"})).await;
+    assert_eq!((s, common::error_code(&b)), (409, "no_esme"), "{b}");
+    let (s, b) = send_from(
+        &server,
+        PHONE,
+        json!({"to": "22471", "text": "STOP", "system_id": "nobody"}),
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+    let (s, b) = send_from(
+        &server,
+        OFF_PHONE,
+        json!({"to": "22471", "text": "STOP", "system_id": "otpgate"}),
+    )
+    .await;
+    assert_eq!((s, common::error_code(&b)), (409, "handset_cannot_send"), "{b}");
+
+    // Kept for the account while it has no bind, across a crash.
+    let long = "予約を確定します。".repeat(20);
+    let (s, kept) = send_from(
+        &server,
+        PHONE,
+        json!({"to": "22471", "text": long, "system_id": "otpgate"}),
+    )
+    .await;
+    assert_eq!(s, 202, "{kept}");
+    assert_eq!(kept["system_id"], "otpgate");
+    server.crash_and_restart().await;
+    let mut conn = raw_transceiver(server.smpp).await;
+    let deliver = next_deliver_sm(&mut conn).await;
+    assert_eq!(u8::from(deliver.esm_class), 0x00, "a message, not a receipt");
+    assert_eq!(deliver.source_addr.as_str(), "819011110001");
+    assert_eq!(u8::from(deliver.source_addr_ton), 1, "international");
+    assert_eq!(deliver.destination_addr.as_str(), "22471");
+    assert_eq!(u8::from(deliver.data_coding), 0x08, "UCS-2");
+    let payload = deliver
+        .tlvs()
+        .iter()
+        .find_map(|t| match t.value() {
+            Some(TlvValue::MessagePayload(p)) => Some(p.value.to_vec()),
+            _ => None,
+        })
+        .expect("360 octets go in message_payload");
+    let units: Vec<u16> = payload.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+    assert_eq!(String::from_utf16(&units).unwrap(), long);
+
+    // With one account bound to receive, it is the default.
+    let (s, reply) = send_from(&server, PHONE, json!({"to": "0354600124", "text": "YES"})).await;
+    assert_eq!(s, 202, "{reply}");
+    let deliver = next_deliver_sm(&mut conn).await;
+    assert_eq!(
+        (
+            deliver.destination_addr.as_str(),
+            u8::from(deliver.data_coding),
+            deliver.short_message().as_ref()
+        ),
+        ("0354600124", 0x00, b"YES".as_ref())
+    );
+
+    // The delivery log, found by the id the request answered.
+    let id = reply["id"].as_str().expect("an id");
+    let mut logged = serde_json::Value::Null;
+    for _ in 0..1_000 {
+        let (_, found) = server.get(&format!("/v1/messages?smsc_message_id={id}")).await;
+        logged = found["items"][0].clone();
+        if logged["state"] == "delivered" {
+            break;
+        }
+    }
+    assert_eq!(logged["origin"], "handset", "{logged:#}");
+    assert_eq!(logged["state"], "delivered", "taken by the ESME: {logged:#}");
+    assert_eq!(logged["from"], "+819011110001");
+    // The desk's search by that id leads to the phone that sent it.
+    let (s, report) = server.get(&format!("/v1/diagnostics/destinations/{id}")).await;
+    assert_eq!(s, 200, "{report}");
+    assert_eq!(report["handset"]["carrier"], "au", "{report}");
+    raw_call(&mut conn, 9, rusmpp::Pdu::Unbind).await;
+    server.stop().await;
+}

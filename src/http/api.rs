@@ -436,6 +436,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
             let items = ctx.world.inbox(&number)?.iter().rev().map(|m| json!({"from": m.from, "text": m.text, "received_at": rfc3339(m.received_at), "message_id": m.message_id})).collect();
             ok(list(items, None, Some("messages")))
         }
+        (&Method::POST, ["v1", "sim", "handsets", number, "send"]) => send_from_handset(ctx, number, &req).await,
         (&Method::GET, ["v1", "sim", "handsets", number, "otp"]) => {
             let number = parse_number(number)?;
             let (code, m) = ctx
@@ -601,6 +602,31 @@ fn find_members(ctx: &Ctx, req: &Req) -> ApiResult {
         (phone, email) => ctx.service.find_members(phone, email)?,
     };
     ok(list(members.iter().map(member_json).collect(), None, None))
+}
+
+/// A simulated handset sends an SMS to an ESME (mobile originated): 202
+/// once it is stored and logged; the ESME gets it as a `deliver_sm`.
+async fn send_from_handset(ctx: &Ctx, number: &str, req: &Req) -> ApiResult {
+    use crate::sim::sms::MobileRefusal;
+    let number = parse_number(number)?;
+    let body = req.json()?;
+    let to = required(&body, "to")?;
+    let text = required(&body, "text")?;
+    let system_id = str_field(&body, "system_id")?;
+    let sent = ctx
+        .network
+        .send_from_handset(&number, to, text, system_id)
+        .await
+        .map_err(|e| match e {
+            MobileRefusal::Invalid(m) => ApiError::invalid(m),
+            MobileRefusal::NoEsme(m) => ApiError::new(StatusCode::CONFLICT, "no_esme", m),
+            MobileRefusal::Handset(m) => ApiError::new(StatusCode::CONFLICT, "handset_cannot_send", m),
+            MobileRefusal::Store(e) => e.into(),
+        })?;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({"id": sent.id, "system_id": sent.system_id, "from": number, "to": to, "log_id": sent.log_id}),
+    ))
 }
 
 async fn register_phone(ctx: &Ctx, id: &str, req: &Req) -> ApiResult {

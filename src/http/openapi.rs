@@ -194,6 +194,13 @@ pub const ROUTES: &[Route] = &[
         &[],
     ),
     r(
+        "post",
+        "/v1/sim/handsets/{number}/send",
+        "simulation",
+        "The phone sends an SMS to an ESME ({\"to\", \"text\", \"system_id\"}): a deliver_sm to a receiving bind, kept until one binds",
+        &[],
+    ),
+    r(
         "get",
         "/v1/sim/handsets/{number}/otp",
         "simulation",

@@ -22,8 +22,8 @@ use crate::delivery::log::{DeliveryLog, Event, Message, NewMessage, State, Writt
 use crate::member::{self, Channel};
 use crate::sim::{InboxMessage, World};
 use crate::smsc::{
-    DropCause, Dropped, KeptPart, MessageStatus, MultiSubmitted, Receipt, ReceiptHub, Replacement, SmscBackend,
-    Submission, SubmitRefusal,
+    DropCause, Dropped, KeptPart, MessageStatus, MobileOriginated, MultiSubmitted, Receipt, ReceiptHub, Replacement,
+    SmscBackend, Submission, SubmitRefusal,
 };
 use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
@@ -156,6 +156,12 @@ struct Inner {
     /// id (`SmscBackend::keep_part`); removed with the whole message's
     /// record, or when the SMSC drops them unfinished.
     kept_parts: Tree,
+    /// Messages simulated handsets sent to ESMEs, by id, until an ESME
+    /// answered them (or the hub gave them up).
+    mobile: Tree,
+    /// The SMSC's accounts (system_ids) a handset's message may go to: all
+    /// but the OTP core's own.
+    accounts: std::sync::RwLock<Vec<String>>,
     world: World,
     log: DeliveryLog,
     clock: Arc<Clock>,
@@ -262,6 +268,8 @@ impl SmsNetwork {
                 receipts: store.tree("sms_receipts")?,
                 ids: SmscIds::open(store)?,
                 kept_parts: store.tree("sms_kept_parts")?,
+                mobile: store.tree("sms_mobile")?,
+                accounts: std::sync::RwLock::new(Vec::new()),
                 world,
                 log,
                 clock,
@@ -424,7 +432,7 @@ impl SmsNetwork {
     }
 
     /// Re-schedules every message still pending, after a restart, and hands
-    /// the hub the receipts no ESME took before it.
+    /// the hub the receipts and handsets' messages no ESME took before it.
     pub fn resume(&self) -> Result<usize, StoreError> {
         let waiting = self.inner.receipts.scan_prefix::<Receipt>("")?;
         if !waiting.is_empty() {
@@ -435,6 +443,9 @@ impl SmsNetwork {
         }
         for (id, receipt) in waiting {
             drop(self.send_receipt(id, receipt));
+        }
+        for (_, (message, log_id)) in self.inner.mobile.scan_prefix::<(MobileOriginated, String)>("")? {
+            self.send_mobile_to_esme(message, log_id);
         }
         let now = self.inner.clock.now();
         let mut resumed = 0;
@@ -461,6 +472,12 @@ impl SmsNetwork {
     /// the log and the network's store, or before the submit was answered)
     /// it failed, interrupted.
     pub fn settle_after_restart(&self, message: &Message, now: Millis) -> Option<Event> {
+        if let Some(id) = &message.smsc_message_id {
+            // A handset's message still held for its ESME goes out again.
+            if self.inner.mobile.contains(id).unwrap_or(false) {
+                return None;
+            }
+        }
         let record = match &message.smsc_message_id {
             Some(id) => self.inner.records.get::<SmsRecord>(id).ok().flatten(),
             None => None,
@@ -482,6 +499,152 @@ impl SmsNetwork {
                     .detail("the server stopped before the SMSC stored this message"),
             ),
         }
+    }
+
+    /// The SMSC's accounts a handset's message may go to (all but the OTP
+    /// core's own, which is left out here).
+    pub fn serve_accounts(&self, system_ids: Vec<String>) {
+        let own = &self.inner.internal_system_id;
+        let accounts = system_ids.into_iter().filter(|s| s != own).collect();
+        *self.inner.accounts.write().unwrap_or_else(|e| e.into_inner()) = accounts;
+    }
+
+    /// A simulated handset sends `text` to `to`, an ESME's short code or
+    /// number: the SMSC hands it to a receiving bind of `system_id` (by
+    /// default the one account bound to receive now) as a `deliver_sm`,
+    /// keeping it until one binds. Durable, and in the delivery log, when
+    /// it returns; the log says when the ESME took it.
+    pub async fn send_from_handset(
+        &self,
+        number: &str,
+        to: &str,
+        text: &str,
+        system_id: Option<&str>,
+    ) -> Result<MobileSent, MobileRefusal> {
+        let inner = &self.inner;
+        if to.is_empty() || to.len() > 20 || !to.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+            return Err(MobileRefusal::Invalid(format!(
+                "`to` must be an address of at most 20 letters or digits, not `{to}`"
+            )));
+        }
+        let length = text.chars().count();
+        if length == 0 || length > MAX_MOBILE_CHARS {
+            return Err(MobileRefusal::Invalid(format!(
+                "`text` must have 1 to {MAX_MOBILE_CHARS} characters, not {length}"
+            )));
+        }
+        let accounts = inner.accounts.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let system_id = match system_id {
+            Some(s) if accounts.iter().any(|a| a == s) => s.to_string(),
+            Some(s) => {
+                return Err(MobileRefusal::Invalid(format!(
+                    "`{s}` is not an SMSC account a handset can send to (accounts: {})",
+                    accounts.join(", ")
+                )))
+            }
+            None => {
+                let bound: Vec<String> = inner
+                    .hub
+                    .receiving_accounts()
+                    .into_iter()
+                    .filter(|a| accounts.contains(a))
+                    .collect();
+                match bound.as_slice() {
+                    [one] => one.clone(),
+                    [] => {
+                        return Err(MobileRefusal::NoEsme(
+                            "no ESME is bound to receive; bind one, or name its account in `system_id` to keep the message until it binds".into(),
+                        ))
+                    }
+                    several => {
+                        return Err(MobileRefusal::NoEsme(format!(
+                            "several accounts are bound to receive ({}); name one in `system_id`",
+                            several.join(", ")
+                        )))
+                    }
+                }
+            }
+        };
+        let handset = inner.world.handset_or_default(number).map_err(MobileRefusal::Store)?;
+        if let Some(cause) = handset.absent() {
+            return Err(MobileRefusal::Handset(format!(
+                "the phone cannot send: {}",
+                cause.code()
+            )));
+        }
+        if !handset.in_service || !handset.sms_plan {
+            return Err(MobileRefusal::Handset(
+                "the phone cannot send SMS: its number is out of service or its plan is data only".into(),
+            ));
+        }
+        let now = inner.clock.now();
+        let id = format!("{:010}", inner.store.next_id().map_err(MobileRefusal::Store)?);
+        let message = MobileOriginated {
+            system_id: system_id.clone(),
+            id: id.clone(),
+            source_addr: number.trim_start_matches('+').to_string(),
+            dest_addr: to.to_string(),
+            text: text.to_string(),
+        };
+        let mut sent = Event::new("sent_by_handset", now)
+            .state(State::Enroute)
+            .detail(format!("from the handset to {to}, for the ESME account {system_id}"));
+        sent.smsc_message_id = Some(id.clone());
+        let new = NewMessage {
+            channel: Channel::Sms,
+            to: to.to_string(),
+            from: number.to_string(),
+            origin: HANDSET_ORIGIN.into(),
+            member_id: None,
+            otp_id: None,
+            text: crate::otp::mask_digits(text),
+            carrier: Some(handset.carrier.clone()),
+            at: now,
+        };
+        let written = inner.log.write_create(new, sent).map_err(MobileRefusal::Store)?;
+        let log_id = written.message.id.clone();
+        inner
+            .mobile
+            .put(&id, &(&message, &log_id))
+            .map_err(MobileRefusal::Store)?;
+        // One sync makes both durable: the store's log replays a prefix.
+        inner.log.publish(written).await.map_err(MobileRefusal::Store)?;
+        self.send_mobile_to_esme(message, log_id.clone());
+        Ok(MobileSent { id, system_id, log_id })
+    }
+
+    /// Hands a handset's message to the hub; once an ESME answered (or the
+    /// hub gave it up) the log says so and the stored copy goes. When the
+    /// server stops first the copy stays, and the next start sends it
+    /// again: an ESME may see it twice, never not at all.
+    fn send_mobile_to_esme(&self, message: MobileOriginated, log_id: String) {
+        let answered = self.inner.hub.deliver_mobile(message.clone());
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let Ok(taken) = answered.await else {
+                return;
+            };
+            let now = inner.clock.now();
+            let event = if taken {
+                Event::new("taken_by_esme", now)
+                    .state(State::Delivered)
+                    .detail(format!("deliver_sm answered by {}", message.system_id))
+            } else {
+                Event::new("refused_by_esme", now)
+                    .state(State::Failed)
+                    .reason("esme_refused")
+                    .detail(format!(
+                        "deliver_sm refused by {}, or too many waiting",
+                        message.system_id
+                    ))
+            };
+            if let Err(e) = inner.log.append(&log_id, event).await {
+                tracing::error!(message_id = %message.id, error = %e, "logging a handset's message");
+            }
+            if let Err(e) = inner.mobile.remove(&message.id) {
+                tracing::warn!(message_id = %message.id, error = %e, "forgetting a handset's message");
+            }
+        });
     }
 
     /// The network's alert: a handset that was absent became reachable, so
@@ -1147,6 +1310,38 @@ fn receipt_asked(rec: &SmsRecord, codes: &ReceiptCodes, text: &str, now: Millis)
         part_ids: rec.part_ids.clone(),
         intermediate: false,
     })
+}
+
+/// The delivery log's `origin` of a message a simulated handset sent.
+pub const HANDSET_ORIGIN: &str = "handset";
+
+/// The longest text a simulated handset sends (ten UCS-2 parts).
+pub const MAX_MOBILE_CHARS: usize = 670;
+
+/// A handset's message the SMSC took.
+#[derive(Debug, Clone)]
+pub struct MobileSent {
+    /// Its id, as the ESME's `deliver_sm` does not carry it but the log
+    /// and the desk's search take it.
+    pub id: String,
+    pub system_id: String,
+    /// Its delivery-log message.
+    pub log_id: String,
+}
+
+/// Why a handset's message was not sent.
+#[derive(Debug, thiserror::Error)]
+pub enum MobileRefusal {
+    #[error("{0}")]
+    Invalid(String),
+    /// No ESME to send it to was named or bound.
+    #[error("{0}")]
+    NoEsme(String),
+    /// The phone cannot send now (off, out of coverage, no SMS plan).
+    #[error("{0}")]
+    Handset(String),
+    #[error(transparent)]
+    Store(StoreError),
 }
 
 /// The intermediate notification a message whose first attempt found its

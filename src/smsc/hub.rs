@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::Receipt;
+use super::{Delivery, MobileOriginated, Receipt};
 use crate::recent::Recent;
 
 /// Receipts kept per system_id while no session can take them; the oldest
@@ -27,10 +27,11 @@ const MAX_PENDING_PER_ACCOUNT: usize = 10_000;
 /// How many submissions the hub remembers the origin of.
 const MAX_ORIGINS: usize = 100_000;
 
-/// A receipt on its way, with the promise to tell the backend whether the
-/// ESME took it. Copies sent for the parts of a long message carry no promise.
+/// A receipt (or a mobile-originated message) on its way, with the promise
+/// to tell the backend whether the ESME took it. Copies sent for the parts
+/// of a long message carry no promise.
 pub(crate) struct Queued {
-    pub receipt: Receipt,
+    pub item: Delivery,
     done: Option<oneshot::Sender<bool>>,
 }
 
@@ -112,26 +113,46 @@ impl ReceiptHub {
     pub fn deliver(&self, receipt: Receipt) -> oneshot::Receiver<bool> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.lock();
-        let origin = state.origin_of(&receipt);
+        let origin = state.origin_of(&receipt.system_id, &receipt.message_id);
         for id in &receipt.part_ids {
             let copy = Queued {
-                receipt: Receipt {
+                item: Delivery::Receipt(Receipt {
                     message_id: id.clone(),
                     part_ids: Vec::new(),
                     ..receipt.clone()
-                },
+                }),
                 done: None,
             };
             state.dispatch(copy, origin);
         }
         state.dispatch(
             Queued {
-                receipt,
+                item: Delivery::Receipt(receipt),
                 done: Some(tx),
             },
             origin,
         );
         rx
+    }
+
+    /// Sends a mobile-originated message to a receiving bind of its
+    /// account, else keeps it until one binds; answered as
+    /// [`ReceiptHub::deliver`]'s receipts are.
+    pub fn deliver_mobile(&self, message: MobileOriginated) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        let queued = Queued {
+            item: Delivery::Mobile(message),
+            done: Some(tx),
+        };
+        self.lock().dispatch(queued, None);
+        rx
+    }
+
+    /// The accounts with a receiving bind up now.
+    pub fn receiving_accounts(&self) -> Vec<String> {
+        let mut accounts: Vec<String> = self.lock().sessions.keys().cloned().collect();
+        accounts.sort();
+        accounts
     }
 
     /// Whether a session that can receive is bound for `system_id`: a
@@ -194,7 +215,10 @@ impl ReceiptHub {
             again.push(queued);
         }
         for queued in again {
-            let origin = state.origin_of(&queued.receipt);
+            let origin = match &queued.item {
+                Delivery::Receipt(r) => state.origin_of(&r.system_id, &r.message_id),
+                Delivery::Mobile(_) => None,
+            };
             state.dispatch(queued, origin);
         }
         drop(state);
@@ -221,17 +245,17 @@ impl Default for HubState {
 }
 
 impl HubState {
-    /// The session that submitted the message a receipt is for, if known.
-    fn origin_of(&self, receipt: &Receipt) -> Option<u64> {
+    /// The session that submitted a message, if known.
+    fn origin_of(&self, system_id: &str, message_id: &str) -> Option<u64> {
         self.origins
-            .get(&(receipt.system_id.clone(), receipt.message_id.clone()))
+            .get(&(system_id.to_string(), message_id.to_string()))
             .copied()
     }
 
     /// Sends to `origin`'s session when it can receive, else to another
     /// receiving bind of the account, else keeps the receipt waiting.
     fn dispatch(&mut self, mut queued: Queued, origin: Option<u64>) {
-        let system_id = queued.receipt.system_id.clone();
+        let system_id = queued.item.system_id().to_string();
         let round_robin = self.round_robin;
         self.round_robin = self.round_robin.wrapping_add(1);
         if let Some(list) = self.sessions.get_mut(&system_id) {
@@ -254,9 +278,9 @@ impl HubState {
         while waiting.len() > MAX_PENDING_PER_ACCOUNT {
             if let Some(oldest) = waiting.pop_front() {
                 tracing::warn!(
-                    system_id = %oldest.receipt.system_id,
-                    message_id = %oldest.receipt.message_id,
-                    "too many receipts waiting for a bind; dropping the oldest"
+                    system_id = %oldest.item.system_id(),
+                    message_id = %oldest.item.message_id(),
+                    "too many deliveries waiting for a bind; dropping the oldest"
                 );
                 oldest.finish(false);
             }
@@ -276,12 +300,18 @@ mod tests {
         let _kept = hub.deliver(receipt("esme", "m1"));
         assert_eq!(hub.pending("esme"), 1);
         let mut first = hub.attach("esme", 1);
-        assert_eq!(first.try_recv().map(|q| q.receipt.message_id).ok(), Some("m1".into()));
+        assert_eq!(
+            first.try_recv().map(|q| q.item.message_id().to_string()).ok(),
+            Some("m1".into())
+        );
         let mut second = hub.attach("esme", 2);
         hub.note_submitted("esme", "m2", 2);
         let _r = hub.deliver(receipt("esme", "m2"));
         assert!(first.try_recv().is_err());
-        assert_eq!(second.try_recv().map(|q| q.receipt.message_id).ok(), Some("m2".into()));
+        assert_eq!(
+            second.try_recv().map(|q| q.item.message_id().to_string()).ok(),
+            Some("m2".into())
+        );
     }
 
     #[test]
@@ -306,7 +336,7 @@ mod tests {
             ..receipt("esme", "whole")
         });
         let ids: Vec<String> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|q| q.receipt.message_id)
+            .map(|q| q.item.message_id().to_string())
             .collect();
         assert_eq!(ids, vec!["p1", "p2", "whole"]);
     }

@@ -352,6 +352,58 @@ pub struct KeptPart {
     pub kept_at: Millis,
 }
 
+/// A message a simulated handset sent to an ESME (mobile originated), on
+/// its way to a receiving bind of `system_id` as a `deliver_sm` with
+/// esm_class 0.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MobileOriginated {
+    /// The account it goes to.
+    pub system_id: String,
+    pub id: String,
+    /// The handset's number, E.164 without the `+`.
+    pub source_addr: String,
+    /// The address the handset sent it to: the ESME's short code or number.
+    pub dest_addr: String,
+    pub text: String,
+}
+
+/// Its Debug leaves the text out, as a receipt's does.
+impl std::fmt::Debug for MobileOriginated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MobileOriginated")
+            .field("system_id", &self.system_id)
+            .field("id", &self.id)
+            .field("source_addr", &self.source_addr)
+            .field("dest_addr", &self.dest_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the SMSC hands a receiving bind in a `deliver_sm`.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    Receipt(Receipt),
+    Mobile(MobileOriginated),
+}
+
+impl Delivery {
+    /// The account whose receiving binds take it.
+    pub fn system_id(&self) -> &str {
+        match self {
+            Delivery::Receipt(r) => &r.system_id,
+            Delivery::Mobile(m) => &m.system_id,
+        }
+    }
+
+    /// The id it is about: the receipted message's, or the MO message's.
+    pub fn message_id(&self) -> &str {
+        match self {
+            Delivery::Receipt(r) => &r.message_id,
+            Delivery::Mobile(m) => &m.id,
+        }
+    }
+}
+
 /// A delivery receipt to send to the ESME that submitted the message.
 #[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Receipt {

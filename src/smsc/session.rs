@@ -41,7 +41,10 @@ use tracing::Instrument;
 use super::codec::{CodecError, Inbound, Outbound, SmppCodec};
 use super::concat::{Added, Complete, PartKey};
 use super::hub::Queued;
-use super::{receipt_text, text, KeptPart, Receipt, Shared, Submission, SubmitRefusal, TAG_MESSAGE_REF};
+use super::{
+    receipt_text, text, Delivery, KeptPart, MobileOriginated, Receipt, Shared, Submission, SubmitRefusal,
+    TAG_MESSAGE_REF,
+};
 use crate::shutdown::Shutdown;
 
 /// Backend calls one session may have running by default
@@ -996,15 +999,19 @@ impl Session {
             let Some(queued) = self.waiting.pop_front() else {
                 break;
             };
-            match receipt_pdu(&queued.receipt) {
+            let pdu = match &queued.item {
+                Delivery::Receipt(receipt) => receipt_pdu(receipt),
+                Delivery::Mobile(message) => mobile_pdu(message),
+            };
+            match pdu {
                 Ok(pdu) => {
                     let seq = self.next_sequence();
                     self.send(Outbound::command(seq, pdu)).await?;
-                    tracing::debug!(message_id = %queued.receipt.message_id, stat = %queued.receipt.stat, seq, "receipt sent");
+                    tracing::debug!(message_id = %queued.item.message_id(), seq, "deliver_sm sent");
                     self.outstanding.insert(seq, (queued, Instant::now() + DELIVER_TIMEOUT));
                 }
                 Err(reason) => {
-                    tracing::warn!(message_id = %queued.receipt.message_id, reason, "receipt cannot be sent");
+                    tracing::warn!(message_id = %queued.item.message_id(), reason, "deliver_sm cannot be sent");
                     queued.finish(false);
                 }
             }
@@ -1016,7 +1023,7 @@ impl Session {
         match self.outstanding.remove(&seq) {
             Some((queued, _)) => {
                 if status != CommandStatus::EsmeRok {
-                    tracing::info!(message_id = %queued.receipt.message_id, ?status, "ESME refused a receipt");
+                    tracing::info!(message_id = %queued.item.message_id(), ?status, "ESME refused a deliver_sm");
                 }
                 queued.finish(status == CommandStatus::EsmeRok);
             }
@@ -1358,6 +1365,41 @@ fn address(addr: &str) -> (Ton, Npi, &str) {
     } else {
         (Ton::from(5), Npi::from(0), addr)
     }
+}
+
+/// The deliver_sm that carries a mobile-originated message (esm_class 0):
+/// GSM 7-bit (unpacked) when the text fits it, else UCS-2; past 254 octets
+/// in `message_payload`. Or why it cannot be built.
+pub(crate) fn mobile_pdu(message: &MobileOriginated) -> Result<DeliverSm, String> {
+    let (dest_ton, dest_npi, dest) = address(&message.dest_addr);
+    let (data_coding, octets) = match text::gsm7_encode(&message.text) {
+        Some(octets) => (text::DCS_GSM7, octets),
+        None => (text::DCS_UCS2, text::ucs2_encode(&message.text)),
+    };
+    let (short_message, tlvs) = if octets.len() > 254 {
+        let payload = MessageDeliveryRequestTlvValue::MessagePayload(rusmpp::values::MessagePayload::new(
+            rusmpp::types::AnyOctetString::from_vec(octets),
+        ));
+        (OctetString::empty(), vec![payload])
+    } else {
+        (
+            OctetString::from_vec(octets).map_err(|e| format!("text: {e}"))?,
+            Vec::new(),
+        )
+    };
+    Ok(DeliverSm::builder()
+        .service_type(ServiceType::default())
+        .source_addr_ton(Ton::International)
+        .source_addr_npi(Npi::Isdn)
+        .source_addr(COctetString::from_str(&message.source_addr).map_err(|e| format!("source address: {e}"))?)
+        .dest_addr_ton(dest_ton)
+        .dest_addr_npi(dest_npi)
+        .destination_addr(COctetString::from_str(dest).map_err(|e| format!("destination address: {e}"))?)
+        .esm_class(EsmClass::from(0x00))
+        .data_coding(DataCoding::from(data_coding))
+        .short_message(short_message)
+        .tlvs(tlvs)
+        .build())
 }
 
 /// The deliver_sm that carries a receipt, or why it cannot be built.
