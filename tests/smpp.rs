@@ -1847,3 +1847,69 @@ async fn a_handset_sends_an_sms_to_an_esme_as_a_deliver_sm() {
     raw_call(&mut conn, 9, rusmpp::Pdu::Unbind).await;
     server.stop().await;
 }
+
+/// `set_dpf` (SMPP 3.4 section 4.12): a message to a phone that is off,
+/// submitted with the TLV, leaves a delivery pending flag; when the phone
+/// is reachable again the ESME gets an `alert_notification` (the phone as
+/// source, the address that asked, `ms_availability_status` 0) before the
+/// retry delivers and the receipt follows. A message without it gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_dpf_gets_an_alert_notification_when_the_phone_is_back() {
+    use futures::StreamExt;
+    use rusmpp::tlvs::MessageSubmissionRequestTlvValue;
+    use rusmpp::values::SetDpf;
+    use rusmpp::Pdu;
+    let server = TestServer::start().await;
+    server
+        .handset(OFF_PHONE, json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    server
+        .handset("09011110003", json!({"carrier": "docomo", "powered_on": false}))
+        .await;
+    let mut conn = raw_transceiver(server.smpp).await;
+    let mut flagged = sms(OFF_PHONE, "flag me").pdus().remove(0);
+    flagged.push_tlv(MessageSubmissionRequestTlvValue::SetDpf(SetDpf::Requested));
+    let flagged_id = match raw_call(&mut conn, 2, flagged).await.pdu() {
+        Some(Pdu::SubmitSmResp(resp)) => resp.message_id().as_str().to_string(),
+        other => panic!("submit_sm_resp expected: {other:?}"),
+    };
+    raw_call(&mut conn, 3, sms("09011110003", "no flag").pdus().remove(0)).await;
+    server.advance(RUN).await; // the first attempts find both phones off
+    server.handset("09011110003", json!({"powered_on": true})).await;
+    server.handset(OFF_PHONE, json!({"powered_on": true})).await;
+    server.advance(RUN).await;
+    let mut alerts = Vec::new();
+    let mut receipts = Vec::new();
+    while receipts.len() < 2 {
+        let command = within("a PDU", conn.next()).await.expect("open").expect("a PDU");
+        match command.pdu() {
+            Some(Pdu::AlertNotification(alert)) => alerts.push(alert.clone()),
+            Some(Pdu::DeliverSm(deliver)) => {
+                let receipt = common::esme::DeliveryReceipt::read(deliver);
+                if receipt.id == flagged_id {
+                    assert_eq!(alerts.len(), 1, "the alert comes before the flagged message's retry");
+                }
+                receipts.push(receipt.id);
+                let ok = rusmpp::pdus::DeliverSmResp::new(rusmpp::types::COctetString::empty(), vec![]);
+                use futures::SinkExt;
+                let answer = rusmpp::Command::new(rusmpp::CommandStatus::EsmeRok, command.sequence_number(), ok);
+                within("deliver_sm_resp", conn.send(answer)).await.expect("sent");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    assert_eq!(
+        (alert.source_addr.as_str(), alert.esme_addr.as_str()),
+        ("819011110002", SENDER),
+        "{alert:?}"
+    );
+    assert_eq!(u8::from(alert.source_addr_ton), 1);
+    assert_eq!(
+        alert.ms_availability_status(),
+        Some(rusmpp::values::MsAvailabilityStatus::Available)
+    );
+    raw_call(&mut conn, 9, Pdu::Unbind).await;
+    server.stop().await;
+}

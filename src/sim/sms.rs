@@ -73,6 +73,10 @@ pub struct SmsRecord {
     /// (records from before it was kept: the GSM default alphabet).
     #[serde(default)]
     pub data_coding: u8,
+    /// Submitted with `set_dpf`: an alert_notification goes to its ESME
+    /// when the phone, absent at an attempt, becomes reachable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub set_dpf: bool,
 }
 
 /// Why a delivery attempt runs.
@@ -657,6 +661,24 @@ impl SmsNetwork {
                 return;
             }
         };
+        // An alert_notification first, once per ESME address, for the
+        // messages submitted with set_dpf that found the phone absent.
+        let mut alerted: Vec<(String, String)> = Vec::new();
+        for (_, id) in &ids {
+            let Ok(Some(rec)) = self.inner.records.get::<SmsRecord>(id) else {
+                continue;
+            };
+            let key = (rec.system_id.clone(), rec.source.clone());
+            if rec.set_dpf && rec.attempts > 0 && !rec.is_final() && !alerted.contains(&key) {
+                self.inner.hub.alert(crate::smsc::Alert {
+                    system_id: rec.system_id.clone(),
+                    ms_addr: rec.to.trim_start_matches('+').to_string(),
+                    esme_addr: rec.source.clone(),
+                    message_id: rec.given_id(),
+                });
+                alerted.push(key);
+            }
+        }
         for (_, id) in ids {
             self.attempt(&id, self.inner.clock.now(), Trigger::Now).await;
         }
@@ -723,6 +745,7 @@ impl SmsNetwork {
             to: to.clone(),
             text: sub.text,
             registered_delivery: sub.registered_delivery,
+            set_dpf: sub.set_dpf,
             submitted_at: now,
             expires_at,
             attempts: 0,
@@ -1136,6 +1159,7 @@ impl SmsNetwork {
             to,
             text: crate::otp::mask_digits(&sub.text),
             registered_delivery: sub.registered_delivery,
+            set_dpf: sub.set_dpf,
             submitted_at: came_at,
             expires_at: now,
             attempts: 0,

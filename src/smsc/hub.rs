@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Delivery, MobileOriginated, Receipt};
+use super::{Alert, Delivery, MobileOriginated, Receipt};
 use crate::recent::Recent;
 
 /// Receipts kept per system_id while no session can take them; the oldest
@@ -148,6 +148,17 @@ impl ReceiptHub {
         rx
     }
 
+    /// Sends an `alert_notification` to a receiving bind of its account,
+    /// else keeps it until one binds. It has no answer in SMPP: it is done
+    /// once written.
+    pub fn alert(&self, alert: Alert) {
+        let queued = Queued {
+            item: Delivery::Alert(alert),
+            done: None,
+        };
+        self.lock().dispatch(queued, None);
+    }
+
     /// The accounts with a receiving bind up now.
     pub fn receiving_accounts(&self) -> Vec<String> {
         let mut accounts: Vec<String> = self.lock().sessions.keys().cloned().collect();
@@ -217,7 +228,7 @@ impl ReceiptHub {
         for queued in again {
             let origin = match &queued.item {
                 Delivery::Receipt(r) => state.origin_of(&r.system_id, &r.message_id),
-                Delivery::Mobile(_) => None,
+                Delivery::Mobile(_) | Delivery::Alert(_) => None,
             };
             state.dispatch(queued, origin);
         }

@@ -170,6 +170,9 @@ pub struct Submission {
     /// a short one): they stand for the whole in query_sm and cancel_sm,
     /// and each gets a copy of its receipt.
     pub part_ids: Vec<String>,
+    /// `set_dpf`: an alert_notification is wanted when a phone that was
+    /// absent for this message becomes reachable.
+    pub set_dpf: bool,
 }
 
 /// A `submit_multi`'s one id, and the index of each submission the
@@ -379,11 +382,27 @@ impl std::fmt::Debug for MobileOriginated {
     }
 }
 
-/// What the SMSC hands a receiving bind in a `deliver_sm`.
+/// An `alert_notification` (SMPP 3.4 section 4.12): a phone that was
+/// absent for a message submitted with `set_dpf` is reachable again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// The account that submitted the message.
+    pub system_id: String,
+    /// The phone, E.164 without the `+`.
+    pub ms_addr: String,
+    /// The message's source address: the ESME address that asked.
+    pub esme_addr: String,
+    /// The message that asked, for the log.
+    pub message_id: String,
+}
+
+/// What the SMSC hands a receiving bind: a `deliver_sm` (receipts and
+/// handsets' messages) or an `alert_notification`.
 #[derive(Debug, Clone)]
 pub enum Delivery {
     Receipt(Receipt),
     Mobile(MobileOriginated),
+    Alert(Alert),
 }
 
 impl Delivery {
@@ -392,6 +411,7 @@ impl Delivery {
         match self {
             Delivery::Receipt(r) => &r.system_id,
             Delivery::Mobile(m) => &m.system_id,
+            Delivery::Alert(a) => &a.system_id,
         }
     }
 
@@ -400,6 +420,7 @@ impl Delivery {
         match self {
             Delivery::Receipt(r) => &r.message_id,
             Delivery::Mobile(m) => &m.id,
+            Delivery::Alert(a) => &a.message_id,
         }
     }
 }

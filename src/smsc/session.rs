@@ -21,14 +21,14 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use rusmpp::pdus::{
-    BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DataSm, DataSmResp, DeliverSm, QuerySmResp, ReplaceSm,
-    SubmitMulti, SubmitMultiResp, SubmitSm, SubmitSmResp,
+    AlertNotification, BindReceiverResp, BindTransceiverResp, BindTransmitterResp, DataSm, DataSmResp, DeliverSm,
+    QuerySmResp, ReplaceSm, SubmitMulti, SubmitMultiResp, SubmitSm, SubmitSmResp,
 };
 use rusmpp::tlvs::{MessageDeliveryRequestTlvValue, TlvValue};
 use rusmpp::types::{COctetString, EmptyOrFullCOctetString, OctetString};
 use rusmpp::values::{
-    DataCoding, DestAddress, ErrorCodeNetworkType, EsmClass, InterfaceVersion, MessageState, NetworkErrorCode, Npi,
-    ServiceType, SmeAddress, Ton, UnsuccessSme,
+    DataCoding, DestAddress, ErrorCodeNetworkType, EsmClass, InterfaceVersion, MessageState, MsAvailabilityStatus,
+    NetworkErrorCode, Npi, ServiceType, SmeAddress, Ton, UnsuccessSme,
 };
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use subtle::ConstantTimeEq;
@@ -42,7 +42,7 @@ use super::codec::{CodecError, Inbound, Outbound, SmppCodec};
 use super::concat::{Added, Complete, PartKey};
 use super::hub::Queued;
 use super::{
-    receipt_text, text, Delivery, KeptPart, MobileOriginated, Receipt, Shared, Submission, SubmitRefusal,
+    receipt_text, text, Alert, Delivery, KeptPart, MobileOriginated, Receipt, Shared, Submission, SubmitRefusal,
     TAG_MESSAGE_REF,
 };
 use crate::shutdown::Shutdown;
@@ -116,6 +116,9 @@ pub struct PartMeta {
     message_ref: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     schedule_delivery_time: Option<String>,
+    /// The `set_dpf` TLV asked for an alert_notification.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    set_dpf: bool,
 }
 
 /// A submit_sm, read.
@@ -1002,6 +1005,21 @@ impl Session {
             let pdu = match &queued.item {
                 Delivery::Receipt(receipt) => receipt_pdu(receipt),
                 Delivery::Mobile(message) => mobile_pdu(message),
+                Delivery::Alert(alert) => {
+                    // No alert_notification_resp exists: done once written.
+                    match alert_pdu(alert) {
+                        Ok(pdu) => {
+                            let seq = self.next_sequence();
+                            self.send(Outbound::command(seq, pdu)).await?;
+                            tracing::debug!(message_id = %alert.message_id, seq, "alert_notification sent");
+                        }
+                        Err(reason) => {
+                            tracing::warn!(message_id = %alert.message_id, reason, "alert_notification cannot be sent")
+                        }
+                    }
+                    queued.finish(true);
+                    continue;
+                }
             };
             match pdu {
                 Ok(pdu) => {
@@ -1184,8 +1202,10 @@ fn read_submit(system_id: &str, sm: &SubmitFields<'_>) -> Result<Incoming, Comma
     let (mut sar_ref, mut sar_total, mut sar_seq) = (None, None, None);
     let mut message_ref = None;
     let mut time_to_live = None;
+    let mut set_dpf = false;
     for tlv in sm.tlvs {
         match tlv.value() {
+            Some(TlvValue::SetDpf(dpf)) => set_dpf = u8::from(*dpf) == 1,
             Some(TlvValue::MessagePayload(p)) => payload = Some(p.value.to_vec()),
             Some(TlvValue::QosTimeToLive(seconds)) => time_to_live = Some(*seconds),
             Some(TlvValue::SarMsgRefNum(r)) => sar_ref = Some(*r),
@@ -1241,6 +1261,7 @@ fn read_submit(system_id: &str, sm: &SubmitFields<'_>) -> Result<Incoming, Comma
         },
         message_ref,
         schedule_delivery_time: (!scheduled.is_empty()).then(|| scheduled.to_string()),
+        set_dpf,
     };
     match concat {
         Some(concat) if concat.total > 1 => Ok(Incoming::Part {
@@ -1285,6 +1306,7 @@ fn submission(
         schedule_delivery_time: meta.schedule_delivery_time,
         message_ref: meta.message_ref,
         part_ids: Vec::new(),
+        set_dpf: meta.set_dpf,
     }
 }
 
@@ -1365,6 +1387,21 @@ fn address(addr: &str) -> (Ton, Npi, &str) {
     } else {
         (Ton::from(5), Npi::from(0), addr)
     }
+}
+
+/// The alert_notification for a phone reachable again: the phone as the
+/// source, the ESME address that asked, `ms_availability_status` available.
+pub(crate) fn alert_pdu(alert: &Alert) -> Result<AlertNotification, String> {
+    let (esme_ton, esme_npi, esme) = address(&alert.esme_addr);
+    Ok(AlertNotification::new(
+        Ton::International,
+        Npi::Isdn,
+        COctetString::from_str(&alert.ms_addr).map_err(|e| format!("source address: {e}"))?,
+        esme_ton,
+        esme_npi,
+        COctetString::from_str(esme).map_err(|e| format!("esme address: {e}"))?,
+        Some(MsAvailabilityStatus::Available),
+    ))
 }
 
 /// The deliver_sm that carries a mobile-originated message (esm_class 0):
