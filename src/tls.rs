@@ -83,6 +83,12 @@ impl TlsIdentity {
     }
 }
 
+/// A connection read and written alike whether it is plain TCP or TLS
+/// over it: the SMSC's sessions and the OTP core's SMPP client take one.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
 /// A TLS client that trusts the certificates in `ca_file` (PEM), or the
 /// system's roots when there is none.
 pub fn client_connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, TlsError> {

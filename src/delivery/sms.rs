@@ -379,21 +379,18 @@ async fn connect_and_bind(config: &SmsClientConfig) -> Result<(rusmppc::Client, 
         .max_command_length(MAX_PDU_LEN)
         .enquire_link_interval(ENQUIRE_LINK_INTERVAL)
         .response_timeout(RESPONSE_TIMEOUT);
-    let (client, events) = match &config.tls {
+    let stream: Box<dyn crate::tls::Io> = match &config.tls {
         Some(connector) => {
             let name = server_name(&config.addr)?;
-            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+            let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
                 .await
                 .map_err(|_| SmsError::Timeout)?
                 .map_err(|e| SmsError::Io(format!("TLS: {e}")))?;
-            let (client, events) = builder.connected(stream);
-            (client, events.boxed())
+            Box::new(tls)
         }
-        None => {
-            let (client, events) = builder.connected(stream);
-            (client, events.boxed())
-        }
+        None => Box::new(stream),
     };
+    let (client, events) = builder.connected(stream);
     let bind = BindTransceiver::builder()
         .system_id(COctetString::from_str(&config.system_id).map_err(|e| SmsError::Invalid(format!("system_id: {e}")))?)
         .password(COctetString::from_str(&config.password).map_err(|e| SmsError::Invalid(format!("password: {e}")))?)
@@ -403,7 +400,7 @@ async fn connect_and_bind(config: &SmsClientConfig) -> Result<(rusmppc::Client, 
         let _ = client.close().await;
         return Err(map_error(error));
     }
-    Ok((client, events))
+    Ok((client, events.boxed()))
 }
 
 /// The name a TLS SMSC's certificate must carry: `addr`'s host, a DNS name

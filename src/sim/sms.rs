@@ -476,13 +476,9 @@ impl SmsNetwork {
     /// the log and the network's store, or before the submit was answered)
     /// it failed, interrupted.
     pub fn settle_after_restart(&self, message: &Message, now: Millis) -> Option<Event> {
-        if let Some(id) = &message.smsc_message_id {
-            // A handset's message still held for its ESME goes out again.
-            if self.inner.mobile.contains(id).unwrap_or(false) {
-                return None;
-            }
-        }
         let record = match &message.smsc_message_id {
+            // A handset's message still held for its ESME goes out again.
+            Some(id) if self.inner.mobile.contains(id).unwrap_or(false) => return None,
             Some(id) => self.inner.records.get::<SmsRecord>(id).ok().flatten(),
             None => None,
         };
@@ -688,7 +684,6 @@ impl SmsNetwork {
         self.inner.records.get(id)
     }
 
-    /// The whole message's id for an earlier part's id; any other id as is.
     /// Stores a submitted message (`multi`: the id of the `submit_multi`
     /// it came in) and plans its first delivery attempt.
     async fn accept(&self, sub: Submission, multi: Option<&str>) -> Result<String, SubmitRefusal> {
@@ -1319,7 +1314,12 @@ fn receipt_asked(rec: &SmsRecord, codes: &ReceiptCodes, text: &str, now: Millis)
         2 => codes.stat != "DELIVRD",
         _ => false,
     };
-    wanted.then(|| Receipt {
+    wanted.then(|| receipt_of(rec, codes, text, now))
+}
+
+/// The receipt of `rec` with `codes` at `now`, quoting the start of `text`.
+fn receipt_of(rec: &SmsRecord, codes: &ReceiptCodes, text: &str, now: Millis) -> Receipt {
+    Receipt {
         system_id: rec.system_id.clone(),
         message_id: rec.given_id(),
         source_addr: rec.to.trim_start_matches('+').to_string(),
@@ -1333,7 +1333,7 @@ fn receipt_asked(rec: &SmsRecord, codes: &ReceiptCodes, text: &str, now: Millis)
         text: text.chars().take(20).collect(),
         part_ids: rec.part_ids.clone(),
         intermediate: false,
-    })
+    }
 }
 
 /// The delivery log's `origin` of a message a simulated handset sent.
@@ -1374,19 +1374,10 @@ pub enum MobileRefusal {
 /// every retry of a phone off for days.
 fn intermediate_asked(rec: &SmsRecord, codes: &ReceiptCodes, now: Millis) -> Option<Receipt> {
     (rec.registered_delivery & 0x10 != 0 && rec.attempts == 1).then(|| Receipt {
-        system_id: rec.system_id.clone(),
-        message_id: rec.given_id(),
-        source_addr: rec.to.trim_start_matches('+').to_string(),
-        dest_addr: rec.source.clone(),
         stat: "ENROUTE".into(),
-        err: codes.err,
         message_state: 1,
-        network_error_code: codes.network_error_code,
-        submit_date: rec.submitted_at,
-        done_date: now,
-        text: rec.text.chars().take(20).collect(),
-        part_ids: rec.part_ids.clone(),
         intermediate: true,
+        ..receipt_of(rec, codes, &rec.text, now)
     })
 }
 

@@ -415,7 +415,8 @@ impl Delivery {
         }
     }
 
-    /// The id it is about: the receipted message's, or the MO message's.
+    /// The id it is about: the receipted message's, the MO message's, or
+    /// the message that asked for the alert.
     pub fn message_id(&self) -> &str {
         match self {
             Delivery::Receipt(r) => &r.message_id,
@@ -644,24 +645,9 @@ pub async fn serve(
                 let Some(tls) = &tls else { continue };
                 let acceptor = tls.identity.acceptor().clone();
                 let shared = shared.clone();
-                let mut shutdown = shutdown.clone();
+                let shutdown = shutdown.clone();
                 tasks.spawn(async move {
-                    let handshake = tokio::select! {
-                        _ = shutdown.wait() => return,
-                        done = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
-                    };
-                    let failed = || shared.config.counters.tls_handshakes_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    match handshake {
-                        Ok(Ok(stream)) => session::run(Box::new(stream), peer, shared, shutdown).await,
-                        Ok(Err(error)) => {
-                            failed();
-                            tracing::info!(%peer, %error, "SMPP TLS handshake failed");
-                        }
-                        Err(_) => {
-                            failed();
-                            tracing::info!(%peer, "SMPP TLS handshake timed out");
-                        }
-                    }
+                    run_over_tls(acceptor, stream, peer, shared, shutdown).await;
                     drop(permit);
                 });
             }
@@ -697,6 +683,29 @@ async fn accept(
             }
         }
     }
+}
+
+/// Runs a connection to the TLS listener once its handshake is done; one
+/// that fails or times out is counted and closed.
+async fn run_over_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut shutdown: Shutdown,
+) {
+    let handshake = tokio::select! {
+        _ = shutdown.wait() => return,
+        done = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
+    };
+    let error = match handshake {
+        Ok(Ok(stream)) => return session::run(Box::new(stream), peer, shared, shutdown).await,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "timed out".to_string(),
+    };
+    let failed = &shared.config.counters.tls_handshakes_failed;
+    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(%peer, %error, "SMPP TLS handshake failed");
 }
 
 /// [`accept`] on the TLS listener; never ready without one.

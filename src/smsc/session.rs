@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::Io;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
@@ -32,7 +33,6 @@ use rusmpp::values::{
 };
 use rusmpp::{Command, CommandId, CommandStatus, Pdu};
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -201,11 +201,6 @@ struct Session {
     /// When the ESME last sent a whole PDU, for [`INACTIVITY_TIMEOUT`].
     heard: Instant,
 }
-
-/// What a session reads and writes: a TCP connection, or TLS over one.
-pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
 
 /// Runs one connection until the ESME unbinds or leaves, the connection
 /// breaks, or shutdown; logs how it ended.
@@ -1002,34 +997,25 @@ impl Session {
             let Some(queued) = self.waiting.pop_front() else {
                 break;
             };
-            let pdu = match &queued.item {
-                Delivery::Receipt(receipt) => receipt_pdu(receipt),
-                Delivery::Mobile(message) => mobile_pdu(message),
-                Delivery::Alert(alert) => {
-                    // No alert_notification_resp exists: done once written.
-                    match alert_pdu(alert) {
-                        Ok(pdu) => {
-                            let seq = self.next_sequence();
-                            self.send(Outbound::command(seq, pdu)).await?;
-                            tracing::debug!(message_id = %alert.message_id, seq, "alert_notification sent");
-                        }
-                        Err(reason) => {
-                            tracing::warn!(message_id = %alert.message_id, reason, "alert_notification cannot be sent")
-                        }
-                    }
-                    queued.finish(true);
-                    continue;
-                }
+            // No alert_notification_resp exists: an alert is done once written.
+            let (pdu, answered) = match &queued.item {
+                Delivery::Receipt(receipt) => (receipt_pdu(receipt).map(Pdu::from), true),
+                Delivery::Mobile(message) => (mobile_pdu(message).map(Pdu::from), true),
+                Delivery::Alert(alert) => (alert_pdu(alert).map(Pdu::from), false),
             };
             match pdu {
                 Ok(pdu) => {
                     let seq = self.next_sequence();
                     self.send(Outbound::command(seq, pdu)).await?;
-                    tracing::debug!(message_id = %queued.item.message_id(), seq, "deliver_sm sent");
-                    self.outstanding.insert(seq, (queued, Instant::now() + DELIVER_TIMEOUT));
+                    tracing::debug!(message_id = %queued.item.message_id(), seq, "sent to the ESME");
+                    if answered {
+                        self.outstanding.insert(seq, (queued, Instant::now() + DELIVER_TIMEOUT));
+                    } else {
+                        queued.finish(true);
+                    }
                 }
                 Err(reason) => {
-                    tracing::warn!(message_id = %queued.item.message_id(), reason, "deliver_sm cannot be sent");
+                    tracing::warn!(message_id = %queued.item.message_id(), reason, "cannot be sent to the ESME");
                     queued.finish(false);
                 }
             }
