@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod app;
 pub mod carrier;
+pub mod changes;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -1001,3 +1001,82 @@ async fn a_server_configured_with_tls_and_auth_offers_both_and_otps_still_arrive
     assert_eq!(verify(&server, &otp, &code).await.0, 200);
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// A suite reading codes its own app mailed.
+
+/// A suite waits on a mailbox (`?wait=`) while its app mails the code,
+/// reads only what came after the last code (`?after=`, by id where the
+/// standing virtual clock gives two mails one time), and empties the
+/// mailbox between tests without touching another recipient's or the
+/// capture.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_waits_on_the_mailbox_for_the_code_its_app_mailed_and_empties_it() {
+    let server = TestServer::start().await;
+    let (me, other) = ("suite@example.org", "colleague@example.org");
+    let read = |path: String| {
+        let api = Api { http: server.http };
+        async move { api.get(&path).await }
+    };
+    let otp = |query: &str| read(format!("/v1/sim/mailboxes/{}/otp?{query}", enc(me)));
+
+    let waiting = tokio::spawn(otp("wait=30"));
+    server.long_polls_waiting(1).await;
+    mail_send(server.smtp, me, "Your code", "Your code is 350101")
+        .await
+        .expect("sent");
+    let (status, first) = waiting.await.expect("task");
+    assert_eq!((status, first["code"].as_str()), (200, Some("350101")), "{first}");
+    assert_eq!(first["from"], APP_SENDER);
+
+    // The second mail is captured at the same virtual instant: after the
+    // first's time finds nothing, after its id finds the second.
+    let first_id = first["id"].as_str().expect("id").to_string();
+    let waiting = tokio::spawn(otp(&format!("after={first_id}&wait=30")));
+    server.long_polls_waiting(1).await;
+    let tx = raw_send(server.smtp, me, "Your code", "Your code is 350102").await;
+    assert_eq!(tx.end.expect("DATA answered").code, 250);
+    let (status, second) = waiting.await.expect("task");
+    assert_eq!((status, second["code"].as_str()), (200, Some("350102")), "{second}");
+    assert_eq!(second["received_at"], first["received_at"]);
+    let (status, _) = otp(&format!("after={}", enc(first["received_at"].as_str().unwrap()))).await;
+    assert_eq!(status, 404);
+    let (_, listed) = read(format!("/v1/sim/mailboxes/{}/messages?after={first_id}", enc(me))).await;
+    assert_eq!(subjects(&listed).len(), 1, "{listed}");
+
+    // A list waits too: mail to both addresses.
+    let second_id = second["id"].as_str().unwrap().to_string();
+    let waiting = tokio::spawn(read(format!(
+        "/v1/sim/mailboxes/{}/messages?after={second_id}&wait=30",
+        enc(me)
+    )));
+    server.long_polls_waiting(1).await;
+    let mut client = RawSmtp::connect(server.smtp).await;
+    let both = client
+        .transaction(
+            APP_SENDER,
+            &[me, other],
+            &plain_message(APP_SENDER, me, "Team news", "No code here"),
+        )
+        .await;
+    client.quit().await;
+    assert_eq!(both.end.expect("DATA answered").code, 250);
+    let (status, listed) = waiting.await.expect("task");
+    assert_eq!((status, subjects(&listed)), (200, vec!["Team news".to_string()]));
+
+    // Emptied: this mailbox shows nothing; the other recipient and the
+    // capture keep theirs.
+    let (status, body) = server
+        .http("DELETE", &format!("/v1/sim/mailboxes/{}/messages", enc(me)), None)
+        .await;
+    assert_eq!((status, &body), (200, &json!({"deleted": 3})));
+    assert!(mailbox_messages(&server, me).await.is_empty());
+    assert_eq!(mailbox_code(&server, me).await, None);
+    assert_eq!(mailbox_messages(&server, other).await.len(), 1);
+    assert_eq!(mail_list(&server, "").await["items"].as_array().unwrap().len(), 3);
+    let (status, body) = server
+        .http("DELETE", "/v1/sim/mailboxes/not-an-address/messages", None)
+        .await;
+    assert_eq!((status, error_code(&body)), (422, "invalid_request"), "{body}");
+    server.stop().await;
+}

@@ -39,6 +39,14 @@ async fn over_the_in_flight_cap_a_request_gets_503_at_once_and_health_and_long_p
     assert_eq!(metrics.status, 200);
     let wait = other.call("GET", "/v1/messages/NOPE/wait?timeout=0", None).await;
     assert_eq!((wait.status, wait.error_code()), (404, "not_found"), "{wait:?}");
+    // A read with `?wait=` is a long poll too; without it, a read.
+    let code = other.call("GET", "/v1/sim/handsets/09011110001/otp?wait=0", None).await;
+    assert_eq!((code.status, code.error_code()), (404, "not_found"), "{code:?}");
+    let code = other
+        .call("GET", "/v1/sim/mailboxes/a@example.com/otp?wait=0", None)
+        .await;
+    assert_eq!((code.status, code.error_code()), (404, "not_found"), "{code:?}");
+    assert_overloaded(&other.call("GET", "/v1/sim/handsets/09011110001/otp", None).await);
 
     // The held request finishes; its slot is free again.
     held.send(&body.as_bytes()[10..]).await;

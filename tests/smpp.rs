@@ -1913,3 +1913,113 @@ async fn set_dpf_gets_an_alert_notification_when_the_phone_is_back() {
     raw_call(&mut conn, 9, Pdu::Unbind).await;
     server.stop().await;
 }
+
+/// What a QA team's suite does when its own app sends the code: it waits
+/// on the phone for a code newer than the last (`?after=`, `?wait=`)
+/// while the app submits, and empties the inbox between tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suite_waits_on_the_phone_for_the_code_its_app_sent_and_empties_the_inbox() {
+    let server = TestServer::start().await;
+    server.handset(PHONE, json!({"carrier": "softbank"})).await;
+    let esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    let (_, clock) = server.get("/v1/sim/clock").await;
+    let start = clock["now"].as_str().expect("now").to_string();
+    let otp = |query: String| {
+        let api = common::Api { http: server.http };
+        async move { api.get(&format!("/v1/sim/handsets/{PHONE}/otp?{query}")).await }
+    };
+
+    // Nothing has arrived: without `wait` the answer is at once.
+    let (status, body) = otp(format!("after={}", common::enc(&start))).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("after 2026-01-01T00:00:00+09:00"),
+        "{body}"
+    );
+
+    // The suite waits; then the app submits, and the carrier's delay passes.
+    let waiting = tokio::spawn(otp(format!("after={}&wait=60", common::enc(&start))));
+    server.long_polls_waiting(1).await;
+    esme.send(&sms(PHONE, "Your code is 481516")).await;
+    server.advance(RUN).await;
+    let (status, first) = within("the waiting read", waiting).await.expect("task");
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first["code"].as_str(), first["from"].as_str()),
+        (Some("481516"), Some("22471"))
+    );
+
+    // A second code: the wait for one newer than the first (by its id,
+    // exact where times tie) skips the first.
+    let first_id = first["message_id"].as_str().expect("message_id").to_string();
+    let waiting = tokio::spawn(otp(format!("after={first_id}&wait=60")));
+    server.long_polls_waiting(1).await;
+    esme.send(&sms(PHONE, "Your code is 234200")).await;
+    server.advance(RUN).await;
+    let (status, second) = within("the second waiting read", waiting).await.expect("task");
+    assert_eq!((status, second["code"].as_str()), (200, Some("234200")), "{second}");
+
+    // Nothing newer than the second: a short wait ends with a 404 that
+    // says what was asked.
+    let after_second = common::enc(second["received_at"].as_str().expect("received_at"));
+    let (status, body) = otp(format!("after={after_second}&wait=0.2")).await;
+    assert_eq!((status, common::error_code(&body)), (404, "not_found"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap_or("").contains("within 0.2 s"),
+        "{body}"
+    );
+    let after_first = common::enc(first["received_at"].as_str().expect("received_at"));
+    for after in [after_first, first_id] {
+        let (_, listed) = server
+            .get(&format!("/v1/sim/handsets/{PHONE}/messages?after={after}"))
+            .await;
+        let texts: Vec<&str> = listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|m| m["text"].as_str())
+            .collect();
+        assert_eq!(texts, ["Your code is 234200"], "after {after}");
+    }
+
+    // Bad parameters are refused, not read as "no filter".
+    for query in ["after=%20", "wait=-1", "wait=soon", "wait=NaN"] {
+        let (status, body) = otp(query.to_string()).await;
+        assert_eq!(
+            (status, common::error_code(&body)),
+            (422, "invalid_request"),
+            "{query}: {body}"
+        );
+    }
+
+    // Emptied between tests: the phone shows nothing, the log still tells.
+    let (status, body) = server
+        .http("DELETE", &format!("/v1/sim/handsets/{PHONE}/messages"), None)
+        .await;
+    assert_eq!((status, &body), (200, &json!({"deleted": 2})));
+    assert_eq!(server.inbox(PHONE).await, vec![]);
+    assert_eq!(otp(String::new()).await.0, 404);
+    let (_, log) = server
+        .get(&format!("/v1/messages?to={}", common::enc("+81") + &PHONE[1..]))
+        .await;
+    let states: Vec<&str> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|m| m["state"].as_str())
+        .collect();
+    assert_eq!(states, ["delivered", "delivered"], "{log}");
+
+    // After the emptying, the next code is the newest again.
+    let waiting = tokio::spawn(otp("wait=60".to_string()));
+    server.long_polls_waiting(1).await;
+    esme.send(&sms(PHONE, "Your code is 777001")).await;
+    server.advance(RUN).await;
+    let (status, third) = within("the read after emptying", waiting).await.expect("task");
+    assert_eq!((status, third["code"].as_str()), (200, Some("777001")), "{third}");
+    esme.unbind().await;
+    server.stop().await;
+}

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::changes::Changes;
 use crate::clock::Millis;
 use crate::member::Channel;
 use crate::store::retention::Retention;
@@ -213,7 +214,7 @@ pub struct DeliveryLog {
     locks: Arc<Vec<tokio::sync::Mutex<()>>>,
     observers: Arc<std::sync::RwLock<Vec<Observer>>>,
     /// Woken on every event, for long polls.
-    changed: Arc<tokio::sync::Notify>,
+    changed: Changes,
     retention: Arc<Retention>,
 }
 
@@ -239,7 +240,7 @@ impl DeliveryLog {
             index: store.tree("message_index")?,
             locks: Arc::new((0..crate::LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect()),
             observers: Arc::new(std::sync::RwLock::new(Vec::new())),
-            changed: Arc::new(tokio::sync::Notify::new()),
+            changed: Changes::default(),
             retention: Arc::new(Retention::new(DEFAULT_RETENTION, messages.len())),
             messages,
         })
@@ -414,25 +415,22 @@ impl DeliveryLog {
         timeout: std::time::Duration,
         done: impl Fn(&Message) -> bool,
     ) -> Result<Option<Message>, StoreError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let current = self.get(id)?;
-            match &current {
-                None => return Ok(None),
-                Some(m) if done(m) => return Ok(current),
-                Some(_) => {}
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.get(id);
-            }
+        let found = self
+            .changed
+            .wait_until(timeout, || match self.get(id)? {
+                None => Ok::<_, StoreError>(Some(None)),
+                Some(m) if done(&m) => Ok(Some(Some(m))),
+                Some(_) => Ok(None),
+            })
+            .await?;
+        match found {
+            Some(answer) => Ok(answer),
+            None => self.get(id),
         }
     }
 
     fn notify(&self, message: &Message, event: &Event) {
-        self.changed.notify_waiters();
+        self.changed.changed();
         for observer in self.observers.read().unwrap_or_else(|e| e.into_inner()).iter() {
             observer(message, event);
         }

@@ -53,6 +53,24 @@ pub struct Metrics {
     /// Writing requests answered 507 or 503 because the store could not
     /// take them (`min_free_mib`, a failed store).
     pub refused_storage: std::sync::atomic::AtomicU64,
+    /// Long polls waiting now (a gauge).
+    pub long_polls: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a long poll in [`Metrics::long_polls`] while it lives.
+struct LongPoll<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> LongPoll<'a> {
+    fn start(ctx: &'a Ctx) -> LongPoll<'a> {
+        bump(&ctx.metrics.long_polls);
+        LongPoll(&ctx.metrics.long_polls)
+    }
+}
+
+impl Drop for LongPoll<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 pub(super) fn bump(counter: &std::sync::atomic::AtomicU64) {
@@ -237,6 +255,65 @@ fn list(items: Vec<Value>, next: Option<String>, alias: Option<&str>) -> Value {
         v["next"] = json!(next);
     }
     v
+}
+
+/// The longest `?wait=` (and `/wait?timeout=`) a reader may ask for.
+const LONGEST_WAIT_SECS: f64 = 120.0;
+
+/// What a reader of an inbox or mailbox asks to see: `?after=` (an RFC
+/// 3339 time, or the id of the last message read) keeps only what arrived
+/// later; `?wait=SECONDS` (at most 120) waits that long for something to
+/// show when nothing does yet.
+struct Arrival {
+    after: Option<crate::changes::After>,
+    wait: std::time::Duration,
+}
+
+impl Arrival {
+    fn of(req: &Req) -> Result<Arrival, ApiError> {
+        let after = match req.query("after") {
+            None => None,
+            Some(text) => Some(crate::changes::After::parse(text).ok_or_else(|| {
+                ApiError::invalid("after: give an RFC 3339 time such as 2026-01-01T00:00:10+09:00, or a message id")
+            })?),
+        };
+        let wait = match req.query("wait") {
+            None => 0.0,
+            Some(text) => text
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| ApiError::invalid(format!("wait: `{text}` is not a number of seconds")))?
+                .min(LONGEST_WAIT_SECS),
+        };
+        Ok(Arrival {
+            after,
+            wait: std::time::Duration::from_secs_f64(wait),
+        })
+    }
+
+    /// Reads with `check` until it finds something or the wait is over.
+    async fn read<T, E: Into<ApiError>>(
+        &self,
+        ctx: &Ctx,
+        changes: &crate::changes::Changes,
+        check: impl FnMut() -> Result<Option<T>, E>,
+    ) -> Result<Option<T>, ApiError> {
+        let _counted = (!self.wait.is_zero()).then(|| LongPoll::start(ctx));
+        changes.wait_until(self.wait, check).await.map_err(Into::into)
+    }
+
+    /// The name of what was not found, saying what the reader asked for.
+    fn what(&self, thing: &str) -> String {
+        let mut what = thing.to_string();
+        if let Some(after) = &self.after {
+            what = format!("{what} {after}");
+        }
+        if !self.wait.is_zero() {
+            what = format!("{what} within {} s", self.wait.as_secs_f64());
+        }
+        what
+    }
 }
 
 fn parse_number(input: &str) -> Result<String, ApiError> {
@@ -433,16 +510,31 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
         }
         (&Method::GET, ["v1", "sim", "handsets", number, "messages"]) => {
             let number = parse_number(number)?;
-            let items = ctx.world.inbox(&number)?.iter().rev().map(|m| json!({"from": m.from, "text": m.text, "received_at": rfc3339(m.received_at), "message_id": m.message_id})).collect();
+            let arrival = Arrival::of(&req)?;
+            let inbox = arrival
+                .read(ctx, ctx.world.arrivals(), || {
+                    let inbox = ctx.world.inbox_after(&number, arrival.after.as_ref())?;
+                    Ok::<_, ApiError>(Some(inbox).filter(|i| !i.is_empty()))
+                })
+                .await?
+                .unwrap_or_default();
+            let items = inbox.iter().rev().map(|m| json!({"from": m.from, "text": m.text, "received_at": rfc3339(m.received_at), "message_id": m.message_id})).collect();
             ok(list(items, None, Some("messages")))
+        }
+        (&Method::DELETE, ["v1", "sim", "handsets", number, "messages"]) => {
+            let number = parse_number(number)?;
+            ok(json!({"deleted": ctx.world.clear_inbox(&number).await?}))
         }
         (&Method::POST, ["v1", "sim", "handsets", number, "send"]) => send_from_handset(ctx, number, &req).await,
         (&Method::GET, ["v1", "sim", "handsets", number, "otp"]) => {
             let number = parse_number(number)?;
-            let (code, m) = ctx
-                .world
-                .newest_code(&number)?
-                .ok_or_else(|| ApiError::not_found("code on this handset"))?;
+            let arrival = Arrival::of(&req)?;
+            let (code, m) = arrival
+                .read(ctx, ctx.world.arrivals(), || {
+                    ctx.world.newest_code_after(&number, arrival.after.as_ref())
+                })
+                .await?
+                .ok_or_else(|| ApiError::not_found(&arrival.what("code on this handset")))?;
             ok(json!({"code": code, "from": m.from, "received_at": rfc3339(m.received_at), "message_id": m.message_id}))
         }
         (&Method::GET, ["v1", "mail"]) => {
@@ -495,19 +587,30 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
             ok(serde_json::to_value(ctx.mail.get_mailbox(address)?).unwrap_or(Value::Null))
         }
         (&Method::GET, ["v1", "sim", "mailboxes", address, "messages"]) => {
-            let items = ctx
-                .mail
-                .mailbox_messages(address)?
+            let arrival = Arrival::of(&req)?;
+            let items = arrival
+                .read(ctx, ctx.mail.arrivals(), || {
+                    let shown = ctx.mail.mailbox_messages_after(address, arrival.after.as_ref())?;
+                    Ok::<_, ApiError>(Some(shown).filter(|s| !s.is_empty()))
+                })
+                .await?
+                .unwrap_or_default()
                 .iter()
                 .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
                 .collect();
             ok(list(items, None, Some("messages")))
         }
+        (&Method::DELETE, ["v1", "sim", "mailboxes", address, "messages"]) => {
+            ok(json!({"deleted": ctx.mail.clear_mailbox(address).await?}))
+        }
         (&Method::GET, ["v1", "sim", "mailboxes", address, "otp"]) => {
-            let code = ctx
-                .mail
-                .newest_code(address)?
-                .ok_or_else(|| ApiError::not_found("code in this mailbox"))?;
+            let arrival = Arrival::of(&req)?;
+            let code = arrival
+                .read(ctx, ctx.mail.arrivals(), || {
+                    ctx.mail.newest_code_after(address, arrival.after.as_ref())
+                })
+                .await?
+                .ok_or_else(|| ApiError::not_found(&arrival.what("code in this mailbox")))?;
             ok(serde_json::to_value(code).unwrap_or(Value::Null))
         }
         (&Method::GET, []) | (&Method::GET, ["console", ..]) => super::console::route(ctx, &req),
@@ -664,7 +767,7 @@ async fn wait_for_message(ctx: &Ctx, id: &str, req: &Req) -> ApiResult {
         .query("timeout")
         .and_then(|t| t.parse::<f64>().ok())
         .unwrap_or(30.0)
-        .clamp(0.0, 120.0);
+        .clamp(0.0, LONGEST_WAIT_SECS);
     let reached = |m: &Message| {
         if wanted == "final" {
             m.state.is_final()
@@ -672,6 +775,7 @@ async fn wait_for_message(ctx: &Ctx, id: &str, req: &Req) -> ApiResult {
             m.state.as_str() == wanted
         }
     };
+    let _counted = LongPoll::start(ctx);
     let message = ctx
         .log
         .wait_for(id, std::time::Duration::from_secs_f64(seconds), reached)
@@ -747,6 +851,7 @@ fn metrics(ctx: &Ctx) -> ApiResult {
     let (m, smsc, smtp) = (&ctx.metrics, &ctx.smsc_counters, &ctx.smtp_counters);
     let mut out = Exposition::default();
     out.one("otpgate_http_requests_total", "counter", m.requests.load(Relaxed));
+    out.one("otpgate_http_long_polls_waiting", "gauge", m.long_polls.load(Relaxed));
     out.one("otpgate_otps_issued_total", "counter", m.otps_issued.load(Relaxed));
     let verifies = [("ok", &m.verifies_ok), ("failed", &m.verifies_failed)];
     out.by(

@@ -67,11 +67,11 @@ pub struct Limits {
 /// How admission control treats a request, from its method and path alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestClass {
-    /// `/healthz`, `/metrics` and the long poll `/v1/messages/{id}/wait`:
-    /// never refused by the in-flight cap or the rate limit. Health and
-    /// metrics are cheap and matter most when the server is overloaded; a
-    /// long poll waits without working, and counting it would let a few
-    /// waiting test suites starve the API.
+    /// `/healthz`, `/metrics` and the long polls (`/v1/messages/{id}/wait`,
+    /// and a read with `?wait=`): never refused by the in-flight cap or the
+    /// rate limit. Health and metrics are cheap and matter most when the
+    /// server is overloaded; a long poll waits without working, and
+    /// counting it would let a few waiting test suites starve the API.
     Exempt,
     /// Counted against `max_in_flight`: the reads (GET).
     Counted,
@@ -82,11 +82,12 @@ pub enum RequestClass {
 
 impl RequestClass {
     /// The class of `method` on the path `segments` (route templates such as
-    /// `{id}` work too).
-    pub fn of(method: &Method, segments: &[&str]) -> RequestClass {
+    /// `{id}` work too); `waits` when the query asks for a long poll.
+    pub fn of(method: &Method, segments: &[&str], waits: bool) -> RequestClass {
         let read = method == Method::GET || method == Method::HEAD;
         match segments {
             ["healthz"] | ["metrics"] | ["v1", "messages", _, "wait"] if read => RequestClass::Exempt,
+            _ if read && waits => RequestClass::Exempt,
             _ if read => RequestClass::Counted,
             _ => RequestClass::Metered,
         }
@@ -322,12 +323,13 @@ async fn handle(
         .collect();
     // Admitted (or refused) before the body is read: a refused request
     // costs no more than its head.
-    let class = RequestClass::of(&method, &segments.iter().map(String::as_str).collect::<Vec<_>>());
+    let query = parse_query(req.uri().query());
+    let waits = query.iter().any(|(key, _)| key == "wait");
+    let class = RequestClass::of(&method, &segments.iter().map(String::as_str).collect::<Vec<_>>(), waits);
     let _in_flight = match admission.admit(&ctx, class) {
         Ok(permit) => permit,
         Err(refusal) => return Ok(refusal.into_response()),
     };
-    let query = parse_query(req.uri().query());
     let token = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -486,7 +488,7 @@ mod tests {
     fn health_metrics_and_long_polls_are_exempt_and_changes_are_metered() {
         let class = |method: Method, path: &str| {
             let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-            RequestClass::of(&method, &segments)
+            RequestClass::of(&method, &segments, false)
         };
         assert_eq!(class(Method::GET, "/healthz"), RequestClass::Exempt);
         assert_eq!(class(Method::GET, "/metrics"), RequestClass::Exempt);
@@ -494,6 +496,13 @@ mod tests {
         assert_eq!(class(Method::GET, "/v1/messages/{id}/wait"), RequestClass::Exempt);
         assert_eq!(class(Method::GET, "/v1/messages/M1"), RequestClass::Counted);
         assert_eq!(class(Method::GET, "/"), RequestClass::Counted);
+        let otp = ["v1", "sim", "handsets", "090", "otp"];
+        assert_eq!(RequestClass::of(&Method::GET, &otp, true), RequestClass::Exempt);
+        assert_eq!(RequestClass::of(&Method::GET, &otp, false), RequestClass::Counted);
+        assert_eq!(
+            RequestClass::of(&Method::DELETE, &["v1", "mail"], true),
+            RequestClass::Metered
+        );
         assert_eq!(class(Method::POST, "/v1/otps"), RequestClass::Metered);
         assert_eq!(class(Method::PUT, "/v1/sim/handsets/090"), RequestClass::Metered);
         assert_eq!(class(Method::DELETE, "/v1/mail"), RequestClass::Metered);

@@ -190,7 +190,14 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/sim/handsets/{number}/messages",
         "simulation",
-        "The inbox as the phone shows it",
+        "The inbox as the phone shows it, newest first; ?after= (RFC 3339) only what arrived later, ?wait= seconds (at most 120) to wait for one",
+        &[],
+    ),
+    r(
+        "delete",
+        "/v1/sim/handsets/{number}/messages",
+        "simulation",
+        "Empties the inbox, as the phone's owner deleting every message; answers {\"deleted\": n}",
         &[],
     ),
     r(
@@ -204,7 +211,7 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/sim/handsets/{number}/otp",
         "simulation",
-        "The newest code that reached the phone",
+        "The newest code that reached the phone; ?after= (RFC 3339) only one that arrived later, ?wait= seconds (at most 120) to wait for one; 404 if none",
         &[],
     ),
     r(
@@ -225,14 +232,21 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/sim/mailboxes/{address}/messages",
         "simulation",
-        "The mailbox's messages",
+        "The mailbox's messages, newest first; ?after= (RFC 3339) only what arrived later, ?wait= seconds (at most 120) to wait for one",
+        &[],
+    ),
+    r(
+        "delete",
+        "/v1/sim/mailboxes/{address}/messages",
+        "simulation",
+        "Empties the mailbox, as its owner deleting every message (the capture under /v1/mail keeps them); answers {\"deleted\": n}",
         &[],
     ),
     r(
         "get",
         "/v1/sim/mailboxes/{address}/otp",
         "simulation",
-        "The newest code that reached the mailbox",
+        "The newest code that reached the mailbox's inbox; ?after= (RFC 3339) only one that arrived later, ?wait= seconds (at most 120) to wait for one; 404 if none",
         &[],
     ),
     r(
@@ -309,7 +323,7 @@ pub fn document() -> Value {
         });
         let method = Method::from_bytes(route.method.to_ascii_uppercase().as_bytes()).unwrap_or(Method::GET);
         let segments: Vec<&str> = route.path.split('/').filter(|s| !s.is_empty()).collect();
-        let class = RequestClass::of(&method, &segments);
+        let class = RequestClass::of(&method, &segments, false);
         // Every route can meet the connection cap; the exempt ones never
         // meet the in-flight cap or the rate limit.
         op["responses"]["503"] = json!({"$ref": "#/components/responses/Overloaded"});
@@ -326,7 +340,7 @@ pub fn document() -> Value {
     }
     json!({
         "openapi": "3.0.3",
-        "info": {"title": "otpgate", "version": env!("CARGO_PKG_VERSION"), "description": "OTP service with a simulated Japanese SMS and email network and a troubleshooting desk. Errors answer {\"error\": {\"code\", \"message\"}}; lists answer {\"items\": [...]}. Under overload a request is refused at once, never queued: 503 `overloaded` or 429 `rate_limited`, both with Retry-After. /healthz, /metrics and the long poll are exempt from the in-flight cap and the rate limit."},
+        "info": {"title": "otpgate", "version": env!("CARGO_PKG_VERSION"), "description": "OTP service with a simulated Japanese SMS and email network and a troubleshooting desk. Errors answer {\"error\": {\"code\", \"message\"}}; lists answer {\"items\": [...]}. Under overload a request is refused at once, never queued: 503 `overloaded` or 429 `rate_limited`, both with Retry-After. /healthz, /metrics and the long polls (/v1/messages/{id}/wait, a read with ?wait=) are exempt from the in-flight cap and the rate limit."},
         "paths": paths,
         "components": {"schemas": {"Error": error_schema()}, "responses": admission_responses()}
     })

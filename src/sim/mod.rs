@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::carrier::{CarrierSet, HandsetState, SenderProfile};
+use crate::changes::{After, Changes};
 use crate::clock::Millis;
 use crate::store::{Batch, Store, StoreError, Tree};
 
@@ -67,6 +68,9 @@ pub struct World {
     chaos: Arc<RwLock<Chaos>>,
     /// One handset edit at a time, so no patch is lost to another.
     edits: Arc<tokio::sync::Mutex<()>>,
+    /// Woken when a message reached an inbox and is durable there, for
+    /// readers waiting for one (`?wait=`).
+    arrivals: Changes,
 }
 
 impl World {
@@ -89,6 +93,7 @@ impl World {
                 ..Chaos::default()
             })),
             edits: Arc::default(),
+            arrivals: Changes::default(),
         })
     }
 
@@ -152,21 +157,65 @@ impl World {
 
     /// The inbox oldest first.
     pub fn inbox(&self, number: &str) -> Result<Vec<InboxMessage>, StoreError> {
-        Ok(self
+        self.inbox_after(number, None)
+    }
+
+    /// The inbox oldest first, only what arrived after `after` if given.
+    pub fn inbox_after(&self, number: &str, after: Option<&After>) -> Result<Vec<InboxMessage>, StoreError> {
+        let inbox: Vec<InboxMessage> = self
             .inbox
             .scan_prefix::<InboxMessage>(&format!("{number}\0"))?
             .into_iter()
             .map(|(_, m)| m)
-            .collect())
+            .collect();
+        Ok(match after {
+            None => inbox,
+            Some(after) => after.keep_newer(inbox, |m| &m.message_id, |m| m.received_at),
+        })
     }
 
     /// The newest 6-digit code that reached the phone, with its message.
     pub fn newest_code(&self, number: &str) -> Result<Option<(String, InboxMessage)>, StoreError> {
+        self.newest_code_after(number, None)
+    }
+
+    /// The newest 6-digit code that reached the phone after `after` if
+    /// given, with its message.
+    pub fn newest_code_after(
+        &self,
+        number: &str,
+        after: Option<&After>,
+    ) -> Result<Option<(String, InboxMessage)>, StoreError> {
         Ok(self
-            .inbox(number)?
+            .inbox_after(number, after)?
             .into_iter()
             .rev()
             .find_map(|m| crate::otp::find_code(&m.text).map(|c| (c, m))))
+    }
+
+    /// Empties a handset's inbox, as its owner deleting every message;
+    /// returns how many there were. Durable when it returns. The delivery
+    /// log still tells what was delivered.
+    pub async fn clear_inbox(&self, number: &str) -> Result<usize, StoreError> {
+        let keys = self.inbox.keys_with_prefix(&format!("{number}\0"))?;
+        let mut batch = self.store.batch();
+        for key in &keys {
+            batch.remove(&self.inbox, key);
+        }
+        self.store.apply(batch)?;
+        self.store.flush().await?;
+        Ok(keys.len())
+    }
+
+    /// Tells readers waiting for an inbox that a message reached one; call
+    /// once it is durable there.
+    pub fn arrived(&self) {
+        self.arrivals.changed();
+    }
+
+    /// What readers waiting for an inbox wait on.
+    pub fn arrivals(&self) -> &Changes {
+        &self.arrivals
     }
 
     pub fn all_handsets(&self) -> Result<Vec<(String, HandsetState)>, StoreError> {

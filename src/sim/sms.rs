@@ -938,7 +938,9 @@ impl SmsNetwork {
                 let event = Event::new("delivered", now)
                     .state(State::Delivered)
                     .detail(format!("shown on the handset from {shown_sender}"));
-                self.finish(rec, carrier.delivered_receipt(), event, now).await
+                let answered = self.finish(rec, carrier.delivered_receipt(), event, now).await?;
+                inner.world.arrived();
+                Ok(answered)
             }
             Outcome::Absent { cause } => {
                 let next = (now + carrier.retry_delay_ms(rec.attempts)).min(rec.expires_at);

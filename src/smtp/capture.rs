@@ -21,6 +21,7 @@ use super::mailbox::{
     RcptDecision, Reply,
 };
 use super::{DataVerdict, Envelope, MailBackend, RcptVerdict};
+use crate::changes::{After, Changes};
 use crate::clock::{rfc3339, Clock, Millis};
 use crate::store::retention::Retention;
 use crate::store::{Batch, Store, StoreError, Tree};
@@ -140,6 +141,8 @@ pub struct NewestCode {
     pub code: String,
     pub from: String,
     pub received_at: String,
+    /// The captured message's id (`/v1/mail/{id}`; `?after=` takes it).
+    pub id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -413,6 +416,9 @@ struct Inner {
     /// Serialises explicit deletes.
     removing: Mutex<()>,
     observer: RwLock<Option<MailObserver>>,
+    /// Woken when a message reached a mailbox and is durable there, for
+    /// readers waiting for one (`?wait=`).
+    arrivals: Changes,
 }
 
 /// The most (recipient, sender) pairs the greylist remembers; past it the
@@ -437,6 +443,7 @@ impl MailWorld {
                 greylist_order,
                 removing: Mutex::new(()),
                 observer: RwLock::new(None),
+                arrivals: Changes::default(),
             }),
         })
     }
@@ -484,20 +491,21 @@ impl MailWorld {
     /// The messages in the mailbox's inbox and spam folder, newest first,
     /// with their folder and text (silently dropped ones are not there).
     pub fn mailbox_messages(&self, address: &str) -> Result<Vec<MailSummary>, MailError> {
+        self.mailbox_messages_after(address, None)
+    }
+
+    /// [`MailWorld::mailbox_messages`], only what arrived after `after` if
+    /// given.
+    pub fn mailbox_messages_after(&self, address: &str, after: Option<&After>) -> Result<Vec<MailSummary>, MailError> {
         let address = normalize_address(address).ok_or(MailError::InvalidAddress)?;
         let mut out = Vec::new();
-        for entry in self.entries_newest_first(&address)? {
-            if entry.dropped {
-                continue;
-            }
-            if let Some(mail) = self.inner.messages.get::<StoredMail>(&entry.id)? {
-                let text = Some(mail.text.clone().unwrap_or_default());
-                out.push(MailSummary {
-                    folder: Some(entry.folder),
-                    text,
-                    ..mail.summary()
-                });
-            }
+        for (entry, mail) in self.shown_newest_first(&address, after)? {
+            let text = Some(mail.text.clone().unwrap_or_default());
+            out.push(MailSummary {
+                folder: Some(entry.folder),
+                text,
+                ..mail.summary()
+            });
         }
         Ok(out)
     }
@@ -505,23 +513,74 @@ impl MailWorld {
     /// The newest six-digit code in the text of a message that reached the
     /// mailbox's inbox.
     pub fn newest_code(&self, address: &str) -> Result<Option<NewestCode>, MailError> {
+        self.newest_code_after(address, None)
+    }
+
+    /// [`MailWorld::newest_code`], only in what arrived after `after` if
+    /// given.
+    pub fn newest_code_after(&self, address: &str, after: Option<&After>) -> Result<Option<NewestCode>, MailError> {
         let address = normalize_address(address).ok_or(MailError::InvalidAddress)?;
-        for entry in self.entries_newest_first(&address)? {
-            if entry.dropped || entry.folder != Folder::Inbox {
+        for (entry, mail) in self.shown_newest_first(&address, after)? {
+            if entry.folder != Folder::Inbox {
                 continue;
             }
-            let Some(mail) = self.inner.messages.get::<StoredMail>(&entry.id)? else {
-                continue;
-            };
             if let Some(code) = mail.text.as_deref().and_then(find_code) {
                 return Ok(Some(NewestCode {
                     code: code.to_string(),
                     from: mail.from.clone(),
                     received_at: rfc3339(mail.received_at),
+                    id: mail.id.clone(),
                 }));
             }
         }
         Ok(None)
+    }
+
+    /// Empties a mailbox (both folders), as its owner deleting every
+    /// message; returns how many it showed. The capture (`/v1/mail`) keeps
+    /// them, as a mail server's log would. Durable when it returns.
+    pub async fn clear_mailbox(&self, address: &str) -> Result<usize, MailError> {
+        let address = normalize_address(address).ok_or(MailError::InvalidAddress)?;
+        let shown = {
+            let _one_at_a_time = self.inner.removing.lock().unwrap_or_else(|e| e.into_inner());
+            let entries: Vec<(String, MailboxEntry)> = self.inner.entries.scan_prefix(&entry_prefix(&address))?;
+            let mut batch = self.inner.store.batch();
+            for (key, _) in &entries {
+                batch.remove(&self.inner.entries, key);
+            }
+            self.inner.store.apply(batch)?;
+            entries.iter().filter(|(_, e)| !e.dropped).count()
+        };
+        self.inner.store.flush().await?;
+        Ok(shown)
+    }
+
+    /// What readers waiting for a mailbox wait on.
+    pub fn arrivals(&self) -> &Changes {
+        &self.inner.arrivals
+    }
+
+    /// The messages a mailbox shows (dropped ones are not), newest first,
+    /// only those that arrived after `after` if given.
+    fn shown_newest_first(
+        &self,
+        address: &str,
+        after: Option<&After>,
+    ) -> Result<Vec<(MailboxEntry, StoredMail)>, StoreError> {
+        let mut shown = Vec::new();
+        for entry in self.entries_newest_first(address)?.into_iter().rev() {
+            if entry.dropped {
+                continue;
+            }
+            if let Some(mail) = self.inner.messages.get::<StoredMail>(&entry.id)? {
+                shown.push((entry, mail));
+            }
+        }
+        if let Some(after) = after {
+            shown = after.keep_newer(shown, |(entry, _)| &entry.id, |(_, mail)| mail.received_at);
+        }
+        shown.reverse();
+        Ok(shown)
     }
 
     /// The capture, newest first, optionally filtered by a case-insensitive
@@ -918,6 +977,7 @@ impl MailWorld {
             .await;
         }
         inner.store.flush().await?;
+        inner.arrivals.changed();
         tracing::info!(id = %id, size, recipients = deliveries.len(), "mail captured");
         self.enforce_retention();
         Ok(DataVerdict::Accepted { id })

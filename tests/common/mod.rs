@@ -257,6 +257,19 @@ impl Api {
         Metrics { series, text }
     }
 
+    /// Returns once `n` long polls wait on the server (`/metrics`), so
+    /// that what the test does next happens while they wait.
+    pub async fn long_polls_waiting(&self, n: u64) {
+        let waiting = async {
+            while self.metrics().await.value("otpgate_http_long_polls_waiting") != n as f64 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{n} long polls never waited"));
+    }
+
     pub async fn advance(&self, seconds: u64) {
         let (status, body) = self.post("/v1/sim/clock/advance", json!({ "seconds": seconds })).await;
         assert_eq!(status, 200, "advance: {body}");
