@@ -38,7 +38,10 @@ struct Runner<'a> {
     api: &'a ApiClient,
     otps: HashMap<String, Value>,
     codes: HashMap<String, String>,
-    /// The received_at of the newest code seen per handset or mailbox.
+    /// The id of the message that brought the newest code read per handset
+    /// (its `message_id`) or mailbox (its `id`): the next read asks for a
+    /// code that came after it, exact where the standing clock gives two
+    /// arrivals one time.
     seen: HashMap<String, String>,
 }
 
@@ -164,18 +167,21 @@ impl Runner<'_> {
         Ok(())
     }
 
-    /// Polls `{base}/otp`, advancing 5 s at a time, for a code newer than the last seen there.
+    /// Reads `{base}/otp`, advancing 5 s at a time, for a code that came
+    /// after the last one read there.
     async fn wait_code(&mut self, base: &str, key: &str, within: u64) -> Result<Option<(String, Value)>, String> {
         let mut waited = 0;
         loop {
-            let (status, body) = self.call("GET", &format!("{base}/otp"), None).await?;
+            let path = match self.seen.get(key) {
+                Some(last) => format!("{base}/otp?after={}", segment(last)),
+                None => format!("{base}/otp"),
+            };
+            let (status, body) = self.call("GET", &path, None).await?;
             if status == 200 {
-                let at = body["received_at"].as_str().unwrap_or("").to_string();
-                if self.seen.get(key) != Some(&at) {
-                    self.seen.insert(key.to_string(), at);
-                    let code = body["code"].as_str().unwrap_or("").to_string();
-                    return Ok(Some((code, body)));
-                }
+                let id = body["message_id"].as_str().or(body["id"].as_str()).unwrap_or("");
+                self.seen.insert(key.to_string(), id.to_string());
+                let code = body["code"].as_str().unwrap_or("").to_string();
+                return Ok(Some((code, body)));
             }
             if waited >= within {
                 return Ok(None);
