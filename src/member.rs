@@ -15,6 +15,11 @@ pub enum Channel {
 }
 
 impl Channel {
+    /// `sms` or `email`.
+    pub fn named(name: &str) -> Option<Channel> {
+        [Channel::Sms, Channel::Email].into_iter().find(|c| c.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Sms => "sms",

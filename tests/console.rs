@@ -376,3 +376,147 @@ async fn an_agent_finds_a_message_by_the_id_the_smsc_gave_its_esme() {
     assert!(said.contains("409") && said.contains("+819022220002"), "{said}");
     server.stop().await;
 }
+
+/// A mail with a text part, an HTML part that tries to run a script and
+/// load a remote image, and an attachment.
+fn html_mail(to: &str) -> Vec<u8> {
+    format!(
+        "From: Shop <noreply@shop.example>\r\nTo: {to}\r\nSubject: Your shop code\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"mix\"\r\n\r\n\
+         --mix\r\nContent-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n\
+         --alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nYour code is 246801\r\n\
+         --alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+         <html><body><h1 style=\"color:#c00\">Your code</h1><p id=\"code\">246801</p>\
+         <img src=\"http://tracker.example/open.png\">\
+         <script>document.body.innerHTML = 'SCRIPT RAN'</script></body></html>\r\n\
+         --alt--\r\n\
+         --mix\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n\
+         Content-Disposition: attachment; filename=\"invoice.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+         JVBERi0xLjQK\r\n--mix--\r\n"
+    )
+    .into_bytes()
+}
+
+/// QA watching traffic rather than one member: the delivery log lists
+/// every message (OTPs and an ESME's alike) by state and channel, each
+/// with its events; the mail capture lists every mail, searchable, each
+/// with what its recipients' mailboxes did, and its HTML in a frame whose
+/// policy runs no script, checked in a real browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_traffic_pages_show_every_message_and_every_mail() {
+    use common::esme::{sms, Bind, Esme};
+    let server = TestServer::start().await;
+    let verification = server.sms_member("M-LOG", "090-4444-0004", "docomo").await;
+    let code = verification["code"].as_str().expect("code").to_string();
+    server
+        .handset("09044440005", json!({"carrier": "au", "filters": {"reject_all": true}}))
+        .await;
+    let esme = Esme::bind(server.smpp, Bind::Transceiver).await;
+    esme.send(&sms("09044440005", "Your code is 135799")).await;
+    server.advance(120).await;
+    let mut smtp = RawSmtp::connect(server.smtp).await;
+    let to = ["taro@docomo.ne.jp"];
+    let sent = smtp.transaction("noreply@shop.example", &to, &html_mail(to[0])).await;
+    let mail_id = sent.queued_id().expect("queued");
+    smtp.quit().await;
+
+    // The log: everything, then one state, then one channel.
+    let all = server.html("/console/messages?lang=en").await;
+    for expected in [
+        "SMS → 090-****-0005",
+        "SMS → 090-****-0004",
+        "Email → t***@docomo.ne.jp",
+        "REJECTD",
+    ] {
+        assert!(all.contains(&escaped(expected)), "{expected} in the log: {all}");
+    }
+    assert!(
+        !all.contains(&code) && !all.contains("135799"),
+        "no code in the log: {all}"
+    );
+    let rejected = server.html("/console/messages?state=rejected&lang=en").await;
+    assert!(
+        rejected.contains("090-****-0005") && !rejected.contains("090-****-0004"),
+        "{rejected}"
+    );
+    assert!(
+        rejected.contains(r#"<option value="rejected" selected>"#),
+        "the filter shown: {rejected}"
+    );
+    let email = server.html("/console/messages?channel=email&lang=en").await;
+    assert!(
+        email.contains("t***@docomo.ne.jp") && !email.contains("SMS →"),
+        "{email}"
+    );
+    let (_, api) = server.get("/v1/messages?state=rejected").await;
+    assert_eq!(api["items"].as_array().map(Vec::len), Some(1), "{api}");
+    let (status, api) = server.get("/v1/messages?state=lost").await;
+    assert_eq!((status, common::error_code(&api)), (422, "invalid_request"), "{api}");
+
+    // One message, every event, the code masked.
+    let (_, found) = server.get("/v1/messages?to=%2B819044440005").await;
+    let id = found["items"][0]["id"].as_str().expect("id").to_string();
+    let message = server.html(&format!("/console/messages/{id}?lang=en")).await;
+    for expected in [
+        "smsc_accepted",
+        "stat: REJECTD",
+        "reason: reject_all",
+        "Your code is ******",
+    ] {
+        assert!(message.contains(expected), "{expected}: {message}");
+    }
+    assert!(!message.contains("135799"), "{message}");
+    assert!(
+        message.contains(&escaped("/console/handsets/+819044440005?lang=en")),
+        "{message}"
+    );
+    assert_eq!(server.page("/console/messages/m999?lang=en").await.status, 404);
+
+    // Searches as a browser's form sends them: a space as `+`, a `+` as
+    // `%2B` (the number as the member says it, `+81 90 4444 0004`).
+    let search = server.page("/console/search?q=%2B81+90+4444+0004&lang=en").await;
+    assert_eq!(search.status, 303, "{}", search.body);
+    assert_eq!(search.location.as_deref(), Some("/console/members/M-LOG?lang=en"));
+
+    // The mail capture: searchable, and one mail whole.
+    let list = server.html("/console/mail?q=shop+code&lang=en").await;
+    assert!(list.contains("Your shop code") && list.contains(&mail_id), "{list}");
+    let none = server.html("/console/mail?q=nothing-like-it&lang=en").await;
+    assert!(none.contains("No mail.") && !none.contains("Your shop code"), "{none}");
+    let mail = server.html(&format!("/console/mail/{mail_id}?lang=en")).await;
+    for expected in [
+        "delivered to the inbox",
+        "Your code is 246801",
+        "invoice.pdf",
+        "noreply@shop.example",
+        &escaped(&format!("/console/mail/{mail_id}/html")),
+        &escaped(&format!("/v1/mail/{mail_id}/raw")),
+    ] {
+        assert!(mail.contains(expected), "{expected}: {mail}");
+    }
+    assert!(!mail.contains("<script"), "{mail}");
+    let html = server.page(&format!("/console/mail/{mail_id}/html")).await;
+    assert_eq!(html.status, 200);
+    let csp = html.csp.unwrap_or_default();
+    assert!(
+        csp.starts_with("sandbox;") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert!(html.body.contains(r#"<p id="code">246801</p>"#), "{}", html.body);
+    assert_eq!(server.page("/console/mail/000000000999/html").await.status, 404);
+
+    if let Some(chromium) = browser::chromium() {
+        // The HTML as a browser shows it: the script does not run.
+        let url = format!("http://{}/console/mail/{mail_id}/html", server.http);
+        let dom = browser::dump_dom(&chromium, &url).await;
+        // Had it run, the body would hold only its words.
+        assert!(dom.contains(r#"<p id="code">246801</p>"#), "{dom}");
+        let url = format!("http://{}/console/mail/{mail_id}?lang=ja", server.http);
+        let dom = browser::dump_dom(&chromium, &url).await;
+        assert!(dom.contains("受信トレイに配信") && dom.contains("<iframe"), "{dom}");
+    } else {
+        assert!(std::env::var_os("CI").is_none(), "CI must install chromium");
+    }
+    esme.unbind().await;
+    server.stop().await;
+}

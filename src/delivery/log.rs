@@ -48,6 +48,22 @@ impl State {
         }
     }
 
+    /// Every state, in the order a message goes through them.
+    pub const ALL: [State; 7] = [
+        State::Queued,
+        State::Submitted,
+        State::Enroute,
+        State::Delivered,
+        State::Failed,
+        State::Expired,
+        State::Rejected,
+    ];
+
+    /// The state named `name` (`delivered`, ...), as [`State::as_str`] writes it.
+    pub fn named(name: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
     /// The log state for an SMPP receipt `stat`.
     pub fn from_stat(stat: &str) -> Option<State> {
         match stat {
@@ -183,14 +199,24 @@ pub struct Query {
     pub smsc_message_ids: Option<Vec<String>>,
     pub before: Option<String>,
     pub limit: usize,
+    /// Only messages in this state now.
+    pub state: Option<State>,
+    pub channel: Option<Channel>,
 }
 
+/// The most messages one page of [`DeliveryLog::query`] reads past those it
+/// keeps: a filter that matches few (a state, a channel) answers a short
+/// page with a `next` cursor, rather than reading the whole log at once.
+pub const MOST_READ_PER_PAGE: usize = 5_000;
+
 impl Query {
-    /// Whether `m` passes the member, `to` and OTP filters.
+    /// Whether `m` passes the member, `to`, OTP, state and channel filters.
     fn keeps(&self, m: &Message) -> bool {
         self.member_id.as_ref().is_none_or(|v| m.member_id.as_ref() == Some(v))
             && self.to.as_ref().is_none_or(|v| &m.to == v)
             && self.otp_id.as_ref().is_none_or(|v| m.otp_id.as_ref() == Some(v))
+            && self.state.is_none_or(|s| m.state == s)
+            && self.channel.is_none_or(|c| m.channel == c)
     }
 }
 
@@ -491,15 +517,22 @@ impl DeliveryLog {
             None => &self.messages,
         };
         let mut out = Vec::new();
+        let mut passed = 0;
         for key in source.keys_rev(&prefix, before.as_deref()) {
             let key = key?;
-            let Some(m) = self.get(&key[strip..])? else { continue };
+            let id = &key[strip..];
+            let Some(m) = self.get(id)? else { continue };
             if q.keeps(&m) {
                 if out.len() == limit {
                     let next = out.last().map(|m: &Message| m.id.clone());
                     return Ok((out, next));
                 }
                 out.push(m);
+            } else {
+                passed += 1;
+                if passed == MOST_READ_PER_PAGE {
+                    return Ok((out, Some(id.to_string())));
+                }
             }
         }
         Ok((out, None))
@@ -605,6 +638,53 @@ mod tests {
             log.get(&silent).unwrap().is_none(),
             "never heard of again: removed in the end"
         );
+    }
+
+    /// A state filter that matches few reads at most
+    /// [`MOST_READ_PER_PAGE`] messages for a page and says where to go on.
+    #[tokio::test]
+    async fn a_rare_state_answers_short_pages_that_go_on_where_they_stopped() {
+        let log = DeliveryLog::open(&Store::temporary().unwrap()).unwrap();
+        let mut rejected = Vec::new();
+        for n in 0..MOST_READ_PER_PAGE + 10 {
+            let at = n as Millis;
+            let id = log
+                .create(
+                    new(&format!("+8190{n:08}")),
+                    Event::new("smsc_accepted", at).state(State::Submitted),
+                )
+                .await
+                .unwrap()
+                .id;
+            if n == 3 || n == MOST_READ_PER_PAGE + 5 {
+                log.append(&id, Event::new("rejected", at).state(State::Rejected))
+                    .await
+                    .unwrap();
+                rejected.push(id);
+            }
+        }
+        let page = |before: Option<String>| {
+            log.query(&Query {
+                state: Some(State::Rejected),
+                channel: Some(Channel::Sms),
+                before,
+                limit: 10,
+                ..Query::default()
+            })
+            .unwrap()
+        };
+        let (first, next) = page(None);
+        assert_eq!(first.iter().map(|m| &m.id).collect::<Vec<_>>(), [&rejected[1]]);
+        let next = next.expect("read its most, it says where it stopped");
+        let (second, end) = page(Some(next));
+        assert_eq!(second.iter().map(|m| &m.id).collect::<Vec<_>>(), [&rejected[0]]);
+        assert_eq!(end, None);
+        let email = log.query(&Query {
+            channel: Some(Channel::Email),
+            limit: 10,
+            ..Query::default()
+        });
+        assert!(email.unwrap().0.is_empty());
     }
 
     /// The message the SMSC knows as `smsc_id`, through the index.

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::{json_response, text_response, ApiError, ApiResult, Req};
 use crate::clock::{rfc3339, Clock};
-use crate::delivery::log::{DeliveryLog, Message, Query};
+use crate::delivery::log::{DeliveryLog, Message, Query, State};
 use crate::member::{self, Channel, Member, MemberError};
 use crate::otp::{Otp, Verdict};
 use crate::service::{NewMember, OtpService, ServiceError};
@@ -257,6 +257,17 @@ fn list(items: Vec<Value>, next: Option<String>, alias: Option<&str>) -> Value {
     v
 }
 
+/// The query parameter `key` read by `parse`; 422 naming the `choices`
+/// when it names nothing.
+fn named<T>(req: &Req, key: &str, parse: fn(&str) -> Option<T>, choices: &str) -> Result<Option<T>, ApiError> {
+    match req.query(key) {
+        None => Ok(None),
+        Some(text) => parse(text)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(format!("{key}: `{text}` is not one of {choices}"))),
+    }
+}
+
 /// The longest `?wait=` (and `/wait?timeout=`) a reader may ask for.
 const LONGEST_WAIT_SECS: f64 = 120.0;
 
@@ -431,6 +442,13 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
                 },
                 before: req.query("before").map(str::to_string),
                 limit: req.query("limit").and_then(|l| l.parse().ok()).unwrap_or(100),
+                state: named(
+                    &req,
+                    "state",
+                    State::named,
+                    "queued, submitted, enroute, delivered, failed, expired, rejected",
+                )?,
+                channel: named(&req, "channel", Channel::named, "sms, email")?,
             };
             let (items, next) = ctx.log.query(&q)?;
             ok(list(items.iter().map(message_json).collect(), next, Some("messages")))
@@ -746,35 +764,20 @@ async fn register_phone(ctx: &Ctx, id: &str, req: &Req) -> ApiResult {
 /// with `state=final`), or after `timeout` seconds (default 30, at most 120)
 /// with the message as it is and `"timed_out": true`.
 async fn wait_for_message(ctx: &Ctx, id: &str, req: &Req) -> ApiResult {
-    let wanted = req.query("state").unwrap_or("final").to_string();
-    let known = [
-        "final",
-        "queued",
-        "submitted",
-        "enroute",
-        "delivered",
-        "failed",
-        "expired",
-        "rejected",
-    ];
-    if !known.contains(&wanted.as_str()) {
-        return Err(ApiError::invalid(format!(
-            "state `{wanted}` is not one of {}",
-            known.join(", ")
-        )));
-    }
+    // `None`: any final state.
+    let wanted = match req.query("state").unwrap_or("final") {
+        "final" => None,
+        name => Some(State::named(name).ok_or_else(|| {
+            let known: Vec<&str> = State::ALL.iter().map(|s| s.as_str()).collect();
+            ApiError::invalid(format!("state `{name}` is not one of final, {}", known.join(", ")))
+        })?),
+    };
     let seconds = req
         .query("timeout")
         .and_then(|t| t.parse::<f64>().ok())
         .unwrap_or(30.0)
         .clamp(0.0, LONGEST_WAIT_SECS);
-    let reached = |m: &Message| {
-        if wanted == "final" {
-            m.state.is_final()
-        } else {
-            m.state.as_str() == wanted
-        }
-    };
+    let reached = |m: &Message| wanted.map_or(m.state.is_final(), |state| m.state == state);
     let _counted = LongPoll::start(ctx);
     let message = ctx
         .log

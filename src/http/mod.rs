@@ -246,11 +246,28 @@ pub struct Req {
     pub method: Method,
     pub segments: Vec<String>,
     pub query: Vec<(String, String)>,
+    /// The query string as sent, for [`Req::as_form`].
+    pub raw_query: String,
     pub body: Bytes,
     pub token: Option<String>,
 }
 
 impl Req {
+    /// This request with its query read as a browser's form sends it: a
+    /// `+` is a space (a `+` typed is sent as `%2B`). The API reads a `+`
+    /// as itself, since `?to=+81...` is written by hand.
+    pub fn as_form(&self) -> Req {
+        let query = parse_query(Some(&self.raw_query.replace('+', "%20")));
+        Req {
+            method: self.method.clone(),
+            segments: self.segments.clone(),
+            query,
+            raw_query: self.raw_query.clone(),
+            body: Bytes::new(),
+            token: self.token.clone(),
+        }
+    }
+
     pub fn query(&self, key: &str) -> Option<&str> {
         self.query
             .iter()
@@ -323,7 +340,8 @@ async fn handle(
         .collect();
     // Admitted (or refused) before the body is read: a refused request
     // costs no more than its head.
-    let query = parse_query(req.uri().query());
+    let raw_query = req.uri().query().unwrap_or("").to_string();
+    let query = parse_query(Some(&raw_query));
     let waits = query.iter().any(|(key, _)| key == "wait");
     let class = RequestClass::of(&method, &segments.iter().map(String::as_str).collect::<Vec<_>>(), waits);
     let _in_flight = match admission.admit(&ctx, class) {
@@ -369,6 +387,7 @@ async fn handle(
         method,
         segments,
         query,
+        raw_query,
         body,
         token,
     };

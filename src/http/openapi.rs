@@ -107,7 +107,7 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/messages",
         "delivery",
-        "The delivery log (?member_id=&to=&otp_id=&smsc_message_id=&before=&limit=)",
+        "The delivery log, newest first (?member_id=&to=&otp_id=&smsc_message_id=&state=&channel=&before=&limit=); a filter that matches few answers a short page with a next cursor after reading 5,000 messages",
         &[],
     ),
     r(

@@ -2,16 +2,20 @@
 //! a member who says "I haven't received my code". Search by member ID, phone
 //! or email; the member's diagnosis (the top finding first, big) with the
 //! timeline below; the simulated handset and mailbox as the member sees them;
-//! the carriers and their settings. Japanese or English (`?lang=ja|en`,
-//! Japanese by default), readable on a phone screen.
+//! the carriers and their settings; and the traffic pages (`traffic.rs`):
+//! the delivery log and the mail capture. Japanese or English
+//! (`?lang=ja|en`, Japanese by default), readable on a phone screen.
 //!
 //! It asks the same [`Desk`](crate::desk::Desk) as the JSON API and
 //! `otpgate diagnose`, so all three tell one story. It must never use
 //! JavaScript or fetch anything from elsewhere (its answers carry a
 //! Content-Security-Policy that forbids both), and it must never show a plain
-//! code anywhere but the handset and mailbox pages, which show what the
-//! simulated phone or mailbox holds, as the member's own screen would.
+//! code anywhere but the handset, mailbox and captured-mail pages, which
+//! show what the simulated phone, mailbox or mail server holds, as the
+//! member's own screen would.
 //! The templates live in `templates/` and are compiled into the binary.
+
+mod traffic;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -25,6 +29,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{json, Map, Value};
 
 use super::{text_response, ApiResult, Ctx, Req};
+
 use crate::carrier::{Carrier, CarrierKind, HandsetState, Setting};
 use crate::clock::{self, Millis};
 use crate::delivery::log::{Event, Message, Query, State};
@@ -33,10 +38,11 @@ use crate::member::{self, Channel, Member};
 use crate::service::ServiceError;
 use crate::smtp::{Folder, MailError};
 
-/// Inline styles only: scripts, frames, images from elsewhere and form posts
+/// Inline styles only: scripts, images from elsewhere, frames but the
+/// console's own (a mail's HTML, under a policy of its own) and form posts
 /// to other sites are all refused by the browser.
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; \
-                   base-uri 'none'; frame-ancestors 'none'";
+                   frame-src 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// How many recent members and failed messages the home page lists.
 const RECENT: usize = 10;
@@ -172,6 +178,60 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("settings", "受信設定の名称", "Settings, as the carrier names them"),
     ("harmless", "影響なし", "does not block"),
     ("back_home", "ホームへ戻る", "Back to the console home"),
+    ("log", "配信記録", "Delivery log"),
+    (
+        "log_intro",
+        "すべてのメッセージ（新しい順）。OTPもお客様のアプリがSMPP・SMTPで送ったものも含みます。",
+        "Every message, newest first: OTPs and what your own apps sent over SMPP and SMTP.",
+    ),
+    ("all_states", "すべての状態", "Every state"),
+    ("all_channels", "SMSとメール", "SMS and email"),
+    ("channel", "経路", "Channel"),
+    ("show", "表示", "Show"),
+    ("older", "さらに古いもの", "Older"),
+    ("no_messages", "該当するメッセージはありません。", "No messages."),
+    ("message_word", "メッセージ", "message"),
+    ("message", "メッセージ", "Message"),
+    ("events", "イベント（古い順）", "Events (oldest first)"),
+    ("diagnosis", "診断を見る", "Open the diagnosis"),
+    ("to", "宛先", "To"),
+    ("from", "送信元", "From"),
+    ("origin", "送信したもの", "Sent by"),
+    ("otp", "OTP", "OTP"),
+    ("smsc_message_id", "SMSCのメッセージID", "SMSC message ID"),
+    ("text_masked", "本文（コードは伏せ字）", "Text (codes masked)"),
+    ("mail", "メール", "Mail"),
+    (
+        "mail_intro",
+        "SMTPサーバーが受け取ったすべてのメール（新しい順）。件名・送信元・宛先・本文で検索できます。",
+        "Every mail the SMTP server took, newest first. Search by subject, sender, recipient or text.",
+    ),
+    ("mail_search", "メールを検索", "Search the mail"),
+    ("no_mail", "メールはありません。", "No mail."),
+    ("mail_word", "メール", "mail"),
+    ("subject", "件名", "Subject"),
+    ("received", "受信時刻", "Received"),
+    ("size", "サイズ（バイト）", "Size (bytes)"),
+    ("envelope", "エンベロープ", "Envelope"),
+    ("recipients", "宛先ごとの結果", "What each recipient's mailbox did"),
+    ("headers", "ヘッダー", "Headers"),
+    ("text", "本文（テキスト）", "Text"),
+    ("html", "本文（HTML）", "HTML"),
+    (
+        "html_note",
+        "スクリプトは実行せず、外部の画像も読み込まずに表示しています。",
+        "Shown without running scripts or loading remote images.",
+    ),
+    ("attachments", "添付ファイル", "Attachments"),
+    ("raw_source", "受信したままのソース（.eml）", "Source as received (.eml)"),
+    ("mail_json", "メール JSON（API）", "Mail as JSON (API)"),
+    ("message_json", "メッセージ JSON（API）", "Message as JSON (API)"),
+    ("peer", "接続元", "Client address"),
+    (
+        "not_parsed",
+        "MIME構造を解析できませんでした。ソースは完全に保存されています。",
+        "The MIME structure could not be parsed; the source is kept whole.",
+    ),
 ];
 
 fn word(lang: Lang, key: &str) -> String {
@@ -184,14 +244,18 @@ fn word(lang: Lang, key: &str) -> String {
 
 /// The templates, compiled into the binary so it runs from anywhere.
 const TEMPLATES: &[(&str, &str)] = &[
-    ("base.html", include_str!("templates/base.html")),
-    ("home.html", include_str!("templates/home.html")),
-    ("search_form.html", include_str!("templates/search_form.html")),
-    ("report.html", include_str!("templates/report.html")),
-    ("handset.html", include_str!("templates/handset.html")),
-    ("mailbox.html", include_str!("templates/mailbox.html")),
-    ("carriers.html", include_str!("templates/carriers.html")),
-    ("problem.html", include_str!("templates/problem.html")),
+    ("base.html", include_str!("../templates/base.html")),
+    ("home.html", include_str!("../templates/home.html")),
+    ("search_form.html", include_str!("../templates/search_form.html")),
+    ("report.html", include_str!("../templates/report.html")),
+    ("handset.html", include_str!("../templates/handset.html")),
+    ("mailbox.html", include_str!("../templates/mailbox.html")),
+    ("carriers.html", include_str!("../templates/carriers.html")),
+    ("log.html", include_str!("../templates/log.html")),
+    ("message.html", include_str!("../templates/message.html")),
+    ("mail_list.html", include_str!("../templates/mail_list.html")),
+    ("mail.html", include_str!("../templates/mail.html")),
+    ("problem.html", include_str!("../templates/problem.html")),
 ];
 
 fn templates() -> &'static Environment<'static> {
@@ -265,6 +329,8 @@ enum Device {
 /// Answers `GET /` and `GET /console/...`: always an HTML page or a
 /// redirect; an unknown member is a 404 page, not a JSON error.
 pub fn route(ctx: &Ctx, req: &Req) -> ApiResult {
+    // The console's queries come from its own forms and links.
+    let req = &req.as_form();
     let page = Page {
         ctx,
         req,
@@ -281,6 +347,11 @@ pub fn route(ctx: &Ctx, req: &Req) -> ApiResult {
         ["console", "handsets", number] => page.handset(number),
         ["console", "mailboxes", address] => page.mailbox(address),
         ["console", "carriers"] => page.carriers(),
+        ["console", "messages"] => page.log(),
+        ["console", "messages", id] => page.log_message(id),
+        ["console", "mail"] => page.mail_list(),
+        ["console", "mail", id] => page.mail(id),
+        ["console", "mail", id, "html"] => return Ok(traffic::mail_html(ctx, id)),
         _ => Err(Problem::NotFound(word(page.lang, "page"))),
     };
     Ok(match answer.unwrap_or_else(|p| page.problem(p)) {
@@ -290,9 +361,15 @@ pub fn route(ctx: &Ctx, req: &Req) -> ApiResult {
 }
 
 fn html_response(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    html_under(status, body, CSP)
+}
+
+/// An HTML answer under the security policy `csp`, never cached, sending
+/// no referrer.
+fn html_under(status: StatusCode, body: String, csp: &'static str) -> Response<Full<Bytes>> {
     let mut resp = text_response(status, "text/html; charset=utf-8", body);
     let headers = resp.headers_mut();
-    headers.insert("content-security-policy", HeaderValue::from_static(CSP));
+    headers.insert("content-security-policy", HeaderValue::from_static(csp));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
@@ -322,6 +399,12 @@ fn enc(segment: &str) -> String {
         }
     }
     out
+}
+
+/// Percent-encodes a query value for the console's own links, which it
+/// reads as a form's (`+` a space): a `+` is written `%2B`.
+fn enc_value(value: &str) -> String {
+    enc(value).replace('+', "%2B")
 }
 
 /// A phone number or an address, masked as the desk shows destinations.
@@ -356,9 +439,13 @@ fn codes(e: &Event) -> Vec<(&'static str, String)> {
     push(
         "SMTP",
         e.smtp_code.map(|code| {
-            format!("{code} {}", e.smtp_reply.as_deref().unwrap_or(""))
-                .trim()
-                .to_string()
+            let reply = e.smtp_reply.as_deref().unwrap_or("");
+            // Replies are kept with their code or without it.
+            if reply.starts_with(&code.to_string()) {
+                reply.to_string()
+            } else {
+                format!("{code} {reply}").trim().to_string()
+            }
         }),
     );
     push("reason", e.reason.clone());
@@ -385,7 +472,7 @@ impl Page<'_> {
         let mut href = href_in(&segments, self.lang.other());
         for (key, value) in &self.req.query {
             if key != "lang" {
-                href.push_str(&format!("&{}={}", enc(key), enc(value)));
+                href.push_str(&format!("&{}={}", enc_value(key), enc_value(value)));
             }
         }
         href
@@ -416,6 +503,8 @@ impl Page<'_> {
             );
             obj.insert("home_href".into(), json!(self.href(&[])));
             obj.insert("carriers_href".into(), json!(self.href(&["console", "carriers"])));
+            obj.insert("log_href".into(), json!(self.href(&["console", "messages"])));
+            obj.insert("mail_href".into(), json!(self.href(&["console", "mail"])));
         }
         let body = templates()
             .get_template(template)
@@ -649,7 +738,7 @@ impl Page<'_> {
             _ => {
                 return Ok(Answer::Redirect(format!(
                     "/console/search?q={}&lang={}",
-                    enc(destination),
+                    enc_value(destination),
                     self.lang.code()
                 )))
             }
