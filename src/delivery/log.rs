@@ -239,7 +239,7 @@ pub struct DeliveryLog {
     /// Serialises read-modify-write of one message (striped by id).
     locks: Arc<Vec<tokio::sync::Mutex<()>>>,
     observers: Arc<std::sync::RwLock<Vec<Observer>>>,
-    /// Woken on every event, for long polls.
+    /// Woken on every event of a message, for long polls on it.
     changed: Changes,
     retention: Arc<Retention>,
 }
@@ -443,7 +443,7 @@ impl DeliveryLog {
     ) -> Result<Option<Message>, StoreError> {
         let found = self
             .changed
-            .wait_until(timeout, || match self.get(id)? {
+            .wait_until(id, timeout, || match self.get(id)? {
                 None => Ok::<_, StoreError>(Some(None)),
                 Some(m) if done(&m) => Ok(Some(Some(m))),
                 Some(_) => Ok(None),
@@ -456,7 +456,7 @@ impl DeliveryLog {
     }
 
     fn notify(&self, message: &Message, event: &Event) {
-        self.changed.changed();
+        self.changed.changed(&message.id);
         for observer in self.observers.read().unwrap_or_else(|e| e.into_inner()).iter() {
             observer(message, event);
         }

@@ -268,6 +268,12 @@ fn named<T>(req: &Req, key: &str, parse: fn(&str) -> Option<T>, choices: &str) -
     }
 }
 
+/// The key a mailbox's arrivals are told under: its address as the
+/// capture writes it (one that is not an address is read as a 422 later).
+fn mailbox_key(address: &str) -> String {
+    crate::smtp::mailbox::normalize_address(address).unwrap_or_else(|| address.to_string())
+}
+
 /// The longest `?wait=` (and `/wait?timeout=`) a reader may ask for.
 const LONGEST_WAIT_SECS: f64 = 120.0;
 
@@ -303,15 +309,17 @@ impl Arrival {
         })
     }
 
-    /// Reads with `check` until it finds something or the wait is over.
+    /// Reads with `check` until it finds something or the wait is over,
+    /// woken by each change to `key`.
     async fn read<T, E: Into<ApiError>>(
         &self,
         ctx: &Ctx,
         changes: &crate::changes::Changes,
+        key: &str,
         check: impl FnMut() -> Result<Option<T>, E>,
     ) -> Result<Option<T>, ApiError> {
         let _counted = (!self.wait.is_zero()).then(|| LongPoll::start(ctx));
-        changes.wait_until(self.wait, check).await.map_err(Into::into)
+        changes.wait_until(key, self.wait, check).await.map_err(Into::into)
     }
 
     /// The name of what was not found, saying what the reader asked for.
@@ -530,7 +538,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
             let number = parse_number(number)?;
             let arrival = Arrival::of(&req)?;
             let inbox = arrival
-                .read(ctx, ctx.world.arrivals(), || {
+                .read(ctx, ctx.world.arrivals(), &number, || {
                     let inbox = ctx.world.inbox_after(&number, arrival.after.as_ref())?;
                     Ok::<_, ApiError>(Some(inbox).filter(|i| !i.is_empty()))
                 })
@@ -548,7 +556,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
             let number = parse_number(number)?;
             let arrival = Arrival::of(&req)?;
             let (code, m) = arrival
-                .read(ctx, ctx.world.arrivals(), || {
+                .read(ctx, ctx.world.arrivals(), &number, || {
                     ctx.world.newest_code_after(&number, arrival.after.as_ref())
                 })
                 .await?
@@ -607,7 +615,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
         (&Method::GET, ["v1", "sim", "mailboxes", address, "messages"]) => {
             let arrival = Arrival::of(&req)?;
             let items = arrival
-                .read(ctx, ctx.mail.arrivals(), || {
+                .read(ctx, ctx.mail.arrivals(), &mailbox_key(address), || {
                     let shown = ctx.mail.mailbox_messages_after(address, arrival.after.as_ref())?;
                     Ok::<_, ApiError>(Some(shown).filter(|s| !s.is_empty()))
                 })
@@ -624,7 +632,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
         (&Method::GET, ["v1", "sim", "mailboxes", address, "otp"]) => {
             let arrival = Arrival::of(&req)?;
             let code = arrival
-                .read(ctx, ctx.mail.arrivals(), || {
+                .read(ctx, ctx.mail.arrivals(), &mailbox_key(address), || {
                     ctx.mail.newest_code_after(address, arrival.after.as_ref())
                 })
                 .await?

@@ -207,13 +207,13 @@ impl World {
         Ok(keys.len())
     }
 
-    /// Tells readers waiting for an inbox that a message reached one; call
-    /// once it is durable there.
-    pub fn arrived(&self) {
-        self.arrivals.changed();
+    /// Tells readers waiting for `number`'s inbox that a message reached
+    /// it; call once it is durable there.
+    pub fn arrived(&self, number: &str) {
+        self.arrivals.changed(number);
     }
 
-    /// What readers waiting for an inbox wait on.
+    /// What readers waiting for an inbox wait on, keyed by number.
     pub fn arrivals(&self) -> &Changes {
         &self.arrivals
     }

@@ -938,8 +938,9 @@ impl SmsNetwork {
                 let event = Event::new("delivered", now)
                     .state(State::Delivered)
                     .detail(format!("shown on the handset from {shown_sender}"));
+                let to = rec.to.clone();
                 let answered = self.finish(rec, carrier.delivered_receipt(), event, now).await?;
-                inner.world.arrived();
+                inner.world.arrived(&to);
                 Ok(answered)
             }
             Outcome::Absent { cause } => {

@@ -555,7 +555,8 @@ impl MailWorld {
         Ok(shown)
     }
 
-    /// What readers waiting for a mailbox wait on.
+    /// What readers waiting for a mailbox wait on, keyed by address as
+    /// [`normalize_address`] writes it.
     pub fn arrivals(&self) -> &Changes {
         &self.inner.arrivals
     }
@@ -977,7 +978,11 @@ impl MailWorld {
             .await;
         }
         inner.store.flush().await?;
-        inner.arrivals.changed();
+        for delivery in &deliveries {
+            if delivery.folder.is_some() {
+                inner.arrivals.changed(&delivery.recipient);
+            }
+        }
         tracing::info!(id = %id, size, recipients = deliveries.len(), "mail captured");
         self.enforce_retention();
         Ok(DataVerdict::Accepted { id })
