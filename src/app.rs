@@ -131,6 +131,8 @@ pub struct Running {
     /// The SMSC's SMPP-over-TLS listener, when configured.
     pub smpp_tls: Option<SocketAddr>,
     pub smtp: Option<SocketAddr>,
+    /// The SMTP server's implicit TLS (SMTPS) listener, when configured.
+    pub smtp_tls: Option<SocketAddr>,
     trigger: Trigger,
     /// The server's long-running tasks, by name, for `stop` to wait on.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
@@ -139,7 +141,8 @@ pub struct Running {
 
 impl Running {
     /// The line a harness parses: `otpgate listening http=... smpp=... smtp=...`,
-    /// and ` smpps=...` after them when SMPP over TLS is configured.
+    /// and ` smpps=...` and ` smtps=...` after them when SMPP or SMTP over
+    /// TLS is configured.
     pub fn listening_line(&self) -> String {
         let show = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_else(|| "off".into());
         let mut line = format!(
@@ -150,6 +153,9 @@ impl Running {
         );
         if let Some(tls) = self.smpp_tls {
             line.push_str(&format!(" smpps={tls}"));
+        }
+        if let Some(tls) = self.smtp_tls {
+            line.push_str(&format!(" smtps={tls}"));
         }
         line
     }
@@ -360,9 +366,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mail = MailWorld::new(&store, clock.clone(), config.mail_retention).map_err(|e| data(&e))?;
     let mail_link = MailLink::new(log.clone(), config.sender.email_from.clone());
     mail.set_observer(mail_link.observer());
+    let mut smtp_tls_addr = None;
     let smtp_addr = match config.smtp {
         Some(addr) => {
             let (listener, local) = listen(addr)?;
+            let implicit_tls = match config.smtp_tls_listen {
+                Some(addr) => {
+                    let (listener, local) = listen(addr)?;
+                    smtp_tls_addr = Some(local);
+                    Some(listener)
+                }
+                None => None,
+            };
             let smtp_tls = match &config.smtp_tls {
                 Some(files) => Some(
                     crate::smtp::TlsIdentity::load(&files.cert, &files.key)
@@ -386,8 +401,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             };
             tasks.push((
                 "SMTP server",
-                tokio::spawn(crate::smtp::serve_tls(
-                    listener,
+                tokio::spawn(crate::smtp::serve_on(
+                    crate::smtp::Listeners {
+                        plain: listener,
+                        implicit_tls,
+                    },
                     smtp_config,
                     smtp_tls,
                     Arc::new(mail.clone()),
@@ -534,6 +552,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         http: http_addr,
         smpp: smpp_addr,
         smpp_tls: smpp_tls_addr,
+        smtp_tls: smtp_tls_addr,
         smtp: smtp_addr,
         trigger,
         tasks,

@@ -29,6 +29,10 @@ pub struct Config {
     /// The embedded SMTP server's certificate and key (`[smtp] tls_cert`,
     /// `tls_key`); `None` means STARTTLS is not offered.
     pub smtp_tls: Option<TlsFiles>,
+    /// The embedded SMTP server's second listener, SMTP over TLS from the
+    /// first byte (`[smtp] tls_listen`, SMTPS as on port 465); needs
+    /// `smtp_tls`.
+    pub smtp_tls_listen: Option<SocketAddr>,
     /// Messages a second the SMTP server accepts (`[smtp]
     /// max_messages_per_sec`); above it MAIL is answered `451 4.3.2`.
     /// `None` means no limit.
@@ -255,6 +259,7 @@ struct SmtpTable {
     listen: Option<String>,
     #[serde(default)]
     auth: Vec<SmtpAccount>,
+    tls_listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_messages_per_sec: Option<u32>,
@@ -573,6 +578,22 @@ impl Config {
             .and_then(Path::parent)
             .unwrap_or_else(|| Path::new(""));
         let (smtp_auth, smtp_tls) = smtp_security(&smtp_table, config_dir)?;
+        let smtp_tls_listen = match &smtp_table.tls_listen {
+            Some(text) => parse_addr("smtp.tls_listen", text)?,
+            None => None,
+        };
+        if smtp_tls_listen.is_some() && smtp_tls.is_none() {
+            return Err(ConfigError::Invalid {
+                field: "smtp.tls_listen",
+                message: "SMTP over TLS needs tls_cert and tls_key".into(),
+            });
+        }
+        if smtp.is_none() && smtp_tls_listen.is_some() {
+            return Err(ConfigError::Invalid {
+                field: "smtp.tls_listen",
+                message: "SMTP over TLS is the SMTP server's second listener; the SMTP server is off".into(),
+            });
+        }
         let smpp_tls = smpp_tls(&smpp_table, config_dir)?;
         if smpp.is_none() && smpp_tls.is_some() {
             return Err(ConfigError::Invalid {
@@ -618,6 +639,7 @@ impl Config {
             smtp,
             smtp_auth,
             smtp_tls,
+            smtp_tls_listen,
             smtp_max_messages_per_sec: smtp_table.max_messages_per_sec,
             smtp_max_connections: smtp_table.max_connections.unwrap_or(1024),
             smtp_max_in_flight: smtp_table.max_in_flight,
@@ -863,6 +885,31 @@ mod tests {
         assert!(err.starts_with("smtp.max_in_flight:"), "{err}");
         let err = load_file("[smtp]\nmax_connections = 0\n").unwrap_err().to_string();
         assert!(err.starts_with("smtp.max_connections:"), "{err}");
+    }
+
+    #[test]
+    fn smtp_takes_a_tls_listener_with_its_certificate() {
+        let c = load_file(
+            "[smtp]\nlisten = \"127.0.0.1:2526\"\ntls_listen = \"127.0.0.1:4650\"\n\
+             tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.smtp_tls_listen.unwrap().to_string(), "127.0.0.1:4650");
+        assert!(c.smtp_tls.is_some());
+        for (file, field) in [
+            ("[smtp]\ntls_listen = \"127.0.0.1:4650\"\n", "smtp.tls_listen:"),
+            (
+                "[smtp]\nlisten = \"off\"\ntls_listen = \"127.0.0.1:4650\"\ntls_cert = \"c\"\ntls_key = \"k\"\n",
+                "smtp.tls_listen:",
+            ),
+            (
+                "[smtp]\ntls_listen = \"nowhere\"\ntls_cert = \"c\"\ntls_key = \"k\"\n",
+                "smtp.tls_listen:",
+            ),
+        ] {
+            let err = load_file(file).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{file}: {err}");
+        }
     }
 
     #[test]

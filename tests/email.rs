@@ -1080,3 +1080,82 @@ async fn a_suite_waits_on_the_mailbox_for_the_code_its_app_mailed_and_empties_it
     assert_eq!((status, error_code(&body)), (422, "invalid_request"), "{body}");
     server.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// SMTP over TLS from the first byte (SMTPS, port 465 style).
+
+/// An app configured for implicit TLS (Nodemailer `secure: true`, Python's
+/// `SMTP_SSL`) sends to the server's `tls_listen` port: the handshake
+/// first, then the greeting. A plain client there gets nothing and is
+/// counted; the plain port still offers STARTTLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_arrives_over_implicit_tls_and_a_plain_client_there_gets_no_greeting() {
+    let server = TestServer::start_with(|c| {
+        c.smtp_tls = Some(common::tls::files());
+        c.smtp_tls_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let running = server.running.as_ref().expect("running");
+    let tls_addr = running.smtp_tls.expect("an SMTPS listener");
+    assert!(
+        running.listening_line().ends_with(&format!(" smtps={tls_addr}")),
+        "{}",
+        running.listening_line()
+    );
+
+    // A plain client on the TLS port: no 220, the connection ends.
+    let mut plain = tokio::net::TcpStream::connect(tls_addr).await.expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain.write_all(b"EHLO plain.example\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("220"),
+        "no greeting in plain text: {read:?} {answer:?}"
+    );
+
+    // A raw dialogue over rustls, trusting only the fixture certificate.
+    let tcp = tokio::net::TcpStream::connect(tls_addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = common::tls::connector().connect(name, tcp).await.expect("handshake");
+    let mut client = RawSmtp::over(tls).await;
+    let ehlo = client.expect("EHLO app.example", 250).await;
+    assert!(!ehlo.has_extension("STARTTLS"), "already encrypted: {ehlo:?}");
+    let to = "smtps@example.com";
+    let tx = client
+        .transaction(
+            APP_SENDER,
+            &[to],
+            &plain_message(APP_SENDER, to, "Sealed", "Your code is 465465"),
+        )
+        .await;
+    assert_eq!(tx.end.as_ref().map(|r| r.code), Some(250), "{tx:?}");
+    client.quit().await;
+    assert_eq!(mailbox_code(&server, to).await.as_deref(), Some("465465"));
+
+    // mail-send with implicit TLS, as an app's library would.
+    let message = MessageBuilder::new()
+        .from(APP_SENDER)
+        .to(to)
+        .subject("Sealed again")
+        .text_body("Your code is 465466");
+    let mut sender = SmtpClientBuilder::new("localhost".to_string(), tls_addr.port())
+        .expect("builder")
+        .allow_invalid_certs()
+        .implicit_tls(true)
+        .helo_host("app.example")
+        .connect()
+        .await
+        .expect("implicit TLS connect");
+    sender.send(message).await.expect("sent");
+    let _ = sender.quit().await;
+    assert_eq!(mailbox_code(&server, to).await.as_deref(), Some("465466"));
+
+    // The plain port is unchanged: it offers STARTTLS.
+    let mut plain = RawSmtp::connect(server.smtp).await;
+    assert!(plain.expect("EHLO app.example", 250).await.has_extension("STARTTLS"));
+    plain.quit().await;
+    let metrics = server.metrics().await;
+    assert_eq!(metrics.value("otpgate_smtp_tls_handshakes_failed_total"), 1.0);
+    server.stop().await;
+}

@@ -910,6 +910,11 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         "counter",
         smsc.tls_handshakes_failed.load(Relaxed),
     );
+    out.one(
+        "otpgate_smtp_tls_handshakes_failed_total",
+        "counter",
+        smtp.tls_handshakes_failed.load(Relaxed),
+    );
     out.one("otpgate_smtp_accepted_total", "counter", smtp.accepted.load(Relaxed));
     let refused = [
         ("connections", &smtp.refused_connections),

@@ -85,6 +85,9 @@ pub struct SmtpCounters {
     /// A storage refusal at MAIL or after DATA (low disk space, a failed
     /// store).
     pub refused_storage: std::sync::atomic::AtomicU64,
+    /// TLS handshakes that failed or timed out, on the implicit TLS
+    /// listener or after STARTTLS.
+    pub tls_handshakes_failed: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) fn bump(counter: &std::sync::atomic::AtomicU64) {
@@ -209,11 +212,55 @@ pub async fn serve_tls(
     backend: Arc<dyn MailBackend>,
     shutdown: Shutdown,
 ) {
-    serve_with(listener, config, tls, Limits::default(), backend, shutdown).await
+    serve_on(Listeners::plain(listener), config, tls, backend, shutdown).await
+}
+
+/// Where the SMTP server takes connections.
+pub struct Listeners {
+    /// Plain SMTP, offering STARTTLS when the server has a certificate.
+    pub plain: TcpListener,
+    /// SMTP over TLS from the first byte (SMTPS, RFC 8314, as on port
+    /// 465): the handshake, then the greeting. Needs the certificate.
+    pub implicit_tls: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Plain SMTP only.
+    pub fn plain(listener: TcpListener) -> Listeners {
+        Listeners {
+            plain: listener,
+            implicit_tls: None,
+        }
+    }
+}
+
+/// [`serve`] on both `listeners`, offering STARTTLS on the plain one and
+/// taking TLS first on the other (which needs `tls`); one connection cap
+/// over both.
+pub async fn serve_on(
+    listeners: Listeners,
+    config: SmtpConfig,
+    tls: Option<TlsIdentity>,
+    backend: Arc<dyn MailBackend>,
+    shutdown: Shutdown,
+) {
+    serve_with(listeners, config, tls, Limits::default(), backend, shutdown).await
+}
+
+/// Takes the next connection from either listener; `true` for the
+/// implicit TLS one.
+async fn accept_either(listeners: &Listeners) -> (std::io::Result<(TcpStream, SocketAddr)>, bool) {
+    match &listeners.implicit_tls {
+        Some(tls) => tokio::select! {
+            accepted = listeners.plain.accept() => (accepted, false),
+            accepted = tls.accept() => (accepted, true),
+        },
+        None => (listeners.plain.accept().await, false),
+    }
 }
 
 pub(crate) async fn serve_with(
-    listener: TcpListener,
+    listeners: Listeners,
     config: SmtpConfig,
     tls: Option<TlsIdentity>,
     limits: Limits,
@@ -227,14 +274,22 @@ pub(crate) async fn serve_with(
     let permits = Arc::new(Semaphore::new(max_connections));
     let mut backoff = Duration::from_millis(10);
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (accepted, implicit_tls) = tokio::select! {
+            accepted = accept_either(&listeners) => accepted,
             _ = shutdown.wait() => break,
         };
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
                 match permits.clone().try_acquire_owned() {
+                    Ok(permit) if implicit_tls => {
+                        let server = server.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            tls_connection(stream, peer, server, shutdown).await;
+                            drop(permit);
+                        });
+                    }
                     Ok(permit) => {
                         let server = server.clone();
                         let shutdown = shutdown.clone();
@@ -268,7 +323,7 @@ pub(crate) async fn serve_with(
             }
         }
     }
-    drop(listener);
+    drop(listeners);
     // Every connection task holds a permit until it ends.
     let _all_closed = permits.acquire_many(max_connections as u32).await;
 }
@@ -287,7 +342,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, server: Arc<session::Se
     let result = match converse(stream, &mut session, Some(&greeting), &mut shutdown).await {
         Ok(Ending::Closed) => Ok(()),
         Ok(Ending::StartTls(stream)) => match server.tls() {
-            Some(tls) => upgrade(stream, tls.acceptor(), &mut session, &mut shutdown).await,
+            Some(tls) => upgrade(stream, tls.acceptor(), &server, &mut session, &mut shutdown).await,
             None => Ok(()),
         },
         Err(error) => Err(error),
@@ -298,28 +353,67 @@ async fn connection(stream: TcpStream, peer: SocketAddr, server: Arc<session::Se
     tracing::debug!(%peer, "smtp connection closed");
 }
 
+/// A connection on the implicit TLS listener: the handshake first, then
+/// the greeting and the conversation, as after STARTTLS (no STARTTLS
+/// offered, AUTH allowed where it needs TLS).
+async fn tls_connection(stream: TcpStream, peer: SocketAddr, server: Arc<session::Server>, mut shutdown: Shutdown) {
+    tracing::debug!(%peer, "smtps connection opened");
+    let Some(tls) = server.tls() else {
+        return;
+    };
+    let mut session = session::Session::new(server.clone(), peer.ip(), peer.to_string());
+    let greeting = session.greeting();
+    let Some(stream) = handshake(stream, tls.acceptor(), &session, &server, &mut shutdown).await else {
+        return;
+    };
+    session.tls_started();
+    if let Err(error) = converse(stream, &mut session, Some(&greeting), &mut shutdown).await {
+        tracing::debug!(%peer, %error, "smtps connection ended with an error");
+    }
+    tracing::debug!(%peer, "smtps connection closed");
+}
+
+/// The server's side of a TLS handshake, within the idle timeout; `None`
+/// when it failed, timed out (both counted) or the server is stopping. A
+/// client that gives up on the handshake is not the server's problem;
+/// nothing can be said to it in plain text any more.
+async fn handshake(
+    stream: TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    session: &session::Session,
+    server: &session::Server,
+    shutdown: &mut Shutdown,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(session.idle_timeout(), acceptor.accept(stream)) => handshake,
+        _ = shutdown.wait() => return None,
+    };
+    match handshake {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "smtp TLS handshake failed");
+            bump(&server.counters().tls_handshakes_failed);
+            None
+        }
+        Err(_elapsed) => {
+            tracing::debug!("smtp TLS handshake timed out");
+            bump(&server.counters().tls_handshakes_failed);
+            None
+        }
+    }
+}
+
 /// The TLS handshake after `220 Ready to start TLS`, then the conversation
 /// over TLS with a fresh session state.
 async fn upgrade(
     stream: TcpStream,
     acceptor: &tokio_rustls::TlsAcceptor,
+    server: &session::Server,
     session: &mut session::Session,
     shutdown: &mut Shutdown,
 ) -> std::io::Result<()> {
-    let idle = session.idle_timeout();
-    let handshake = tokio::select! {
-        handshake = tokio::time::timeout(idle, acceptor.accept(stream)) => handshake,
-        _ = shutdown.wait() => return Ok(()),
-    };
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            // A client that gives up on the handshake is not the server's
-            // problem; nothing can be said to it in plain text any more.
-            tracing::debug!(%error, "smtp TLS handshake failed");
-            return Ok(());
-        }
-        Err(_elapsed) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake")),
+    let Some(stream) = handshake(stream, acceptor, session, server, shutdown).await else {
+        return Ok(());
     };
     session.tls_started();
     match converse(stream, session, None, shutdown).await? {

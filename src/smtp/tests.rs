@@ -672,7 +672,7 @@ async fn a_silent_client_is_timed_out() {
         ..Limits::default()
     };
     let server = tokio::spawn(serve_with(
-        listener,
+        Listeners::plain(listener),
         SmtpConfig::default(),
         None,
         limits,
@@ -732,7 +732,14 @@ async fn start_ticked(config: SmtpConfig, backend: Arc<dyn MailBackend>) -> Tick
         ticker: ticker.clone(),
         ..Limits::default()
     };
-    let server = tokio::spawn(serve_with(listener, config, None, limits, backend, shutdown));
+    let server = tokio::spawn(serve_with(
+        Listeners::plain(listener),
+        config,
+        None,
+        limits,
+        backend,
+        shutdown,
+    ));
     Ticked {
         addr,
         ticker,

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// How long the tests wait for one reply before calling the server stuck.
@@ -45,18 +45,23 @@ impl Reply {
 
 /// A connection that speaks SMTP by hand.
 pub struct RawSmtp {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    reader: BufReader<Box<dyn AsyncRead + Unpin + Send>>,
+    writer: Box<dyn AsyncWrite + Unpin + Send>,
     pub greeting: Reply,
 }
 
 impl RawSmtp {
     pub async fn connect(addr: SocketAddr) -> RawSmtp {
         let stream = TcpStream::connect(addr).await.expect("connect smtp");
-        let (read, writer) = stream.into_split();
+        RawSmtp::over(stream).await
+    }
+
+    /// A client on any stream (a TLS one, say), after reading its `220`.
+    pub async fn over<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(stream: S) -> RawSmtp {
+        let (read, writer) = tokio::io::split(stream);
         let mut client = RawSmtp {
-            reader: BufReader::new(read),
-            writer,
+            reader: BufReader::new(Box::new(read)),
+            writer: Box::new(writer),
             greeting: Reply {
                 code: 0,
                 lines: Vec::new(),
