@@ -160,7 +160,16 @@ impl ChildServer {
 pub fn tail(path: &Path, n: usize) -> String {
     let text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+    // A panic's message comes before its backtrace, which can be longer
+    // than the tail: say it first.
+    match lines.iter().position(|l| l.contains("panicked at")) {
+        Some(at) if at < lines.len().saturating_sub(n) => {
+            let message = lines[at..(at + 3).min(lines.len())].join("\n");
+            format!("{message}\n  ...\n{tail}")
+        }
+        _ => tail,
+    }
 }
 
 /// One HTTP request that may fail: the server may be dead or dying.

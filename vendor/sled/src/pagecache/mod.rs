@@ -779,7 +779,7 @@ impl PageCache {
         new: Update,
         guard: &'g Guard,
     ) -> Result<(PageId, PageView<'g>)> {
-        let mut allocation_serializer;
+        let mut allocation_serializer = None;
 
         let free_opt = self.free.lock().pop();
 
@@ -814,9 +814,10 @@ impl PageCache {
             // because it is overly-strict, it allows us
             // to flag corruption and bugs during testing
             // much more easily.
-            allocation_serializer = self.next_pid_to_allocate.lock();
-            let pid = *allocation_serializer;
-            *allocation_serializer += 1;
+            let next_pid = allocation_serializer
+                .insert(self.next_pid_to_allocate.lock());
+            let pid = **next_pid;
+            **next_pid += 1;
 
             trace!("allocating pid {} for the first time", pid);
 
@@ -827,16 +828,46 @@ impl PageCache {
             (pid, page_view)
         };
 
-        let new_pointer = self
-            .cas_page(pid, page_view, new, false, guard)?
-            .unwrap_or_else(|e| {
-                panic!(
-                    "should always be able to install \
-                     a new page during allocation, but \
-                     failed for pid {}: {:?}",
-                    pid, e
-                )
-            });
+        let unwritten = page_view.read;
+        let new_pointer = match self.cas_page(pid, page_view, new, false, guard)
+        {
+            Ok(installed) => installed,
+            Err(e) => {
+                // otpgate: the page could not be written (a full disk
+                // failed its blob). A pid allocated for the first time was
+                // kept all the same, and the next one, written, left a pid
+                // below it that no log record names: at the next start
+                // recovery found it uninitialised and opening panicked
+                // ("tried to serialize Uninitialized"). The pid is given
+                // back: the counter, whose lock is still held, steps back
+                // over it, or a reused pid returns to the free list.
+                match allocation_serializer.as_mut() {
+                    Some(next_pid) => {
+                        if self.inner.remove_unwritten(pid, unwritten, guard) {
+                            **next_pid -= 1;
+                        }
+                    }
+                    None => {
+                        let still_free = self
+                            .inner
+                            .get(pid, guard)
+                            .map_or(false, |view| view.read == unwritten);
+                        if still_free {
+                            self.free.lock().push(pid);
+                        }
+                    }
+                }
+                return Err(e);
+            }
+        }
+        .unwrap_or_else(|e| {
+            panic!(
+                "should always be able to install \
+                 a new page during allocation, but \
+                 failed for pid {}: {:?}",
+                pid, e
+            )
+        });
 
         Ok((pid, new_pointer))
     }

@@ -5,7 +5,7 @@ use std::{
     alloc::{alloc_zeroed, Layout},
     convert::TryFrom,
     mem::{align_of, size_of},
-    sync::atomic::Ordering::{Acquire, Relaxed, Release},
+    sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst},
 };
 
 use crossbeam_epoch::{pin, Atomic, Guard, Owned, Shared};
@@ -127,6 +127,27 @@ impl PageTable {
         assert!(old.is_null());
 
         PageView { read: shared, entry: tip }
+    }
+
+    /// otpgate: takes out the page `expected` that `insert` put at `pid`
+    /// and nothing has replaced since, for an allocation whose first write
+    /// failed; false if it was replaced.
+    pub(crate) fn remove_unwritten<'g>(
+        &self,
+        pid: PageId,
+        expected: Shared<'g, Page>,
+        guard: &'g Guard,
+    ) -> bool {
+        let tip = self.traverse(pid, guard);
+        match tip.compare_and_set(expected, Shared::null(), SeqCst, guard) {
+            Ok(_) => {
+                unsafe {
+                    guard.defer_destroy(expected);
+                }
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Try to get a value from the tree.
