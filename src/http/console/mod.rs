@@ -179,6 +179,7 @@ const WORDS: &[(&str, &str, &str)] = &[
     ("harmless", "影響なし", "does not block"),
     ("back_home", "ホームへ戻る", "Back to the console home"),
     ("log", "配信記録", "Delivery log"),
+    ("whole_log", "すべての配信記録を見る", "The whole delivery log"),
     (
         "log_intro",
         "すべてのメッセージ（新しい順）。OTPもお客様のアプリがSMPP・SMTPで送ったものも含みます。",
