@@ -654,10 +654,15 @@ fn diagnostics(ctx: &Ctx, req: &Req, subject: crate::desk::Subject) -> ApiResult
         Some(other) => return Err(ApiError::invalid(format!("lang `{other}` is not `ja` or `en`"))),
         None => None,
     };
+    let text = match req.query("format") {
+        None | Some("json") => false,
+        Some("text") => true,
+        Some(other) => return Err(ApiError::invalid(format!("format `{other}` is not `json` or `text`"))),
+    };
     let dossier = ctx.desk.dossier(&subject)?;
     let now = ctx.clock.now();
     let report = ctx.desk.diagnose(&dossier, lang, now);
-    if req.query("format") == Some("text") {
+    if text {
         return Ok(text_response(
             StatusCode::OK,
             "text/plain; charset=utf-8",

@@ -274,6 +274,120 @@ pub const ROUTES: &[Route] = &[
     r("delete", "/v1/mail/{id}", "mail", "Delete one email", &[]),
 ];
 
+/// One query parameter: its name, its schema, what it does.
+type QueryParam = (&'static str, fn() -> Value, &'static str);
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn number() -> Value {
+    json!({"type": "number", "minimum": 0})
+}
+
+fn integer() -> Value {
+    json!({"type": "integer", "minimum": 1})
+}
+
+fn state() -> Value {
+    json!({"type": "string", "enum": ["queued", "submitted", "enroute", "delivered", "failed", "expired", "rejected"]})
+}
+
+fn wait_state() -> Value {
+    json!({"type": "string", "enum": ["final", "queued", "submitted", "enroute", "delivered", "failed", "expired", "rejected"]})
+}
+
+fn channel() -> Value {
+    json!({"type": "string", "enum": ["sms", "email"]})
+}
+
+fn lang() -> Value {
+    json!({"type": "string", "enum": ["ja", "en"]})
+}
+
+fn format() -> Value {
+    json!({"type": "string", "enum": ["json", "text"]})
+}
+
+const ARRIVAL: &[QueryParam] = &[
+    (
+        "after",
+        string,
+        "Only what arrived later: an RFC 3339 time, or the id of the last message read (an SMS's message_id, a mail's id)",
+    ),
+    (
+        "wait",
+        number,
+        "Seconds (at most 120) to wait for something to show when nothing does yet: a long poll",
+    ),
+];
+
+const DIAGNOSIS: &[QueryParam] = &[
+    ("lang", lang, "The report's language; the member's own by default"),
+    ("format", format, "`text` for the report as the CLI prints it"),
+];
+
+/// The query parameters of the routes that take any, by method and path.
+const QUERIES: &[(&str, &str, &[QueryParam])] = &[
+    (
+        "get",
+        "/v1/members",
+        &[
+            ("phone", string, "Members registered with this number, in any spelling"),
+            ("email", string, "Members registered with this address"),
+        ],
+    ),
+    (
+        "get",
+        "/v1/messages",
+        &[
+            ("member_id", string, "Messages for this member"),
+            ("to", string, "Messages to this number (any spelling) or address"),
+            ("otp_id", string, "The messages of this OTP"),
+            (
+                "smsc_message_id",
+                string,
+                "The messages the SMSC gave this id (a long message's by any part's)",
+            ),
+            ("state", state, "Messages in this state now"),
+            ("channel", channel, "Messages on this channel"),
+            ("before", string, "The `next` of the previous page"),
+            ("limit", integer, "Messages on a page (default 100, at most 1,000)"),
+        ],
+    ),
+    (
+        "get",
+        "/v1/messages/{id}/wait",
+        &[
+            (
+                "state",
+                wait_state,
+                "The state to wait for; `final` (the default) is any final state",
+            ),
+            ("timeout", number, "Seconds to wait (default 30, at most 120)"),
+        ],
+    ),
+    ("get", "/v1/diagnostics/members/{id}", DIAGNOSIS),
+    ("get", "/v1/diagnostics/destinations/{destination}", DIAGNOSIS),
+    ("get", "/v1/sim/handsets/{number}/messages", ARRIVAL),
+    ("get", "/v1/sim/handsets/{number}/otp", ARRIVAL),
+    ("get", "/v1/sim/mailboxes/{address}/messages", ARRIVAL),
+    ("get", "/v1/sim/mailboxes/{address}/otp", ARRIVAL),
+    (
+        "get",
+        "/v1/mail",
+        &[
+            (
+                "q",
+                string,
+                "Mail whose sender, recipients, subject or text holds this (any case)",
+            ),
+            ("before", string, "The `next` of the previous page"),
+            ("limit", integer, "Mail on a page (default 50, at most 500)"),
+        ],
+    ),
+];
+
 fn error_schema() -> Value {
     json!({"type": "object", "properties": {"error": {"type": "object", "properties": {"code": {"type": "string"}, "message": {"type": "string"}}, "required": ["code", "message"]}}})
 }
@@ -310,6 +424,15 @@ pub fn document() -> Value {
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .chain(
+                QUERIES
+                    .iter()
+                    .filter(|(method, path, _)| *method == route.method && *path == route.path)
+                    .flat_map(|(_, _, params)| params.iter())
+                    .map(|(name, schema, what)| {
+                        json!({"name": name, "in": "query", "required": false, "schema": schema(), "description": what})
+                    }),
+            )
             .collect();
         let mut op = json!({
             "tags": [route.tag],
@@ -349,6 +472,24 @@ pub fn document() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_route_with_query_parameters_is_in_the_route_table() {
+        for (method, path, _) in QUERIES {
+            assert!(
+                ROUTES.iter().any(|r| r.method == *method && r.path == *path),
+                "{method} {path} has query parameters but no route"
+            );
+        }
+        let doc = document();
+        let names: Vec<&str> = doc["paths"]["/v1/sim/handsets/{number}/otp"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(names, ["number", "after", "wait"]);
+    }
 
     #[test]
     fn overload_answers_are_documented_where_they_can_happen() {
