@@ -537,6 +537,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         smtp_counters,
         sms_link,
         store: store.clone(),
+        shutdown: shutdown.clone(),
     });
     let http_limits = crate::http::Limits {
         max_connections: config.http_admission.max_connections,

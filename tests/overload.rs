@@ -158,3 +158,37 @@ async fn short_of_disk_space_writes_get_507_and_mail_452_while_reads_go_on() {
     assert_eq!(metrics.value("otpgate_smtp_refused_total{reason=\"storage\"}"), 1.0);
     server.stop().await;
 }
+
+/// A long poll in flight when the server stops gets the answer its time
+/// running out would give, not a connection cut after the stop's grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_in_flight_are_answered_when_the_server_stops() {
+    let server = TestServer::start().await;
+    let api = common::Api { http: server.http };
+    let (s, member) = server
+        .post(
+            "/v1/members",
+            serde_json::json!({"id": "M1", "email": "m1@example.com", "residence": "JP"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{member}");
+    let (s, otp) = server
+        .post("/v1/otps", serde_json::json!({"member_id": "M1", "purpose": "login"}))
+        .await;
+    assert_eq!(s, 201, "{otp}");
+    let message = otp["message_id"].as_str().expect("message_id").to_string();
+    let code = tokio::spawn(async move { api.get("/v1/sim/handsets/09011112222/otp?wait=60").await });
+    let api = common::Api { http: server.http };
+    let logged = tokio::spawn(async move {
+        api.get(&format!("/v1/messages/{message}/wait?state=expired&timeout=60"))
+            .await
+    });
+    server.long_polls_waiting(2).await;
+    let stopping = tokio::spawn(server.stop());
+    let (status, answer) = code.await.expect("answered");
+    assert_eq!((status, common::error_code(&answer)), (404, "not_found"), "{answer}");
+    let (status, logged) = logged.await.expect("answered");
+    assert_eq!(status, 200, "{logged}");
+    assert_eq!(logged["timed_out"], true, "the message as it is: {logged}");
+    stopping.await.expect("stopped");
+}

@@ -34,6 +34,8 @@ pub struct Ctx {
     pub sms_link: Option<crate::delivery::sms::SmsClient>,
     /// For `/metrics` to say whether writes wait for sled.
     pub store: crate::store::Store,
+    /// Ends the long polls when the server starts stopping.
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 /// Counters for `/metrics`.
@@ -268,6 +270,17 @@ fn named<T>(req: &Req, key: &str, parse: fn(&str) -> Option<T>, choices: &str) -
     }
 }
 
+/// A long poll's wait, ended with `stopped` (what its time running out
+/// answers) once the server starts stopping: a waiting suite gets its
+/// answer rather than a connection cut, and does not hold the stop back.
+async fn unless_stopping<T>(ctx: &Ctx, wait: impl std::future::Future<Output = T>, stopped: impl FnOnce() -> T) -> T {
+    let mut stopping = ctx.shutdown.clone();
+    tokio::select! {
+        answer = wait => answer,
+        _ = stopping.wait() => stopped(),
+    }
+}
+
 /// The key a mailbox's arrivals are told under: its address as the
 /// capture writes it (one that is not an address is read as a 422 later).
 fn mailbox_key(address: &str) -> String {
@@ -319,7 +332,8 @@ impl Arrival {
         check: impl FnMut() -> Result<Option<T>, E>,
     ) -> Result<Option<T>, ApiError> {
         let _counted = (!self.wait.is_zero()).then(|| LongPoll::start(ctx));
-        changes.wait_until(key, self.wait, check).await.map_err(Into::into)
+        let waited = async { changes.wait_until(key, self.wait, check).await.map_err(Into::into) };
+        unless_stopping(ctx, waited, || Ok(None)).await
     }
 
     /// The name of what was not found, saying what the reader asked for.
@@ -792,9 +806,10 @@ async fn wait_for_message(ctx: &Ctx, id: &str, req: &Req) -> ApiResult {
         .clamp(0.0, LONGEST_WAIT_SECS);
     let reached = |m: &Message| wanted.map_or(m.state.is_final(), |state| m.state == state);
     let _counted = LongPoll::start(ctx);
-    let message = ctx
+    let waited = ctx
         .log
-        .wait_for(id, std::time::Duration::from_secs_f64(seconds), reached)
+        .wait_for(id, std::time::Duration::from_secs_f64(seconds), reached);
+    let message = unless_stopping(ctx, waited, || ctx.log.get(id))
         .await?
         .ok_or_else(|| ApiError::not_found("message"))?;
     let mut answer = message_json(&message);
