@@ -1914,6 +1914,17 @@ async fn set_dpf_gets_an_alert_notification_when_the_phone_is_back() {
     server.stop().await;
 }
 
+/// Reads [`PHONE`]'s code with `query` (a long poll) while the app sends
+/// `text` and the carrier's delay passes.
+async fn sent_while_waiting(server: &TestServer, esme: &Esme, query: String, text: &str) -> (u16, serde_json::Value) {
+    let api = common::Api { http: server.http };
+    let waiting = tokio::spawn(async move { api.get(&format!("/v1/sim/handsets/{PHONE}/otp?{query}")).await });
+    server.long_polls_waiting(1).await;
+    esme.send(&sms(PHONE, text)).await;
+    server.advance(RUN).await;
+    within("the waiting read", waiting).await.expect("task")
+}
+
 /// What a QA team's suite does when its own app sends the code: it waits
 /// on the phone for a code newer than the last (`?after=`, `?wait=`)
 /// while the app submits, and empties the inbox between tests.
@@ -1941,11 +1952,8 @@ async fn a_suite_waits_on_the_phone_for_the_code_its_app_sent_and_empties_the_in
     );
 
     // The suite waits; then the app submits, and the carrier's delay passes.
-    let waiting = tokio::spawn(otp(format!("after={}&wait=60", common::enc(&start))));
-    server.long_polls_waiting(1).await;
-    esme.send(&sms(PHONE, "Your code is 481516")).await;
-    server.advance(RUN).await;
-    let (status, first) = within("the waiting read", waiting).await.expect("task");
+    let query = format!("after={}&wait=60", common::enc(&start));
+    let (status, first) = sent_while_waiting(&server, &esme, query, "Your code is 481516").await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(
         (first["code"].as_str(), first["from"].as_str()),
@@ -1955,11 +1963,8 @@ async fn a_suite_waits_on_the_phone_for_the_code_its_app_sent_and_empties_the_in
     // A second code: the wait for one newer than the first (by its id,
     // exact where times tie) skips the first.
     let first_id = first["message_id"].as_str().expect("message_id").to_string();
-    let waiting = tokio::spawn(otp(format!("after={first_id}&wait=60")));
-    server.long_polls_waiting(1).await;
-    esme.send(&sms(PHONE, "Your code is 234200")).await;
-    server.advance(RUN).await;
-    let (status, second) = within("the second waiting read", waiting).await.expect("task");
+    let query = format!("after={first_id}&wait=60");
+    let (status, second) = sent_while_waiting(&server, &esme, query, "Your code is 234200").await;
     assert_eq!((status, second["code"].as_str()), (200, Some("234200")), "{second}");
 
     // Nothing newer than the second: a short wait ends with a 404 that
@@ -2014,11 +2019,7 @@ async fn a_suite_waits_on_the_phone_for_the_code_its_app_sent_and_empties_the_in
     assert_eq!(states, ["delivered", "delivered"], "{log}");
 
     // After the emptying, the next code is the newest again.
-    let waiting = tokio::spawn(otp("wait=60".to_string()));
-    server.long_polls_waiting(1).await;
-    esme.send(&sms(PHONE, "Your code is 777001")).await;
-    server.advance(RUN).await;
-    let (status, third) = within("the read after emptying", waiting).await.expect("task");
+    let (status, third) = sent_while_waiting(&server, &esme, "wait=60".into(), "Your code is 777001").await;
     assert_eq!((status, third["code"].as_str()), (200, Some("777001")), "{third}");
     esme.unbind().await;
     server.stop().await;
