@@ -472,6 +472,20 @@ async fn the_traffic_pages_show_every_message_and_every_mail() {
     );
     assert_eq!(server.page("/console/messages/m999?lang=en").await.status, 404);
 
+    // The phone's and the mailbox's pages lead to each message's own.
+    let (_, verification_log) = server.get("/v1/messages?member_id=M-LOG").await;
+    let logged = verification_log["items"][0]["id"].as_str().expect("logged").to_string();
+    let phone = server.html("/console/handsets/+819044440004?lang=en").await;
+    assert!(
+        phone.contains(&escaped(&format!("/console/messages/{logged}?lang=en"))),
+        "{phone}"
+    );
+    let mailbox = server.html("/console/mailboxes/taro@docomo.ne.jp?lang=en").await;
+    assert!(
+        mailbox.contains(&escaped(&format!("/console/mail/{mail_id}?lang=en"))),
+        "{mailbox}"
+    );
+
     // Searches as a browser's form sends them: a space as `+`, a `+` as
     // `%2B` (the number as the member says it, `+81 90 4444 0004`).
     let search = server.page("/console/search?q=%2B81+90+4444+0004&lang=en").await;

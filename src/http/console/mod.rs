@@ -902,7 +902,17 @@ impl Page<'_> {
             .inbox(&number)?
             .iter()
             .rev()
-            .map(|m| json!({"from": m.from, "text": m.text, "at": m.received_at}))
+            .map(|m| {
+                // The message in the delivery log, by the id the SMSC gave it.
+                let logged = ctx.log.id_by_smsc_id(&m.message_id).ok().flatten();
+                json!({
+                    "from": m.from,
+                    "text": m.text,
+                    "at": m.received_at,
+                    "message_id": m.message_id,
+                    "href": logged.map(|id| self.href(&["console", "messages", &id])),
+                })
+            })
             .collect();
         let data = json!({
             "number": member::display_number(&number),
@@ -1022,6 +1032,7 @@ impl Page<'_> {
             .map(|m| {
                 let spam = m.folder == Some(Folder::Spam);
                 json!({
+                    "href": self.href(&["console", "mail", &m.id]),
                     "folder": if spam { l.pick("迷惑メール", "spam") } else { l.pick("受信トレイ", "inbox") },
                     "spam": spam,
                     "subject": m.subject,
