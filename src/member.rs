@@ -15,9 +15,11 @@ pub enum Channel {
 }
 
 impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::Sms, Channel::Email];
+
     /// `sms` or `email`.
     pub fn named(name: &str) -> Option<Channel> {
-        [Channel::Sms, Channel::Email].into_iter().find(|c| c.as_str() == name)
+        Channel::ALL.into_iter().find(|c| c.as_str() == name)
     }
 
     pub fn as_str(self) -> &'static str {

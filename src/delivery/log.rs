@@ -48,6 +48,11 @@ impl State {
         }
     }
 
+    /// A final state that is not `delivered`.
+    pub fn is_failure(self) -> bool {
+        self.is_final() && self != State::Delivered
+    }
+
     /// Every state, in the order a message goes through them.
     pub const ALL: [State; 7] = [
         State::Queued,

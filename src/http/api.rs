@@ -259,14 +259,21 @@ fn list(items: Vec<Value>, next: Option<String>, alias: Option<&str>) -> Value {
     v
 }
 
-/// The query parameter `key` read by `parse`; 422 naming the `choices`
-/// when it names nothing.
-fn named<T>(req: &Req, key: &str, parse: fn(&str) -> Option<T>, choices: &str) -> Result<Option<T>, ApiError> {
-    match req.query(key) {
-        None => Ok(None),
-        Some(text) => parse(text)
-            .map(Some)
-            .ok_or_else(|| ApiError::invalid(format!("{key}: `{text}` is not one of {choices}"))),
+/// The query parameter `key`, one of `all` by its `name`; 422 naming
+/// them when it is none of them.
+fn named<T: Copy>(req: &Req, key: &str, all: &[T], name: fn(T) -> &'static str) -> Result<Option<T>, ApiError> {
+    let Some(text) = req.query(key) else {
+        return Ok(None);
+    };
+    match all.iter().copied().find(|choice| name(*choice) == text) {
+        Some(choice) => Ok(Some(choice)),
+        None => {
+            let choices: Vec<&str> = all.iter().map(|choice| name(*choice)).collect();
+            Err(ApiError::invalid(format!(
+                "{key}: `{text}` is not one of {}",
+                choices.join(", ")
+            )))
+        }
     }
 }
 
@@ -464,13 +471,8 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
                 },
                 before: req.query("before").map(str::to_string),
                 limit: req.query("limit").and_then(|l| l.parse().ok()).unwrap_or(100),
-                state: named(
-                    &req,
-                    "state",
-                    State::named,
-                    "queued, submitted, enroute, delivered, failed, expired, rejected",
-                )?,
-                channel: named(&req, "channel", Channel::named, "sms, email")?,
+                state: named(&req, "state", &State::ALL, State::as_str)?,
+                channel: named(&req, "channel", &Channel::ALL, Channel::as_str)?,
             };
             let (items, next) = ctx.log.query(&q)?;
             ok(list(items.iter().map(message_json).collect(), next, Some("messages")))

@@ -246,8 +246,8 @@ pub struct Req {
     pub method: Method,
     pub segments: Vec<String>,
     pub query: Vec<(String, String)>,
-    /// The query string as sent, for [`Req::as_form`].
-    pub raw_query: String,
+    /// The address as sent, for [`Req::as_form`] (a cheap clone).
+    pub uri: hyper::Uri,
     pub body: Bytes,
     pub token: Option<String>,
 }
@@ -257,12 +257,12 @@ impl Req {
     /// `+` is a space (a `+` typed is sent as `%2B`). The API reads a `+`
     /// as itself, since `?to=+81...` is written by hand.
     pub fn as_form(&self) -> Req {
-        let query = parse_query(Some(&self.raw_query.replace('+', "%20")));
+        let query = parse_query(self.uri.query().map(|q| q.replace('+', "%20")).as_deref());
         Req {
             method: self.method.clone(),
             segments: self.segments.clone(),
             query,
-            raw_query: self.raw_query.clone(),
+            uri: self.uri.clone(),
             body: Bytes::new(),
             token: self.token.clone(),
         }
@@ -340,8 +340,8 @@ async fn handle(
         .collect();
     // Admitted (or refused) before the body is read: a refused request
     // costs no more than its head.
-    let raw_query = req.uri().query().unwrap_or("").to_string();
-    let query = parse_query(Some(&raw_query));
+    let uri = req.uri().clone();
+    let query = parse_query(uri.query());
     let waits = query.iter().any(|(key, _)| key == "wait");
     let class = RequestClass::of(&method, &segments.iter().map(String::as_str).collect::<Vec<_>>(), waits);
     let _in_flight = match admission.admit(&ctx, class) {
@@ -387,7 +387,7 @@ async fn handle(
         method,
         segments,
         query,
-        raw_query,
+        uri,
         body,
         token,
     };

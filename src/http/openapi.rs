@@ -8,6 +8,8 @@ use hyper::Method;
 use serde_json::{json, Map, Value};
 
 use super::RequestClass;
+use crate::delivery::log::State;
+use crate::member::Channel;
 
 /// One route: method, path (with `{params}`), tag, summary, request body fields.
 pub struct Route {
@@ -290,15 +292,16 @@ fn integer() -> Value {
 }
 
 fn state() -> Value {
-    json!({"type": "string", "enum": ["queued", "submitted", "enroute", "delivered", "failed", "expired", "rejected"]})
+    json!({"type": "string", "enum": State::ALL.map(State::as_str)})
 }
 
 fn wait_state() -> Value {
-    json!({"type": "string", "enum": ["final", "queued", "submitted", "enroute", "delivered", "failed", "expired", "rejected"]})
+    let states = State::ALL.map(State::as_str);
+    json!({"type": "string", "enum": std::iter::once("final").chain(states).collect::<Vec<_>>()})
 }
 
 fn channel() -> Value {
-    json!({"type": "string", "enum": ["sms", "email"]})
+    json!({"type": "string", "enum": Channel::ALL.map(Channel::as_str)})
 }
 
 fn lang() -> Value {

@@ -568,8 +568,9 @@ impl MailWorld {
         address: &str,
         after: Option<&After>,
     ) -> Result<Vec<(MailboxEntry, StoredMail)>, StoreError> {
+        let entries: Vec<(String, MailboxEntry)> = self.inner.entries.scan_prefix(&entry_prefix(address))?;
         let mut shown = Vec::new();
-        for entry in self.entries_newest_first(address)?.into_iter().rev() {
+        for (_, entry) in entries {
             if entry.dropped {
                 continue;
             }
@@ -684,11 +685,6 @@ impl MailWorld {
             .mailboxes
             .get(address)?
             .unwrap_or_else(|| Mailbox::catch_all(address)))
-    }
-
-    fn entries_newest_first(&self, address: &str) -> Result<Vec<MailboxEntry>, StoreError> {
-        let entries: Vec<(String, MailboxEntry)> = self.inner.entries.scan_prefix(&entry_prefix(address))?;
-        Ok(entries.into_iter().rev().map(|(_, e)| e).collect())
     }
 
     /// Removes a message, its raw bytes and its mailbox entries; the caller

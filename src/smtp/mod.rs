@@ -282,19 +282,15 @@ pub(crate) async fn serve_with(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(10);
                 match permits.clone().try_acquire_owned() {
-                    Ok(permit) if implicit_tls => {
-                        let server = server.clone();
-                        let shutdown = shutdown.clone();
-                        tokio::spawn(async move {
-                            tls_connection(stream, peer, server, shutdown).await;
-                            drop(permit);
-                        });
-                    }
                     Ok(permit) => {
                         let server = server.clone();
                         let shutdown = shutdown.clone();
                         tokio::spawn(async move {
-                            connection(stream, peer, server, shutdown).await;
+                            if implicit_tls {
+                                tls_connection(stream, peer, server, shutdown).await;
+                            } else {
+                                connection(stream, peer, server, shutdown).await;
+                            }
                             drop(permit);
                         });
                     }
@@ -363,7 +359,7 @@ async fn tls_connection(stream: TcpStream, peer: SocketAddr, server: Arc<session
     };
     let mut session = session::Session::new(server.clone(), peer.ip(), peer.to_string());
     let greeting = session.greeting();
-    let Some(stream) = handshake(stream, tls.acceptor(), &session, &server, &mut shutdown).await else {
+    let Some(stream) = handshake(stream, tls.acceptor(), &server, &mut shutdown).await else {
         return;
     };
     session.tls_started();
@@ -380,12 +376,11 @@ async fn tls_connection(stream: TcpStream, peer: SocketAddr, server: Arc<session
 async fn handshake(
     stream: TcpStream,
     acceptor: &tokio_rustls::TlsAcceptor,
-    session: &session::Session,
     server: &session::Server,
     shutdown: &mut Shutdown,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
     let handshake = tokio::select! {
-        handshake = tokio::time::timeout(session.idle_timeout(), acceptor.accept(stream)) => handshake,
+        handshake = tokio::time::timeout(server.idle_timeout(), acceptor.accept(stream)) => handshake,
         _ = shutdown.wait() => return None,
     };
     match handshake {
@@ -412,7 +407,7 @@ async fn upgrade(
     session: &mut session::Session,
     shutdown: &mut Shutdown,
 ) -> std::io::Result<()> {
-    let Some(stream) = handshake(stream, acceptor, session, server, shutdown).await else {
+    let Some(stream) = handshake(stream, acceptor, server, shutdown).await else {
         return Ok(());
     };
     session.tls_started();

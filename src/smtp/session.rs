@@ -91,6 +91,11 @@ impl Server {
         self.tls.as_ref()
     }
 
+    /// How long a connection may say nothing (a TLS handshake included).
+    pub(crate) fn idle_timeout(&self) -> std::time::Duration {
+        self.limits.idle_timeout
+    }
+
     pub(crate) fn counters(&self) -> &super::SmtpCounters {
         &self.config.counters
     }
@@ -328,7 +333,7 @@ impl Session {
     }
 
     pub(crate) fn idle_timeout(&self) -> std::time::Duration {
-        self.server.limits.idle_timeout
+        self.server.idle_timeout()
     }
 
     pub(crate) fn greeting(&self) -> String {

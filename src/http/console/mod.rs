@@ -454,6 +454,19 @@ fn codes(e: &Event) -> Vec<(&'static str, String)> {
     out
 }
 
+/// The protocol detail of a message's latest event that has any, on one
+/// line.
+fn last_codes(m: &Message) -> Option<String> {
+    let last = m.events.iter().rev().find(|e| !codes(e).is_empty())?;
+    Some(
+        codes(last)
+            .into_iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
 /// One request's rendering context.
 struct Page<'a> {
     ctx: &'a Ctx,
@@ -557,7 +570,7 @@ impl Page<'_> {
         })?;
         let failures: Vec<Value> = recent
             .iter()
-            .filter(|m| matches!(m.state, State::Failed | State::Expired | State::Rejected))
+            .filter(|m| m.state.is_failure())
             .take(RECENT)
             .map(|m| self.failure_row(m))
             .collect();
@@ -588,20 +601,24 @@ impl Page<'_> {
     }
 
     fn failure_row(&self, m: &Message) -> Value {
-        let href = match &m.member_id {
-            Some(id) => self.href(&["console", "members", id]),
-            None => self.href(&["console", "destinations", &m.to]),
-        };
-        let last = m.events.iter().rev().find(|e| !codes(e).is_empty());
         json!({
-            "href": href,
+            "href": self.diagnosis_href(m),
             "at": m.updated_at,
             "channel": self.channel_words(m.channel),
             "to": masked(&m.to),
             "member_id": m.member_id,
             "state": self.state_words(m.state),
-            "codes": last.map(|e| codes(e).into_iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")),
+            "codes": last_codes(m),
         })
+    }
+
+    /// The diagnosis a message belongs to: its member's, else its
+    /// destination's.
+    fn diagnosis_href(&self, m: &Message) -> String {
+        match &m.member_id {
+            Some(id) => self.href(&["console", "members", id]),
+            None => self.href(&["console", "destinations", &m.to]),
+        }
     }
 
     /// `拒否（rejected）` / `rejected`: the agent's words and the log's.

@@ -8,7 +8,7 @@
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use super::{codes, masked, word, Page, PageResult, Problem};
+use super::{codes, last_codes, masked, word, Page, PageResult, Problem};
 use crate::clock;
 use crate::delivery::log::{Message, Query, State};
 use crate::member::Channel;
@@ -42,7 +42,7 @@ impl Page<'_> {
             .iter()
             .map(|s| json!({"value": s.as_str(), "label": self.state_words(*s), "selected": state == Some(*s)}))
             .collect();
-        let channel_options: Vec<Value> = [Channel::Sms, Channel::Email]
+        let channel_options: Vec<Value> = Channel::ALL
             .iter()
             .map(|c| json!({"value": c.as_str(), "label": self.channel_words(*c), "selected": channel == Some(*c)}))
             .collect();
@@ -64,13 +64,11 @@ impl Page<'_> {
             "states": state_options,
             "channels": channel_options,
             "older": older,
-            "action": self.href(&["console", "messages"]),
         });
         self.render("log.html", StatusCode::OK, &word(self.lang, "log"), data)
     }
 
     fn log_row(&self, m: &Message) -> Value {
-        let last = m.events.iter().rev().find(|e| !codes(e).is_empty());
         json!({
             "href": self.href(&["console", "messages", &m.id]),
             "id": m.id,
@@ -81,8 +79,8 @@ impl Page<'_> {
             "origin": m.origin,
             "member_id": m.member_id,
             "state": self.state_words(m.state),
-            "failure": matches!(m.state, State::Failed | State::Expired | State::Rejected),
-            "codes": last.map(|e| codes(e).into_iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")),
+            "failure": m.state.is_failure(),
+            "codes": last_codes(m),
         })
     }
 
@@ -97,7 +95,7 @@ impl Page<'_> {
             .events
             .iter()
             .map(|e| {
-                let failure = matches!(e.state, Some(State::Failed | State::Expired | State::Rejected));
+                let failure = e.state.is_some_and(State::is_failure);
                 json!({
                     "at": e.at,
                     "kind": e.kind,
@@ -119,11 +117,7 @@ impl Page<'_> {
             ),
         };
         let mut links = vec![json!({"label": device.0, "href": device.1})];
-        let diagnosis = match &m.member_id {
-            Some(member) => self.href(&["console", "members", member]),
-            None => self.href(&["console", "destinations", &m.to]),
-        };
-        links.push(json!({"label": word(self.lang, "diagnosis"), "href": diagnosis}));
+        links.push(json!({"label": word(self.lang, "diagnosis"), "href": self.diagnosis_href(&m)}));
         links.push(
             json!({"label": word(self.lang, "message_json"), "href": format!("/v1/messages/{}", super::enc(&m.id))}),
         );
@@ -145,7 +139,7 @@ impl Page<'_> {
             .collect();
         let data = json!({
             "id": m.id,
-            "failure": matches!(m.state, State::Failed | State::Expired | State::Rejected),
+            "failure": m.state.is_failure(),
             "facts": facts,
             "events": events,
             "links": links,
@@ -188,7 +182,6 @@ impl Page<'_> {
             "mails": rows,
             "q": q.unwrap_or(""),
             "older": older,
-            "action": self.href(&["console", "mail"]),
         });
         self.render("mail_list.html", StatusCode::OK, &word(self.lang, "mail"), data)
     }
