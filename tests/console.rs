@@ -377,18 +377,28 @@ async fn an_agent_finds_a_message_by_the_id_the_smsc_gave_its_esme() {
     server.stop().await;
 }
 
+/// A 1×1 PNG.
+const LOGO_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
 /// A mail with a text part, an HTML part that tries to run a script and
-/// load a remote image, and an attachment.
+/// load a remote image and shows an inline logo (`cid:`), and an
+/// attachment.
 fn html_mail(to: &str) -> Vec<u8> {
     format!(
         "From: Shop <noreply@shop.example>\r\nTo: {to}\r\nSubject: Your shop code\r\n\
          MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"mix\"\r\n\r\n\
          --mix\r\nContent-Type: multipart/alternative; boundary=\"alt\"\r\n\r\n\
          --alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nYour code is 246801\r\n\
-         --alt\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+         --alt\r\nContent-Type: multipart/related; boundary=\"rel\"\r\n\r\n\
+         --rel\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
          <html><body><h1 style=\"color:#c00\">Your code</h1><p id=\"code\">246801</p>\
+         <img id=\"logo\" src=\"cid:logo@shop.example\">\
          <img src=\"http://tracker.example/open.png\">\
          <script>document.body.innerHTML = 'SCRIPT RAN'</script></body></html>\r\n\
+         --rel\r\nContent-Type: image/png\r\nContent-ID: <logo@shop.example>\r\n\
+         Content-Disposition: inline; filename=\"logo.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+         {LOGO_PNG}\r\n--rel--\r\n\
          --alt--\r\n\
          --mix\r\nContent-Type: application/pdf; name=\"invoice.pdf\"\r\n\
          Content-Disposition: attachment; filename=\"invoice.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n\
@@ -517,7 +527,50 @@ async fn the_traffic_pages_show_every_message_and_every_mail() {
         "{csp}"
     );
     assert!(html.body.contains(r#"<p id="code">246801</p>"#), "{}", html.body);
+    // The inline logo is in the frame as data, which its policy allows.
+    assert!(
+        html.body
+            .contains(&format!(r#"<img id="logo" src="data:image/png;base64,{LOGO_PNG}">"#)),
+        "{}",
+        html.body
+    );
     assert_eq!(server.page("/console/mail/000000000999/html").await.status, 404);
+
+    // Each part, listed with its type and size, downloads by itself: as
+    // an attachment, whatever its type, never shown from this origin.
+    let (_, detail) = server.get(&format!("/v1/mail/{mail_id}")).await;
+    assert_eq!(
+        detail["parts"],
+        json!([
+            {"index": 0, "name": "logo.png", "content_type": "image/png", "size": 70,
+             "content_id": "logo@shop.example", "inline": true},
+            {"index": 1, "name": "invoice.pdf", "content_type": "application/pdf", "size": 9, "inline": false},
+        ]),
+        "{detail}"
+    );
+    for href in ["/parts/0", "/parts/1"] {
+        assert!(
+            mail.contains(&escaped(&format!("/v1/mail/{mail_id}{href}"))),
+            "{href}: {mail}"
+        );
+    }
+    let pdf = server.page(&format!("/v1/mail/{mail_id}/parts/1")).await;
+    assert_eq!((pdf.status, pdf.content_type.as_str()), (200, "application/pdf"));
+    assert_eq!(pdf.bytes, b"%PDF-1.4\n");
+    assert_eq!(
+        pdf.disposition.as_deref(),
+        Some("attachment; filename=\"invoice.pdf\"; filename*=UTF-8''invoice.pdf")
+    );
+    assert!(pdf.csp.is_some_and(|csp| csp.starts_with("sandbox")));
+    let logo = server.page(&format!("/v1/mail/{mail_id}/parts/0")).await;
+    assert_eq!((logo.status, logo.bytes.len()), (200, 70));
+    assert_eq!(logo.bytes[1..4], *b"PNG");
+    let (status, body) = server.get(&format!("/v1/mail/{mail_id}/parts/2")).await;
+    assert_eq!((status, common::error_code(&body)), (404, "not_found"), "{body}");
+    let (status, body) = server.get(&format!("/v1/mail/{mail_id}/parts/first")).await;
+    assert_eq!((status, common::error_code(&body)), (422, "invalid_request"), "{body}");
+    let (status, _) = server.get("/v1/mail/000000000999/parts/0").await;
+    assert_eq!(status, 404);
 
     if let Some(chromium) = browser::chromium() {
         // The HTML as a browser shows it: the script does not run.

@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use hyper::{Method, StatusCode};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::HeaderValue;
+use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::{json_response, text_response, ApiError, ApiResult, Req};
@@ -610,6 +613,16 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
                 String::from_utf8_lossy(&raw).into_owned(),
             ))
         }
+        (&Method::GET, ["v1", "mail", id, "parts", index]) => {
+            let index: usize = index
+                .parse()
+                .map_err(|_| ApiError::invalid("part: the index of one of the mail's parts, from 0"))?;
+            let (part, bytes) = ctx
+                .mail
+                .part(id, index)?
+                .ok_or_else(|| ApiError::not_found("mail part"))?;
+            Ok(download(&part, bytes))
+        }
         (&Method::DELETE, ["v1", "mail", id]) => {
             check_token(ctx, &req)?;
             if ctx.mail.delete(id).await? {
@@ -977,4 +990,47 @@ fn metrics(ctx: &Ctx) -> ApiResult {
         p.write_wait_seconds,
     );
     Ok(text_response(StatusCode::OK, "text/plain; version=0.0.4", out.0))
+}
+
+/// A mail part as a download. It is always an attachment, never shown in
+/// place: a part is whatever the mail's sender wrote, and an HTML or SVG
+/// part rendered from the console's origin could run its script there.
+/// The sandbox policy and `nosniff` hold even for a browser that shows it.
+fn download(part: &crate::smtp::MailPart, bytes: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    let headers = resp.headers_mut();
+    let content_type =
+        HeaderValue::from_str(&part.content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    headers.insert(hyper::header::CONTENT_TYPE, content_type);
+    let name = part.name.clone().unwrap_or_else(|| format!("part-{}", part.index));
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let disposition = format!(
+        "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
+        name.bytes().fold(String::new(), |mut out, b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+            out
+        })
+    );
+    if let Ok(v) = HeaderValue::from_str(&disposition) {
+        headers.insert(hyper::header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("sandbox; default-src 'none'"),
+    );
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    resp
 }

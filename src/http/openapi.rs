@@ -273,6 +273,13 @@ pub const ROUTES: &[Route] = &[
         "The raw source (message/rfc822)",
         &[],
     ),
+    r(
+        "get",
+        "/v1/mail/{id}/parts/{index}",
+        "mail",
+        "One attachment or inline image of an email, as a download (`parts` of the email lists them)",
+        &[],
+    ),
     r("delete", "/v1/mail/{id}", "mail", "Delete one email", &[]),
 ];
 

@@ -20,6 +20,7 @@ use super::mailbox::{
     decide_delivery, decide_rcpt, greylist_state, normalize_address, Disposition, Greylist, Mailbox, MailboxPatch,
     RcptDecision, Reply,
 };
+use super::parts::{self, MailPart};
 use super::{DataVerdict, Envelope, MailBackend, RcptVerdict};
 use crate::changes::{After, Changes};
 use crate::clock::{rfc3339, Clock, Millis};
@@ -179,6 +180,9 @@ pub struct MailDetail {
     pub text: Option<String>,
     pub html: Option<String>,
     pub attachments: Vec<String>,
+    /// The attachments and inline images, with their types and sizes.
+    #[serde(default)]
+    pub parts: Vec<MailPart>,
     /// The source as received; bytes that are not UTF-8 shown as U+FFFD.
     pub raw: String,
     /// False when the MIME structure could not be parsed; `raw` is complete.
@@ -636,6 +640,7 @@ impl MailWorld {
             text: mail.text,
             html: mail.html,
             attachments: mail.attachments,
+            parts: parts::list(&raw),
             raw: String::from_utf8_lossy(&raw).into_owned(),
             parsed: mail.parsed,
             envelope: mail.envelope,
@@ -648,6 +653,22 @@ impl MailWorld {
     pub fn recipients(&self, id: &str) -> Result<Option<Vec<String>>, StoreError> {
         let mail = self.inner.messages.get::<Recipients>(id)?;
         Ok(mail.map(|m| m.deliveries.into_iter().map(|d| d.recipient).collect()))
+    }
+
+    /// One attachment or inline part of a captured message and its bytes;
+    /// `None` when there is no such message or part.
+    pub fn part(&self, id: &str, index: usize) -> Result<Option<(MailPart, Vec<u8>)>, MailError> {
+        Ok(self.raw(id)?.and_then(|raw| parts::get(&raw, index)))
+    }
+
+    /// A captured message's HTML with its inline images (`cid:`) made
+    /// `data:` URIs, for the console's frame; `None` without HTML.
+    pub fn html_with_images(&self, id: &str) -> Result<Option<String>, MailError> {
+        let Some(html) = self.inner.messages.get::<StoredMail>(id)?.and_then(|m| m.html) else {
+            return Ok(None);
+        };
+        let raw = self.raw(id)?.unwrap_or_default();
+        Ok(Some(parts::inline_images(&html, &raw)))
     }
 
     /// The message exactly as received (for a `.eml` download).

@@ -22,6 +22,7 @@ mod session;
 
 pub mod capture;
 pub mod mailbox;
+pub mod parts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub use capture::{
     NewestCode, Outcome,
 };
 pub use mailbox::{Mailbox, MailboxPatch};
+pub use parts::MailPart;
 
 /// The server's settings, read once from the configuration.
 #[derive(Debug, Clone)]

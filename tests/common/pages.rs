@@ -17,7 +17,11 @@ pub struct Page {
     /// The `Location` of a redirect.
     pub location: Option<String>,
     pub csp: Option<String>,
+    /// The `Content-Disposition` of a download.
+    pub disposition: Option<String>,
+    /// The body as text (a download's bytes that are not UTF-8 as U+FFFD).
     pub body: String,
+    pub bytes: Vec<u8>,
 }
 
 impl Api {
@@ -42,19 +46,27 @@ impl Api {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let (content_type, location, csp) = (
+        let (content_type, location, csp, disposition) = (
             header("content-type").unwrap_or_default(),
             header("location"),
             header("content-security-policy"),
+            header("content-disposition"),
         );
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = if content_type.starts_with("text/html") {
+            String::from_utf8(bytes.to_vec()).expect("the page is UTF-8")
+        } else {
+            String::from_utf8_lossy(&bytes).into_owned()
+        };
         Page {
             status,
             content_type,
             location,
             csp,
-            body: String::from_utf8(bytes.to_vec()).expect("the page is UTF-8"),
+            disposition,
+            body,
+            bytes: bytes.to_vec(),
         }
     }
 

@@ -216,7 +216,13 @@ impl Page<'_> {
             "headers": headers,
             "text": mail.text,
             "html_href": mail.html.as_ref().map(|_| format!("/console/mail/{}/html", super::enc(&mail.id))),
-            "attachments": mail.attachments,
+            "parts": mail.parts.iter().map(|p| json!({
+                "name": p.name.clone().unwrap_or_else(|| format!("part-{}", p.index)),
+                "href": format!("/v1/mail/{}/parts/{}", super::enc(&mail.id), p.index),
+                "content_type": p.content_type,
+                "size": p.size,
+                "inline": p.inline,
+            })).collect::<Vec<Value>>(),
             "parsed": mail.parsed,
             "raw_href": format!("/v1/mail/{}/raw", super::enc(&mail.id)),
             "json_href": format!("/v1/mail/{}", super::enc(&mail.id)),
@@ -251,17 +257,14 @@ impl Page<'_> {
     }
 }
 
-/// `/console/mail/{id}/html`: the mail's HTML as its sender wrote it, under
-/// [`MAIL_HTML_CSP`]; a plain 404 when the mail has none.
+/// `/console/mail/{id}/html`: the mail's HTML as its sender wrote it, its
+/// inline images (`cid:`) made `data:` URIs, under [`MAIL_HTML_CSP`]; a
+/// plain 404 when the mail has none.
 pub(super) fn mail_html(ctx: &super::Ctx, id: &str) -> Response<http_body_util::Full<bytes::Bytes>> {
-    let html = match ctx.mail.get(id) {
-        Ok(Some(mail)) => mail.html,
-        Ok(None) => None,
-        Err(e) => {
-            tracing::error!(error = %e, "reading a mail's HTML");
-            None
-        }
-    };
+    let html = ctx.mail.html_with_images(id).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "reading a mail's HTML");
+        None
+    });
     let (status, body) = match html {
         Some(html) => (StatusCode::OK, html),
         None => (StatusCode::NOT_FOUND, String::new()),
