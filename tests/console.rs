@@ -394,6 +394,7 @@ fn html_mail(to: &str) -> Vec<u8> {
          --rel\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
          <html><body><h1 style=\"color:#c00\">Your code</h1><p id=\"code\">246801</p>\
          <img id=\"logo\" src=\"cid:logo@shop.example\">\
+         <a href=\"https://shop.example/login?t=k7Q&amp;u=42\">Sign in</a> <a href=\"javascript:steal()\">x</a>\
          <img src=\"http://tracker.example/open.png\">\
          <script>document.body.innerHTML = 'SCRIPT RAN'</script></body></html>\r\n\
          --rel\r\nContent-Type: image/png\r\nContent-ID: <logo@shop.example>\r\n\
@@ -554,6 +555,21 @@ async fn the_traffic_pages_show_every_message_and_every_mail() {
             "{href}: {mail}"
         );
     }
+    // The links, for a suite that follows a magic link: the anchors'
+    // (entities decoded); only a web link is clickable in the console.
+    assert_eq!(
+        detail["links"],
+        json!(["https://shop.example/login?t=k7Q&u=42", "javascript:steal()"]),
+        "{detail}"
+    );
+    assert!(
+        mail.contains(&format!(
+            r#"<a href="{}" target="_blank" rel="noopener noreferrer">"#,
+            escaped("https://shop.example/login?t=k7Q&u=42")
+        )),
+        "{mail}"
+    );
+    assert!(!mail.contains(r#"href="javascript"#), "{mail}");
     let pdf = server.page(&format!("/v1/mail/{mail_id}/parts/1")).await;
     assert_eq!((pdf.status, pdf.content_type.as_str()), (200, "application/pdf"));
     assert_eq!(pdf.bytes, b"%PDF-1.4\n");

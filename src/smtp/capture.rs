@@ -183,6 +183,10 @@ pub struct MailDetail {
     /// The attachments and inline images, with their types and sizes.
     #[serde(default)]
     pub parts: Vec<MailPart>,
+    /// The HTML's anchors, then the text's addresses, each once: a
+    /// sign-in mail's magic link.
+    #[serde(default)]
+    pub links: Vec<String>,
     /// The source as received; bytes that are not UTF-8 shown as U+FFFD.
     pub raw: String,
     /// False when the MIME structure could not be parsed; `raw` is complete.
@@ -628,6 +632,7 @@ impl MailWorld {
             return Ok(None);
         };
         let raw = self.raw(id)?.unwrap_or_default();
+        let links = super::links::of(mail.html.as_deref(), mail.text.as_deref());
         Ok(Some(MailDetail {
             id: mail.id,
             from: mail.from,
@@ -641,6 +646,7 @@ impl MailWorld {
             html: mail.html,
             attachments: mail.attachments,
             parts: parts::list(&raw),
+            links,
             raw: String::from_utf8_lossy(&raw).into_owned(),
             parsed: mail.parsed,
             envelope: mail.envelope,

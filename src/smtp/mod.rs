@@ -21,6 +21,7 @@ mod command;
 mod session;
 
 pub mod capture;
+pub mod links;
 pub mod mailbox;
 pub mod parts;
 

@@ -224,6 +224,7 @@ const WORDS: &[(&str, &str, &str)] = &[
         "Shown without running scripts or loading remote images.",
     ),
     ("attachments", "添付ファイル", "Attachments"),
+    ("links", "リンク", "Links"),
     ("inline_part", "インライン", "inline"),
     ("raw_source", "受信したままのソース（.eml）", "Source as received (.eml)"),
     ("mail_json", "メール JSON（API）", "Mail as JSON (API)"),

@@ -216,6 +216,12 @@ impl Page<'_> {
             "headers": headers,
             "text": mail.text,
             "html_href": mail.html.as_ref().map(|_| format!("/console/mail/{}/html", super::enc(&mail.id))),
+            // Only web links are made clickable (a `javascript:` one
+            // would run here), and open away from the console.
+            "links": mail.links.iter().map(|l| {
+                let web = l.starts_with("https://") || l.starts_with("http://");
+                json!({"text": l, "href": web.then_some(l)})
+            }).collect::<Vec<Value>>(),
             "parts": mail.parts.iter().map(|p| json!({
                 "name": p.name.clone().unwrap_or_else(|| format!("part-{}", p.index)),
                 "href": format!("/v1/mail/{}/parts/{}", super::enc(&mail.id), p.index),
