@@ -43,6 +43,25 @@ pub fn rfc3339(at: Millis) -> String {
 }
 
 /// Parses an RFC 3339 date into milliseconds.
+/// A span of time to list things in: `since` included, `until` not;
+/// either end open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub since: Option<Millis>,
+    pub until: Option<Millis>,
+}
+
+impl Window {
+    pub fn holds(&self, at: Millis) -> bool {
+        !self.is_before(at) && self.until.is_none_or(|until| at < until)
+    }
+
+    /// Before the window: a list read newest first stops here.
+    pub fn is_before(&self, at: Millis) -> bool {
+        self.since.is_some_and(|since| at < since)
+    }
+}
+
 pub fn parse_rfc3339(text: &str) -> Option<Millis> {
     DateTime::parse_from_rfc3339(text.trim())
         .ok()

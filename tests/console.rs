@@ -603,3 +603,100 @@ async fn the_traffic_pages_show_every_message_and_every_mail() {
     esme.unbind().await;
     server.stop().await;
 }
+
+/// "The member says they tried at about 10:15": the delivery log and the
+/// mail capture narrowed to a span of time, in the API (RFC 3339) and in
+/// the console (a browser's `datetime-local`, read as Japan time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_and_the_capture_are_narrowed_to_a_span_of_time() {
+    let server = TestServer::start().await;
+    let mut smtp = RawSmtp::connect(server.smtp).await;
+    let to = ["hanako@ezweb.ne.jp"];
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        let sent = smtp
+            .transaction(
+                "noreply@shop.example",
+                &to,
+                &plain_message("noreply@shop.example", to[0], &format!("Hour {n}"), "hello"),
+            )
+            .await;
+        ids.push(sent.queued_id().expect("queued"));
+        server.advance(3600).await;
+    }
+    smtp.quit().await;
+    let (_, page) = server.get("/v1/mail").await;
+    let at: Vec<String> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .rev()
+        .map(|m| m["received_at"].as_str().expect("received_at").to_string())
+        .collect();
+    assert_eq!(at.len(), 3, "{page}");
+
+    // The API: since included, until not.
+    let (_, page) = server
+        .get(&format!("/v1/mail?since={}&until={}", enc(&at[1]), enc(&at[2])))
+        .await;
+    let subjects: Vec<&str> = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(subjects, ["Hour 2"], "{page}");
+    let (_, page) = server.get(&format!("/v1/mail?since={}", enc(&at[1]))).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2), "{page}");
+    let (_, log) = server
+        .get(&format!("/v1/messages?channel=email&until={}", enc(&at[1])))
+        .await;
+    let logged: Vec<&str> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|m| m["created_at"].as_str().unwrap())
+        .collect();
+    assert_eq!(logged, [at[0].as_str()], "{log}");
+    for bad in ["/v1/mail?since=yesterday", "/v1/messages?until=10:15"] {
+        let (status, body) = server.get(bad).await;
+        assert_eq!(
+            (status, common::error_code(&body)),
+            (422, "invalid_request"),
+            "{bad}: {body}"
+        );
+    }
+
+    // The console: times as a browser's form sends them, to the second,
+    // in Japan time (the received_at above is +09:00).
+    let local = |t: &str| t[..19].to_string();
+    let list = server
+        .html(&format!(
+            "/console/mail?since={}&until={}&lang=en",
+            local(&at[1]),
+            local(&at[2])
+        ))
+        .await;
+    assert!(
+        list.contains("Hour 2") && !list.contains("Hour 1") && !list.contains("Hour 3"),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!(r#"name="since" value="{}""#, local(&at[1]))),
+        "the form keeps what was asked: {list}"
+    );
+    let log = server
+        .html(&format!(
+            "/console/messages?channel=email&since={}&lang=en",
+            local(&at[2])
+        ))
+        .await;
+    assert_eq!(log.matches("Email → ").count(), 1, "{log}");
+    // A time the console cannot read is said so, and filters nothing.
+    let odd = server.html("/console/mail?since=about+ten&lang=en").await;
+    assert!(
+        odd.contains("Give times as") && odd.contains("Hour 1") && odd.contains("aria-invalid"),
+        "{odd}"
+    );
+    server.stop().await;
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::changes::Changes;
-use crate::clock::Millis;
+use crate::clock::{Millis, Window};
 use crate::member::Channel;
 use crate::store::retention::Retention;
 use crate::store::{Store, StoreError, Tree};
@@ -207,6 +207,8 @@ pub struct Query {
     /// Only messages in this state now.
     pub state: Option<State>,
     pub channel: Option<Channel>,
+    /// Only messages created in this window.
+    pub window: Window,
 }
 
 /// The most messages one page of [`DeliveryLog::query`] reads past those it
@@ -215,13 +217,15 @@ pub struct Query {
 pub const MOST_READ_PER_PAGE: usize = 5_000;
 
 impl Query {
-    /// Whether `m` passes the member, `to`, OTP, state and channel filters.
+    /// Whether `m` passes the member, `to`, OTP, state, channel and time
+    /// filters.
     fn keeps(&self, m: &Message) -> bool {
         self.member_id.as_ref().is_none_or(|v| m.member_id.as_ref() == Some(v))
             && self.to.as_ref().is_none_or(|v| &m.to == v)
             && self.otp_id.as_ref().is_none_or(|v| m.otp_id.as_ref() == Some(v))
             && self.state.is_none_or(|s| m.state == s)
             && self.channel.is_none_or(|c| m.channel == c)
+            && self.window.holds(m.created_at)
     }
 }
 
@@ -527,6 +531,10 @@ impl DeliveryLog {
             let key = key?;
             let id = &key[strip..];
             let Some(m) = self.get(id)? else { continue };
+            // Ids sort by age, so past `since` nothing further can pass.
+            if q.window.is_before(m.created_at) {
+                return Ok((out, None));
+            }
             if q.keeps(&m) {
                 if out.len() == limit {
                     let next = out.last().map(|m: &Message| m.id.clone());

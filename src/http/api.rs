@@ -9,7 +9,7 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::{json_response, text_response, ApiError, ApiResult, Req};
-use crate::clock::{rfc3339, Clock};
+use crate::clock::{rfc3339, Clock, Window};
 use crate::delivery::log::{DeliveryLog, Message, Query, State};
 use crate::member::{self, Channel, Member, MemberError};
 use crate::otp::{Otp, Verdict};
@@ -262,6 +262,20 @@ fn list(items: Vec<Value>, next: Option<String>, alias: Option<&str>) -> Value {
     v
 }
 
+/// `since` and `until`, each an RFC 3339 time; 422 for one that is not.
+fn window(req: &Req) -> Result<Window, ApiError> {
+    let time = |key: &str| match req.query(key) {
+        None => Ok(None),
+        Some(text) => crate::clock::parse_rfc3339(text)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(format!("{key}: `{text}` is not an RFC 3339 time"))),
+    };
+    Ok(Window {
+        since: time("since")?,
+        until: time("until")?,
+    })
+}
+
 /// The query parameter `key`, one of `all` by its `name`; 422 naming
 /// them when it is none of them.
 fn named<T: Copy>(req: &Req, key: &str, all: &[T], name: fn(T) -> &'static str) -> Result<Option<T>, ApiError> {
@@ -476,6 +490,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
                 limit: req.query("limit").and_then(|l| l.parse().ok()).unwrap_or(100),
                 state: named(&req, "state", &State::ALL, State::as_str)?,
                 channel: named(&req, "channel", &Channel::ALL, Channel::as_str)?,
+                window: window(&req)?,
             };
             let (items, next) = ctx.log.query(&q)?;
             ok(list(items.iter().map(message_json).collect(), next, Some("messages")))
@@ -588,7 +603,9 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
                 .and_then(|l| l.parse().ok())
                 .unwrap_or(50)
                 .clamp(1, 500);
-            let page = ctx.mail.list(req.query("q"), req.query("before"), limit)?;
+            let page = ctx
+                .mail
+                .list(req.query("q"), window(&req)?, req.query("before"), limit)?;
             let items = page
                 .items
                 .iter()

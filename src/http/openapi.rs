@@ -290,6 +290,11 @@ fn string() -> Value {
     json!({"type": "string"})
 }
 
+/// An RFC 3339 time, such as `2026-11-28T10:15:00+09:00`.
+fn date_time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
 fn number() -> Value {
     json!({"type": "number", "minimum": 0})
 }
@@ -361,6 +366,8 @@ const QUERIES: &[(&str, &str, &[QueryParam])] = &[
             ),
             ("state", state, "Messages in this state now"),
             ("channel", channel, "Messages on this channel"),
+            ("since", date_time, "Messages created at or after this time"),
+            ("until", date_time, "Messages created before this time"),
             ("before", string, "The `next` of the previous page"),
             ("limit", integer, "Messages on a page (default 100, at most 1,000)"),
         ],
@@ -392,6 +399,8 @@ const QUERIES: &[(&str, &str, &[QueryParam])] = &[
                 string,
                 "Mail whose sender, recipients, subject or text holds this (any case)",
             ),
+            ("since", date_time, "Mail received at or after this time"),
+            ("until", date_time, "Mail received before this time"),
             ("before", string, "The `next` of the previous page"),
             ("limit", integer, "Mail on a page (default 50, at most 500)"),
         ],

@@ -23,7 +23,7 @@ use super::mailbox::{
 use super::parts::{self, MailPart};
 use super::{DataVerdict, Envelope, MailBackend, RcptVerdict};
 use crate::changes::{After, Changes};
-use crate::clock::{rfc3339, Clock, Millis};
+use crate::clock::{rfc3339, Clock, Millis, Window};
 use crate::store::retention::Retention;
 use crate::store::{Batch, Store, StoreError, Tree};
 
@@ -594,9 +594,15 @@ impl MailWorld {
     }
 
     /// The capture, newest first, optionally filtered by a case-insensitive
-    /// search over from, to, subject and text; `before` is the `next` of the
-    /// previous page.
-    pub fn list(&self, q: Option<&str>, before: Option<&str>, limit: usize) -> Result<MailPage, MailError> {
+    /// search over from, to, subject and text and by the time it arrived;
+    /// `before` is the `next` of the previous page.
+    pub fn list(
+        &self,
+        q: Option<&str>,
+        window: Window,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<MailPage, MailError> {
         let limit = limit.clamp(1, 1000);
         let needle = q.map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
         let mut cursor = before.map(str::to_string);
@@ -608,7 +614,11 @@ impl MailWorld {
             }
             for (key, mail) in batch {
                 cursor = Some(key);
-                if needle.as_deref().is_some_and(|n| !mail.matches(n)) {
+                // Ids sort by arrival: past `since` nothing further passes.
+                if window.is_before(mail.received_at) {
+                    return Ok(MailPage { items, next: None });
+                }
+                if !window.holds(mail.received_at) || needle.as_deref().is_some_and(|n| !mail.matches(n)) {
                     continue;
                 }
                 items.push(mail.summary());

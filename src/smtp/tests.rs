@@ -9,7 +9,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::*;
-use crate::clock::Clock;
+use crate::clock::{Clock, Window};
 use crate::delivery::email::{send_otp, EmailClientConfig, OutgoingEmail, SendOutcome};
 use crate::store::Store;
 
@@ -162,7 +162,7 @@ async fn an_otp_sent_with_mail_send_is_captured_listed_and_readable() {
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
     let id = crate::delivery::email::queued_id(&reply).unwrap().to_string();
 
-    let page = w.world.list(None, None, 10).unwrap();
+    let page = w.world.list(None, Window::default(), None, 10).unwrap();
     assert_eq!(page.items.len(), 1);
     assert_eq!(page.items[0].id, id);
     assert_eq!(page.items[0].subject, "【otpgate】ワンタイムパスワードのお知らせ");
@@ -188,9 +188,28 @@ async fn an_otp_sent_with_mail_send_is_captured_listed_and_readable() {
     assert_eq!(page.items[0].text, None, "the capture list stays lean");
     assert!(w.world.mailbox_messages("taro@example.com").unwrap().is_empty());
 
-    assert_eq!(w.world.list(Some("ワンタイム"), None, 10).unwrap().items.len(), 1);
-    assert_eq!(w.world.list(Some("TARO@"), None, 10).unwrap().items.len(), 1);
-    assert!(w.world.list(Some("no such text"), None, 10).unwrap().items.is_empty());
+    assert_eq!(
+        w.world
+            .list(Some("ワンタイム"), Window::default(), None, 10)
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        w.world
+            .list(Some("TARO@"), Window::default(), None, 10)
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert!(w
+        .world
+        .list(Some("no such text"), Window::default(), None, 10)
+        .unwrap()
+        .items
+        .is_empty());
 
     let events = w.events.lock().unwrap().clone();
     let outcomes: Vec<_> = events.iter().map(|e| (e.stage, e.code, e.outcome)).collect();
@@ -220,12 +239,12 @@ async fn a_raw_dialogue_is_captured_and_paged() {
     }
     d.check("QUIT", 221).await;
 
-    let first = w.world.list(None, None, 2).unwrap();
+    let first = w.world.list(None, Window::default(), None, 2).unwrap();
     assert_eq!(
         first.items.iter().map(|m| m.subject.as_str()).collect::<Vec<_>>(),
         ["capture check 2", "capture check 1"]
     );
-    let second = w.world.list(None, first.next.as_deref(), 2).unwrap();
+    let second = w.world.list(None, Window::default(), first.next.as_deref(), 2).unwrap();
     assert_eq!(second.items.len(), 1);
     assert_eq!(second.next, None);
     let detail = w.world.get(&second.items[0].id).unwrap().unwrap();
@@ -233,9 +252,14 @@ async fn a_raw_dialogue_is_captured_and_paged() {
     assert_eq!(detail.envelope.helo, "tester");
 
     assert!(w.world.delete(&second.items[0].id).await.unwrap());
-    assert_eq!(w.world.list(None, None, 10).unwrap().items.len(), 2);
+    assert_eq!(w.world.list(None, Window::default(), None, 10).unwrap().items.len(), 2);
     w.world.delete_all().await.unwrap();
-    assert!(w.world.list(None, None, 10).unwrap().items.is_empty());
+    assert!(w
+        .world
+        .list(None, Window::default(), None, 10)
+        .unwrap()
+        .items
+        .is_empty());
     w.stop().await;
 }
 
@@ -259,7 +283,12 @@ async fn an_unknown_user_is_refused_at_rcpt() {
     let reply = d.check("RCPT TO:<typo@DOCOMO.ne.jp>", 550).await;
     assert!(reply.starts_with("550 5.1.1 "), "{reply}");
     d.check("DATA", 554).await;
-    assert!(w.world.list(None, None, 10).unwrap().items.is_empty());
+    assert!(w
+        .world
+        .list(None, Window::default(), None, 10)
+        .unwrap()
+        .items
+        .is_empty());
     w.stop().await;
 }
 
@@ -287,7 +316,12 @@ async fn a_full_mailbox_answers_452_and_a_full_carrier_mailbox_552_after_data() 
         matches!(&outcome, SendOutcome::Rejected { code: 552, stage, .. } if stage == "data"),
         "{outcome:?}"
     );
-    assert!(w.world.list(None, None, 10).unwrap().items.is_empty());
+    assert!(w
+        .world
+        .list(None, Window::default(), None, 10)
+        .unwrap()
+        .items
+        .is_empty());
     w.stop().await;
 }
 
@@ -381,7 +415,12 @@ async fn an_oversized_message_answers_552_and_is_not_stored() {
     let long = format!("Subject: long\r\n\r\n{}", "x".repeat(200_000));
     let reply = d.mail("qa@example.com", "u@example.com", long.as_bytes()).await;
     assert!(reply.starts_with("552 5.3.4"), "{reply}");
-    assert!(w.world.list(None, None, 10).unwrap().items.is_empty());
+    assert!(w
+        .world
+        .list(None, Window::default(), None, 10)
+        .unwrap()
+        .items
+        .is_empty());
     // The session goes on.
     let reply = d
         .mail("qa@example.com", "u@example.com", b"Subject: small\r\n\r\nok")
@@ -408,7 +447,9 @@ async fn a_broken_mime_body_is_captured_raw() {
                 --zz";
     let reply = d.mail("qa@example.com", "u@example.com", body.as_bytes()).await;
     assert!(reply.starts_with("250 "), "{reply}");
-    let id = w.world.list(None, None, 1).unwrap().items[0].id.clone();
+    let id = w.world.list(None, Window::default(), None, 1).unwrap().items[0]
+        .id
+        .clone();
     let detail = w.world.get(&id).unwrap().unwrap();
     assert_eq!(detail.raw, body.to_string() + "\r\n");
     assert_eq!(
@@ -419,7 +460,9 @@ async fn a_broken_mime_body_is_captured_raw() {
     // Not even a header: still kept as received.
     let reply = d.mail("qa@example.com", "u@example.com", b"\x00\xff\xfe garbage").await;
     assert!(reply.starts_with("250 "), "{reply}");
-    let id = w.world.list(None, None, 1).unwrap().items[0].id.clone();
+    let id = w.world.list(None, Window::default(), None, 1).unwrap().items[0]
+        .id
+        .clone();
     assert_eq!(w.world.raw(&id).unwrap().unwrap(), b"\x00\xff\xfe garbage\r\n");
     w.stop().await;
 }
@@ -439,7 +482,7 @@ async fn an_iso_2022_jp_message_is_decoded() {
                  \x1b$B%F%9%H\x1b(B 654321\r\n";
     let reply = d.mail("jp@example.jp", "u@example.com", body).await;
     assert!(reply.starts_with("250 "), "{reply}");
-    let item = &w.world.list(Some("テスト"), None, 1).unwrap().items[0];
+    let item = &w.world.list(Some("テスト"), Window::default(), None, 1).unwrap().items[0];
     assert_eq!(item.subject, "テスト");
     assert_eq!(item.from, "jp@example.jp");
     let detail = w.world.get(&item.id).unwrap().unwrap();
@@ -647,7 +690,7 @@ async fn past_max_in_flight_mail_is_told_to_come_back_until_a_transaction_ends()
         "the closed session's slot came back: {answer}"
     );
     first.check("QUIT", 221).await;
-    assert_eq!(w.world.list(None, None, 10).unwrap().items.len(), 2);
+    assert_eq!(w.world.list(None, Window::default(), None, 10).unwrap().items.len(), 2);
     w.stop().await;
 }
 
@@ -703,7 +746,7 @@ async fn retention_removes_the_oldest_messages() {
         assert!(matches!(verdict, DataVerdict::Accepted { .. }));
     }
     let subjects: Vec<_> = world
-        .list(None, None, 10)
+        .list(None, Window::default(), None, 10)
         .unwrap()
         .items
         .into_iter()
@@ -805,7 +848,7 @@ body"
         .await;
     d.check("MAIL FROM:<qa@example.com>", 451).await;
     d.check("QUIT", 221).await;
-    assert_eq!(world.list(None, None, 10).unwrap().items.len(), 3);
+    assert_eq!(world.list(None, Window::default(), None, 10).unwrap().items.len(), 3);
     t.stop().await;
 }
 
@@ -888,7 +931,7 @@ async fn while_transactions_lag_past_shed_after_mail_gets_451_until_they_catch_u
         .deliver("qa@example.com", "r@example.com", b"Subject: after\r\n\r\nbody")
         .await;
     client.check("QUIT", 221).await;
-    assert_eq!(world.list(None, None, 20).unwrap().items.len(), 9);
+    assert_eq!(world.list(None, Window::default(), None, 20).unwrap().items.len(), 9);
     t.stop().await;
 }
 
@@ -922,7 +965,7 @@ async fn slow_clients_between_mail_and_data_are_not_a_server_behind() {
     // no time.
     t.ticker.advance(Duration::from_millis(100));
     clients[0].check("MAIL FROM:<qa@example.com>", 250).await;
-    assert_eq!(world.list(None, None, 20).unwrap().items.len(), 8);
+    assert_eq!(world.list(None, Window::default(), None, 20).unwrap().items.len(), 8);
     t.stop().await;
 }
 
@@ -951,7 +994,7 @@ async fn pipelined_commands_are_answered_in_order_and_a_refusal_stops_the_data()
     d.send(b"Subject: pipelined\r\n\r\nhello\r\n.\r\nQUIT\r\n").await;
     expect_code(&mut d, 250).await;
     expect_code(&mut d, 221).await;
-    let listed = w.world.list(None, None, 10).unwrap();
+    let listed = w.world.list(None, Window::default(), None, 10).unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].subject, "pipelined");
 
@@ -965,7 +1008,7 @@ async fn pipelined_commands_are_answered_in_order_and_a_refusal_stops_the_data()
         expect_code(&mut d, code).await;
     }
     d.check("QUIT", 221).await;
-    assert_eq!(w.world.list(None, None, 10).unwrap().items.len(), 1);
+    assert_eq!(w.world.list(None, Window::default(), None, 10).unwrap().items.len(), 1);
     w.stop().await;
 }
 
@@ -1069,7 +1112,7 @@ async fn the_replies_to_a_pipelined_group_leave_in_one_write() {
         .map(|l| &l[..3])
         .collect();
     assert_eq!(codes, ["250", "250", "250", "250", "354", "250", "221"]);
-    assert_eq!(world.list(None, None, 10).unwrap().items.len(), 1);
+    assert_eq!(world.list(None, Window::default(), None, 10).unwrap().items.len(), 1);
 }
 
 /// The mail world behind a store that can take nothing (a full disk).
@@ -1133,7 +1176,7 @@ async fn short_of_storage_mail_is_refused_with_452_and_taken_again_after() {
         .await;
     assert!(done.starts_with("250 "), "{done}");
     assert_eq!(
-        world.list(None, None, 10).unwrap().items.len(),
+        world.list(None, Window::default(), None, 10).unwrap().items.len(),
         1,
         "only the last was kept"
     );

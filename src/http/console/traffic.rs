@@ -1,7 +1,7 @@
 //! The console's traffic pages, for whoever watches messages go by rather
 //! than one member's case: the delivery log (every message, newest first,
-//! by state and channel, each with its timeline) and the mail capture
-//! (every mail the SMTP server took, searchable, each with its envelope,
+//! by state, channel and time, each with its timeline) and the mail capture
+//! (every mail the SMTP server took, searchable by words and time, each with its envelope,
 //! what each recipient's mailbox did, headers, text, attachments, and its
 //! HTML in a frame of its own that runs no script and loads nothing).
 
@@ -9,7 +9,7 @@ use hyper::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::{codes, last_codes, masked, word, Page, PageResult, Problem};
-use crate::clock;
+use crate::clock::{self, Millis, Window};
 use crate::delivery::log::{Message, Query, State};
 use crate::member::Channel;
 use crate::smtp::capture::{Delivery, Outcome};
@@ -30,9 +30,11 @@ impl Page<'_> {
     pub(super) fn log(&self) -> PageResult {
         let state = self.req.query("state").and_then(State::named);
         let channel = self.req.query("channel").and_then(Channel::named);
+        let span = self.span();
         let (messages, next) = self.ctx.log.query(&Query {
             state,
             channel,
+            window: span.window,
             before: self.req.query("before").map(str::to_string),
             limit: PAGE,
             ..Query::default()
@@ -47,22 +49,17 @@ impl Page<'_> {
             .map(|c| json!({"value": c.as_str(), "label": self.channel_words(*c), "selected": channel == Some(*c)}))
             .collect();
         let older = next.map(|before| {
-            let mut href = self.href(&["console", "messages"]);
-            for (key, value) in [
+            let filters = [
                 ("state", state.map(State::as_str)),
                 ("channel", channel.map(Channel::as_str)),
-            ] {
-                if let Some(value) = value {
-                    href.push_str(&format!("&{key}={value}"));
-                }
-            }
-            href.push_str(&format!("&before={}", super::enc_value(&before)));
-            href
+            ];
+            self.older_href("messages", &filters, &span, &before)
         });
         let data = json!({
             "messages": rows,
             "states": state_options,
             "channels": channel_options,
+            "span": span.shown(),
             "older": older,
         });
         self.render("log.html", StatusCode::OK, &word(self.lang, "log"), data)
@@ -150,10 +147,11 @@ impl Page<'_> {
     /// `/console/mail?q=&before=`: the mail capture, newest first.
     pub(super) fn mail_list(&self) -> PageResult {
         let q = self.req.query("q").map(str::trim).filter(|q| !q.is_empty());
+        let span = self.span();
         let page = self
             .ctx
             .mail
-            .list(q, self.req.query("before"), PAGE)
+            .list(q, span.window, self.req.query("before"), PAGE)
             .map_err(|e| self.mail_problem(e))?;
         let rows: Vec<Value> = page
             .items
@@ -170,20 +168,47 @@ impl Page<'_> {
                 })
             })
             .collect();
-        let older = page.next.map(|before| {
-            let mut href = self.href(&["console", "mail"]);
-            if let Some(q) = q {
-                href.push_str(&format!("&q={}", super::enc_value(q)));
-            }
-            href.push_str(&format!("&before={}", super::enc_value(&before)));
-            href
-        });
+        let older = page
+            .next
+            .map(|before| self.older_href("mail", &[("q", q)], &span, &before));
         let data = json!({
             "mails": rows,
             "q": q.unwrap_or(""),
+            "span": span.shown(),
             "older": older,
         });
         self.render("mail_list.html", StatusCode::OK, &word(self.lang, "mail"), data)
+    }
+
+    /// The time filters of a list page as its form sends them.
+    fn span(&self) -> Span<'_> {
+        let since = self.req.query("since").map(str::trim).filter(|t| !t.is_empty());
+        let until = self.req.query("until").map(str::trim).filter(|t| !t.is_empty());
+        Span {
+            since,
+            until,
+            window: Window {
+                since: since.and_then(form_time),
+                until: until.and_then(form_time),
+            },
+        }
+    }
+
+    /// The link to a list's next page: its filters, its time span and
+    /// where the page stopped.
+    fn older_href(&self, list: &str, filters: &[(&str, Option<&str>)], span: &Span, before: &str) -> String {
+        let mut href = self.href(&["console", list]);
+        let pairs =
+            filters
+                .iter()
+                .copied()
+                .chain([("since", span.since), ("until", span.until), ("before", Some(before))]);
+        for (key, value) in pairs {
+            if let Some(value) = value {
+                href.push_str(&format!("&{key}={}", super::enc_value(value)));
+            }
+        }
+        href
     }
 
     /// `/console/mail/{id}`: one captured mail.
@@ -261,6 +286,48 @@ impl Page<'_> {
             "reply": d.refusal.as_ref().map(|r| format!("{} {} {}", r.code, r.enhanced, r.text)),
         })
     }
+}
+
+/// A list page's time filters: as typed, and as the window they make.
+struct Span<'a> {
+    since: Option<&'a str>,
+    until: Option<&'a str>,
+    window: Window,
+}
+
+impl Span<'_> {
+    /// The values written back into the form; one that is not a time is
+    /// shown with a flag rather than dropped.
+    fn shown(&self) -> Value {
+        let field = |typed: Option<&str>, read: Option<Millis>| {
+            json!({
+                "value": typed.unwrap_or(""),
+                "bad": typed.is_some() && read.is_none(),
+            })
+        };
+        json!({
+            "since": field(self.since, self.window.since),
+            "until": field(self.until, self.window.until),
+        })
+    }
+}
+
+/// A time from a console form: a browser's `datetime-local`
+/// (`2026-11-28T10:15`, with or without seconds) in Japan time, as the
+/// console shows every time, or a full RFC 3339 time.
+fn form_time(text: &str) -> Option<Millis> {
+    clock::parse_rfc3339(text).or_else(|| {
+        [
+            "%Y-%m-%dT%H:%M",
+            "%Y-%m-%dT%H:%M:%S",
+            "%Y-%m-%d %H:%M",
+            "%Y-%m-%d %H:%M:%S",
+        ]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+        .and_then(|naive| naive.and_local_timezone(clock::jst()).single())
+        .map(|t| t.timestamp_millis())
+    })
 }
 
 /// `/console/mail/{id}/html`: the mail's HTML as its sender wrote it, its
