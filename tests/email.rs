@@ -815,7 +815,10 @@ impl SecureSmtp {
     }
 
     fn subjects(&self) -> Vec<String> {
-        let page = self.mail.list(None, otpgate::clock::Window::default(), None, 100).expect("list");
+        let page = self
+            .mail
+            .list(None, otpgate::clock::Window::default(), None, 100)
+            .expect("list");
         page.items.into_iter().map(|m| m.subject).collect()
     }
 }

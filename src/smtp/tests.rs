@@ -13,6 +13,11 @@ use crate::clock::{Clock, Window};
 use crate::delivery::email::{send_otp, EmailClientConfig, OutgoingEmail, SendOutcome};
 use crate::store::Store;
 
+/// How many captured mails the capture lists, or a search of it.
+fn listed(world: &MailWorld, q: Option<&str>) -> usize {
+    world.list(q, Window::default(), None, 100).unwrap().items.len()
+}
+
 struct World {
     addr: SocketAddr,
     world: MailWorld,
@@ -188,28 +193,9 @@ async fn an_otp_sent_with_mail_send_is_captured_listed_and_readable() {
     assert_eq!(page.items[0].text, None, "the capture list stays lean");
     assert!(w.world.mailbox_messages("taro@example.com").unwrap().is_empty());
 
-    assert_eq!(
-        w.world
-            .list(Some("ワンタイム"), Window::default(), None, 10)
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
-    assert_eq!(
-        w.world
-            .list(Some("TARO@"), Window::default(), None, 10)
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
-    assert!(w
-        .world
-        .list(Some("no such text"), Window::default(), None, 10)
-        .unwrap()
-        .items
-        .is_empty());
+    assert_eq!(listed(&w.world, Some("ワンタイム")), 1);
+    assert_eq!(listed(&w.world, Some("TARO@")), 1);
+    assert_eq!(listed(&w.world, Some("no such text")), 0);
 
     let events = w.events.lock().unwrap().clone();
     let outcomes: Vec<_> = events.iter().map(|e| (e.stage, e.code, e.outcome)).collect();
@@ -252,14 +238,9 @@ async fn a_raw_dialogue_is_captured_and_paged() {
     assert_eq!(detail.envelope.helo, "tester");
 
     assert!(w.world.delete(&second.items[0].id).await.unwrap());
-    assert_eq!(w.world.list(None, Window::default(), None, 10).unwrap().items.len(), 2);
+    assert_eq!(listed(&w.world, None), 2);
     w.world.delete_all().await.unwrap();
-    assert!(w
-        .world
-        .list(None, Window::default(), None, 10)
-        .unwrap()
-        .items
-        .is_empty());
+    assert_eq!(listed(&w.world, None), 0);
     w.stop().await;
 }
 
@@ -283,12 +264,7 @@ async fn an_unknown_user_is_refused_at_rcpt() {
     let reply = d.check("RCPT TO:<typo@DOCOMO.ne.jp>", 550).await;
     assert!(reply.starts_with("550 5.1.1 "), "{reply}");
     d.check("DATA", 554).await;
-    assert!(w
-        .world
-        .list(None, Window::default(), None, 10)
-        .unwrap()
-        .items
-        .is_empty());
+    assert_eq!(listed(&w.world, None), 0);
     w.stop().await;
 }
 
@@ -316,12 +292,7 @@ async fn a_full_mailbox_answers_452_and_a_full_carrier_mailbox_552_after_data() 
         matches!(&outcome, SendOutcome::Rejected { code: 552, stage, .. } if stage == "data"),
         "{outcome:?}"
     );
-    assert!(w
-        .world
-        .list(None, Window::default(), None, 10)
-        .unwrap()
-        .items
-        .is_empty());
+    assert_eq!(listed(&w.world, None), 0);
     w.stop().await;
 }
 
@@ -415,12 +386,7 @@ async fn an_oversized_message_answers_552_and_is_not_stored() {
     let long = format!("Subject: long\r\n\r\n{}", "x".repeat(200_000));
     let reply = d.mail("qa@example.com", "u@example.com", long.as_bytes()).await;
     assert!(reply.starts_with("552 5.3.4"), "{reply}");
-    assert!(w
-        .world
-        .list(None, Window::default(), None, 10)
-        .unwrap()
-        .items
-        .is_empty());
+    assert_eq!(listed(&w.world, None), 0);
     // The session goes on.
     let reply = d
         .mail("qa@example.com", "u@example.com", b"Subject: small\r\n\r\nok")
@@ -690,7 +656,7 @@ async fn past_max_in_flight_mail_is_told_to_come_back_until_a_transaction_ends()
         "the closed session's slot came back: {answer}"
     );
     first.check("QUIT", 221).await;
-    assert_eq!(w.world.list(None, Window::default(), None, 10).unwrap().items.len(), 2);
+    assert_eq!(listed(&w.world, None), 2);
     w.stop().await;
 }
 
@@ -848,7 +814,7 @@ body"
         .await;
     d.check("MAIL FROM:<qa@example.com>", 451).await;
     d.check("QUIT", 221).await;
-    assert_eq!(world.list(None, Window::default(), None, 10).unwrap().items.len(), 3);
+    assert_eq!(listed(&world, None), 3);
     t.stop().await;
 }
 
@@ -931,7 +897,7 @@ async fn while_transactions_lag_past_shed_after_mail_gets_451_until_they_catch_u
         .deliver("qa@example.com", "r@example.com", b"Subject: after\r\n\r\nbody")
         .await;
     client.check("QUIT", 221).await;
-    assert_eq!(world.list(None, Window::default(), None, 20).unwrap().items.len(), 9);
+    assert_eq!(listed(&world, None), 9);
     t.stop().await;
 }
 
@@ -965,7 +931,7 @@ async fn slow_clients_between_mail_and_data_are_not_a_server_behind() {
     // no time.
     t.ticker.advance(Duration::from_millis(100));
     clients[0].check("MAIL FROM:<qa@example.com>", 250).await;
-    assert_eq!(world.list(None, Window::default(), None, 20).unwrap().items.len(), 8);
+    assert_eq!(listed(&world, None), 8);
     t.stop().await;
 }
 
@@ -994,9 +960,9 @@ async fn pipelined_commands_are_answered_in_order_and_a_refusal_stops_the_data()
     d.send(b"Subject: pipelined\r\n\r\nhello\r\n.\r\nQUIT\r\n").await;
     expect_code(&mut d, 250).await;
     expect_code(&mut d, 221).await;
-    let listed = w.world.list(None, Window::default(), None, 10).unwrap();
-    assert_eq!(listed.items.len(), 1);
-    assert_eq!(listed.items[0].subject, "pipelined");
+    let page = w.world.list(None, Window::default(), None, 10).unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.items[0].subject, "pipelined");
 
     // Every recipient refused: DATA is refused too, so the lines after it
     // are read as commands, not as a message.
@@ -1008,7 +974,7 @@ async fn pipelined_commands_are_answered_in_order_and_a_refusal_stops_the_data()
         expect_code(&mut d, code).await;
     }
     d.check("QUIT", 221).await;
-    assert_eq!(w.world.list(None, Window::default(), None, 10).unwrap().items.len(), 1);
+    assert_eq!(listed(&w.world, None), 1);
     w.stop().await;
 }
 
@@ -1112,7 +1078,7 @@ async fn the_replies_to_a_pipelined_group_leave_in_one_write() {
         .map(|l| &l[..3])
         .collect();
     assert_eq!(codes, ["250", "250", "250", "250", "354", "250", "221"]);
-    assert_eq!(world.list(None, Window::default(), None, 10).unwrap().items.len(), 1);
+    assert_eq!(listed(&world, None), 1);
 }
 
 /// The mail world behind a store that can take nothing (a full disk).
