@@ -232,6 +232,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let log = DeliveryLog::open(&store).map_err(|e| data(&e))?;
     log.keep(config.log_retention);
+    let events = crate::http::events::EventHub::new();
+    log.observe(events.observer());
     if let Some(url) = &config.callback_url {
         let callbacks = crate::delivery::callbacks::Callbacks::open(&store, clock.clone(), url.clone())
             .map_err(|e| StartError::Other(format!("callback_url: {e}")))?;
@@ -538,6 +540,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sms_link,
         store: store.clone(),
         shutdown: shutdown.clone(),
+        events,
     });
     let http_limits = crate::http::Limits {
         max_connections: config.http_admission.max_connections,

@@ -14,7 +14,11 @@ async fn every_documented_route_exists() {
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 30, "{} paths", paths.len());
     for (path, ops) in paths {
-        for method in ops.as_object().unwrap().keys() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op["responses"]["200"]["content"]["text/event-stream"].is_object() {
+                // A stream never ends on its own; tests/events.rs reads it.
+                continue;
+            }
             let concrete = path
                 .replace("{number}", "090-1234-5678")
                 .replace("{address}", "a%40example.org")

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{json_response, text_response, ApiError, ApiResult, Req};
 use crate::clock::{rfc3339, Clock, Window};
-use crate::delivery::log::{DeliveryLog, Message, Query, State};
+use crate::delivery::log::{DeliveryLog, Event, Message, Query, State};
 use crate::member::{self, Channel, Member, MemberError};
 use crate::otp::{Otp, Verdict};
 use crate::service::{NewMember, OtpService, ServiceError};
@@ -39,6 +39,8 @@ pub struct Ctx {
     pub store: crate::store::Store,
     /// Ends the long polls when the server starts stopping.
     pub shutdown: crate::shutdown::Shutdown,
+    /// The streams of `/v1/events`, fed by the delivery log.
+    pub events: super::events::EventHub,
 }
 
 /// Counters for `/metrics`.
@@ -217,20 +219,57 @@ pub fn otp_json(o: &Otp, now: i64) -> Value {
 }
 
 pub fn message_json(m: &Message) -> Value {
-    let events: Vec<Value> = m
-        .events
-        .iter()
-        .map(|e| {
-            let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("at".into(), json!(rfc3339(e.at)));
-                if let Some(next) = e.next_attempt_at {
-                    obj.insert("next_attempt_at".into(), json!(rfc3339(next)));
-                }
-            }
-            v
+    let mut v = message_head(m);
+    v["events"] = m.events.iter().map(one_event_json).collect();
+    v
+}
+
+/// A message's new event, with the message as it is now but without its
+/// earlier events: one block of `/v1/events`.
+pub fn event_json(m: &Message, e: &Event) -> Value {
+    let mut v = message_head(m);
+    v["event"] = one_event_json(e);
+    v
+}
+
+/// `GET /v1/events`: a stream of the delivery log's events as they become
+/// durable, of one channel, destination, member or origin if asked; 422
+/// for a filter it cannot read, 503 past [`super::events::MOST_STREAMS`].
+pub fn event_stream(ctx: &Ctx, req: &Req) -> Response<super::Body> {
+    let filter = (|| {
+        Ok::<_, ApiError>(super::events::Filter {
+            channel: named(req, "channel", &Channel::ALL, Channel::as_str)?,
+            to: match req.query("to") {
+                Some(to) if to.contains('@') => Some(mailbox_key(to)),
+                Some(to) => Some(parse_number(to)?),
+                None => None,
+            },
+            member_id: req.query("member_id").map(str::to_string),
+            origin: req.query("origin").map(str::to_string),
         })
-        .collect();
+    })();
+    let opened = filter.and_then(|filter| {
+        ctx.events
+            .open(filter, ctx.shutdown.clone())
+            .ok_or_else(|| ApiError::overloaded("too many event streams are open; retry later"))
+    });
+    match opened {
+        Ok(body) => {
+            let mut resp = Response::new(http_body_util::Either::Right(body));
+            let headers = resp.headers_mut();
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(err) => err.into_response().map(http_body_util::Either::Left),
+    }
+}
+
+/// A message's facts, without its events.
+fn message_head(m: &Message) -> Value {
     json!({
         "id": m.id,
         "channel": m.channel.as_str(),
@@ -245,8 +284,19 @@ pub fn message_json(m: &Message) -> Value {
         "state": m.state.as_str(),
         "created_at": rfc3339(m.created_at),
         "updated_at": rfc3339(m.updated_at),
-        "events": events,
     })
+}
+
+/// One event, its times in RFC 3339.
+fn one_event_json(e: &Event) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("at".into(), json!(rfc3339(e.at)));
+        if let Some(next) = e.next_attempt_at {
+            obj.insert("next_attempt_at".into(), json!(rfc3339(next)));
+        }
+    }
+    v
 }
 
 /// `{"items": [...]}`; the message lists also carry the same list as
@@ -915,6 +965,7 @@ fn metrics(ctx: &Ctx) -> ApiResult {
     let mut out = Exposition::default();
     out.one("otpgate_http_requests_total", "counter", m.requests.load(Relaxed));
     out.one("otpgate_http_long_polls_waiting", "gauge", m.long_polls.load(Relaxed));
+    out.one("otpgate_http_event_streams_open", "gauge", ctx.events.streams() as u64);
     out.one("otpgate_otps_issued_total", "counter", m.otps_issued.load(Relaxed));
     let verifies = [("ok", &m.verifies_ok), ("failed", &m.verifies_failed)];
     out.by(

@@ -14,6 +14,7 @@
 mod api;
 pub mod client;
 mod console;
+pub mod events;
 pub mod openapi;
 
 use std::convert::Infallible;
@@ -67,8 +68,9 @@ pub struct Limits {
 /// How admission control treats a request, from its method and path alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestClass {
-    /// `/healthz`, `/metrics` and the long polls (`/v1/messages/{id}/wait`,
-    /// and a read with `?wait=`): never refused by the in-flight cap or the
+    /// `/healthz`, `/metrics`, the long polls (`/v1/messages/{id}/wait`,
+    /// and a read with `?wait=`) and the event streams (`/v1/events`,
+    /// capped by their own count): never refused by the in-flight cap or the
     /// rate limit. Health and metrics are cheap and matter most when the
     /// server is overloaded; a long poll waits without working, and
     /// counting it would let a few waiting test suites starve the API.
@@ -86,7 +88,9 @@ impl RequestClass {
     pub fn of(method: &Method, segments: &[&str], waits: bool) -> RequestClass {
         let read = method == Method::GET || method == Method::HEAD;
         match segments {
-            ["healthz"] | ["metrics"] | ["v1", "messages", _, "wait"] if read => RequestClass::Exempt,
+            ["healthz"] | ["metrics"] | ["v1", "messages", _, "wait"] | ["v1", "events"] if read => {
+                RequestClass::Exempt
+            }
             _ if read && waits => RequestClass::Exempt,
             _ if read => RequestClass::Counted,
             _ => RequestClass::Metered,
@@ -325,11 +329,31 @@ fn parse_query(q: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What the server answers: a whole body, or the stream of `/v1/events`.
+type Body = http_body_util::Either<Full<Bytes>, events::StreamingBody>;
+
 async fn handle(
     ctx: Arc<Ctx>,
     admission: Arc<Admission>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
+    let streams = req.method() == Method::GET && req.uri().path().trim_end_matches('/') == "/v1/events";
+    if streams {
+        let req = Req {
+            method: Method::GET,
+            segments: vec!["v1".into(), "events".into()],
+            query: parse_query(req.uri().query()),
+            uri: req.uri().clone(),
+            body: Bytes::new(),
+            token: None,
+        };
+        return Ok(api::event_stream(&ctx, &req));
+    }
+    let answer = answer(ctx, admission, req).await;
+    Ok(answer.map(http_body_util::Either::Left))
+}
+
+async fn answer(ctx: Arc<Ctx>, admission: Arc<Admission>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let segments: Vec<String> = req
         .uri()
@@ -346,7 +370,7 @@ async fn handle(
     let class = RequestClass::of(&method, &segments.iter().map(String::as_str).collect::<Vec<_>>(), waits);
     let _in_flight = match admission.admit(&ctx, class) {
         Ok(permit) => permit,
-        Err(refusal) => return Ok(refusal.into_response()),
+        Err(refusal) => return refusal.into_response(),
     };
     let token = req
         .headers()
@@ -364,7 +388,7 @@ async fn handle(
                 "body_too_large",
                 format!("request bodies are limited to {MAX_BODY} bytes"),
             );
-            return Ok(err.into_response());
+            return err.into_response();
         }
         Ok(Err(e)) => {
             let err = ApiError::new(
@@ -372,7 +396,7 @@ async fn handle(
                 "malformed_request",
                 format!("the request body could not be read: {e}"),
             );
-            return Ok(err.into_response());
+            return err.into_response();
         }
         Err(_) => {
             let err = ApiError::new(
@@ -380,7 +404,7 @@ async fn handle(
                 "request_timeout",
                 format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
             );
-            return Ok(err.into_response());
+            return err.into_response();
         }
     };
     let req = Req {
@@ -402,7 +426,7 @@ async fn handle(
             _ => err,
         }
     });
-    Ok(answer.unwrap_or_else(ApiError::into_response))
+    answer.unwrap_or_else(ApiError::into_response)
 }
 
 /// Serves HTTP until shutdown, then lets open requests finish.

@@ -109,7 +109,7 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/messages",
         "delivery",
-        "The delivery log, newest first (?member_id=&to=&otp_id=&smsc_message_id=&state=&channel=&before=&limit=); a filter that matches few answers a short page with a next cursor after reading 5,000 messages",
+        "The delivery log, newest first (?member_id=&to=&otp_id=&smsc_message_id=&state=&channel=&since=&until=&before=&limit=); a filter that matches few answers a short page with a next cursor after reading 5,000 messages",
         &[],
     ),
     r(
@@ -255,7 +255,7 @@ pub const ROUTES: &[Route] = &[
         "get",
         "/v1/mail",
         "mail",
-        "Every captured email, newest first (?q=&before=&limit=)",
+        "Every captured email, newest first (?q=&since=&until=&before=&limit=)",
         &[],
     ),
     r("delete", "/v1/mail", "mail", "Delete every captured email", &[]),
@@ -281,7 +281,17 @@ pub const ROUTES: &[Route] = &[
         &[],
     ),
     r("delete", "/v1/mail/{id}", "mail", "Delete one email", &[]),
+    r(
+        "get",
+        "/v1/events",
+        "delivery",
+        "The delivery log live: each event as it becomes durable, as server-sent events (`event: delivery`, the message as it is now and the event; `event: lagged` when a slow reader missed some). At most 64 streams at once",
+        &[],
+    ),
 ];
+
+/// The routes that answer a stream rather than a document.
+const STREAMS: &[&str] = &["/v1/events"];
 
 /// One query parameter: its name, its schema, what it does.
 type QueryParam = (&'static str, fn() -> Value, &'static str);
@@ -384,6 +394,20 @@ const QUERIES: &[(&str, &str, &[QueryParam])] = &[
             ("timeout", number, "Seconds to wait (default 30, at most 120)"),
         ],
     ),
+    (
+        "get",
+        "/v1/events",
+        &[
+            ("channel", channel, "Events of this channel's messages"),
+            ("to", string, "Events of messages to this number (any spelling) or address"),
+            ("member_id", string, "Events of this member's messages"),
+            (
+                "origin",
+                string,
+                "Events of messages sent by this: an ESME's system_id, `smtp`, `handset`, or `otpgate` for the OTP core",
+            ),
+        ],
+    ),
     ("get", "/v1/diagnostics/members/{id}", DIAGNOSIS),
     ("get", "/v1/diagnostics/destinations/{destination}", DIAGNOSIS),
     ("get", "/v1/sim/handsets/{number}/messages", ARRIVAL),
@@ -453,13 +477,18 @@ pub fn document() -> Value {
                     }),
             )
             .collect();
+        let content = if STREAMS.contains(&route.path) {
+            json!({"text/event-stream": {"schema": {"type": "string"}}})
+        } else {
+            json!({"application/json": {"schema": {"type": "object"}}})
+        };
         let mut op = json!({
             "tags": [route.tag],
             "summary": route.summary,
             "operationId": format!("{}_{}", route.method, route.path.replace(['/', '{', '}', '.'], "_").trim_matches('_')),
             "parameters": params,
             "responses": {
-                "200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "200": {"description": "OK", "content": content},
                 "default": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             }
         });
@@ -482,7 +511,7 @@ pub fn document() -> Value {
     }
     json!({
         "openapi": "3.0.3",
-        "info": {"title": "otpgate", "version": env!("CARGO_PKG_VERSION"), "description": "OTP service with a simulated Japanese SMS and email network and a troubleshooting desk. Errors answer {\"error\": {\"code\", \"message\"}}; lists answer {\"items\": [...]}. Under overload a request is refused at once, never queued: 503 `overloaded` or 429 `rate_limited`, both with Retry-After. /healthz, /metrics and the long polls (/v1/messages/{id}/wait, a read with ?wait=) are exempt from the in-flight cap and the rate limit."},
+        "info": {"title": "otpgate", "version": env!("CARGO_PKG_VERSION"), "description": "OTP service with a simulated Japanese SMS and email network and a troubleshooting desk. Errors answer {\"error\": {\"code\", \"message\"}}; lists answer {\"items\": [...]}. Under overload a request is refused at once, never queued: 503 `overloaded` or 429 `rate_limited`, both with Retry-After. /healthz, /metrics, the long polls (/v1/messages/{id}/wait, a read with ?wait=) and the event streams (/v1/events) are exempt from the in-flight cap and the rate limit."},
         "paths": paths,
         "components": {"schemas": {"Error": error_schema()}, "responses": admission_responses()}
     })

@@ -260,14 +260,27 @@ impl Api {
     /// Returns once `n` long polls wait on the server (`/metrics`), so
     /// that what the test does next happens while they wait.
     pub async fn long_polls_waiting(&self, n: u64) {
-        let waiting = async {
-            while self.metrics().await.value("otpgate_http_long_polls_waiting") != n as f64 {
+        self.gauge_reads("otpgate_http_long_polls_waiting", n, || async {})
+            .await;
+    }
+
+    /// Returns once the gauge `name` of `/metrics` reads `n`, doing
+    /// `meanwhile` between two reads (what makes the server notice).
+    pub async fn gauge_reads<F: std::future::Future<Output = ()>>(
+        &self,
+        name: &str,
+        n: u64,
+        meanwhile: impl Fn() -> F,
+    ) {
+        let reading = async {
+            while self.metrics().await.value(name) != n as f64 {
+                meanwhile().await;
                 tokio::task::yield_now().await;
             }
         };
-        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        tokio::time::timeout(std::time::Duration::from_secs(10), reading)
             .await
-            .unwrap_or_else(|_| panic!("{n} long polls never waited"));
+            .unwrap_or_else(|_| panic!("{name} never read {n}"));
     }
 
     pub async fn advance(&self, seconds: u64) {
