@@ -278,7 +278,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let external_smsc = config.sms_out.is_some();
     let settled = log
         .settle_after_restart(|m| {
-            let submitted_outside = external_smsc && m.origin == "otpgate" && m.smsc_message_id.is_some();
+            // The core's OTPs: an ESME on the default account has the
+            // core's origin too, but never an OTP id.
+            let from_core = m.origin == "otpgate" && m.otp_id.is_some();
+            let submitted_outside = external_smsc && from_core && m.smsc_message_id.is_some();
             match m.channel {
                 Channel::Sms if submitted_outside => None,
                 Channel::Sms => network.settle_after_restart(m, now),
