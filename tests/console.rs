@@ -506,6 +506,20 @@ async fn the_traffic_pages_show_every_message_and_every_mail() {
     // The mail capture: searchable, and one mail whole.
     let list = server.html("/console/mail?q=shop+code&lang=en").await;
     assert!(list.contains("Your shop code") && list.contains(&mail_id), "{list}");
+    // Mailpit's words: a field to look in, an attachment to have.
+    for (q, found) in [
+        ("has%3Aattachment", 1),
+        ("from%3Ashop.example%20subject%3A%22shop%20code%22", 1),
+        ("from%3Adocomo", 0),
+        ("to%3Adocomo%20246801", 1),
+    ] {
+        let (_, page) = server.get(&format!("/v1/mail?q={q}")).await;
+        assert_eq!(page["items"].as_array().map(Vec::len), Some(found), "{q}: {page}");
+    }
+    let list = server
+        .html("/console/mail?q=has%3Aattachment+from%3Ashop&lang=en")
+        .await;
+    assert!(list.contains("Your shop code"), "{list}");
     let none = server.html("/console/mail?q=nothing-like-it&lang=en").await;
     assert!(none.contains("No mail.") && !none.contains("Your shop code"), "{none}");
     let mail = server.html(&format!("/console/mail/{mail_id}?lang=en")).await;

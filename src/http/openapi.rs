@@ -421,7 +421,7 @@ const QUERIES: &[(&str, &str, &[QueryParam])] = &[
             (
                 "q",
                 string,
-                "Mail whose sender, recipients, subject or text holds this (any case)",
+                "Mail holding every word of this in its sender, recipients, subject or text (any case); `from:`, `to:` and `subject:` look in one place, `has:attachment` keeps mail with files, quotes keep words together",
             ),
             ("since", date_time, "Mail received at or after this time"),
             ("until", date_time, "Mail received before this time"),

@@ -21,6 +21,7 @@ use super::mailbox::{
     RcptDecision, Reply,
 };
 use super::parts::{self, MailPart};
+use super::search::{self, Search};
 use super::{DataVerdict, Envelope, MailBackend, RcptVerdict};
 use crate::changes::{After, Changes};
 use crate::clock::{rfc3339, Clock, Millis, Window};
@@ -240,13 +241,15 @@ impl StoredMail {
         }
     }
 
-    fn matches(&self, needle: &str) -> bool {
-        let has = |s: &str| s.to_lowercase().contains(needle);
-        has(&self.from)
-            || has(&self.envelope.from)
-            || self.envelope.rcpts.iter().any(|r| has(r))
-            || has(&self.subject)
-            || self.text.as_deref().is_some_and(has)
+    fn fields(&self) -> search::Fields<'_> {
+        search::Fields {
+            from: &self.from,
+            envelope_from: &self.envelope.from,
+            to: &self.envelope.rcpts,
+            subject: &self.subject,
+            text: self.text.as_deref(),
+            attachments: self.attachments.len(),
+        }
     }
 }
 
@@ -593,8 +596,9 @@ impl MailWorld {
         Ok(shown)
     }
 
-    /// The capture, newest first, optionally filtered by a case-insensitive
-    /// search over from, to, subject and text and by the time it arrived;
+    /// The capture, newest first, optionally filtered by a search (words
+    /// found in from, to, subject or text, any case; `from:`, `to:`,
+    /// `subject:`, `has:attachment`: [`Search`]) and by the time it arrived;
     /// `before` is the `next` of the previous page.
     pub fn list(
         &self,
@@ -604,7 +608,7 @@ impl MailWorld {
         limit: usize,
     ) -> Result<MailPage, MailError> {
         let limit = limit.clamp(1, 1000);
-        let needle = q.map(|q| q.trim().to_lowercase()).filter(|q| !q.is_empty());
+        let search = q.and_then(Search::parse);
         let mut cursor = before.map(str::to_string);
         let mut items = Vec::new();
         loop {
@@ -618,7 +622,7 @@ impl MailWorld {
                 if window.is_before(mail.received_at) {
                     return Ok(MailPage { items, next: None });
                 }
-                if !window.holds(mail.received_at) || needle.as_deref().is_some_and(|n| !mail.matches(n)) {
+                if !window.holds(mail.received_at) || search.as_ref().is_some_and(|s| !s.matches(&mail.fields())) {
                     continue;
                 }
                 items.push(mail.summary());

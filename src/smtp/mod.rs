@@ -24,6 +24,7 @@ pub mod capture;
 pub mod links;
 pub mod mailbox;
 pub mod parts;
+pub mod search;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -208,6 +208,11 @@ const WORDS: &[(&str, &str, &str)] = &[
         "Every mail the SMTP server took, newest first. Search by subject, sender, recipient or text.",
     ),
     ("mail_search", "メールを検索", "Search the mail"),
+    (
+        "mail_search_hint",
+        "語はすべて含むものを探します。from: to: subject: で場所を指定、has:attachment で添付ありに絞れます。",
+        "Finds mail with every word; from:, to: and subject: look in one place, has:attachment keeps mail with files.",
+    ),
     ("no_mail", "メールはありません。", "No mail."),
     ("mail_word", "メール", "mail"),
     ("subject", "件名", "Subject"),
