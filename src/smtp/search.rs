@@ -34,19 +34,19 @@ impl Search {
     pub fn parse(q: &str) -> Option<Search> {
         let terms: Vec<Term> = words(q)
             .into_iter()
-            .filter_map(|word| {
+            .map(|word| {
                 let (key, value) = match word.split_once(':') {
                     Some((key, value)) if !value.is_empty() => (key.to_lowercase(), value.to_lowercase()),
-                    _ => return Some(Term::Anywhere(word.to_lowercase())),
+                    _ => return Term::Anywhere(word.to_lowercase()),
                 };
-                Some(match key.as_str() {
+                match key.as_str() {
                     "from" => Term::From(value),
                     "to" => Term::To(value),
                     "subject" => Term::Subject(value),
                     "has" if value == "attachment" || value == "attachments" => Term::HasAttachment,
                     // `https://...`, `12:30`: a word with a colon in it.
                     _ => Term::Anywhere(word.to_lowercase()),
-                })
+                }
             })
             .collect();
         (!terms.is_empty()).then_some(Search { terms })
