@@ -28,6 +28,33 @@ pub enum Command {
     Diagnose(DiagnoseArgs),
     /// Start a server on the embedded defaults and play a short story across carriers.
     Demo(DemoArgs),
+    /// Follow the delivery log live: one line per event as it happens.
+    Watch(WatchArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct WatchArgs {
+    /// The running server (default http://127.0.0.1:8080).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Only messages sent by this: an ESME's system_id, `smtp`, `handset`, or `otpgate` for the OTP core.
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Only `sms` or `email`.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// Only messages to this number (any spelling) or address.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this member's messages.
+    #[arg(long)]
+    pub member: Option<String>,
+    /// One JSON object per line (the message as it is now and the event).
+    #[arg(long)]
+    pub json: bool,
+    /// The admin token, when the server listens beyond loopback.
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 #[derive(Args, Clone, Default)]
@@ -141,6 +168,50 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Run(args) => run_scenarios(args).await,
         Command::Diagnose(args) => diagnose(args).await,
         Command::Demo(args) => demo(args).await,
+        Command::Watch(args) => watch(args).await,
+    }
+}
+
+/// Prints each event of `/v1/events` until the server ends the stream
+/// (it stopped: exit 0) or refuses it (exit 1).
+async fn watch(args: WatchArgs) -> ExitCode {
+    let base = args.server.clone().unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let api = match crate::http::client::ApiClient::new(&base, args.token.clone()) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("otpgate: --server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let query = crate::watch::query(&[
+        ("origin", args.origin.as_deref()),
+        ("channel", args.channel.as_deref()),
+        ("to", args.to.as_deref()),
+        ("member_id", args.member.as_deref()),
+    ]);
+    let streamed = api
+        .events(&format!("/v1/events{query}"), |event, data| {
+            use std::io::Write;
+            let line = match (event, serde_json::from_str::<serde_json::Value>(data)) {
+                (_, Ok(_)) if args.json => data.to_string(),
+                ("delivery", Ok(v)) => crate::watch::line(&v),
+                ("lagged", Ok(v)) => format!("(missed {} events: read /v1/messages for them)", v["missed"]),
+                _ => return,
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        })
+        .await;
+    match streamed {
+        Ok(()) => {
+            eprintln!("otpgate: the server ended the stream");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("otpgate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub mod smsc;
 pub mod smtp;
 pub mod store;
 pub mod tls;
+pub mod watch;
 
 /// Stripes per family of striped locks (the OTP service's, the delivery
 /// log's, the SMS network's). The OTP service and the SMS network hold a

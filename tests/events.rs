@@ -233,3 +233,70 @@ async fn streams_past_the_cap_are_refused_and_a_closed_one_frees_its_place() {
     drop(open);
     server.stop().await;
 }
+
+/// `otpgate watch` follows the log from a terminal: one readable line per
+/// event of the filtered stream (or JSON with `--json`), and it exits 0
+/// when the server stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otpgate_watch_prints_a_line_per_event_and_ends_with_the_server() {
+    use tokio::io::AsyncBufReadExt;
+    let server = TestServer::start().await;
+    let watch = |extra: &[&str]| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_otpgate"));
+        cmd.args([
+            "watch",
+            "--server",
+            &format!("http://{}", server.http),
+            "--channel",
+            "email",
+        ])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+        cmd.spawn().expect("otpgate watch starts")
+    };
+    let mut lines_child = watch(&["--to", "hanako@EZweb.ne.jp"]);
+    let mut json_child = watch(&["--json"]);
+    server
+        .gauge_reads("otpgate_http_event_streams_open", 2, || async {})
+        .await;
+    let mut lines = tokio::io::BufReader::new(lines_child.stdout.take().unwrap()).lines();
+    let mut json = tokio::io::BufReader::new(json_child.stdout.take().unwrap()).lines();
+
+    let mut smtp = RawSmtp::connect(server.smtp).await;
+    for to in ["taro@docomo.ne.jp", "hanako@ezweb.ne.jp"] {
+        let mail = plain_message("qa@example.com", to, "code", "Your code is 482913");
+        smtp.transaction("qa@example.com", &[to], &mail).await;
+    }
+    smtp.quit().await;
+
+    let line = within("a line", lines.next_line())
+        .await
+        .expect("reads")
+        .expect("a line");
+    assert!(line.contains("Email → hanako@ezweb.ne.jp  smtp  delivered  "), "{line}");
+    let first = within("a JSON line", json.next_line())
+        .await
+        .expect("reads")
+        .expect("a line");
+    let first: Value = serde_json::from_str(&first).expect("JSON");
+    assert_eq!(
+        (first["to"].as_str(), first["event"]["kind"].as_str()),
+        (Some("taro@docomo.ne.jp"), Some("delivered")),
+        "{first}"
+    );
+    let second = within("a JSON line", json.next_line())
+        .await
+        .expect("reads")
+        .expect("a line");
+    assert!(!second.contains("482913"), "codes masked: {second}");
+
+    server.stop().await;
+    for child in [&mut lines_child, &mut json_child] {
+        let status = within("watch to exit", child.wait()).await.expect("exit status");
+        assert!(status.success(), "{status}");
+    }
+    let rest = within("the rest", lines.next_line()).await.expect("reads");
+    assert_eq!(rest, None, "nothing more after the first mail's one line");
+}

@@ -1773,6 +1773,11 @@ fn fuzz_corpus_scenario_file() {
 }
 
 #[test]
+fn fuzz_corpus_mail_view() {
+    run_target("mail_view", fuzzing::mail_view, fuzz_mutations() * 10);
+}
+
+#[test]
 fn fuzz_corpus_json_body() {
     run_target("json_body", fuzzing::json_body, fuzz_mutations());
 }

@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 JSON client for otpgate's own API, used by the
-//! scenario runner and `otpgate diagnose` against a running server.
+//! scenario runner, `otpgate diagnose` and `otpgate watch` against a
+//! running server.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -24,8 +25,46 @@ impl ApiClient {
         Ok(ApiClient { host_port, token })
     }
 
-    /// One request; answers (status, JSON or the text as a JSON string).
-    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+    /// `GET path` as server-sent events: `on_event` gets each block's
+    /// `event:` name and `data:`, until the server ends the stream (Ok) or
+    /// refuses to open it (Err with its status and message).
+    pub async fn events(&self, path: &str, mut on_event: impl FnMut(&str, &str)) -> Result<(), String> {
+        let resp = self.send("GET", path, Bytes::new()).await?;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if status != 200 {
+            let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(format!("GET {path}: {status} {}", String::from_utf8_lossy(&bytes)));
+        }
+        let mut pending = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("GET {path}: {e}"))?;
+            let Some(data) = frame.data_ref() else { continue };
+            pending.push_str(&String::from_utf8_lossy(data));
+            while let Some(end) = pending.find("\n\n") {
+                let block: String = pending.drain(..end + 2).collect();
+                let (mut event, mut data) = ("message", String::new());
+                for line in block.lines() {
+                    if let Some(name) = line.strip_prefix("event: ") {
+                        event = name;
+                    } else if let Some(more) = line.strip_prefix("data: ") {
+                        data.push_str(more);
+                    }
+                }
+                if !data.is_empty() {
+                    on_event(event, &data);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        payload: Bytes,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
         let stream = tokio::net::TcpStream::connect(&self.host_port)
             .await
             .map_err(|e| format!("connect {}: {e}", self.host_port))?;
@@ -33,7 +72,6 @@ impl ApiClient {
             .await
             .map_err(|e| format!("http handshake: {e}"))?;
         tokio::spawn(conn);
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let mut builder = hyper::Request::builder()
             .method(method)
             .uri(path)
@@ -42,13 +80,17 @@ impl ApiClient {
         if let Some(t) = &self.token {
             builder = builder.header("authorization", format!("Bearer {t}"));
         }
-        let req = builder
-            .body(Full::new(Bytes::from(payload)))
-            .map_err(|e| e.to_string())?;
-        let resp = sender
+        let req = builder.body(Full::new(payload)).map_err(|e| e.to_string())?;
+        sender
             .send_request(req)
             .await
-            .map_err(|e| format!("{method} {path}: {e}"))?;
+            .map_err(|e| format!("{method} {path}: {e}"))
+    }
+
+    /// One request; answers (status, JSON or the text as a JSON string).
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let resp = self.send(method, path, Bytes::from(payload)).await?;
         let status = resp.status().as_u16();
         let bytes = resp
             .into_body()

@@ -190,6 +190,37 @@ pub fn scenario_file(data: &[u8]) {
     }
 }
 
+/// A captured mail's views that are read from its source when asked for:
+/// its parts and each part's bytes, its HTML with inline images, its links,
+/// and a search (the input's first line) matched against it. The input is
+/// the mail's source and, read as text, its HTML and text too.
+pub fn mail_view(data: &[u8]) {
+    use otpgate::smtp::{links, parts, search};
+    let listed = parts::list(data);
+    for part in &listed {
+        let (got, bytes) = parts::get(data, part.index).expect("a listed part can be read");
+        assert_eq!((&got, bytes.len()), (part, part.size), "a part reads as listed");
+    }
+    let text = String::from_utf8_lossy(data);
+    let shown = parts::inline_images(&text, data);
+    let most = text.len() + text.matches("cid:").count() * (data.len() * 4 / 3 + 100);
+    assert!(shown.len() <= most, "inline images grow the HTML by their data only");
+    let found = links::of(Some(&text), Some(&text));
+    assert!(found.len() <= 100, "at most 100 links");
+    let q = text.lines().next().unwrap_or_default();
+    if let Some(search) = search::Search::parse(q) {
+        let to = vec![text.to_string()];
+        search.matches(&search::Fields {
+            from: &text,
+            envelope_from: q,
+            to: &to,
+            subject: q,
+            text: Some(&text),
+            attachments: listed.len(),
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The live server the socket targets talk to.
 
