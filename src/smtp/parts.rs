@@ -73,15 +73,23 @@ pub fn inline_images(html: &str, raw: &[u8]) -> String {
 fn with_parts<T>(raw: &[u8], f: impl FnOnce(&mut dyn Iterator<Item = (MailPart, &[u8])>) -> T) -> Option<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let message = MessageParser::default().parse(raw)?;
-        let mut parts = parts_of(&message);
+        let mut parts = parts_of(&message, raw);
         Some(f(&mut parts))
     }))
     .ok()
     .flatten()
 }
 
-fn parts_of<'a>(message: &'a Message<'_>) -> impl Iterator<Item = (MailPart, &'a [u8])> + 'a {
-    message.attachments().enumerate().map(|(index, p)| {
+fn parts_of<'a>(message: &'a Message<'_>, raw: &'a [u8]) -> impl Iterator<Item = (MailPart, &'a [u8])> + 'a {
+    message.attachments().enumerate().map(move |(index, p)| {
+        // A forwarded mail (message/rfc822) is its bytes in the source:
+        // mail-parser's own view of one that parsed to nothing panics
+        // (found by the mail_view fuzz target).
+        let contents = if p.is_message() {
+            raw.get(p.raw_body_offset()..p.raw_end_offset()).unwrap_or_default()
+        } else {
+            p.contents()
+        };
         let inline = p
             .content_disposition()
             .is_some_and(|d| d.ctype().eq_ignore_ascii_case("inline"));
@@ -89,14 +97,14 @@ fn parts_of<'a>(message: &'a Message<'_>) -> impl Iterator<Item = (MailPart, &'a
             index,
             name: p.attachment_name().map(str::to_string),
             content_type: content_type(p.content_type()),
-            size: p.len(),
+            size: contents.len(),
             content_id: p
                 .content_id()
                 .map(|id| id.trim().trim_start_matches('<').trim_end_matches('>').to_string())
                 .filter(|id| !id.is_empty()),
             inline,
         };
-        (part, p.contents())
+        (part, contents)
     })
 }
 
