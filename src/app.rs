@@ -327,6 +327,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         window: Some(CORE_RECEIPT_WINDOW),
     });
     let smsc_counters = Arc::new(crate::smsc::SmscCounters::default());
+    let smsc_binds = crate::smsc::binds::Binds::default();
+    let mut smsc_view = None;
     let smtp_counters = Arc::new(crate::smtp::SmtpCounters::default());
     let mut smpp_tls_addr = None;
     let smpp_addr = match config.smpp {
@@ -342,6 +344,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 }
                 None => None,
             };
+            smsc_view = Some(crate::smsc::binds::SmscView::new(
+                smsc_binds.clone(),
+                hub.clone(),
+                accounts.iter().map(|a| a.system_id.clone()).collect(),
+            ));
             let smsc_config = SmscConfig {
                 accounts,
                 max_connections: 1024,
@@ -349,6 +356,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 submit_window: config.smsc.submit_window,
                 max_pdu_len: 64 * 1024,
                 counters: smsc_counters.clone(),
+                binds: smsc_binds,
             };
             tasks.push((
                 "SMSC",
@@ -539,6 +547,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         loopback: config.http_is_loopback(),
         metrics: Default::default(),
         smsc_counters,
+        smsc: smsc_view,
         smtp_counters,
         sms_link,
         store: store.clone(),

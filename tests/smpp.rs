@@ -2024,3 +2024,98 @@ async fn a_suite_waits_on_the_phone_for_the_code_its_app_sent_and_empties_the_in
     esme.unbind().await;
     server.stop().await;
 }
+
+/// "My app is connected, why no receipts?": `/v1/smsc` and the console's
+/// SMSC page show each account's binds, and the receipts kept for an
+/// application bound as a transmitter alone, until a receiver binds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smsc_shows_who_is_bound_and_the_receipts_waiting_for_a_receiver() {
+    let server = TestServer::start_with(|c| {
+        c.smsc.accounts.push(SmscAccount {
+            system_id: "qa-app".into(),
+            password: "secret".into(),
+            throughput_per_sec: None,
+            window: None,
+        })
+    })
+    .await;
+    let sender = Esme::bind_as(server.smpp, Bind::Transmitter, "qa-app", "secret")
+        .await
+        .expect("bound");
+    sender.send(&sms(PHONE, "hello").registered_delivery(1)).await;
+    server.advance(RUN).await;
+
+    let (status, smsc) = server.get("/v1/smsc").await;
+    assert_eq!(status, 200, "{smsc}");
+    let account = |smsc: &serde_json::Value, id: &str| {
+        smsc["accounts"]
+            .as_array()
+            .expect("accounts")
+            .iter()
+            .find(|a| a["system_id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} in {smsc}"))
+    };
+    assert_eq!(
+        account(&smsc, "qa-app"),
+        json!({"system_id": "qa-app", "binds": 1, "can_receive": false, "receipts_waiting": 1})
+    );
+    assert_eq!(account(&smsc, "otpgate")["binds"], 0);
+    assert_eq!(
+        account(&smsc, "otpgate-core")["can_receive"],
+        true,
+        "the core's own bind"
+    );
+    let bind = smsc["binds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["system_id"] == "qa-app")
+        .cloned()
+        .expect("qa-app's bind");
+    assert_eq!(
+        (bind["kind"].as_str(), bind["submitted"].as_u64(), bind["tls"].as_bool()),
+        (Some("transmitter"), Some(1), Some(false)),
+        "{bind}"
+    );
+    assert!(
+        bind["peer"].as_str().is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{bind}"
+    );
+
+    let page = server.html("/console/smsc?lang=en").await;
+    assert!(
+        page.contains("receipts wait for a bind that can take them") && page.contains("transmitter"),
+        "{page}"
+    );
+
+    // A receiver of the account takes the kept receipt and answers it.
+    let mut receiver = Esme::bind_as(server.smpp, Bind::Receiver, "qa-app", "secret")
+        .await
+        .expect("bound");
+    assert_eq!(receiver.receipt().await.stat, "DELIVRD");
+    let delivered = async {
+        loop {
+            let (_, smsc) = server.get("/v1/smsc").await;
+            let answered = smsc["binds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["kind"] == "receiver" && b["delivered"] == 1);
+            if answered && account(&smsc, "qa-app")["receipts_waiting"] == 0 {
+                return smsc;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let smsc = within("the receipt answered", delivered).await;
+    assert_eq!(account(&smsc, "qa-app")["binds"], 2);
+    let page = server.html("/console/smsc?lang=en").await;
+    assert!(!page.contains("receipts wait for a bind"), "{page}");
+
+    sender.unbind().await;
+    receiver.unbind().await;
+    let (_, smsc) = server.get("/v1/smsc").await;
+    assert_eq!(account(&smsc, "qa-app")["binds"], 0, "{smsc}");
+    server.stop().await;
+}

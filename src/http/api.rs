@@ -32,6 +32,8 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// The SMSC's and the SMTP server's answers, for `/metrics`.
     pub smsc_counters: Arc<crate::smsc::SmscCounters>,
+    /// The SMSC's accounts and binds; None with SMPP off.
+    pub smsc: Option<crate::smsc::binds::SmscView>,
     pub smtp_counters: Arc<crate::smtp::SmtpCounters>,
     /// The OTP core's SMPP client, for `/metrics` to say whether it is bound.
     pub sms_link: Option<crate::delivery::sms::SmsClient>,
@@ -266,6 +268,25 @@ pub fn event_stream(ctx: &Ctx, req: &Req) -> Response<super::Body> {
         }
         Err(err) => err.into_response().map(http_body_util::Either::Left),
     }
+}
+
+/// `GET /v1/smsc`: each account (binds, whether one can receive, receipts
+/// waiting for one) and each bind now.
+fn smsc_json(ctx: &Ctx) -> Value {
+    let Some(smsc) = &ctx.smsc else {
+        return json!({"listening": false, "accounts": [], "binds": []});
+    };
+    let binds = smsc.binds.list();
+    let accounts = smsc.accounts(&binds);
+    let binds: Vec<Value> = binds
+        .iter()
+        .map(|b| {
+            let mut v = serde_json::to_value(b).unwrap_or(Value::Null);
+            v["bound_at"] = json!(rfc3339(b.bound_at));
+            v
+        })
+        .collect();
+    json!({"listening": true, "accounts": accounts, "binds": binds})
 }
 
 /// A message's facts, without its events.
@@ -557,6 +578,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
             let subject = ctx.desk.lookup(destination)?;
             diagnostics(ctx, &req, subject)
         }
+        (&Method::GET, ["v1", "smsc"]) => ok(smsc_json(ctx)),
         (&Method::GET, ["v1", "carriers"]) => {
             let items: Vec<Value> = ctx
                 .world

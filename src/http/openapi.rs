@@ -140,6 +140,13 @@ pub const ROUTES: &[Route] = &[
         "The report for a phone number, an email address or a message id (the SMSC's, the SMTP server's `queued as`, the delivery log's), with or without a member (409 for an id naming several destinations)",
         &[],
     ),
+    r(
+        "get",
+        "/v1/smsc",
+        "simulation",
+        "The SMSC now: each account (its binds, whether one can receive, receipts waiting for a receiving bind) and each bind (account, kind, peer, TLS, since when, submits taken, deliver_sm answered)",
+        &[],
+    ),
     r("get", "/v1/carriers", "simulation", "The loaded carrier models", &[]),
     r("get", "/v1/sim/clock", "simulation", "The (virtual) clock", &[]),
     r(

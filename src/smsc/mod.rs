@@ -14,6 +14,7 @@
 //! the message, never `unwrap()` on what a peer sent, and never log message
 //! text (it carries OTP codes).
 
+pub mod binds;
 pub mod codec;
 mod concat;
 mod hub;
@@ -124,6 +125,8 @@ pub struct SmscConfig {
     pub max_pdu_len: usize,
     /// Counted answers, shared with whoever reports them.
     pub counters: Arc<SmscCounters>,
+    /// The sessions bound now, shared with whoever shows them.
+    pub binds: binds::Binds,
 }
 
 impl Default for SmscConfig {
@@ -137,6 +140,7 @@ impl Default for SmscConfig {
             submit_window: DEFAULT_SUBMIT_WINDOW,
             max_pdu_len: codec::DEFAULT_MAX_PDU_LEN,
             counters: Arc::default(),
+            binds: binds::Binds::default(),
         }
     }
 }
@@ -636,7 +640,7 @@ pub async fn serve(
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
                 tasks.spawn(async move {
-                    session::run(Box::new(stream), peer, shared, shutdown).await;
+                    session::run(Box::new(stream), peer, false, shared, shutdown).await;
                     drop(permit);
                 });
             }
@@ -699,7 +703,7 @@ async fn run_over_tls(
         done = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => done,
     };
     let error = match handshake {
-        Ok(Ok(stream)) => return session::run(Box::new(stream), peer, shared, shutdown).await,
+        Ok(Ok(stream)) => return session::run(Box::new(stream), peer, true, shared, shutdown).await,
         Ok(Err(error)) => error.to_string(),
         Err(_) => "timed out".to_string(),
     };

@@ -81,6 +81,14 @@ pub(crate) enum BindKind {
 }
 
 impl BindKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            BindKind::Transmitter => "transmitter",
+            BindKind::Receiver => "receiver",
+            BindKind::Transceiver => "transceiver",
+        }
+    }
+
     fn can_submit(self) -> bool {
         matches!(self, BindKind::Transmitter | BindKind::Transceiver)
     }
@@ -200,11 +208,16 @@ struct Session {
     opened: Instant,
     /// When the ESME last sent a whole PDU, for [`INACTIVITY_TIMEOUT`].
     heard: Instant,
+    peer: SocketAddr,
+    tls: bool,
+    /// What this bind did, shown in [`super::binds::Binds`]; present while
+    /// bound.
+    counts: Option<Arc<super::binds::Counts>>,
 }
 
 /// Runs one connection until the ESME unbinds or leaves, the connection
 /// breaks, or shutdown; logs how it ended.
-pub(crate) async fn run(stream: Box<dyn Io>, peer: SocketAddr, shared: Arc<Shared>, mut shutdown: Shutdown) {
+pub(crate) async fn run(stream: Box<dyn Io>, peer: SocketAddr, tls: bool, shared: Arc<Shared>, mut shutdown: Shutdown) {
     let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("smpp", session = id, %peer);
     async move {
@@ -225,6 +238,9 @@ pub(crate) async fn run(stream: Box<dyn Io>, peer: SocketAddr, shared: Arc<Share
             unflushed: false,
             opened: Instant::now(),
             heard: Instant::now(),
+            peer,
+            tls,
+            counts: None,
         };
         tracing::debug!("connected");
         match session.serve(&mut shutdown).await {
@@ -325,6 +341,21 @@ impl Session {
     /// The one place the state changes. A receiving bind joins the hub when
     /// it is entered and hands its receipts back when it is left.
     fn enter(&mut self, next: State) {
+        if self.counts.take().is_some() {
+            self.shared.config.binds.leave(self.id);
+        }
+        if let State::Bound { kind, system_id } = &next {
+            self.counts = Some(self.shared.config.binds.join(super::binds::Bind {
+                session: self.id,
+                system_id: system_id.clone(),
+                kind: kind.as_str(),
+                peer: self.peer.to_string(),
+                tls: self.tls,
+                bound_at: self.shared.clock.now(),
+                submitted: 0,
+                delivered: 0,
+            }));
+        }
         if let State::Bound { kind, system_id } = &self.state {
             if kind.can_receive() {
                 if let Some(rx) = self.receipts.take() {
@@ -382,6 +413,14 @@ impl Session {
         buffered
             .get(..4)
             .is_some_and(|len| u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize <= buffered.len())
+    }
+
+    /// A submit the SMSC took, counted for `/metrics` and for this bind.
+    fn count_submitted(&self) {
+        self.shared.config.counters.count(CommandStatus::EsmeRok);
+        if let Some(counts) = &self.counts {
+            counts.submitted();
+        }
     }
 
     async fn reject(&mut self, id: CommandId, status: CommandStatus, seq: u32) -> Result<(), SessionError> {
@@ -722,7 +761,7 @@ impl Session {
     async fn answer_submit(&mut self, seq: u32, resp: CommandId, message_id: &str) -> Result<(), SessionError> {
         match COctetString::from_str(message_id) {
             Ok(id) => {
-                self.shared.config.counters.count(CommandStatus::EsmeRok);
+                self.count_submitted();
                 let pdu = match resp {
                     CommandId::DataSmResp => Pdu::from(DataSmResp::new(id, vec![])),
                     _ => Pdu::from(SubmitSmResp::new(id, vec![])),
@@ -897,7 +936,7 @@ impl Session {
                         .await;
                 };
                 self.shared.hub.note_submitted(&system_id, &message_id, self.id);
-                self.shared.config.counters.count(CommandStatus::EsmeRok);
+                self.count_submitted();
                 tracing::debug!(%message_id, refused = refused.len(), "submitted to several destinations");
                 let pdu = SubmitMultiResp::new(id, refused, vec![]);
                 self.send(Outbound::command(seq, pdu)).await
@@ -1028,6 +1067,8 @@ impl Session {
             Some((queued, _)) => {
                 if status != CommandStatus::EsmeRok {
                     tracing::info!(message_id = %queued.item.message_id(), ?status, "ESME refused a deliver_sm");
+                } else if let Some(counts) = &self.counts {
+                    counts.delivered();
                 }
                 queued.finish(status == CommandStatus::EsmeRok);
             }

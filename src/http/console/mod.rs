@@ -230,6 +230,24 @@ const WORDS: &[(&str, &str, &str)] = &[
     ),
     ("attachments", "添付ファイル", "Attachments"),
     ("links", "リンク", "Links"),
+    (
+        "smsc_intro",
+        "いまSMSCにbindしているESMEと、アカウントごとの受信待ちの配信通知です。",
+        "The ESMEs bound to the SMSC now, and each account's receipts waiting for a bind.",
+    ),
+    ("smsc_off", "SMPPは無効です（--smpp off）。", "SMPP is off (--smpp off)."),
+    ("accounts", "アカウント", "Accounts"),
+    ("binds_now", "いまのbind", "Binds now"),
+    ("receipts_waiting", "受信待ちの配信通知", "Receipts waiting"),
+    ("core_account", "OTPコア", "the OTP core"),
+    (
+        "receipts_stranded",
+        "配信通知が届け先を待っています。配信通知とMOはreceiverかtransceiverのbindにだけ届きます。transmitterだけでbindしているアプリには届きません。",
+        "receipts wait for a bind that can take them. Receipts and mobile-originated messages go only to a receiver or transceiver bind; an application bound as a transmitter alone never gets them.",
+    ),
+    ("submits_taken", "受け付けた送信", "submits taken"),
+    ("deliver_sm_answered", "応答したdeliver_sm", "deliver_sm answered"),
+    ("no_binds", "bindしているESMEはありません。", "No ESME is bound."),
     ("since", "この時刻から", "From"),
     ("until", "この時刻まで", "Until"),
     ("bad_time", "時刻は 2026-11-28T10:15 の形で指定してください（日本時間）。", "Give times as 2026-11-28T10:15 (Japan time)."),
@@ -258,6 +276,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../templates/base.html")),
     ("home.html", include_str!("../templates/home.html")),
     ("search_form.html", include_str!("../templates/search_form.html")),
+    ("smsc.html", include_str!("../templates/smsc.html")),
     ("span.html", include_str!("../templates/span.html")),
     ("report.html", include_str!("../templates/report.html")),
     ("handset.html", include_str!("../templates/handset.html")),
@@ -359,6 +378,7 @@ pub fn route(ctx: &Ctx, req: &Req) -> ApiResult {
         ["console", "handsets", number] => page.handset(number),
         ["console", "mailboxes", address] => page.mailbox(address),
         ["console", "carriers"] => page.carriers(),
+        ["console", "smsc"] => page.smsc(),
         ["console", "messages"] => page.log(),
         ["console", "messages", id] => page.log_message(id),
         ["console", "mail"] => page.mail_list(),
@@ -528,6 +548,7 @@ impl Page<'_> {
             );
             obj.insert("home_href".into(), json!(self.href(&[])));
             obj.insert("carriers_href".into(), json!(self.href(&["console", "carriers"])));
+            obj.insert("smsc_href".into(), json!(self.href(&["console", "smsc"])));
             obj.insert("log_href".into(), json!(self.href(&["console", "messages"])));
             obj.insert("mail_href".into(), json!(self.href(&["console", "mail"])));
         }

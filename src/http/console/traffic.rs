@@ -180,6 +180,55 @@ impl Page<'_> {
         self.render("mail_list.html", StatusCode::OK, &word(self.lang, "mail"), data)
     }
 
+    /// `/console/smsc`: who is bound to the SMSC now, and each account's
+    /// receipts waiting for a bind that can receive them.
+    pub(super) fn smsc(&self) -> PageResult {
+        let Some(smsc) = &self.ctx.smsc else {
+            let data = json!({"listening": false, "accounts": [], "binds": []});
+            return self.render("smsc.html", StatusCode::OK, "SMSC", data);
+        };
+        let binds = smsc.binds.list();
+        let accounts: Vec<Value> = smsc
+            .accounts(&binds)
+            .iter()
+            .map(|a| {
+                let core = a.system_id == crate::app::CORE_SYSTEM_ID;
+                // The common mistake: bound to submit only, so the receipts
+                // an application asked for pile up here.
+                let stranded = a.receipts_waiting > 0 && !a.can_receive;
+                json!({
+                    "system_id": a.system_id,
+                    "core": core,
+                    "binds": a.binds,
+                    "receipts_waiting": a.receipts_waiting,
+                    "stranded": stranded,
+                })
+            })
+            .collect();
+        let binds: Vec<Value> = binds
+            .iter()
+            .map(|b| {
+                json!({
+                    "session": b.session,
+                    "system_id": b.system_id,
+                    "kind": b.kind,
+                    "peer": b.peer,
+                    "tls": b.tls,
+                    "at": b.bound_at,
+                    "submitted": b.submitted,
+                    "delivered": b.delivered,
+                })
+            })
+            .collect();
+        let data = json!({
+            "listening": true,
+            "accounts": accounts,
+            "binds": binds,
+            "log_href": self.href(&["console", "messages"]),
+        });
+        self.render("smsc.html", StatusCode::OK, "SMSC", data)
+    }
+
     /// The time filters of a list page as its form sends them.
     fn span(&self) -> Span<'_> {
         let since = self.req.query("since").map(str::trim).filter(|t| !t.is_empty());
