@@ -237,8 +237,8 @@ const WORDS: &[(&str, &str, &str)] = &[
     ),
     ("smsc_off", "SMPPは無効です（--smpp off）。", "SMPP is off (--smpp off)."),
     ("accounts", "アカウント", "Accounts"),
-    ("binds_now", "いまのbind", "Binds now"),
-    ("receipts_waiting", "受信待ちの配信通知", "Receipts waiting"),
+    ("binds_now", "bind中", "Binds now"),
+    ("receipts_waiting", "待ちの通知", "Receipts waiting"),
     ("core_account", "OTPコア", "the OTP core"),
     (
         "receipts_stranded",
