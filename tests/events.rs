@@ -11,7 +11,6 @@ use common::smtp_client::{plain_message, RawSmtp};
 use common::TestServer;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Bytes, Incoming};
-use otpgate::config::SmscAccount;
 use serde_json::Value;
 
 /// One open stream, read block by block (blocks end with a blank line).
@@ -127,17 +126,7 @@ async fn get(server: &TestServer, path: &str) -> (u16, String, Incoming) {
 /// stream and not in the team's; the server's stop ends both streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_carry_each_event_live_filtered_by_origin_with_codes_masked() {
-    // The team's own account: the default one, `otpgate`, shares its name
-    // with the OTP core's origin.
-    let server = TestServer::start_with(|c| {
-        c.smsc.accounts.push(SmscAccount {
-            system_id: "qa-app".into(),
-            password: "secret".into(),
-            throughput_per_sec: None,
-            window: None,
-        })
-    })
-    .await;
+    let server = TestServer::start_with_account("qa-app", "secret").await;
     let esme = Esme::bind_as(server.smpp, Bind::Transceiver, "qa-app", "secret")
         .await
         .expect("bound");

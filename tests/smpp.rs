@@ -2030,15 +2030,7 @@ async fn a_suite_waits_on_the_phone_for_the_code_its_app_sent_and_empties_the_in
 /// application bound as a transmitter alone, until a receiver binds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_smsc_shows_who_is_bound_and_the_receipts_waiting_for_a_receiver() {
-    let server = TestServer::start_with(|c| {
-        c.smsc.accounts.push(SmscAccount {
-            system_id: "qa-app".into(),
-            password: "secret".into(),
-            throughput_per_sec: None,
-            window: None,
-        })
-    })
-    .await;
+    let server = TestServer::start_with_account("qa-app", "secret").await;
     let sender = Esme::bind_as(server.smpp, Bind::Transmitter, "qa-app", "secret")
         .await
         .expect("bound");

@@ -55,6 +55,21 @@ impl TestServer {
         TestServer::start_with(|_| {}).await
     }
 
+    /// A server with one more SMSC account, as a QA team's own
+    /// application has (the default one, `otpgate`, shares its name with
+    /// the OTP core's origin in the delivery log).
+    pub async fn start_with_account(system_id: &str, password: &str) -> TestServer {
+        TestServer::start_with(|c| {
+            c.smsc.accounts.push(otpgate::config::SmscAccount {
+                system_id: system_id.into(),
+                password: password.into(),
+                throughput_per_sec: None,
+                window: None,
+            })
+        })
+        .await
+    }
+
     pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = config_for(dir.path(), 7);
