@@ -241,11 +241,7 @@ pub fn event_stream(ctx: &Ctx, req: &Req) -> Response<super::Body> {
     let filter = (|| {
         Ok::<_, ApiError>(super::events::Filter {
             channel: named(req, "channel", &Channel::ALL, Channel::as_str)?,
-            to: match req.query("to") {
-                Some(to) if to.contains('@') => Some(mailbox_key(to)),
-                Some(to) => Some(parse_number(to)?),
-                None => None,
-            },
+            to: destination_filter(req)?,
             member_id: req.query("member_id").map(str::to_string),
             origin: req.query("origin").map(str::to_string),
         })
@@ -373,6 +369,16 @@ async fn unless_stopping<T>(ctx: &Ctx, wait: impl std::future::Future<Output = T
     tokio::select! {
         answer = wait => answer,
         _ = stopping.wait() => stopped(),
+    }
+}
+
+/// `?to=` as the delivery log writes destinations: an address normalized,
+/// a number in any spelling as E.164 (422 for one that is not a number).
+fn destination_filter(req: &Req) -> Result<Option<String>, ApiError> {
+    match req.query("to") {
+        Some(to) if to.contains('@') => Ok(Some(mailbox_key(to))),
+        Some(to) => parse_number(to).map(Some),
+        None => Ok(None),
     }
 }
 
@@ -542,13 +548,7 @@ pub async fn route(ctx: &Ctx, req: Req) -> ApiResult {
         (&Method::GET, ["v1", "messages"]) => {
             let q = Query {
                 member_id: req.query("member_id").map(str::to_string),
-                to: match req.query("to") {
-                    Some(to) if to.contains('@') => {
-                        Some(crate::smtp::mailbox::normalize_address(to).unwrap_or_else(|| to.to_string()))
-                    }
-                    Some(to) => Some(parse_number(to)?),
-                    None => None,
-                },
+                to: destination_filter(&req)?,
                 otp_id: req.query("otp_id").map(str::to_string),
                 // The id an ESME was given names its destinations' and
                 // parts' messages in the simulated network; one the network
@@ -1105,14 +1105,7 @@ fn download(part: &crate::smtp::MailPart, bytes: Vec<u8>) -> Response<Full<Bytes
         .collect();
     let disposition = format!(
         "attachment; filename=\"{fallback}\"; filename*=UTF-8''{}",
-        name.bytes().fold(String::new(), |mut out, b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                out.push(char::from(b));
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-            out
-        })
+        super::client::segment(&name)
     );
     if let Ok(v) = HeaderValue::from_str(&disposition) {
         headers.insert(hyper::header::CONTENT_DISPOSITION, v);
